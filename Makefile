@@ -1,0 +1,49 @@
+# Two commands for a newcomer: `make demo` and `make test`. Both set themselves up idempotently.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+TP := $(VENV)/bin/touchpoint
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml requirements.lock | sha256sum | cut -c1-16)
+PYTEST_ARGS ?=
+
+.PHONY: setup jars demo test bench up down airflow clean
+
+$(STAMP): pyproject.toml requirements.lock
+	@test -x $(PY) || (command -v $(PYTHON) >/dev/null && $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV))
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c requirements.lock -e '.[test]'
+	rm -f $(VENV)/.installed-* && touch $@
+
+setup: $(STAMP) jars
+
+jars: $(STAMP)
+	$(PY) -m touchpoint.infra.jars
+
+up: setup
+	$(TP) up
+
+down:
+	@test -x $(TP) && $(TP) down || true
+
+demo: setup
+	$(TP) up
+	$(TP) demo
+
+# Starts the broker for the suite and stops it afterwards unless it was already running.
+test: setup
+	@was_up=$$($(TP) status --json | $(PY) -c 'import json,sys; print(json.load(sys.stdin)["kafka"]["answering"])'); \
+	$(TP) up || exit 1; \
+	$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
+	if [ "$$was_up" != "True" ]; then $(TP) down; fi; \
+	exit $$rc
+
+bench: setup
+	$(TP) up
+	$(PY) -m bench.run_all
+
+airflow: setup
+	$(TP) airflow
+
+clean: down
+	rm -rf .state

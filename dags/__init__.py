@@ -1,0 +1,1 @@
+"""Airflow DAG files. Wiring only; nothing imports this package."""

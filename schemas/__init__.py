@@ -1,0 +1,1 @@
+"""The contract: the event envelope JSON Schema and everything derived from it."""

@@ -1,0 +1,1 @@
+"""Structured Streaming: ingestion into bronze/silver and the speed layer."""

@@ -1,0 +1,75 @@
+import subprocess
+import sys
+
+import pytest
+
+from touchpoint.core.config import ConfigError, load_settings, require_kafka
+
+
+def test_defaults_and_env_override(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TOUCHPOINT_LAKE_ROOT", "s3a://bucket/lake")
+    monkeypatch.setenv("TOUCHPOINT_ATTRIBUTION__LOOKBACK_DAYS", "14")
+    settings = load_settings()
+    assert settings.lake_uri == "s3a://bucket/lake"
+    assert settings.attribution.lookback_days == 14
+    assert settings.attribution.half_life_days == 7
+    assert settings.kafka_bootstrap == "127.0.0.1:9092"
+
+
+def test_toml_file_is_read_and_env_wins(monkeypatch, tmp_path):
+    config = tmp_path / "touchpoint.toml"
+    config.write_text('kafka_topic = "from.toml"\nreporting_currency = "EUR"\n[identity]\nshared_device_max_user_ids = 5\n')
+    monkeypatch.setenv("TOUCHPOINT_CONFIG", str(config))
+    monkeypatch.setenv("TOUCHPOINT_REPORTING_CURRENCY", "GBP")
+    settings = load_settings()
+    assert (settings.kafka_topic, settings.reporting_currency) == ("from.toml", "GBP")
+    assert settings.identity.shared_device_max_user_ids == 5
+
+
+def test_unknown_key_names_the_key(monkeypatch, tmp_path):
+    config = tmp_path / "touchpoint.toml"
+    config.write_text("[attribution]\nlookback_dayz = 3\n")
+    monkeypatch.setenv("TOUCHPOINT_CONFIG", str(config))
+    with pytest.raises(ConfigError) as error:
+        load_settings()
+    message = str(error.value)
+    assert "\n" not in message
+    assert "unknown key 'attribution.lookback_dayz'" in message
+
+
+def test_wrong_type_names_key_and_env(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TOUCHPOINT_ATTRIBUTION__MARKOV_ORDER", "seven")
+    with pytest.raises(ConfigError) as error:
+        load_settings()
+    message = str(error.value)
+    assert "key 'attribution.markov_order' (env TOUCHPOINT_ATTRIBUTION__MARKOV_ORDER)" in message
+    assert "'seven'" in message
+
+
+@pytest.mark.parametrize("bootstrap", ["localhost", "http://x:1", "a:b"])
+def test_malformed_bootstrap(monkeypatch, tmp_path, bootstrap):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match="key 'kafka_bootstrap'"):
+        load_settings(kafka_bootstrap=bootstrap)
+
+
+def test_unreachable_bootstrap_fails_fast(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    settings = load_settings(kafka_bootstrap="127.0.0.1:1")
+    with pytest.raises(ConfigError, match=r"key 'kafka_bootstrap'.*127.0.0.1:1 is unreachable"):
+        require_kafka(settings)
+
+
+def test_cli_reports_bad_config_in_one_line(tmp_path):
+    config = tmp_path / "touchpoint.toml"
+    config.write_text("spark_master = 'mesos://x'\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "touchpoint", "tables", "--json"], capture_output=True, text=True,
+        env={"TOUCHPOINT_CONFIG": str(config), "PATH": "/usr/bin:/bin"},
+    )
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert "key 'spark_master'" in lines[0] and "mesos://x" in lines[0]

@@ -1,0 +1,33 @@
+"""Broker lifecycle on a private state folder and ports, so the suite's broker is untouched."""
+
+from touchpoint.core.config import load_settings
+from touchpoint.infra import kafka
+from touchpoint.infra.process import pid_alive
+
+
+def test_start_is_idempotent_stop_ends_process_status_reports_both(tmp_path, kafka_broker):
+    from tests.conftest import REPO
+
+    settings = load_settings(state_dir=str(tmp_path / "state"), jars_dir=str(REPO / ".state" / "jars"),
+                             kafka_bootstrap="127.0.0.1:19192", kafka_controller_port=19193)
+    assert kafka.status(settings).running is False
+    first = kafka.start(settings)
+    try:
+        assert first.running and first.answering and first.pid
+        second = kafka.start(settings)
+        assert second.pid == first.pid
+        assert kafka.ensure_topic("lifecycle", settings=settings) is True
+        assert kafka.ensure_topic("lifecycle", settings=settings) is False
+    finally:
+        assert kafka.stop(settings) is True
+    assert not pid_alive(first.pid)
+    stopped = kafka.status(settings)
+    assert (stopped.running, stopped.answering, stopped.pid) == (False, False, None)
+    assert kafka.stop(settings) is False
+    # restart keeps the formatted storage and the topic
+    again = kafka.start(settings)
+    try:
+        assert again.pid != first.pid
+        assert kafka.ensure_topic("lifecycle", settings=settings) is False
+    finally:
+        kafka.stop(settings)

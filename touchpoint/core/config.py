@@ -1,0 +1,189 @@
+"""One typed settings object for the whole platform (BRIEF §9).
+
+Sources, highest priority first: keyword arguments, ``TOUCHPOINT_*`` environment
+variables (nested keys with ``__``, e.g. ``TOUCHPOINT_ATTRIBUTION__LOOKBACK_DAYS``),
+then ``touchpoint.toml`` (path from ``TOUCHPOINT_CONFIG``, else ``./touchpoint.toml``).
+Unknown keys and bad values fail at load time with the key named.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+DEFAULT_CONFIG_FILE = "touchpoint.toml"
+_BOOTSTRAP_RE = re.compile(r"^[A-Za-z0-9.\-]+:\d{1,5}$")
+
+
+class ConfigError(ValueError):
+    """A bad setting: the message names the key and the fix, on one line."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class AttributionSettings(_Section):
+    lookback_days: float = Field(30, gt=0, description="path lookback, in days of 86,400 s")
+    half_life_days: float = Field(7, gt=0, description="time-decay half-life in days")
+    markov_order: int = Field(1, ge=1, le=3)
+    markov_training_days: float = Field(90, gt=0)
+    landing_window_minutes: float = Field(30, ge=0, description="0 disables the click-landing rule")
+    view_through: bool = False
+    touchpoint_event_types: tuple[str, ...] = ("ad_click", "email_click", "page_view")
+
+
+class IdentitySettings(_Section):
+    blocklist: tuple[str, ...] = (
+        "null", "undefined", "none", "nil", "nan", "n/a", "unknown", "test@example.com",
+    )
+    shared_device_max_user_ids: int = Field(3, ge=1)
+
+
+class StreamSettings(_Section):
+    trigger_seconds: float = Field(2.0, gt=0)
+    max_offsets_per_trigger: int = Field(200_000, gt=0)
+    watermark_minutes: float = Field(60, ge=0, description="allowed lateness of the speed layer")
+    starting_offsets: Literal["earliest", "latest"] = "earliest"
+
+
+class RetentionSettings(_Section):
+    bronze_days: int = Field(90, gt=0)
+    quarantine_days: int = Field(30, gt=0)
+    vacuum_hours: int = Field(168, ge=0)
+    kafka_retention_hours: int = Field(168, gt=0)
+
+
+class Settings(BaseSettings):
+    """Platform settings. Every field can be set in touchpoint.toml or as TOUCHPOINT_<NAME>."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="TOUCHPOINT_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+    )
+
+    state_dir: Path = Field(Path(".state"), description="git-ignored folder for jars, broker data, checkpoints")
+    jars_dir: Path = Field(Path(".state/jars"), description="where `make jars` puts the Maven-resolved jars")
+    lake_root: str = Field(".state/lake", description="local folder or s3a:// URI of the Delta lake")
+    kafka_bootstrap: str = "127.0.0.1:9092"
+    kafka_controller_port: int = Field(9093, gt=0, lt=65536)
+    kafka_topic: str = "events.raw"
+    kafka_partitions: int = Field(2, ge=1)
+    spark_master: str = "local[2]"
+    spark_driver_memory: str = "2g"
+    spark_shuffle_partitions: int = Field(4, ge=1)
+    spark_ui: bool = False
+    cluster_master_port: int = Field(7077, gt=0, lt=65536)
+    cluster_workers: int = Field(2, ge=1)
+    reporting_currency: str = Field("USD", pattern=r"^[A-Z]{3}$")
+    channel_rules_file: Path | None = Field(None, description="YAML channel rules; default: built-in BRIEF §3 rules")
+    segments_dir: Path = Path("segments")
+    attribution: AttributionSettings = AttributionSettings()
+    identity: IdentitySettings = IdentitySettings()
+    stream: StreamSettings = StreamSettings()
+    retention: RetentionSettings = RetentionSettings()
+
+    @field_validator("kafka_bootstrap")
+    @classmethod
+    def _bootstrap_is_host_port(cls, value: str) -> str:
+        for server in value.split(","):
+            if not _BOOTSTRAP_RE.match(server.strip()):
+                raise ValueError(f"expected host:port[,host:port...], got {value!r}")
+        return value
+
+    @field_validator("lake_root")
+    @classmethod
+    def _lake_root_scheme(cls, value: str) -> str:
+        if "://" in value and not value.startswith(("s3a://", "file://")):
+            raise ValueError(f"expected a local path, file:// or s3a:// URI, got {value!r}")
+        return value
+
+    @field_validator("spark_master")
+    @classmethod
+    def _spark_master(cls, value: str) -> str:
+        if not re.match(r"^(local(\[(\*|\d+)\])?|spark://.+|yarn|k8s://.+)$", value):
+            raise ValueError(f"expected local[N], spark://host:port, yarn or k8s://..., got {value!r}")
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        toml_file = Path(os.environ.get("TOUCHPOINT_CONFIG", DEFAULT_CONFIG_FILE))
+        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls, toml_file=toml_file))
+
+    # Derived locations: computed, never configured twice.
+    @property
+    def state_path(self) -> Path:
+        return self.state_dir.resolve()
+
+    @property
+    def lake_uri(self) -> str:
+        if "://" in self.lake_root:
+            return self.lake_root.rstrip("/")
+        return str(Path(self.lake_root).resolve())
+
+    @property
+    def checkpoint_root(self) -> str:
+        return f"{self.lake_uri}/_checkpoints"
+
+
+def _format_error(error: ValidationError) -> str:
+    parts = []
+    for item in error.errors():
+        key = ".".join(str(p) for p in item["loc"]) or "<root>"
+        if item["type"] == "extra_forbidden":
+            parts.append(f"unknown key '{key}': remove it or check the spelling (see docs/CONFIG.md)")
+        else:
+            env = "TOUCHPOINT_" + "__".join(str(p) for p in item["loc"]).upper()
+            message = item["msg"].removeprefix("Value error, ")
+            if item["type"] != "value_error":  # our own validators already quote the input
+                message += f", got {item.get('input')!r}"
+            parts.append(f"key '{key}' (env {env}): {message}")
+    return "invalid configuration: " + "; ".join(parts)
+
+
+def require_kafka(settings: Settings, timeout: float = 2.0) -> None:
+    """Fail fast, naming the key, when the configured broker does not answer."""
+    import socket
+
+    host, port = settings.kafka_bootstrap.split(",")[0].strip().rsplit(":", 1)
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            return
+    except OSError as error:
+        raise ConfigError(
+            f"key 'kafka_bootstrap' (env TOUCHPOINT_KAFKA_BOOTSTRAP): {settings.kafka_bootstrap} is unreachable "
+            f"({error.strerror or error}); start the local broker with `touchpoint up` or point it at a live broker"
+        ) from None
+
+
+def load_settings(**overrides) -> Settings:
+    """Load settings, turning validation errors into one readable ConfigError line."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as error:
+        raise ConfigError(_format_error(error)) from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return load_settings()
