@@ -1,0 +1,45 @@
+"""One entry point for every batch job: the CLI, spark-submit and Airflow all come through here.
+
+    python -m touchpoint.jobs.runner <job> --date YYYY-MM-DD     (also the spark-submit main)
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import importlib
+import json
+import sys
+
+# job name -> module exposing run(spark, settings, logical_date) -> dict summary
+JOBS: dict[str, str] = {
+    "identity": "touchpoint.jobs.identity",
+    "profiles": "touchpoint.jobs.profiles",
+    "attribution": "touchpoint.jobs.attribution",
+}
+
+
+def run_job(name: str, logical_date: dt.date, settings=None, spark=None) -> dict:
+    from touchpoint.core.config import get_settings
+    from touchpoint.core.spark import get_spark
+
+    if name not in JOBS:
+        raise SystemExit(f"unknown job {name!r}; known jobs: {', '.join(sorted(JOBS))}")
+    settings = settings or get_settings()
+    spark = spark or get_spark(f"touchpoint-{name}", settings=settings)
+    module = importlib.import_module(JOBS[name])
+    return module.run(spark, settings, logical_date)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="touchpoint.jobs.runner")
+    parser.add_argument("job", choices=sorted(JOBS))
+    parser.add_argument("--date", required=True, type=dt.date.fromisoformat, help="logical date D (UTC)")
+    args = parser.parse_args(argv)
+    summary = run_job(args.job, args.date)
+    print(json.dumps({"job": args.job, "date": args.date.isoformat(), **summary}, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
