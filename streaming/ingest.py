@@ -1,0 +1,307 @@
+"""Ingestion: Kafka (or JSONL files) -> bronze.events -> silver.events / silver.quarantine.
+
+One `foreachBatch` sink, `IngestSink`, serves the stream and the file backfill alike. Each of
+its writes is made idempotent with Delta's txnAppId/txnVersion, so replaying a micro-batch
+after a crash neither loses nor doubles a record.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import pyarrow as pa
+from pyspark.sql import DataFrame, SparkSession, Window
+from pyspark.sql import functions as F
+from pyspark.sql.pandas.types import to_arrow_schema
+
+from touchpoint.core.catalog import table_path
+from touchpoint.core.channels import ChannelRules, load_rules, with_channel
+from touchpoint.core.config import Settings
+from touchpoint.core.delta import committed_txn_version, ensure_table, idempotent_merge_conf
+from touchpoint.core.events import Rejected, validate_payload
+from touchpoint.schemas.envelope import schema_version
+from touchpoint.schemas.lake import (
+    BRONZE_SCHEMA, QUARANTINE_SCHEMA, RECONCILIATION_SCHEMA, SILVER_EXTRA_FIELDS, SILVER_SCHEMA, SOURCE_FIELDS,
+    envelope_silver_fields, struct,
+)
+
+# Columns the Python validator fills in; channel and lineage are added in Spark.
+_LINEAGE = {name for name, _ in SOURCE_FIELDS} | {"ingest_ts", "channel"}
+_PARSED_FIELDS = envelope_silver_fields() + [f for f in SILVER_EXTRA_FIELDS if f[0] not in _LINEAGE]
+_VALIDATED_SCHEMA = struct(
+    [("payload", "binary"), *SOURCE_FIELDS, ("ingest_ts", "timestamp"), ("ingest_date", "date"),
+     *_PARSED_FIELDS, ("error_code", "string"), ("reason", "string"), ("rejected_event_id", "string")]
+)
+SILVER_COLUMNS = [f.name for f in SILVER_SCHEMA.fields]
+
+
+# ---- pure transforms ---------------------------------------------------------------------------
+
+def bronze_from_kafka(kafka_rows: DataFrame) -> DataFrame:
+    """Kafka source rows -> bronze rows: the raw bytes and where they came from."""
+    return kafka_rows.select(
+        F.col("value").alias("payload"),
+        F.col("topic").alias("source_topic"),
+        F.col("partition").cast("int").alias("source_partition"),
+        F.col("offset").cast("long").alias("source_offset"),
+        F.col("timestamp").alias("source_ts"),
+        F.current_timestamp().alias("ingest_ts"),
+    ).withColumn("ingest_date", F.to_date("ingest_ts"))
+
+
+def validate(reporting_currency: str) -> Callable[[DataFrame], DataFrame]:
+    """Bronze rows -> the same rows with silver columns, or error_code/reason when rejected."""
+    arrow_schema = _arrow_schema()
+    names = [f.name for f in _VALIDATED_SCHEMA.fields]
+
+    def validate_batches(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        empty = dict.fromkeys(names)
+        for batch in batches:
+            rows = []
+            for record in batch.to_pylist():
+                outcome = validate_payload(record["payload"], record["source_ts"], reporting_currency)
+                row = {**empty, **{k: record[k] for k in ("payload", "source_topic", "source_partition",
+                                                          "source_offset", "source_ts", "ingest_ts", "ingest_date")}}
+                if isinstance(outcome, Rejected):
+                    row.update(error_code=outcome.code, reason=outcome.reason, rejected_event_id=outcome.event_id,
+                               schema_version=schema_version())
+                else:
+                    row.update(outcome)
+                rows.append(row)
+            yield pa.RecordBatch.from_pylist(rows, schema=arrow_schema)
+
+    def transform(bronze: DataFrame) -> DataFrame:
+        return bronze.mapInArrow(validate_batches, _VALIDATED_SCHEMA)
+
+    return transform
+
+
+def _arrow_schema() -> pa.Schema:
+    return to_arrow_schema(_VALIDATED_SCHEMA, timezone="UTC", prefers_large_types=False)
+
+
+def quarantine_rows(validated: DataFrame) -> DataFrame:
+    return validated.where(F.col("error_code").isNotNull()).select(
+        "payload", "error_code", "reason", F.col("rejected_event_id").alias("event_id"), "schema_version",
+        *[name for name, _ in SOURCE_FIELDS], "ingest_ts", "ingest_date",
+    )
+
+
+def accepted_rows(rules: ChannelRules) -> Callable[[DataFrame], DataFrame]:
+    def transform(validated: DataFrame) -> DataFrame:
+        return validated.where(F.col("error_code").isNull()).transform(with_channel(rules)).select(*SILVER_COLUMNS)
+
+    return transform
+
+
+def first_arrival_per_event_id(accepted: DataFrame) -> DataFrame:
+    """Within a batch the first copy to arrive wins (by source timestamp, partition, offset)."""
+    order = Window.partitionBy("event_id").orderBy("source_ts", "source_partition", "source_offset")
+    return accepted.withColumn("_arrival_rank", F.row_number().over(order)).where("_arrival_rank = 1").drop(
+        "_arrival_rank"
+    )
+
+
+def earliest_order_per_order_id(candidates: DataFrame) -> DataFrame:
+    """Of several order events with one order id, the smallest (event_ts, event_id) is kept (BRIEF §2)."""
+    order = Window.partitionBy("order_id").orderBy("event_ts", "event_id")
+    return candidates.withColumn("_order_rank", F.row_number().over(order)).where("_order_rank = 1").drop(
+        "_order_rank"
+    )
+
+
+@dataclass(frozen=True)
+class SilverChanges:
+    """What one batch does to silver: rows to insert and earlier orders they displace."""
+
+    inserts: DataFrame
+    displaced: DataFrame  # (event_id, event_date) of silver orders beaten by an earlier order event
+
+
+def plan_silver_changes(accepted_unique: DataFrame, silver: DataFrame) -> SilverChanges:
+    """Dedup a batch against silver: by event_id, and orders by order_id keeping the earliest."""
+    dates = [r.event_date for r in accepted_unique.select("event_date").distinct().collect()]
+    existing_ids = silver.where(F.col("event_date").isin(dates)).select("event_id")
+    new_events = accepted_unique.join(existing_ids, "event_id", "left_anti")
+
+    is_order = F.col("event_type") == "order"
+    new_orders = new_events.where(is_order)
+    silver_orders = (
+        silver.where(is_order)
+        .join(new_orders.select("order_id").distinct(), "order_id", "left_semi")
+        .select("order_id", "event_ts", "event_id", "event_date")
+        .withColumn("_in_silver", F.lit(True))
+    )
+    contenders = new_orders.withColumn("_in_silver", F.lit(False)).unionByName(silver_orders, allowMissingColumns=True)
+    winners = earliest_order_per_order_id(contenders)
+    order_inserts = winners.where(~F.col("_in_silver")).drop("_in_silver")
+    displaced = (
+        silver_orders.join(winners.where(~F.col("_in_silver")).select("order_id"), "order_id", "left_semi")
+        .select("event_id", "event_date")
+    )
+    inserts = new_events.where(~is_order).unionByName(order_inserts.select(*SILVER_COLUMNS))
+    return SilverChanges(inserts, displaced)
+
+
+# ---- the sink ------------------------------------------------------------------------------------
+
+class IngestSink:
+    """foreachBatch sink: bronze append, validation, quarantine, silver MERGE, reconciliation."""
+
+    def __init__(self, settings: Settings, source_id: str, write_bronze: bool = True):
+        self.settings = settings
+        self.source_id = source_id
+        self.write_bronze = write_bronze
+        self.rules = load_rules(settings.channel_rules_file)
+        self.paths = {name: table_path(name, settings) for name in
+                      ("bronze.events", "silver.events", "silver.quarantine", "silver.reconciliation")}
+
+    def ensure_tables(self, spark: SparkSession) -> None:
+        ensure_table(spark, self.paths["bronze.events"], BRONZE_SCHEMA, ["ingest_date"], "bronze.events")
+        ensure_table(spark, self.paths["silver.events"], SILVER_SCHEMA, ["event_date"], "silver.events")
+        ensure_table(spark, self.paths["silver.quarantine"], QUARANTINE_SCHEMA, ["ingest_date"], "silver.quarantine")
+        ensure_table(spark, self.paths["silver.reconciliation"], RECONCILIATION_SCHEMA, [], "silver.reconciliation")
+
+    def already_processed(self, batch_id: int) -> bool:
+        """True when this source's batch reached silver (its last write, so everything before it did too)."""
+        version = committed_txn_version(self.paths["silver.events"], f"{self.source_id}:silver.events")
+        return version is not None and version >= batch_id
+
+    def _append(self, frame: DataFrame, table: str, batch_id: int) -> None:
+        (frame.write.format("delta").mode("append")
+         .option("txnAppId", f"{self.source_id}:{table}").option("txnVersion", batch_id)
+         .save(self.paths[table]))
+
+    def __call__(self, bronze: DataFrame, batch_id: int) -> dict[str, int]:
+        spark = bronze.sparkSession
+        self.ensure_tables(spark)
+        if self.already_processed(batch_id):  # a replay after a crash that followed the silver commit
+            return {"skipped": 1}
+        bronze = bronze.persist()
+        try:
+            return self._process(spark, bronze, batch_id)
+        finally:
+            bronze.unpersist()
+
+    def _process(self, spark: SparkSession, bronze: DataFrame, batch_id: int) -> dict[str, int]:
+        from delta.tables import DeltaTable
+
+        if self.write_bronze:
+            self._append(bronze, "bronze.events", batch_id)
+        validated = bronze.transform(validate(self.settings.reporting_currency)).persist()
+        try:
+            accepted = validated.transform(accepted_rows(self.rules)).persist()
+            unique = first_arrival_per_event_id(accepted)
+            silver = spark.read.format("delta").load(self.paths["silver.events"])
+            changes = plan_silver_changes(unique, silver)
+            inserts = changes.inserts.persist()
+            displaced = changes.displaced.persist()
+
+            counts = {
+                "bronze": bronze.count(),
+                "quarantine": validated.where(F.col("error_code").isNotNull()).count(),
+                "accepted": accepted.count(),
+                "inserted": inserts.count(),
+                "displaced": displaced.count(),
+                "phones_dropped": accepted.where("phone_dropped").count(),
+            }
+            counts["silver"] = counts["inserted"] - counts["displaced"]
+            counts["duplicates"] = counts["accepted"] - counts["silver"]
+
+            self._append(validated.transform(quarantine_rows), "silver.quarantine", batch_id)
+            reconciliation = spark.createDataFrame(
+                [(self.source_id, batch_id, counts["bronze"], counts["silver"], counts["quarantine"],
+                  counts["duplicates"], counts["phones_dropped"], dt.datetime.now(dt.timezone.utc))],
+                RECONCILIATION_SCHEMA,
+            )
+            self._append(reconciliation, "silver.reconciliation", batch_id)
+
+            changes_source = inserts.withColumn("_action", F.lit("insert")).unionByName(
+                displaced.withColumn("_action", F.lit("delete")), allowMissingColumns=True
+            )
+            with idempotent_merge_conf(spark, f"{self.source_id}:silver.events", batch_id):
+                (DeltaTable.forPath(spark, self.paths["silver.events"]).alias("t")
+                 .merge(changes_source.alias("s"), "t.event_date = s.event_date AND t.event_id = s.event_id")
+                 .whenMatchedDelete(condition="s._action = 'delete'")
+                 .whenNotMatchedInsert(condition="s._action = 'insert'",
+                                       values={c: f"s.`{c}`" for c in SILVER_COLUMNS})
+                 .execute())
+            inserts.unpersist()
+            displaced.unpersist()
+            accepted.unpersist()
+            return counts
+        finally:
+            validated.unpersist()
+
+
+# ---- entry points --------------------------------------------------------------------------------
+
+def start_stream(spark: SparkSession, settings: Settings, topic: str | None = None, query_name: str = "ingest",
+                 trigger_once: bool = False):
+    """Start the Kafka -> bronze/silver query. `trigger_once` drains what is there and stops."""
+    topic = topic or settings.kafka_topic
+    sink = IngestSink(settings, source_id=f"stream:{query_name}")
+    sink.ensure_tables(spark)
+    kafka_rows = (
+        spark.readStream.format("kafka")
+        .option("kafka.bootstrap.servers", settings.kafka_bootstrap)
+        .option("subscribe", topic)
+        .option("startingOffsets", settings.stream.starting_offsets)
+        .option("maxOffsetsPerTrigger", settings.stream.max_offsets_per_trigger)
+        .option("failOnDataLoss", "true")
+        .load()
+    )
+    writer = (
+        kafka_rows.transform(bronze_from_kafka).writeStream.queryName(query_name)
+        .foreachBatch(lambda frame, batch_id: sink(frame, batch_id))
+        .option("checkpointLocation", f"{settings.checkpoint_root}/{query_name}")
+    )
+    if trigger_once:
+        writer = writer.trigger(availableNow=True)
+    else:
+        writer = writer.trigger(processingTime=f"{settings.stream.trigger_seconds} seconds")
+    return writer.start()
+
+
+def ingest_files(spark: SparkSession, settings: Settings, path: str | Path) -> list[dict[str, int]]:
+    """`touchpoint ingest --file`: each JSONL file runs through the same sink, keyed by its content hash
+    so that ingesting the same file again adds nothing."""
+    path = Path(path)
+    files = sorted(p for p in path.rglob("*.jsonl")) if path.is_dir() else [path]
+    if not files:
+        raise FileNotFoundError(f"no .jsonl files under {path}")
+    results = []
+    for file in files:
+        digest = hashlib.sha256(file.read_bytes()).hexdigest()[:32]
+        sink = IngestSink(settings, source_id=f"file:{digest}")
+        sink.ensure_tables(spark)
+        if sink.already_processed(0):
+            results.append({"file": str(file), "skipped": "already ingested (same content)"})
+            continue
+        results.append({"file": str(file), **sink(file_bronze_rows(spark, file), 0)})
+    return results
+
+
+def file_bronze_rows(spark: SparkSession, file: Path) -> DataFrame:
+    """Bronze rows of a JSONL file: the raw bytes of each non-blank line (invalid UTF-8 kept as is),
+    the line number as offset. Split on executors, never collected to the driver."""
+    ingest_ts = dt.datetime.now(dt.timezone.utc)
+    arrow_schema = to_arrow_schema(BRONZE_SCHEMA, timezone="UTC", prefers_large_types=False)
+
+    def split_lines(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for batch in batches:
+            for content in batch.column("content").to_pylist():
+                rows = [
+                    {"payload": line.rstrip(b"\r"), "source_topic": f"file:{file.name}", "source_partition": 0,
+                     "source_offset": number, "source_ts": ingest_ts, "ingest_ts": ingest_ts,
+                     "ingest_date": ingest_ts.date()}
+                    for number, line in enumerate(content.split(b"\n"), start=1) if line.strip()
+                ]
+                yield pa.RecordBatch.from_pylist(rows, schema=arrow_schema)
+
+    raw = spark.read.format("binaryFile").load(str(file.resolve())).select("content")
+    return raw.mapInArrow(split_lines, BRONZE_SCHEMA)

@@ -1,0 +1,91 @@
+"""Channel grouping (BRIEF §3): every rule, the order between them, and the rules-file checks."""
+
+import pytest
+from chispa import assert_df_equality
+
+from touchpoint.core.channels import ChannelRulesError, load_rules, with_channel
+
+COLUMNS = ("case string, event_type string, campaign_source string, campaign_medium string, campaign_name string, "
+           "campaign_term string, campaign_content string, referrer string, page_url string")
+SHOP = "https://shop.example/p"
+
+# (case, event_type, source, medium, name, referrer, page_url, expected channel)
+CASES = [
+    ("paid search", "page_view", " Google ", "CPC", "spring", None, SHOP, "paid_search"),
+    ("paid search ppc bing", "ad_click", "bing", "ppc", None, None, None, "paid_search"),
+    ("paidsearch yandex", "page_view", "yandex", "paidsearch", None, None, SHOP, "paid_search"),
+    ("source host is not a name", "page_view", "google.com", "cpc", None, None, SHOP, "direct"),
+    ("paid social", "ad_click", "Facebook", "paid", None, None, None, "paid_social"),
+    ("cpc on social is paid social", "ad_click", "x", "cpc", None, None, None, "paid_social"),
+    ("paidsocial", "page_view", "tiktok", "paidsocial", None, None, SHOP, "paid_social"),
+    ("display", "ad_click", "dv360", "display", None, None, None, "display"),
+    ("banner", "page_view", "google", "Banner", None, None, SHOP, "display"),
+    ("cpm on search engine", "page_view", "google", "cpm", None, None, SHOP, "display"),
+    ("email medium", "page_view", "newsletter", "email", None, None, SHOP, "email"),
+    ("email click without campaign", "email_click", None, None, None, None, None, "email"),
+    ("email open", "email_open", None, None, None, "https://www.google.com/", None, "email"),
+    ("affiliate", "page_view", "partner", "affiliate", None, None, SHOP, "affiliate"),
+    ("social medium", "page_view", "facebook", "social", None, None, SHOP, "organic_social"),
+    ("social referrer", "page_view", None, None, None, "https://l.facebook.com/x", SHOP, "organic_social"),
+    ("social referrer label", "page_view", None, None, None, "https://m.reddit.com/r", SHOP, "organic_social"),
+    ("search referrer www", "page_view", None, None, None, "https://www.google.com/search?q=x", SHOP,
+     "organic_search"),
+    ("search referrer ccTLD", "page_view", None, None, None, "https://google.co.uk/", SHOP, "organic_search"),
+    ("search referrer yandex.ru", "page_view", None, None, None, "https://yandex.ru/?q", SHOP, "organic_search"),
+    ("only last label matches", "page_view", None, None, None, "https://search.example.google/", SHOP, "referral"),
+    ("campaign blocks organic", "page_view", "news", "article", None, "https://www.google.com/", SHOP, "direct"),
+    ("term alone is a campaign", "page_view", None, None, None, "https://www.google.com/", SHOP, "organic_search"),
+    ("referral", "page_view", None, None, None, "https://blog.example.org/post", SHOP, "referral"),
+    ("same host is internal", "page_view", None, None, None, "https://www.shop.example/cart", SHOP, "direct"),
+    ("same host without www", "page_view", None, None, None, "https://shop.example/cart",
+     "https://www.shop.example/p", "direct"),
+    ("no page_url: external", "ad_click", None, None, None, "https://shop.example/cart", None, "referral"),
+    ("no referrer", "page_view", None, None, None, None, SHOP, "direct"),
+    ("impression no campaign", "ad_impression", None, None, None, None, None, "direct"),
+    ("unknown medium", "page_view", "google", "organic", None, None, SHOP, "direct"),
+]
+
+
+def test_every_rule_in_order(spark):
+    rows = [(c, t, s, m, n, None, None, r, p) for c, t, s, m, n, r, p, _ in CASES]
+    # a campaign with only a term set still counts as a campaign
+    rows = [row if row[0] != "term alone is a campaign" else (*row[:5], "kw", None, *row[7:]) for row in rows]
+    events = spark.createDataFrame(rows, COLUMNS)
+    actual = events.transform(with_channel(load_rules())).select("case", "channel")
+    expected = spark.createDataFrame(
+        [(c, ch if c != "term alone is a campaign" else "direct") for c, *_, ch in CASES], "case string, channel string"
+    )
+    assert_df_equality(actual, expected, ignore_row_order=True, ignore_nullable=True)
+
+
+def test_custom_rules_file_changes_grouping(spark, tmp_path):
+    rules_file = tmp_path / "rules.yaml"
+    rules_file.write_text(
+        "search_engines: [google]\nsocial_networks: [mastodon]\n"
+        "rules:\n  - channel: podcast\n    when: {source_in: [spotify]}\n"
+        "  - channel: organic_social\n    when: {no_campaign: true, referrer_is: social_network}\n"
+        "default: other\n"
+    )
+    events = spark.createDataFrame(
+        [("a", "page_view", "Spotify", None, None, None, None, None, SHOP),
+         ("b", "page_view", None, None, None, None, None, "https://mastodon.social/@x", SHOP),
+         ("c", "page_view", None, None, None, None, None, "https://l.facebook.com/", SHOP)], COLUMNS)
+    actual = {r.case: r.channel for r in events.transform(with_channel(load_rules(rules_file))).collect()}
+    assert actual == {"a": "podcast", "b": "organic_social", "c": "other"}
+
+
+@pytest.mark.parametrize("body, message", [
+    ("search_engines: []\nsocial_networks: []\nrules: [{channel: x, when: {medium_is: [a]}}]\ndefault: d\n",
+     "rules[0]: unknown condition ['medium_is']"),
+    ("search_engines: []\nsocial_networks: []\nrules: [{channel: x}]\ndefault: d\n",
+     "rules[0]: needs 'channel' and exactly one of 'when'"),
+    ("search_engines: []\nsocial_networks: []\nrules: [{channel: x, when: {referrer_is: web}}]\ndefault: d\n",
+     "rules[0]: referrer_is must be one of"),
+    ("search_engines: []\nrules: []\ndefault: d\n", "missing key 'social_networks'"),
+])
+def test_bad_rules_file_names_the_rule_and_fix(tmp_path, body, message):
+    rules_file = tmp_path / "rules.yaml"
+    rules_file.write_text(body)
+    with pytest.raises(ChannelRulesError, match=rf"{rules_file}: .*") as error:
+        load_rules(rules_file)
+    assert message in str(error.value)

@@ -1,0 +1,164 @@
+"""Validation and normalisation of single payloads (BRIEF §2): every bad-input case, exact values."""
+
+import datetime as dt
+import json
+
+import jsonschema
+import pytest
+
+from touchpoint.core.events import (
+    MAX_PAYLOAD_BYTES, Rejected, campaign_fields, normalise_email, normalise_phone, parse_timestamp, validate_payload,
+)
+from touchpoint.schemas import envelope_schema
+
+ARRIVAL = dt.datetime(2026, 3, 2, 12, 0, tzinfo=dt.timezone.utc)
+
+
+def event(**overrides):
+    base = {"event_id": "e-1", "event_type": "page_view", "event_ts": "2026-03-01T10:00:00Z", "anonymous_id": "a1"}
+    base.update(overrides)
+    return {k: v for k, v in base.items() if v is not ...}
+
+
+def encode(obj) -> bytes:
+    return json.dumps(obj).encode()
+
+
+def order(**properties):
+    props = {"order_id": "o-1", "revenue": 20.0, "currency": "EUR", **properties}
+    return event(event_type="order", properties={k: v for k, v in props.items() if v is not ...})
+
+
+BAD_INPUTS = [
+    ("not json", b"hello world", "not_json"),
+    ("truncated", b'{"event_id": "e-1", "event_type": "page_vi', "truncated_json"),
+    ("not an object", b"[1, 2, 3]", "not_object"),
+    ("a number", b"42", "not_object"),
+    ("invalid utf-8", b'{"event_id": "\xff\xfe"}', "invalid_utf8"),
+    ("missing event_id", encode(event(event_id=...)), "missing_event_id"),
+    ("blank event_id", encode(event(event_id="   ")), "missing_event_id"),
+    ("missing event_type", encode(event(event_type=...)), "missing_event_type"),
+    ("missing event_ts", encode(event(event_ts=...)), "missing_event_ts"),
+    ("unknown event_type", encode(event(event_type="purchase")), "unknown_event_type"),
+    ("revenue not a number", encode(order(revenue="twelve")), "wrong_type"),
+    ("id as object", encode(event(user_id={"id": 1})), "wrong_type"),
+    ("context not object", encode(event(context="x")), "wrong_type"),
+    ("no identifier", encode(event(anonymous_id=..., user_id="  ", email="")), "no_identifier"),
+    ("unparseable ts", encode(event(event_ts="yesterday")), "bad_timestamp"),
+    ("impossible date", encode(event(event_ts="2026-02-30T10:00:00Z")), "bad_timestamp"),
+    ("ts without offset", encode(event(event_ts="2026-03-01T10:00:00")), "timestamp_without_offset"),
+    ("ts before 2000", encode(event(event_ts="1999-12-31T23:59:59Z")), "timestamp_too_old"),
+    ("ts a day after arrival", encode(event(event_ts="2026-03-03T12:00:00.000001Z")), "timestamp_in_future"),
+    ("negative revenue", encode(order(revenue=-1)), "negative_revenue"),
+    ("non-finite revenue", b'{"event_id":"e","event_type":"order","event_ts":"2026-03-01T10:00:00Z",'
+                           b'"user_id":"u","properties":{"order_id":"o","revenue":NaN,"currency":"USD"}}',
+     "invalid_revenue"),
+    ("unknown currency", encode(order(currency="XYZ")), "unknown_currency"),
+    ("order without order_id", encode(order(order_id=...)), "order_missing_fields"),
+    ("order without currency", encode(order(currency=...)), "order_missing_fields"),
+    ("payload over 1 MiB", encode(event(context={"page_url": "x" * MAX_PAYLOAD_BYTES})), "payload_too_large"),
+    ("consent without flags", encode(event(event_type="consent", consent={})), "consent_without_flags"),
+    ("consent flags not boolean", encode(event(event_type="consent", consent={"analytics": "yes"})), "wrong_type"),
+    ("country not alpha-2", encode(event(context={"country": "GBR"})), "invalid_country"),
+]
+
+
+@pytest.mark.parametrize("payload, code", [(p, c) for _, p, c in BAD_INPUTS], ids=[n for n, _, _ in BAD_INPUTS])
+def test_each_bad_input_has_its_own_code(payload, code):
+    outcome = validate_payload(payload, ARRIVAL)
+    assert isinstance(outcome, Rejected), outcome
+    assert outcome.code == code, outcome.reason
+    assert outcome.reason
+
+
+def test_structural_rejections_agree_with_the_json_schema():
+    """The hand-rolled structural checks must reject exactly what the published schema rejects."""
+    validator = jsonschema.Draft202012Validator(envelope_schema())
+    structural = {"missing_event_id", "missing_event_type", "missing_event_ts", "unknown_event_type", "wrong_type"}
+    for name, payload, code in BAD_INPUTS:
+        if code in structural and name != "blank event_id":
+            assert not validator.is_valid(json.loads(payload)), name
+    assert validator.is_valid(order())
+    assert validator.is_valid(event(context={"country": "GB"}, campaign={"source": "x"}))
+
+
+def test_valid_order_is_normalised():
+    payload = encode({
+        "event_id": "  o-9 ", "event_type": "order", "event_ts": "2026-03-01T11:30:00.1234567+01:00",
+        "sent_ts": "2026-03-01T10:31:00Z", "user_id": " U-1 ", "email": "  Jane.Doe@Example.COM ",
+        "phone": "020 7946 0018", "context": {"country": "gb", "page_url": "https://shop.example/checkout"},
+        "properties": {"order_id": 1234, "revenue": 100, "currency": "eur"}, "extra": {"kept": "in bronze"},
+    })
+    row = validate_payload(payload, ARRIVAL, "USD")
+    assert not isinstance(row, Rejected), row
+    assert row["event_id"] == "o-9"
+    assert row["event_ts"] == dt.datetime(2026, 3, 1, 10, 30, 0, 123456, tzinfo=dt.timezone.utc)
+    assert row["event_date"] == dt.date(2026, 3, 1)
+    assert row["sent_ts"] == dt.datetime(2026, 3, 1, 10, 31, tzinfo=dt.timezone.utc)
+    assert (row["user_id"], row["email"], row["phone"], row["country"]) == ("U-1", "jane.doe@example.com",
+                                                                          "+442079460018", "GB")
+    assert (row["order_id"], row["revenue"], row["currency"]) == ("1234", 100.0, "EUR")
+    assert row["revenue_reporting"] == pytest.approx(108.0)
+    assert row["reporting_currency"] == "USD"
+    assert row["schema_version"] == "1.0.0"
+
+
+def test_reporting_currency_conversion_between_two_non_usd():
+    row = validate_payload(encode(order(revenue=127.0, currency="GBP")), ARRIVAL, "EUR")
+    assert row["revenue_reporting"] == pytest.approx(127.0 * 1.27 / 1.08)
+
+
+def test_exactly_one_day_after_arrival_is_accepted():
+    row = validate_payload(encode(event(event_ts="2026-03-03T12:00:00Z")), ARRIVAL)
+    assert not isinstance(row, Rejected)
+    assert not isinstance(validate_payload(encode(event(event_ts="2000-01-01T00:00:00Z")), ARRIVAL), Rejected)
+
+
+@pytest.mark.parametrize("raw, country, expected", [
+    ("+1 (415) 555-2671", None, "+14155552671"),
+    ("415-555-2671", "US", "+14155552671"),
+    ("020 7946 0018", "GB", "+442079460018"),
+    ("030 1234567", "DE", "+49301234567"),
+    ("01 23 45 67 89", "FR", "+33123456789"),
+    ("98765 43210", "IN", "+919876543210"),
+])
+def test_phones_become_e164(raw, country, expected):
+    assert normalise_phone(raw, country) == (expected, False)
+
+
+@pytest.mark.parametrize("raw, country", [("12", "US"), ("not a phone", "GB"), ("555-2671", None)])
+def test_impossible_phones_are_dropped_but_the_event_stays(raw, country):
+    assert normalise_phone(raw, country) == (None, True)
+    row = validate_payload(encode(event(phone=raw, anonymous_id=..., context={"country": country})), ARRIVAL)
+    assert not isinstance(row, Rejected)
+    assert (row["phone"], row["phone_dropped"]) == (None, True)
+
+
+def test_email_is_trimmed_and_lowercased_only():
+    assert normalise_email("  First.Last+Tag@GMail.com ") == "first.last+tag@gmail.com"
+    assert normalise_email("   ") is None
+
+
+def test_campaign_object_wins_without_field_merge():
+    fields, origin = campaign_fields({"source": " News ", "medium": ""},
+                                     "https://x.example/?utm_source=google&utm_medium=cpc&utm_campaign=a")
+    assert origin == "campaign"
+    assert fields == {"campaign_source": "News", "campaign_medium": None, "campaign_name": None,
+                      "campaign_term": None, "campaign_content": None}
+
+
+def test_utm_parameters_case_insensitive_and_decoded():
+    fields, origin = campaign_fields(
+        {"source": "  ", "name": None},
+        "https://shop.example/p?UTM_Source=Google&utm_MEDIUM=cpc&utm_campaign=Spring%20Sale%2B&utm_term=red+shoes"
+        "&utm_content=a%26b",
+    )
+    assert origin == "utm"
+    assert fields == {"campaign_source": "Google", "campaign_medium": "cpc", "campaign_name": "Spring Sale+",
+                      "campaign_term": "red shoes", "campaign_content": "a&b"}
+    assert campaign_fields(None, "https://shop.example/p?q=1") == (dict.fromkeys(fields), None)
+
+
+def test_timestamp_offsets_are_exact_instants():
+    assert parse_timestamp("2026-03-01T00:30:00-05:00", "event_ts") == dt.datetime(2026, 3, 1, 5, 30,
+                                                                                  tzinfo=dt.timezone.utc)

@@ -1,0 +1,139 @@
+"""Channel grouping (BRIEF §3) compiled from a rules file into one Spark Column.
+
+Both layers call `with_channel(rules)`, so batch and speed views group alike.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import reduce
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+from pyspark.sql import Column, DataFrame
+from pyspark.sql import functions as F
+
+from touchpoint.schemas.envelope import CAMPAIGN_COLUMNS, event_types
+
+DEFAULT_RULES_FILE = Path(__file__).parent / "channel_rules.yaml"
+_CONDITIONS = {"medium_in", "source_in", "source_is", "referrer_is", "event_type_in", "no_campaign"}
+_KINDS = {"search_engine", "social_network"}
+
+
+class ChannelRulesError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class ChannelRules:
+    search_engines: tuple[str, ...]
+    social_networks: tuple[str, ...]
+    rules: tuple[tuple[str, tuple[dict[str, Any], ...]], ...]  # (channel, alternatives of AND-conditions)
+    default: str
+
+
+def load_rules(path: str | Path | None = None) -> ChannelRules:
+    """Read and check a rules file; errors name the file, the rule and the fix."""
+    path = Path(path or DEFAULT_RULES_FILE)
+    try:
+        document = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as error:
+        raise ChannelRulesError(f"{path}: cannot read channel rules ({error})") from None
+    if not isinstance(document, dict):
+        raise ChannelRulesError(f"{path}: expected a mapping with search_engines, social_networks, rules, default")
+    for key in ("search_engines", "social_networks", "rules", "default"):
+        if key not in document:
+            raise ChannelRulesError(f"{path}: missing key '{key}'")
+    rules = []
+    for index, rule in enumerate(document["rules"]):
+        where = f"{path}: rules[{index}]"
+        if not isinstance(rule, dict) or "channel" not in rule or ("when" in rule) == ("any" in rule):
+            raise ChannelRulesError(f"{where}: needs 'channel' and exactly one of 'when' (all of) or 'any' (list)")
+        alternatives = [rule["when"]] if "when" in rule else rule["any"]
+        for alternative in alternatives:
+            unknown = set(alternative) - _CONDITIONS
+            if unknown:
+                raise ChannelRulesError(f"{where}: unknown condition {sorted(unknown)}; use {sorted(_CONDITIONS)}")
+            for key in ("source_is", "referrer_is"):
+                allowed = _KINDS | ({"external"} if key == "referrer_is" else set())
+                if key in alternative and alternative[key] not in allowed:
+                    raise ChannelRulesError(f"{where}: {key} must be one of {sorted(allowed)}")
+            bad_types = set(alternative.get("event_type_in", [])) - set(event_types())
+            if bad_types:
+                raise ChannelRulesError(f"{where}: unknown event types {sorted(bad_types)}")
+        rules.append((str(rule["channel"]), tuple(alternatives)))
+    return ChannelRules(
+        tuple(s.lower() for s in document["search_engines"]),
+        tuple(s.lower() for s in document["social_networks"]),
+        tuple(rules),
+        str(document["default"]),
+    )
+
+
+# ---- Column -> Column building blocks --------------------------------------------------------
+
+def normalised_name(value: Column) -> Column:
+    """Trimmed and lowercased, for exact-name matching of source and medium."""
+    return F.lower(F.trim(value))
+
+
+def url_host(url: Column) -> Column:
+    """Lowercased host of a URL without a leading 'www.'; null when there is none."""
+    host = F.lower(F.try_parse_url(url, F.lit("HOST")))
+    stripped = F.regexp_replace(host, r"^www\.", "")
+    return F.when(F.length(stripped) > 0, stripped)
+
+
+def host_matches_any_label(host: Column, names: tuple[str, ...]) -> Column:
+    """True when any dot-label of the host except the last is one of `names`."""
+    labels = F.split(host, r"\.")
+    leading = F.slice(labels, 1, F.greatest(F.size(labels) - 1, F.lit(0)))
+    return F.coalesce(F.arrays_overlap(leading, F.array(*[F.lit(n) for n in names])), F.lit(False))
+
+
+def has_campaign(columns: tuple[str, ...] = CAMPAIGN_COLUMNS) -> Column:
+    return reduce(lambda a, b: a | b, [F.coalesce(F.length(F.trim(F.col(c))) > 0, F.lit(False)) for c in columns])
+
+
+def _condition(rules: ChannelRules, key: str, value: Any) -> Column:
+    source, medium = normalised_name(F.col("campaign_source")), normalised_name(F.col("campaign_medium"))
+    referrer_host = F.lower(F.try_parse_url(F.col("referrer"), F.lit("HOST")))
+    if key == "medium_in":
+        return F.coalesce(medium.isin([str(v).lower() for v in value]), F.lit(False))
+    if key == "source_in":
+        return F.coalesce(source.isin([str(v).lower() for v in value]), F.lit(False))
+    if key == "source_is":
+        names = rules.search_engines if value == "search_engine" else rules.social_networks
+        return F.coalesce(source.isin(list(names)), F.lit(False))
+    if key == "event_type_in":
+        return F.col("event_type").isin(list(value))
+    if key == "no_campaign":
+        return ~has_campaign() if value else has_campaign()
+    if key == "referrer_is":
+        if value == "external":
+            page_host = url_host(F.col("page_url"))
+            ref_host = url_host(F.col("referrer"))
+            return ref_host.isNotNull() & (page_host.isNull() | (ref_host != page_host))
+        names = rules.search_engines if value == "search_engine" else rules.social_networks
+        return referrer_host.isNotNull() & host_matches_any_label(referrer_host, names)
+    raise ChannelRulesError(f"unknown condition {key}")
+
+
+def channel_column(rules: ChannelRules) -> Column:
+    """The channel of each row of a DataFrame holding silver's campaign, referrer, page_url, event_type."""
+    expression: Column | None = None
+    for channel, alternatives in rules.rules:
+        matched = reduce(
+            lambda a, b: a | b,
+            [reduce(lambda x, y: x & y, [_condition(rules, k, v) for k, v in alt.items()]) for alt in alternatives],
+        )
+        expression = F.when(matched, F.lit(channel)) if expression is None else expression.when(matched, F.lit(channel))
+    return F.lit(rules.default) if expression is None else expression.otherwise(F.lit(rules.default))
+
+
+def with_channel(rules: ChannelRules) -> Callable[[DataFrame], DataFrame]:
+    def transform(events: DataFrame) -> DataFrame:
+        return events.withColumn("channel", channel_column(rules))
+
+    return transform

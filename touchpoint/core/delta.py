@@ -1,0 +1,67 @@
+"""Delta helpers every writer shares: table creation with privacy-safe statistics, idempotent DML."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator, Sequence
+
+from pyspark.sql import SparkSession
+from pyspark.sql.types import StructType
+
+from touchpoint.core.catalog import TABLES
+
+
+# Types Delta can collect min/max statistics for.
+_STATS_TYPES = {"string", "long", "integer", "double", "float", "date", "timestamp", "timestamp_ntz", "decimal",
+                "short", "byte"}
+
+
+def _table_properties(schema: StructType, catalog_name: str | None,
+                      partition_by: Sequence[str]) -> dict[str, str]:
+    properties: dict[str, str] = {}
+    table = TABLES.get(catalog_name) if catalog_name else None
+    if table is not None and table.pii_columns:
+        # Statistics of PII columns would put raw values into _delta_log (BRIEF §8): collect none.
+        safe = [f.name for f in schema.fields if f.name not in table.pii_columns and f.name not in partition_by
+                and f.dataType.typeName() in _STATS_TYPES]
+        properties["delta.dataSkippingStatsColumns"] = ",".join(f"`{name}`" for name in safe)
+    return properties
+
+
+def ensure_table(spark: SparkSession, path: str, schema: StructType, partition_by: Sequence[str] = (),
+                 catalog_name: str | None = None) -> None:
+    """Create an empty Delta table at `path` if none exists. Safe to call before every write."""
+    from delta.tables import DeltaTable
+
+    if DeltaTable.isDeltaTable(spark, path):
+        return
+    builder = DeltaTable.createIfNotExists(spark).location(path).addColumns(schema)
+    if partition_by:
+        builder = builder.partitionedBy(*partition_by)
+    for key, value in _table_properties(schema, catalog_name, partition_by).items():
+        builder = builder.property(key, value)
+    builder.execute()
+
+
+@contextmanager
+def idempotent_merge_conf(spark: SparkSession, app_id: str, version: int) -> Iterator[None]:
+    """Make the DML inside the block a no-op if (app_id, version) already committed to its table."""
+    spark.conf.set("spark.databricks.delta.write.txnAppId", app_id)
+    spark.conf.set("spark.databricks.delta.write.txnVersion", str(version))
+    try:
+        yield
+    finally:
+        spark.conf.unset("spark.databricks.delta.write.txnAppId")
+        spark.conf.unset("spark.databricks.delta.write.txnVersion")
+
+
+def delta_rs_uri(path: str) -> str:
+    """delta-rs names the S3 scheme s3://, Spark's Hadoop connector s3a://."""
+    return "s3://" + path[len("s3a://"):] if path.startswith("s3a://") else path
+
+
+def committed_txn_version(path: str, app_id: str) -> int | None:
+    """The last txnVersion committed to a table under `app_id` (None if never), read with delta-rs."""
+    from deltalake import DeltaTable as RsDeltaTable
+
+    return RsDeltaTable(delta_rs_uri(path)).transaction_version(app_id)

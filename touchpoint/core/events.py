@@ -1,0 +1,392 @@
+"""Validate and normalise one raw event payload (BRIEF §2), in plain Python.
+
+The structural rules (required fields, enum, JSON types) are read from the envelope JSON Schema;
+the semantic rules of BRIEF §2 follow. The same function serves the Spark ingestion
+(batched through Arrow), the file ingest and the HTTP collector, so a payload is judged the
+same way whatever door it came through.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import json
+import math
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+import phonenumbers
+
+from touchpoint.schemas.envelope import (
+    CAMPAIGN_COLUMNS, SCHEMA_FILE, envelope_fields, envelope_schema, event_types, identifier_columns,
+    schema_version,
+)
+
+MAX_PAYLOAD_BYTES = 1024 * 1024
+OLDEST_EVENT = dt.datetime(2000, 1, 1, tzinfo=dt.timezone.utc)
+MAX_FUTURE = dt.timedelta(days=1)
+FX_RATES_FILE = Path(__file__).parent / "fx_rates.csv"
+
+# Every rejection code, in the order they are checked; docs/INGESTION.md explains each.
+ERROR_CODES = (
+    "payload_too_large", "invalid_utf8", "truncated_json", "not_json", "not_object",
+    "missing_event_id", "missing_event_type", "missing_event_ts", "wrong_type", "unknown_event_type",
+    "invalid_country", "bad_timestamp", "timestamp_without_offset", "timestamp_too_old", "timestamp_in_future",
+    "no_identifier", "order_missing_fields", "invalid_revenue", "negative_revenue", "unknown_currency",
+    "fx_rate_missing", "consent_without_flags", "erased_subject",
+)
+
+_TS_RE = re.compile(
+    r"^(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?(?P<offset>[Zz]|[+-]\d{2}:\d{2})?$"
+)
+_COUNTRY_RE = re.compile(r"^[A-Za-z]{2}$")
+_CONSENT_FLAGS = ("email_marketing", "ads_personalization", "analytics")
+_UTM_TO_FIELD = {"utm_source": "campaign_source", "utm_medium": "campaign_medium", "utm_campaign": "campaign_name",
+                 "utm_term": "campaign_term", "utm_content": "campaign_content"}
+
+
+class Rejected(Exception):
+    """A payload that cannot enter silver: a stable code and a readable reason."""
+
+    def __init__(self, code: str, reason: str, event_id: str | None = None):
+        assert code in ERROR_CODES, code
+        super().__init__(f"{code}: {reason}")
+        self.code, self.reason, self.event_id = code, reason, event_id
+
+
+@dataclass(frozen=True)
+class Currencies:
+    iso_codes: frozenset[str]
+    usd_per_unit: dict[str, float]
+
+    def to_reporting(self, amount: float, currency: str, reporting: str) -> float:
+        return amount * self.usd_per_unit[currency] / self.usd_per_unit[reporting]
+
+
+@lru_cache(maxsize=4)
+def currencies(rates_file: str = str(FX_RATES_FILE)) -> Currencies:
+    iso = json.loads((SCHEMA_FILE.parent / "iso4217.json").read_text())["codes"]
+    with open(rates_file, newline="") as handle:
+        rates = {row["currency"].strip().upper(): float(row["usd_per_unit"]) for row in csv.DictReader(handle)}
+    return Currencies(frozenset(iso), rates)
+
+
+# ---- structure, derived from the JSON Schema -------------------------------------------------
+
+def _json_type_ok(value: Any, json_type: str) -> bool:
+    if json_type == "null":
+        return value is None
+    if json_type == "string":
+        return isinstance(value, str)
+    if json_type == "boolean":
+        return isinstance(value, bool)
+    if json_type == "integer":
+        return isinstance(value, int) and not isinstance(value, bool)
+    if json_type == "number":
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if json_type == "object":
+        return isinstance(value, dict)
+    raise ValueError(json_type)
+
+
+@lru_cache(maxsize=1)
+def _object_specs() -> tuple[tuple[str, tuple[str, ...]], ...]:
+    schema = envelope_schema()["properties"]
+    return tuple(
+        (name, tuple(spec["type"]) if isinstance(spec["type"], list) else (spec["type"],))
+        for name, spec in schema.items()
+        if "object" in (spec["type"] if isinstance(spec["type"], list) else [spec["type"]])
+    )
+
+
+def _describe(value: Any) -> str:
+    text = json.dumps(value, default=str)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def check_structure(event: dict) -> None:
+    """Required fields, JSON types and the event_type enum, as the envelope schema states them."""
+    raw_id = event.get("event_id")
+    event_id = raw_id.strip() if isinstance(raw_id, str) else None
+    for name in envelope_schema()["required"]:
+        if event.get(name) is None:
+            raise Rejected(f"missing_{name}", f"required field '{name}' is missing or null", event_id)
+    for name, types in _object_specs():
+        if name in event and not any(_json_type_ok(event[name], t) for t in types):
+            raise Rejected("wrong_type", f"'{name}' must be an object, got {_describe(event[name])}", event_id)
+    for field in envelope_fields():
+        value = _lookup(event, field.path)
+        if not any(_json_type_ok(value, t) for t in field.json_types) and not (
+            value is None and not field.required
+        ):
+            expected = " or ".join(t for t in field.json_types if t != "null")
+            raise Rejected("wrong_type", f"'{'.'.join(field.path)}' must be {expected}, got {_describe(value)}",
+                           event_id)
+    if event["event_type"] not in event_types():
+        raise Rejected("unknown_event_type", f"event_type {event['event_type']!r} is not one of "
+                       f"{', '.join(event_types())}", event_id)
+
+
+def _lookup(event: dict, path: tuple[str, ...]) -> Any:
+    node: Any = event
+    for key in path:
+        if not isinstance(node, dict):
+            return None
+        node = node.get(key)
+    return node
+
+
+# ---- value normalisation (Python mirrors of BRIEF §2) -------------------------------------
+
+def parse_timestamp(text: str, field: str) -> dt.datetime:
+    """RFC 3339 with an offset -> aware UTC datetime, truncated to microseconds."""
+    match = _TS_RE.match(text.strip())
+    if not match:
+        raise Rejected("bad_timestamp", f"'{field}' is not an RFC 3339 timestamp: {_describe(text)}")
+    if match["offset"] is None:
+        raise Rejected("timestamp_without_offset", f"'{field}' has no UTC offset: {_describe(text)}")
+    year, month, day, hour, minute, second, fraction = match.groups()[:7]
+    offset = match["offset"]
+    try:
+        tz = dt.timezone.utc if offset in ("Z", "z") else dt.timezone(
+            (1 if offset[0] == "+" else -1) * dt.timedelta(hours=int(offset[1:3]), minutes=int(offset[4:6]))
+        )
+        local = dt.datetime(int(year), int(month), int(day), int(hour), int(minute), int(second),
+                            int((fraction or "0").ljust(6, "0")[:6]), tzinfo=tz)
+    except ValueError as error:
+        raise Rejected("bad_timestamp", f"'{field}' is not a valid instant ({error}): {_describe(text)}") from None
+    return local.astimezone(dt.timezone.utc)
+
+
+def clean_id(value: Any) -> str | None:
+    """Trimmed identifier, None when absent or blank (case is kept)."""
+    if value is None:
+        return None
+    text = str(value).strip()
+    return text or None
+
+
+def normalise_email(value: str | None) -> str | None:
+    text = clean_id(value)
+    return text.lower() if text else None
+
+
+def normalise_phone(value: str | None, country: str | None) -> tuple[str | None, bool]:
+    """(E.164 phone or None, dropped?) via phonenumbers with the event's country as region."""
+    raw = clean_id(value)
+    if raw is None:
+        return None, False
+    try:
+        number = phonenumbers.parse(raw, country)
+    except phonenumbers.NumberParseException:
+        return None, True
+    if not phonenumbers.is_possible_number(number):
+        return None, True
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164), False
+
+
+def campaign_fields(campaign: dict | None, page_url: str | None) -> tuple[dict[str, str | None], str | None]:
+    """The five campaign fields and where they came from: the object, else utm_* of page_url (no merge)."""
+    from_object = {column: clean_id((campaign or {}).get(column.removeprefix("campaign_")))
+                   for column in CAMPAIGN_COLUMNS}
+    if any(from_object.values()):
+        return from_object, "campaign"
+    from_url = dict.fromkeys(CAMPAIGN_COLUMNS)
+    if page_url:
+        try:
+            query = urlsplit(page_url).query
+        except ValueError:
+            query = ""
+        for key, value in parse_qsl(query, keep_blank_values=True):
+            column = _UTM_TO_FIELD.get(key.strip().lower())
+            if column and from_url[column] is None:
+                from_url[column] = clean_id(value)
+    if any(from_url.values()):
+        return from_url, "utm"
+    return from_url, None
+
+
+@lru_cache(maxsize=4096)
+def parse_user_agent(user_agent: str) -> tuple[str | None, str | None, str | None]:
+    """(device_type, browser family, os family) with the ua-parser library."""
+    from ua_parser import parse
+
+    result = parse(user_agent)
+    browser = result.user_agent.family if result.user_agent else None
+    os_family = result.os.family if result.os else None
+    device = result.device.family if result.device else None
+    lowered = user_agent.lower()
+    if any(bot in lowered for bot in ("bot", "crawler", "spider")):
+        device_type = "bot"
+    elif "ipad" in lowered or "tablet" in lowered:
+        device_type = "tablet"
+    elif "mobi" in lowered or os_family in ("iOS", "Android"):
+        device_type = "mobile"
+    elif device in (None, "Other") and os_family in ("Windows", "Mac OS X", "Linux", "Ubuntu", "Chrome OS"):
+        device_type = "desktop"
+    else:
+        device_type = "other"
+    return device_type, browser, os_family
+
+
+# ---- the whole record ----------------------------------------------------------------------------
+
+def decode(payload: bytes | None) -> dict:
+    """Raw bytes -> JSON object, or Rejected with the precise reason."""
+    if payload is None:
+        raise Rejected("not_json", "empty record (null value)")
+    if len(payload) > MAX_PAYLOAD_BYTES:
+        raise Rejected("payload_too_large", f"payload is {len(payload)} bytes, the limit is {MAX_PAYLOAD_BYTES}")
+    try:
+        text = payload.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise Rejected("invalid_utf8", f"payload is not valid UTF-8 (byte {error.start})") from None
+    try:
+        event = json.loads(text)
+    except json.JSONDecodeError as error:
+        if _looks_truncated(text):
+            raise Rejected("truncated_json", f"JSON ends early: {error.msg} at char {error.pos}") from None
+        raise Rejected("not_json", f"not JSON: {error.msg} at char {error.pos}") from None
+    if not isinstance(event, dict):
+        raise Rejected("not_object", f"JSON is a {type(event).__name__}, not an object")
+    return event
+
+
+def _looks_truncated(text: str) -> bool:
+    """JSON that opens an object or array and ends while one is still open (or inside a string)."""
+    stripped = text.strip()
+    if not stripped.startswith(("{", "[")):
+        return False
+    depth, in_string, escaped = 0, False, False
+    for char in stripped:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "{[":
+            depth += 1
+        elif char in "}]":
+            depth -= 1
+    return in_string or depth > 0
+
+
+def normalise(event: dict, arrival: dt.datetime, reporting_currency: str = "USD") -> dict[str, Any]:
+    """Validate one decoded event and return its silver columns (channel is added in Spark)."""
+    check_structure(event)
+    event_id = clean_id(event["event_id"])
+    if event_id is None:
+        raise Rejected("missing_event_id", "event_id is blank")
+    try:
+        return _normalise(event, event_id, arrival, reporting_currency)
+    except Rejected as rejected:
+        rejected.event_id = event_id
+        raise
+
+
+def _normalise(event: dict, event_id: str, arrival: dt.datetime, reporting_currency: str) -> dict[str, Any]:
+    context = event.get("context") or {}
+    properties = event.get("properties") or {}
+    consent = event.get("consent") or {}
+    country = clean_id(context.get("country"))
+    if country is not None and not _COUNTRY_RE.match(country):
+        raise Rejected("invalid_country", f"'context.country' must be ISO 3166-1 alpha-2, got {_describe(country)}")
+    country = country.upper() if country else None
+
+    event_ts = parse_timestamp(event["event_ts"], "event_ts")
+    if event_ts < OLDEST_EVENT:
+        raise Rejected("timestamp_too_old", f"event_ts {event_ts.isoformat()} is before 2000-01-01T00:00:00Z")
+    if event_ts > arrival + MAX_FUTURE:
+        raise Rejected("timestamp_in_future",
+                       f"event_ts {event_ts.isoformat()} is more than a day after arrival {arrival.isoformat()}")
+    sent_ts = parse_timestamp(event["sent_ts"], "sent_ts") if event.get("sent_ts") is not None else None
+
+    if not any(clean_id(event.get(column)) for column in identifier_columns()):
+        raise Rejected("no_identifier", "none of anonymous_id, user_id, email, phone is present")
+
+    event_type = event["event_type"]
+    revenue, currency, revenue_reporting, order_id = None, None, None, None
+    if event_type == "order":
+        order_id = clean_id(properties.get("order_id"))
+        missing = [name for name, value in (("order_id", order_id), ("revenue", properties.get("revenue")),
+                                            ("currency", clean_id(properties.get("currency")))) if value is None]
+        if missing:
+            raise Rejected("order_missing_fields", f"order events need properties.{', properties.'.join(missing)}")
+        revenue = float(properties["revenue"])
+        if not math.isfinite(revenue):
+            raise Rejected("invalid_revenue", f"properties.revenue must be a finite number, got {revenue}")
+        if revenue < 0:
+            raise Rejected("negative_revenue", f"properties.revenue must be >= 0, got {revenue}")
+        currency = properties["currency"].strip().upper()
+        fx = currencies()
+        if currency not in fx.iso_codes:
+            raise Rejected("unknown_currency", f"properties.currency {currency!r} is not an ISO 4217 code")
+        if currency not in fx.usd_per_unit or reporting_currency not in fx.usd_per_unit:
+            missing_rate = currency if currency not in fx.usd_per_unit else reporting_currency
+            raise Rejected("fx_rate_missing", f"no exchange rate for {missing_rate} in the rates table")
+        revenue_reporting = fx.to_reporting(revenue, currency, reporting_currency)
+    elif properties.get("revenue") is not None:
+        revenue = float(properties["revenue"])
+        currency = clean_id(properties.get("currency"))
+
+    if event_type == "consent" and not any(isinstance(consent.get(flag), bool) for flag in _CONSENT_FLAGS):
+        raise Rejected("consent_without_flags", "consent events need at least one of "
+                       "consent.email_marketing, consent.ads_personalization, consent.analytics")
+
+    phone, phone_dropped = normalise_phone(event.get("phone"), country)
+    page_url = clean_id(context.get("page_url"))
+    campaign, campaign_origin = campaign_fields(event.get("campaign"), page_url)
+    user_agent = clean_id(context.get("user_agent"))
+    device_type, browser, os_family = parse_user_agent(user_agent) if user_agent else (None, None, None)
+    row = {
+        "event_id": event_id,
+        "event_type": event_type,
+        "event_ts": event_ts,
+        "sent_ts": sent_ts,
+        "anonymous_id": clean_id(event.get("anonymous_id")),
+        "user_id": clean_id(event.get("user_id")),
+        "email": normalise_email(event.get("email")),
+        "phone": phone,
+        "page_url": page_url,
+        "referrer": clean_id(context.get("referrer")),
+        "user_agent": user_agent,
+        "ip": clean_id(context.get("ip")),
+        "country": country,
+        **campaign,
+        "order_id": order_id,
+        "revenue": revenue,
+        "currency": currency,
+        "product_id": clean_id(properties.get("product_id")),
+        "price": float(properties["price"]) if properties.get("price") is not None else None,
+        "quantity": properties.get("quantity"),
+        "consent_email_marketing": consent.get("email_marketing"),
+        "consent_ads_personalization": consent.get("ads_personalization"),
+        "consent_analytics": consent.get("analytics"),
+        "event_date": event_ts.date(),
+        "campaign_origin": campaign_origin,
+        "revenue_reporting": revenue_reporting,
+        "reporting_currency": reporting_currency if revenue_reporting is not None else None,
+        "device_type": device_type,
+        "browser": browser,
+        "os": os_family,
+        "phone_dropped": phone_dropped,
+        "schema_version": schema_version(),
+    }
+    return row
+
+
+def validate_payload(payload: bytes | None, arrival: dt.datetime,
+                     reporting_currency: str = "USD") -> dict[str, Any] | Rejected:
+    """Never raises for bad input: returns the silver row or the rejection."""
+    try:
+        return normalise(decode(payload), arrival, reporting_currency)
+    except Rejected as rejected:
+        return rejected
