@@ -122,11 +122,15 @@ class SilverChanges:
     displaced: DataFrame  # (event_id, event_date) of silver orders beaten by an earlier order event
 
 
-def plan_silver_changes(accepted_unique: DataFrame, silver: DataFrame) -> SilverChanges:
-    """Dedup a batch against silver: by event_id, and orders by order_id keeping the earliest."""
-    dates = [r.event_date for r in accepted_unique.select("event_date").distinct().collect()]
-    existing_ids = silver.where(F.col("event_date").isin(dates)).select("event_id")
+def plan_silver_changes(accepted_unique: DataFrame, silver: DataFrame, event_dates: list,
+                        with_orders: bool = True) -> SilverChanges:
+    """Dedup a batch against silver: by event_id (pruned to the batch's event dates: copies are
+    identical, so a copy has the same event_date), and orders by order_id keeping the earliest."""
+    existing_ids = silver.where(F.col("event_date").isin(event_dates)).select("event_id")
     new_events = accepted_unique.join(existing_ids, "event_id", "left_anti")
+    empty_displaced = silver.select("event_id", "event_date").limit(0)
+    if not with_orders:
+        return SilverChanges(new_events, empty_displaced)
 
     is_order = F.col("event_type") == "order"
     new_orders = new_events.where(is_order)
@@ -156,6 +160,7 @@ class IngestSink:
         self.settings = settings
         self.source_id = source_id
         self.write_bronze = write_bronze
+        self._tables_ready = False
         self.rules = load_rules(settings.channel_rules_file)
         self.paths = {name: table_path(name, settings) for name in
                       ("bronze.events", "silver.events", "silver.quarantine", "silver.reconciliation")}
@@ -178,7 +183,9 @@ class IngestSink:
 
     def __call__(self, bronze: DataFrame, batch_id: int) -> dict[str, int]:
         spark = bronze.sparkSession
-        self.ensure_tables(spark)
+        if not self._tables_ready:
+            self.ensure_tables(spark)
+            self._tables_ready = True
         if self.already_processed(batch_id):  # a replay after a crash that followed the silver commit
             return {"skipped": 1}
         bronze = bronze.persist()
@@ -188,54 +195,61 @@ class IngestSink:
             bronze.unpersist()
 
     def _process(self, spark: SparkSession, bronze: DataFrame, batch_id: int) -> dict[str, int]:
-        from delta.tables import DeltaTable
-
         if self.write_bronze:
             self._append(bronze, "bronze.events", batch_id)
         validated = bronze.transform(validate(self.settings.reporting_currency)).persist()
+        cached = [validated]
         try:
-            accepted = validated.transform(accepted_rows(self.rules)).persist()
-            unique = first_arrival_per_event_id(accepted)
+            tally = validated.agg(
+                F.count(F.lit(1)).alias("bronze"),
+                F.count("error_code").alias("quarantine"),
+                F.count_if(F.col("error_code").isNull() & F.col("phone_dropped")).alias("phones_dropped"),
+                F.count_if(F.col("error_code").isNull() & (F.col("event_type") == "order")).alias("orders"),
+                F.collect_set(F.when(F.col("error_code").isNull(), F.col("event_date"))).alias("event_dates"),
+            ).first()
+            unique = first_arrival_per_event_id(validated.transform(accepted_rows(self.rules)))
             silver = spark.read.format("delta").load(self.paths["silver.events"])
-            changes = plan_silver_changes(unique, silver)
+            changes = plan_silver_changes(unique, silver, list(tally["event_dates"]), with_orders=tally["orders"] > 0)
             inserts = changes.inserts.persist()
-            displaced = changes.displaced.persist()
-
+            cached.append(inserts)
+            displaced = changes.displaced.persist() if tally["orders"] else changes.displaced
+            cached.append(displaced)
             counts = {
-                "bronze": bronze.count(),
-                "quarantine": validated.where(F.col("error_code").isNotNull()).count(),
-                "accepted": accepted.count(),
+                "bronze": tally["bronze"],
+                "quarantine": tally["quarantine"],
+                "accepted": tally["bronze"] - tally["quarantine"],
                 "inserted": inserts.count(),
-                "displaced": displaced.count(),
-                "phones_dropped": accepted.where("phone_dropped").count(),
+                "displaced": displaced.count() if tally["orders"] else 0,
+                "phones_dropped": tally["phones_dropped"],
             }
             counts["silver"] = counts["inserted"] - counts["displaced"]
             counts["duplicates"] = counts["accepted"] - counts["silver"]
 
-            self._append(validated.transform(quarantine_rows), "silver.quarantine", batch_id)
+            if counts["quarantine"]:
+                self._append(validated.transform(quarantine_rows), "silver.quarantine", batch_id)
             reconciliation = spark.createDataFrame(
                 [(self.source_id, batch_id, counts["bronze"], counts["silver"], counts["quarantine"],
                   counts["duplicates"], counts["phones_dropped"], dt.datetime.now(dt.timezone.utc))],
                 RECONCILIATION_SCHEMA,
             )
             self._append(reconciliation, "silver.reconciliation", batch_id)
-
-            changes_source = inserts.withColumn("_action", F.lit("insert")).unionByName(
-                displaced.withColumn("_action", F.lit("delete")), allowMissingColumns=True
-            )
-            with idempotent_merge_conf(spark, f"{self.source_id}:silver.events", batch_id):
-                (DeltaTable.forPath(spark, self.paths["silver.events"]).alias("t")
-                 .merge(changes_source.alias("s"), "t.event_date = s.event_date AND t.event_id = s.event_id")
-                 .whenMatchedDelete(condition="s._action = 'delete'")
-                 .whenNotMatchedInsert(condition="s._action = 'insert'",
-                                       values={c: f"s.`{c}`" for c in SILVER_COLUMNS})
-                 .execute())
-            inserts.unpersist()
-            displaced.unpersist()
-            accepted.unpersist()
+            if counts["displaced"]:
+                self._delete_displaced(spark, displaced, batch_id)
+            # The silver append is the batch's last write: already_processed() keys on it.
+            self._append(inserts, "silver.events", batch_id)
             return counts
         finally:
-            validated.unpersist()
+            for frame in cached:
+                frame.unpersist()
+
+    def _delete_displaced(self, spark: SparkSession, displaced: DataFrame, batch_id: int) -> None:
+        from delta.tables import DeltaTable
+
+        with idempotent_merge_conf(spark, f"{self.source_id}:silver.displaced", batch_id):
+            (DeltaTable.forPath(spark, self.paths["silver.events"]).alias("t")
+             .merge(displaced.alias("s"), "t.event_date = s.event_date AND t.event_id = s.event_id")
+             .whenMatchedDelete()
+             .execute())
 
 
 # ---- entry points --------------------------------------------------------------------------------

@@ -118,6 +118,83 @@ def tables(as_json: bool = typer.Option(False, "--json", help="print every table
     console.print(grid)
 
 
+def _generate_command():
+    from touchpoint.generator import generate_command
+
+    return generate_command
+
+
+app.command("generate", help="Synthetic marketing traffic to Kafka or JSONL, deterministic by seed.")(
+    _generate_command()
+)
+
+stream_app = typer.Typer(help="Long-running Structured Streaming queries.", no_args_is_help=True)
+app.add_typer(stream_app, name="stream")
+
+
+@stream_app.command("ingest")
+def stream_ingest(
+    topic: Optional[str] = typer.Option(None, help="Kafka topic (default: settings.kafka_topic)"),
+    available_now: bool = typer.Option(False, "--available-now", help="drain what is in Kafka, then stop"),
+    query_name: str = typer.Option("ingest", help="query name; also names its checkpoint"),
+) -> None:
+    """Kafka -> bronze.events -> silver.events / silver.quarantine, exactly once."""
+    from touchpoint.core.config import require_kafka
+    from touchpoint.core.spark import get_spark
+    from touchpoint.streaming.ingest import start_stream
+
+    settings = _settings()
+    require_kafka(settings)
+    spark = get_spark("touchpoint-stream-ingest", settings=settings)
+    query = start_stream(spark, settings, topic=topic, query_name=query_name, trigger_once=available_now)
+    console.print(f"ingest query {query.id} running; checkpoint {settings.checkpoint_root}/{query_name}")
+    try:
+        query.awaitTermination()
+    except KeyboardInterrupt:
+        query.stop()
+    if query.exception() is not None:
+        raise typer.Exit(1)
+
+
+@app.command()
+def ingest(file: str = typer.Option(..., "--file", help="a JSONL file or a folder of *.jsonl files")) -> None:
+    """Batch ingest of JSONL files through the same bronze/silver path as the stream."""
+    from touchpoint.core.spark import get_spark
+    from touchpoint.streaming.ingest import ingest_files
+
+    settings = _settings()
+    spark = get_spark("touchpoint-ingest", settings=settings)
+    with console.status(f"ingesting {file}"):
+        results = ingest_files(spark, settings, file)
+    grid = RichTable("file", "bronze", "silver", "quarantine", "duplicates", "note")
+    for r in results:
+        grid.add_row(r["file"], *(str(r.get(k, "")) for k in ("bronze", "silver", "quarantine", "duplicates")),
+                     r.get("skipped", ""))
+    console.print(grid)
+
+
+@app.command()
+def run(job: str = typer.Argument(..., help="identity | profiles | attribution | ..."),
+        date: str = typer.Option(..., "--date", help="logical date D, YYYY-MM-DD (UTC)")) -> None:
+    """Run one batch job for logical date D (the same entry point as spark-submit and Airflow)."""
+    import datetime as dt
+
+    from touchpoint.jobs.runner import JOBS, run_job
+
+    if job not in JOBS:
+        err_console.print(f"[red]error:[/red] unknown job {job!r}; known jobs: {', '.join(sorted(JOBS))}")
+        raise typer.Exit(2)
+    try:
+        logical_date = dt.date.fromisoformat(date)
+    except ValueError:
+        err_console.print(f"[red]error:[/red] --date must be YYYY-MM-DD, got {date!r}")
+        raise typer.Exit(2) from None
+    settings = _settings()
+    with console.status(f"running {job} for {logical_date}"):
+        summary = run_job(job, logical_date, settings=settings)
+    console.print_json(json.dumps({"job": job, "date": date, **summary}, default=str))
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     try:
         app(args=argv)

@@ -27,7 +27,8 @@ class Table:
 
     def path(self, settings: Settings | None = None) -> str:
         settings = settings or get_settings()
-        return f"{settings.lake_uri}/{self.layer}/{self.short_name}"
+        folder = settings.gold_namespace if self.layer == "gold" else self.layer
+        return f"{settings.lake_uri}/{folder}/{self.short_name}"
 
 
 _TABLES = [
@@ -45,14 +46,21 @@ _TABLES = [
     Table("gold.identity_merges", "jobs.identity", "component merges: old id -> surviving id"),
     Table("gold.identity_guardrails", "jobs.identity", "identifiers held back (blocklist, shared device) and why",
           restricted=True, pii_columns=("identifier_value",)),
+    Table("gold.identity_edges", "jobs.identity", "distinct co-occurring identifier pairs (identity graph state)", restricted=True, pii_columns=("a_value", "b_value")),
+    Table("gold.identity_splits", "jobs.identity", "component splits when a device becomes shared: old id -> split-off part"),
+    Table("gold.identity_runs", "jobs.identity", "one row per identity run: mode, silver version read, state versions written", keys=("logical_date",)),
     Table("gold.customer_profiles", "jobs.profiles", "one row per customer, hashed identifiers only",
           keys=("customer_id",)),
     Table("gold.attribution_credits", "jobs.attribution", "per conversion, model and touchpoint credit"),
     Table("gold.attribution_daily", "jobs.attribution", "credits per day, model, channel, campaign"),
     Table("gold.markov_removal_effects", "jobs.attribution", "Markov removal effect per channel"),
     Table("gold.attribution_paths", "jobs.attribution", "Markov training paths, ChannelAttribution format"),
+    Table("gold.attribution_touchpoints", "jobs.attribution", "touchpoints as of the last attribution run", keys=("touch_event_id",)),
+    Table("gold.attribution_conversions", "jobs.attribution", "conversions with their ordered paths", keys=("conversion_id",)),
+    Table("gold.attribution_runs", "jobs.attribution", "one row per attribution run: mode, settings, state versions", keys=("run_id",)),
     Table("gold.segment_membership", "jobs.segments", "segment membership history", keys=("segment", "customer_id")),
     Table("gold.segment_sizes", "jobs.segments", "segment sizes per day"),
+    Table("gold.segment_runs", "jobs.segments", "one row per segments run: segments, definitions, input versions", keys=("logical_date",)),
     Table("gold.export_log", "jobs.exports", "one row per export run"),
     Table("gold.high_water_mark", "jobs.serving", "batch high-water mark H per run"),
     Table("speed.campaign_minute", "streaming.speed", "real-time campaign metrics per minute"),

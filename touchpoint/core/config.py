@@ -49,6 +49,8 @@ class IdentitySettings(_Section):
         "null", "undefined", "none", "nil", "nan", "n/a", "unknown", "test@example.com",
     )
     shared_device_max_user_ids: int = Field(3, ge=1)
+    checkpoint: Literal["lake", "local"] = Field(
+        "lake", description="how connected components cut lineage: scratch files under the lake, or localCheckpoint")
 
 
 class StreamSettings(_Section):
@@ -65,6 +67,16 @@ class RetentionSettings(_Section):
     kafka_retention_hours: int = Field(168, gt=0)
 
 
+class ExportTarget(_Section):
+    segment: str = Field(pattern=r"^[a-z][a-z0-9_]{0,62}$")
+    destination: Literal["google_customer_match", "meta_custom_audience", "esp", "jsonl"]
+
+
+class ExportSettings(_Section):
+    max_rows_per_file: int = Field(100_000, ge=1, description="export files are split at this many rows")
+    daily: tuple[ExportTarget, ...] = Field((), description="(segment, destination) pairs the daily exports job sends")
+
+
 class Settings(BaseSettings):
     """Platform settings. Every field can be set in touchpoint.toml or as TOUCHPOINT_<NAME>."""
 
@@ -78,6 +90,9 @@ class Settings(BaseSettings):
     state_dir: Path = Field(Path(".state"), description="git-ignored folder for jars, broker data, checkpoints")
     jars_dir: Path = Field(Path(".state/jars"), description="where `make jars` puts the Maven-resolved jars")
     lake_root: str = Field(".state/lake", description="local folder or s3a:// URI of the Delta lake")
+    gold_namespace: str = Field("gold", pattern=r"^[a-z_]+(/[a-z_0-9\-]+)*$",
+                                description="folder of gold tables under the lake root; write-audit-publish "
+                                "runs jobs against a staging namespace, then publishes into 'gold'")
     kafka_bootstrap: str = "127.0.0.1:9092"
     kafka_controller_port: int = Field(9093, gt=0, lt=65536)
     kafka_topic: str = "events.raw"
@@ -91,10 +106,12 @@ class Settings(BaseSettings):
     reporting_currency: str = Field("USD", pattern=r"^[A-Z]{3}$")
     channel_rules_file: Path | None = Field(None, description="YAML channel rules; default: built-in BRIEF §3 rules")
     segments_dir: Path = Path("segments")
+    exports_dir: Path | None = Field(None, description="local folder of activation exports; default <lake_root>/../exports")
     attribution: AttributionSettings = AttributionSettings()
     identity: IdentitySettings = IdentitySettings()
     stream: StreamSettings = StreamSettings()
     retention: RetentionSettings = RetentionSettings()
+    exports: ExportSettings = ExportSettings()
 
     @field_validator("kafka_bootstrap")
     @classmethod
