@@ -16,6 +16,10 @@ JOBS: dict[str, str] = {
     "identity": "touchpoint.jobs.identity",
     "profiles": "touchpoint.jobs.profiles",
     "attribution": "touchpoint.jobs.attribution",
+    "pipeline": "touchpoint.jobs.pipeline",
+    "maintenance": "touchpoint.jobs.maintenance",  # every step of marketing_daily, write-audit-publish
+    "segments": "touchpoint.jobs.segments",
+    "exports": "touchpoint.jobs.exports",
 }
 
 

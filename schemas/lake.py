@@ -62,6 +62,11 @@ RECONCILIATION_FIELDS = [
     ("ingest_ts", "timestamp"),
 ]
 
+HIGH_WATER_MARK_FIELDS = [
+    ("logical_date", "date"),
+    ("high_water_mark", "timestamp"),  # H: every arrived event with event_ts < H is in the batch views
+]
+
 
 def struct(fields: list[tuple[str, str]]) -> StructType:
     return StructType([StructField(name, _SPARK_TYPES[kind], True) for name, kind in fields])
@@ -79,3 +84,4 @@ BRONZE_SCHEMA = struct(BRONZE_FIELDS)
 SILVER_SCHEMA = struct(silver_fields())
 QUARANTINE_SCHEMA = struct(QUARANTINE_FIELDS)
 RECONCILIATION_SCHEMA = struct(RECONCILIATION_FIELDS)
+HIGH_WATER_MARK_SCHEMA = struct(HIGH_WATER_MARK_FIELDS)

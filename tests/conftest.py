@@ -12,6 +12,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 os.chdir(REPO)  # relative defaults (.state/jars) resolve against the repository
 os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
+os.environ.setdefault("AIRFLOW_HOME", str(REPO / ".state" / "airflow-test"))
+os.environ.setdefault("AIRFLOW__CORE__DAGS_FOLDER", str(REPO / "dags"))
 logging.getLogger("py4j").setLevel(logging.WARNING)
 
 

@@ -1,0 +1,57 @@
+"""lake_maintenance: compaction, retention, VACUUM and staging clean-up. Wiring only."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from airflow.sdk import dag, task
+
+DOC = """
+### lake_maintenance
+Daily, for logical date D: `optimize` compacts the stream-written tables (bronze, silver,
+quarantine, reconciliation); `enforce_retention` deletes bronze raw payloads and quarantine rows
+older than `retention.bronze_days` / `retention.quarantine_days` before D; `vacuum` removes
+unreferenced files older than `retention.vacuum_hours`; `clean_staging` drops staging namespaces of
+earlier dates. Each step is `touchpoint.jobs.maintenance.run_step`, also `touchpoint run maintenance --date D`.
+"""
+
+
+def _step(step: str, **context) -> dict:
+    from touchpoint.jobs.maintenance import run_step
+
+    stamp = context.get("logical_date") or context["dag_run"].run_after
+    return run_step(step, stamp.date())
+
+
+@dag(
+    dag_id="lake_maintenance",
+    schedule="@daily",
+    start_date=dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc),
+    catchup=False,
+    max_active_runs=1,
+    doc_md=DOC,
+    tags=["touchpoint", "maintenance"],
+    default_args={"owner": "data-platform", "retries": 2, "retry_delay": dt.timedelta(minutes=5),
+                  "retry_exponential_backoff": True},
+)
+def lake_maintenance():
+    @task
+    def optimize(**context):
+        return _step("optimize", **context)
+
+    @task
+    def enforce_retention(**context):
+        return _step("enforce_retention", **context)
+
+    @task
+    def vacuum(**context):
+        return _step("vacuum", **context)
+
+    @task
+    def clean_staging(**context):
+        return _step("clean_staging", **context)
+
+    optimize() >> enforce_retention() >> vacuum() >> clean_staging()
+
+
+lake_maintenance()

@@ -1,0 +1,41 @@
+"""streaming_supervisor: keeps the ingestion query alive and fresh. Wiring only."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from airflow.sdk import dag, task
+
+DOC = """
+### streaming_supervisor
+Every 5 minutes: if the `ingest` query's process is gone it is restarted
+(`touchpoint stream ingest`, PID under `.state/streams`); if it is alive but its last committed
+micro-batch is older than `max_lag_seconds`, the task fails, which is the alert (log + failed task).
+"""
+
+
+@dag(
+    dag_id="streaming_supervisor",
+    schedule=dt.timedelta(minutes=5),
+    start_date=dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc),
+    catchup=False,
+    max_active_runs=1,
+    doc_md=DOC,
+    tags=["touchpoint", "streaming", "ops"],
+    params={"max_lag_seconds": 600},
+    default_args={"owner": "data-platform", "retries": 2, "retry_delay": dt.timedelta(seconds=30),
+                  "retry_exponential_backoff": True},
+)
+def streaming_supervisor():
+    @task
+    def supervise_ingest(**context):
+        from touchpoint.core.config import get_settings
+        from touchpoint.streaming.supervisor import supervise
+
+        now = context["dag_run"].run_after
+        return supervise(get_settings(), "ingest", now, float(context["params"]["max_lag_seconds"]))
+
+    supervise_ingest()
+
+
+streaming_supervisor()

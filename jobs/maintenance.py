@@ -1,0 +1,107 @@
+"""Lake maintenance: compaction, retention, VACUUM, staging clean-up (the lake_maintenance DAG).
+
+Retention windows are counted back from the logical date, never from now(), so a run is repeatable.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import shutil
+from pathlib import Path
+
+from pyspark.sql import SparkSession
+
+from touchpoint.core.catalog import table_path
+from touchpoint.core.config import Settings
+
+STREAM_WRITTEN = ("bronze.events", "silver.events", "silver.quarantine", "silver.reconciliation")
+# table -> (date column, settings.retention field)
+RETENTION = {"bronze.events": ("ingest_date", "bronze_days"), "silver.quarantine": ("ingest_date", "quarantine_days")}
+
+
+def _exists(spark: SparkSession, path: str) -> bool:
+    from delta.tables import DeltaTable
+
+    return DeltaTable.isDeltaTable(spark, path)
+
+
+def optimize(spark: SparkSession, settings: Settings, logical_date: dt.date) -> dict:
+    """Bin-pack the small files streaming writes. OPTIMIZE only rewrites data, so it commutes with
+    the stream's appends; a conflicting commit is retried by Delta."""
+    done = {}
+    for name in STREAM_WRITTEN:
+        path = table_path(name, settings)
+        if _exists(spark, path):
+            metrics = spark.sql(f"OPTIMIZE delta.`{path}`").select("metrics.numFilesRemoved").first()
+            done[name] = int(metrics[0] or 0)
+    return {"files_compacted": done}
+
+
+def enforce_retention(spark: SparkSession, settings: Settings, logical_date: dt.date) -> dict:
+    """Delete rows older than each table's retention (bronze raw payloads, quarantine)."""
+    from delta.tables import DeltaTable
+
+    deleted = {}
+    for name, (column, setting) in RETENTION.items():
+        path = table_path(name, settings)
+        if not _exists(spark, path):
+            continue
+        cutoff = logical_date - dt.timedelta(days=getattr(settings.retention, setting))
+        table = DeltaTable.forPath(spark, path)
+        before = table.toDF().where(f"{column} < DATE'{cutoff.isoformat()}'").count()
+        if before:
+            table.delete(f"{column} < DATE'{cutoff.isoformat()}'")
+        deleted[name] = before
+    return {"rows_deleted": deleted}
+
+
+def vacuum(spark: SparkSession, settings: Settings, logical_date: dt.date) -> dict:
+    from delta.tables import DeltaTable
+
+    hours = settings.retention.vacuum_hours
+    if hours < 168:
+        # Delta refuses retention below 7 days unless this check is off; config says we mean it.
+        spark.conf.set("spark.databricks.delta.retentionDurationCheck.enabled", "false")
+    vacuumed = []
+    for name in (*STREAM_WRITTEN, *[n for n in _gold_names()]):
+        path = table_path(name, settings)
+        if _exists(spark, path):
+            DeltaTable.forPath(spark, path).vacuum(hours)
+            vacuumed.append(name)
+    return {"vacuumed": vacuumed, "retention_hours": hours}
+
+
+def _gold_names() -> list[str]:
+    from touchpoint.core.catalog import TABLES
+
+    return [n for n, t in TABLES.items() if t.layer == "gold"]
+
+
+def clean_staging(spark: SparkSession, settings: Settings, logical_date: dt.date) -> dict:
+    """Remove staging namespaces of dates before D (a failed audit leaves its staging for inspection)."""
+    root = Path(settings.lake_uri) / "staging"
+    removed = []
+    if "://" not in settings.lake_uri and root.is_dir():
+        for folder in sorted(root.iterdir()):
+            if folder.name.startswith("d") and folder.name[1:] < f"{logical_date:%Y%m%d}":
+                shutil.rmtree(folder)
+                removed.append(folder.name)
+    return {"staging_removed": removed}
+
+
+STEPS = {"optimize": optimize, "enforce_retention": enforce_retention, "vacuum": vacuum,
+         "clean_staging": clean_staging}
+
+
+def run_step(step: str, logical_date: dt.date, settings: Settings | None = None,
+             spark: SparkSession | None = None) -> dict:
+    from touchpoint.core.config import get_settings
+    from touchpoint.core.spark import get_spark
+
+    settings = settings or get_settings()
+    spark = spark or get_spark(f"touchpoint-maintenance-{step}", settings=settings)
+    return STEPS[step](spark, settings, logical_date)
+
+
+def run(spark: SparkSession, settings: Settings, logical_date: dt.date) -> dict:
+    return {step: run_step(step, logical_date, settings, spark) for step in STEPS}

@@ -1,0 +1,161 @@
+"""The daily pipeline as write–audit–publish over Delta.
+
+For logical date D the batch jobs run against a staging namespace of the gold layer
+(`<lake>/staging/<D>/...`), seeded from the published tables by a shallow clone. The audit
+validates the staged tables; only a passing run is published: each staged table replaces its
+published table (one atomic Delta commit per table), staged exports are moved into place, and the
+batch high-water mark H = as_of(D) is recorded. A failing audit publishes nothing, so readers of
+`gold.*` keep seeing the previous state.
+
+Every step is idempotent per logical date: re-running D re-seeds staging from what is published.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import shutil
+from pathlib import Path
+
+from pyspark.sql import SparkSession
+
+from touchpoint.core.catalog import TABLES
+from touchpoint.core.config import Settings
+
+PIPELINE_JOBS = ("identity", "profiles", "attribution", "segments", "exports")
+
+
+def as_of(logical_date: dt.date) -> dt.datetime:
+    """A run for D covers events with event_ts < D+1 00:00:00Z (BRIEF §4)."""
+    return dt.datetime.combine(logical_date + dt.timedelta(days=1), dt.time(), tzinfo=dt.timezone.utc)
+
+
+def staging_settings(settings: Settings, logical_date: dt.date) -> Settings:
+    """The same settings with gold tables redirected into the run's staging namespace."""
+    return settings.model_copy(update={"gold_namespace": f"staging/d{logical_date:%Y%m%d}"})
+
+
+def gold_tables() -> list[str]:
+    return [name for name, table in TABLES.items() if table.layer == "gold" and name != "gold.high_water_mark"]
+
+
+def _is_delta(spark: SparkSession, path: str) -> bool:
+    from delta.tables import DeltaTable
+
+    return DeltaTable.isDeltaTable(spark, path)
+
+
+def prepare_staging(spark: SparkSession, settings: Settings, logical_date: dt.date) -> dict:
+    """Seed staging with shallow clones of the published gold tables (metadata only, no data copy).
+    Staging is dropped first, so a retried or re-run date starts from what is published."""
+    staged = staging_settings(settings, logical_date)
+    _remove(f"{settings.lake_uri}/{staged.gold_namespace}")
+    cloned = []
+    for name in gold_tables():
+        published = TABLES[name].path(settings)
+        if _is_delta(spark, published):
+            spark.sql(f"CREATE TABLE delta.`{TABLES[name].path(staged)}` SHALLOW CLONE delta.`{published}`")
+            cloned.append(name)
+    return {"staging": staged.gold_namespace, "cloned": cloned}
+
+
+def publish(spark: SparkSession, settings: Settings, logical_date: dt.date) -> dict:
+    """Replace each published gold table by its staged version, then record the high-water mark.
+    Publication is per table, not across tables: a crash mid-publish is repaired by re-running
+    the date, which re-stages from what was published and publishes again."""
+    staged = staging_settings(settings, logical_date)
+    published = []
+    for name in gold_tables():
+        source = TABLES[name].path(staged)
+        if not _is_delta(spark, source):
+            continue
+        # One atomic overwrite per table: readers see the previous version or exactly the audited one.
+        (spark.read.format("delta").load(source).write.format("delta").mode("overwrite")
+         .option("overwriteSchema", "true").save(TABLES[name].path(settings)))
+        published.append(name)
+    record_high_water_mark(spark, settings, logical_date)
+    # Staged clones point at files the published tables may later vacuum: never keep them around.
+    _remove(f"{settings.lake_uri}/{staged.gold_namespace}")
+    return {"published": published, "high_water_mark": as_of(logical_date).isoformat()}
+
+
+def record_high_water_mark(spark: SparkSession, settings: Settings, logical_date: dt.date) -> None:
+    """gold.high_water_mark: one row per published logical date (MERGE: re-publishing D changes nothing)."""
+    from delta.tables import DeltaTable
+
+    from touchpoint.core.delta import ensure_table
+    from touchpoint.schemas.lake import HIGH_WATER_MARK_SCHEMA
+
+    path = TABLES["gold.high_water_mark"].path(settings)
+    ensure_table(spark, path, HIGH_WATER_MARK_SCHEMA, (), "gold.high_water_mark")
+    row = spark.createDataFrame([(logical_date, as_of(logical_date))], HIGH_WATER_MARK_SCHEMA)
+    (DeltaTable.forPath(spark, path).alias("t").merge(row.alias("s"), "t.logical_date = s.logical_date")
+     .whenMatchedUpdateAll().whenNotMatchedInsertAll().execute())
+
+
+def current_high_water_mark(spark: SparkSession, settings: Settings) -> dt.datetime | None:
+    path = TABLES["gold.high_water_mark"].path(settings)
+    if not _is_delta(spark, path):
+        return None
+    return spark.read.format("delta").load(path).agg({"high_water_mark": "max"}).first()[0]
+
+
+def _remove(path: str) -> None:
+    if "://" not in path:
+        shutil.rmtree(Path(path), ignore_errors=True)
+
+
+# ---- steps: what each marketing_daily task runs (also `touchpoint run pipeline --date D`) ---------
+
+def optimize_silver(spark: SparkSession, settings: Settings, logical_date: dt.date) -> dict:
+    """Compact the small files the stream wrote into D's silver partition."""
+    from touchpoint.core.catalog import table_path
+
+    path = table_path("silver.events", settings)
+    if not _is_delta(spark, path):
+        return {"optimized": False}
+    spark.sql(f"OPTIMIZE delta.`{path}` WHERE event_date = DATE'{logical_date.isoformat()}'")
+    return {"optimized": True}
+
+
+def run_pipeline_job(spark: SparkSession, settings: Settings, logical_date: dt.date, job: str) -> dict:
+    from touchpoint.jobs.runner import run_job
+
+    return run_job(job, logical_date, settings=staging_settings(settings, logical_date), spark=spark)
+
+
+def audit_staging(spark: SparkSession, settings: Settings, logical_date: dt.date) -> dict:
+    """Validate the staged tables with the expectation suites; raise if a critical expectation fails."""
+    from touchpoint.expectations.audit import audit_tables
+
+    result = audit_tables(spark, settings, staging_settings(settings, logical_date), logical_date)
+    if not result.success:
+        raise AuditFailed(f"audit of {logical_date} failed, nothing published: {result.summary()}")
+    return {"audited": result.tables}
+
+
+class AuditFailed(RuntimeError):
+    pass
+
+
+STEPS = ("optimize_silver", "prepare_staging", *PIPELINE_JOBS, "audit", "publish")
+
+
+def run_step(step: str, logical_date: dt.date, settings: Settings | None = None,
+             spark: SparkSession | None = None) -> dict:
+    from touchpoint.core.config import get_settings
+    from touchpoint.core.spark import get_spark
+
+    settings = settings or get_settings()
+    spark = spark or get_spark(f"touchpoint-{step}", settings=settings)
+    if step in PIPELINE_JOBS:
+        return run_pipeline_job(spark, settings, logical_date, step)
+    handlers = {"optimize_silver": optimize_silver, "prepare_staging": prepare_staging,
+                "audit": audit_staging, "publish": publish}
+    if step not in handlers:
+        raise ValueError(f"unknown step {step!r}; steps: {', '.join(STEPS)}")
+    return handlers[step](spark, settings, logical_date)
+
+
+def run(spark: SparkSession, settings: Settings, logical_date: dt.date) -> dict:
+    """The whole daily pipeline in order, outside Airflow."""
+    return {step: run_step(step, logical_date, settings, spark) for step in STEPS}
