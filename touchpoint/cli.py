@@ -195,6 +195,17 @@ def run(job: str = typer.Argument(..., help="identity | profiles | attribution |
     console.print_json(json.dumps({"job": job, "date": date, **summary}, default=str))
 
 
+@app.command()
+def demo(customers: int = typer.Option(300, help="simulated customers"),
+         seed: int = typer.Option(42, help="generator seed")) -> None:
+    """Generate traffic, stream it in, reconcile, run the daily pipeline: end to end, locally."""
+    from touchpoint.demo import run_demo
+
+    result = run_demo(console, customers=customers, seed=seed)
+    if not result["exact"]:
+        raise typer.Exit(1)
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     try:
         app(args=argv)
