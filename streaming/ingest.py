@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -36,6 +38,7 @@ _VALIDATED_SCHEMA = struct(
     [("payload", "binary"), *SOURCE_FIELDS, ("ingest_ts", "timestamp"), ("ingest_date", "date"),
      *_PARSED_FIELDS, ("error_code", "string"), ("reason", "string"), ("rejected_event_id", "string")]
 )
+log = logging.getLogger(__name__)
 SILVER_COLUMNS = [f.name for f in SILVER_SCHEMA.fields]
 
 
@@ -177,9 +180,11 @@ class IngestSink:
         return version is not None and version >= batch_id
 
     def _append(self, frame: DataFrame, table: str, batch_id: int) -> None:
+        started = time.monotonic()
         (frame.write.format("delta").mode("append")
          .option("txnAppId", f"{self.source_id}:{table}").option("txnVersion", batch_id)
          .save(self.paths[table]))
+        log.debug("batch %s: %s append took %.2fs", batch_id, table, time.monotonic() - started)
 
     def __call__(self, bronze: DataFrame, batch_id: int) -> dict[str, int]:
         spark = bronze.sparkSession
@@ -197,6 +202,7 @@ class IngestSink:
     def _process(self, spark: SparkSession, bronze: DataFrame, batch_id: int) -> dict[str, int]:
         if self.write_bronze:
             self._append(bronze, "bronze.events", batch_id)
+        started = time.monotonic()
         validated = bronze.transform(validate(self.settings.reporting_currency)).persist()
         cached = [validated]
         try:
@@ -207,6 +213,7 @@ class IngestSink:
                 F.count_if(F.col("error_code").isNull() & (F.col("event_type") == "order")).alias("orders"),
                 F.collect_set(F.when(F.col("error_code").isNull(), F.col("event_date"))).alias("event_dates"),
             ).first()
+            log.debug("batch %s: validation and tally took %.2fs", batch_id, time.monotonic() - started)
             unique = first_arrival_per_event_id(validated.transform(accepted_rows(self.rules)))
             silver = spark.read.format("delta").load(self.paths["silver.events"])
             changes = plan_silver_changes(unique, silver, list(tally["event_dates"]), with_orders=tally["orders"] > 0)
@@ -222,6 +229,7 @@ class IngestSink:
                 "displaced": displaced.count() if tally["orders"] else 0,
                 "phones_dropped": tally["phones_dropped"],
             }
+            log.debug("batch %s: dedup against silver took %.2fs", batch_id, time.monotonic() - started)
             counts["silver"] = counts["inserted"] - counts["displaced"]
             counts["duplicates"] = counts["accepted"] - counts["silver"]
 

@@ -59,6 +59,9 @@ def spark_conf(settings: Settings | None = None, app_name: str = "touchpoint") -
         "spark.ui.showConsoleProgress": "false",
         "spark.sql.warehouse.dir": str(settings.state_path / "warehouse"),
         "spark.databricks.delta.schema.autoMerge.enabled": "false",
+        # Delta rebuilds table state (e.g. to look up txnAppId versions) with a job of this many
+        # partitions; its default of 50 dominates small micro-batches on a small machine.
+        "spark.databricks.delta.snapshotPartitions": str(settings.spark_shuffle_partitions),
         "spark.sql.streaming.stopGracefullyOnShutdown": "true",
         # Delta statistics for restricted PII columns are switched off per table (see catalog).
         "spark.databricks.delta.properties.defaults.enableDeletionVectors": "false",
