@@ -107,6 +107,7 @@ class Settings(BaseSettings):
     channel_rules_file: Path | None = Field(None, description="YAML channel rules; default: built-in BRIEF §3 rules")
     segments_dir: Path = Path("segments")
     exports_dir: Path | None = Field(None, description="local folder of activation exports; default <lake_root>/../exports")
+    reports_dir: Path | None = Field(None, description="data-quality reports (GX Data Docs); default <state_dir>/reports")
     attribution: AttributionSettings = AttributionSettings()
     identity: IdentitySettings = IdentitySettings()
     stream: StreamSettings = StreamSettings()
