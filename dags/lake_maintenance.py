@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from airflow.sdk import dag, task
+from airflow.sdk import chain, dag, task
 
 DOC = """
 ### lake_maintenance
@@ -35,23 +35,7 @@ def _step(step: str, **context) -> dict:
                   "retry_exponential_backoff": True},
 )
 def lake_maintenance():
-    @task
-    def optimize(**context):
-        return _step("optimize", **context)
-
-    @task
-    def enforce_retention(**context):
-        return _step("enforce_retention", **context)
-
-    @task
-    def vacuum(**context):
-        return _step("vacuum", **context)
-
-    @task
-    def clean_staging(**context):
-        return _step("clean_staging", **context)
-
-    optimize() >> enforce_retention() >> vacuum() >> clean_staging()
+    chain(*[task(task_id=step)(_step)(step) for step in ("optimize", "enforce_retention", "vacuum", "clean_staging")])
 
 
 lake_maintenance()

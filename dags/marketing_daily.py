@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from airflow.sdk import Asset, dag, task
+from airflow.sdk import Asset, chain, dag, task
 
 GOLD_ASSETS = [
     Asset(name=f"gold.{table}", uri=f"touchpoint://gold/{table}")
@@ -35,10 +35,15 @@ def _logical_date(context) -> dt.date:
     return stamp.date()
 
 
-def _step(step: str, **context) -> dict:
+def run_pipeline_step(step: str, **context) -> dict:
     from touchpoint.jobs.pipeline import run_step
 
     return run_step(step, _logical_date(context))
+
+
+# The steps of touchpoint.jobs.pipeline.STEPS, spelled out so the DAG file stays import-light.
+STEPS = ("optimize_silver", "prepare_staging", "identity", "profiles", "attribution", "segments", "exports",
+         "audit", "publish")
 
 
 @dag(
@@ -53,44 +58,11 @@ def _step(step: str, **context) -> dict:
                   "retry_exponential_backoff": True, "max_retry_delay": dt.timedelta(minutes=30)},
 )
 def marketing_daily():
-    @task
-    def optimize_silver(**context):
-        return _step("optimize_silver", **context)
-
-    @task
-    def prepare_staging(**context):
-        return _step("prepare_staging", **context)
-
-    @task
-    def identity(**context):
-        return _step("identity", **context)
-
-    @task
-    def profiles(**context):
-        return _step("profiles", **context)
-
-    @task
-    def attribution(**context):
-        return _step("attribution", **context)
-
-    @task
-    def segments(**context):
-        return _step("segments", **context)
-
-    @task
-    def exports(**context):
-        return _step("exports", **context)
-
-    @task
-    def audit(**context):
-        return _step("audit", **context)
-
-    @task(outlets=[*GOLD_ASSETS, HIGH_WATER_MARK])
-    def publish(**context):
-        return _step("publish", **context)
-
-    (optimize_silver() >> prepare_staging() >> identity() >> profiles() >> attribution() >> segments()
-     >> exports() >> audit() >> publish())
+    tasks = [
+        task(task_id=step, outlets=[*GOLD_ASSETS, HIGH_WATER_MARK] if step == "publish" else [])(run_pipeline_step)(step)
+        for step in STEPS
+    ]
+    chain(*tasks)
 
 
 marketing_daily()

@@ -56,3 +56,11 @@ def test_dag_file_parses_in_a_few_seconds_without_heavy_imports(dag_file):
     seconds, _, heavy = last_line.partition(" ")
     assert float(seconds) < 5.0, f"{dag_file.name} took {seconds}s to parse (total {time.monotonic() - started:.1f}s)"
     assert heavy == "", f"{dag_file.name} imports {heavy} at parse time"
+
+
+def test_pipeline_steps_in_the_dag_match_the_pipeline_module():
+    import runpy
+
+    from touchpoint.jobs.pipeline import STEPS
+
+    assert runpy.run_path(str(DAGS / "marketing_daily.py"))["STEPS"] == STEPS
