@@ -1,0 +1,368 @@
+"""`touchpoint run attribution --date D`: multi-touch attribution over silver events (BRIEF §4, issue 5).
+
+A run for D computes, as of D+1 00:00Z, the touchpoints and conversions of every customer, the path
+of every conversion, the Markov chain of the training window and the credits under all seven
+models. After the run the attribution tables equal a full recompute as of D; see docs/ATTRIBUTION.md.
+
+Incremental by default: the touchpoints and conversions are re-derived from silver and compared
+with those of the previous run (gold.attribution_touchpoints / gold.attribution_conversions);
+only conversions that are new or changed, or whose lookback window holds a touchpoint that
+appeared, disappeared or moved (late events, identity merges, new landing clicks), get their path
+rebuilt. Markov credits of every conversion follow the latest removal effects.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import logging
+import time
+from typing import Callable, Iterable
+
+from delta.tables import DeltaTable
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql.types import DateType, DoubleType, IntegerType, LongType, StringType, StructField, StructType, TimestampType
+
+from touchpoint.core.catalog import table_path
+from touchpoint.core.config import AttributionSettings, Settings
+from touchpoint.core.identity_lookup import attach_customer_id
+from touchpoint.jobs.attribution_checks import assert_attribution_invariants
+from touchpoint.jobs.attribution_models import (
+    CLICK_TYPES, CONVERSION_COLUMNS, CREDIT_COLUMNS, HEURISTIC_MODELS, MODELS, TOUCHPOINT_COLUMNS, conversions,
+    credits, daily, lookback_micros, micros, touchpoint_types, touchpoints, training_paths, with_paths,
+)
+from touchpoint.jobs.markov import fit_chain
+
+EVENT_COLUMNS = ("event_id", "event_type", "event_ts", "event_date", "channel", "campaign_name", "order_id",
+                 "revenue_reporting", "anonymous_id", "user_id", "email", "phone")
+
+REMOVAL_EFFECTS_SCHEMA = StructType([
+    StructField("as_of", TimestampType()), StructField("order", IntegerType()),
+    StructField("channel", StringType()), StructField("removal_effect", DoubleType()),
+])
+
+RUNS_SCHEMA = StructType([
+    StructField("run_id", LongType()), StructField("logical_date", DateType()), StructField("as_of", TimestampType()),
+    StructField("mode", StringType()), StructField("settings_fingerprint", StringType()),
+    StructField("conversions_version", LongType()), StructField("touchpoints_version", LongType()),
+    StructField("credits_version", LongType()), StructField("conversions_recomputed", LongType()),
+    StructField("conversions_removed", LongType()),
+])
+
+log = logging.getLogger(__name__)
+
+# Tables whose Delta versions tie one run to the next: if any moved since, the next run is full.
+STATE_TABLES = {
+    "conversions_version": "gold.attribution_conversions",
+    "touchpoints_version": "gold.attribution_touchpoints",
+    "credits_version": "gold.attribution_credits",
+}
+
+
+def as_of_for(logical_date: dt.date) -> dt.datetime:
+    """A run for D covers the events with event_ts < D+1 00:00:00Z."""
+    return dt.datetime.combine(logical_date + dt.timedelta(days=1), dt.time(0), tzinfo=dt.timezone.utc)
+
+
+def epoch_micros(instant: dt.datetime) -> int:
+    return (instant - dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)) // dt.timedelta(microseconds=1)
+
+
+def settings_fingerprint(settings: AttributionSettings) -> str:
+    """Changing any attribution setting invalidates the stored paths: the next run is full."""
+    text = json.dumps(settings.model_dump(mode="json"), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------- pure transforms
+
+
+def relevant_events(settings: AttributionSettings, as_of: dt.datetime) -> Callable[[DataFrame], DataFrame]:
+    """silver.events -> the events attribution looks at, before the as-of."""
+    kinds = sorted(set(touchpoint_types(settings)) | set(CLICK_TYPES) | {"order"})
+    as_of_us = epoch_micros(as_of)
+    last_date = (as_of - dt.timedelta(microseconds=1)).date()
+
+    def transform(silver: DataFrame) -> DataFrame:
+        return (
+            silver.where(F.col("event_date") <= F.lit(last_date))  # lets Delta prune partitions
+            .where(micros("event_ts") < as_of_us)
+            .where(F.col("event_type").isin(*kinds))
+            .select(*EVENT_COLUMNS)
+        )
+
+    return transform
+
+
+def _differs(columns: Iterable[str], left: str, right: str):
+    same = F.lit(True)
+    for name in columns:
+        same = same & F.col(f"{left}.{name}").eqNullSafe(F.col(f"{right}.{name}"))
+    return ~same
+
+
+def touchpoint_changes(previous: DataFrame, current: DataFrame) -> DataFrame:
+    """Touchpoints that appeared, disappeared or changed (customer, time, channel, campaign).
+
+    Columns: the current values (null when gone), `deleted`, and the previous customer_id/touch_ts
+    as `previous_customer_id` / `previous_touch_ts`.
+    """
+    joined = previous.alias("prev").join(
+        current.alias("cur"), F.col("prev.touch_event_id") == F.col("cur.touch_event_id"), "full")
+    return joined.where(_differs(TOUCHPOINT_COLUMNS, "prev", "cur")).select(
+        F.coalesce("cur.touch_event_id", "prev.touch_event_id").alias("touch_event_id"),
+        *[F.col(f"cur.{c}").alias(c) for c in TOUCHPOINT_COLUMNS if c != "touch_event_id"],
+        F.col("cur.touch_event_id").isNull().alias("deleted"),
+        F.col("prev.customer_id").alias("previous_customer_id"),
+        F.col("prev.touch_ts").alias("previous_touch_ts"),
+    )
+
+
+def conversions_to_rebuild(
+    previous: DataFrame, current: DataFrame, touch_changes: DataFrame, settings: AttributionSettings
+) -> DataFrame:
+    """conversion_id of every current conversion that is new, changed, or whose lookback window
+    holds a changed touchpoint (before or after the change)."""
+    lookback_us = lookback_micros(settings)
+    changed_conversions = (
+        current.alias("cur")
+        .join(previous.alias("prev"), "conversion_id", "left")
+        .where(_differs(CONVERSION_COLUMNS[1:], "prev", "cur"))
+        .select("conversion_id")
+    )
+    marks = (
+        touch_changes.select("customer_id", "touch_ts")
+        .unionByName(touch_changes.select(F.col("previous_customer_id").alias("customer_id"),
+                                          F.col("previous_touch_ts").alias("touch_ts")))
+        .where(F.col("customer_id").isNotNull())
+        .distinct()
+        .select("customer_id", micros("touch_ts").alias("mark_us"))
+    )
+    conv_us = micros(F.col("conv.conversion_ts"))
+    touched_windows = (
+        current.alias("conv")
+        .join(marks.alias("mark"), (F.col("conv.customer_id") == F.col("mark.customer_id"))
+              & F.col("mark.mark_us").between(conv_us - lookback_us, conv_us), "left_semi")
+        .select("conversion_id")
+    )
+    return changed_conversions.unionByName(touched_windows).distinct()
+
+
+def removed_conversions(previous: DataFrame, current: DataFrame) -> DataFrame:
+    return previous.select("conversion_id").join(current.select("conversion_id"), "conversion_id", "left_anti")
+
+
+def credit_merge_source(new_rows: DataFrame, stale_rows: DataFrame) -> DataFrame:
+    """Rows to upsert (deleted = false) plus the keys of stale rows that have no successor."""
+    key = (F.col("stale.model") == F.col("new.model")) & (F.col("stale.conversion_id") == F.col("new.conversion_id")) \
+        & F.col("stale.touch_event_id").eqNullSafe(F.col("new.touch_event_id"))
+    gone = stale_rows.alias("stale").join(new_rows.alias("new"), key, "left_anti").select(
+        *[F.col(c) if c in ("model", "conversion_id", "touch_event_id") else F.lit(None).alias(c)
+          for c in CREDIT_COLUMNS]
+    )
+    typed_gone = gone.select(*[F.col(c).cast(new_rows.schema[c].dataType).alias(c) for c in CREDIT_COLUMNS])
+    return new_rows.withColumn("deleted", F.lit(False)).unionByName(typed_gone.withColumn("deleted", F.lit(True)))
+
+
+# ---------------------------------------------------------------- lake edge
+
+
+def _is_table(spark: SparkSession, path: str) -> bool:
+    return DeltaTable.isDeltaTable(spark, path)
+
+
+def _version(spark: SparkSession, path: str) -> int:
+    return DeltaTable.forPath(spark, path).history(1).select("version").first()["version"]
+
+
+def _overwrite(frame: DataFrame, path: str, partition_by: tuple[str, ...] = ()) -> None:
+    writer = frame.write.format("delta").mode("overwrite").option("overwriteSchema", "true")
+    if partition_by:
+        writer = writer.partitionBy(*partition_by)
+    writer.save(path)
+
+
+def _merge(spark: SparkSession, path: str, source: DataFrame, keys: str, columns: Iterable[str]) -> None:
+    """Upsert the source rows with deleted = false, delete the target rows whose key comes with
+    deleted = true; one atomic Delta commit."""
+    values = {c: f"s.`{c}`" for c in columns}
+    (
+        DeltaTable.forPath(spark, path).alias("t")
+        .merge(source.alias("s"), keys)
+        .whenMatchedDelete(condition="s.deleted")
+        .whenMatchedUpdate(set=values)
+        .whenNotMatchedInsert(condition="NOT s.deleted", values=values)
+        .execute()
+    )
+
+
+def _previous_run(spark: SparkSession, settings: Settings) -> tuple[dict | None, str | None]:
+    """The last run's record when its state can seed an incremental run, else (record, reason)."""
+    runs_path = table_path("gold.attribution_runs", settings)
+    if not _is_table(spark, runs_path):
+        return None, "first run"
+    last = spark.read.format("delta").load(runs_path).orderBy(F.col("run_id").desc()).first()
+    if last is None:
+        return None, "first run"
+    record = last.asDict()
+    if record["settings_fingerprint"] != settings_fingerprint(settings.attribution):
+        return record, "attribution settings changed"
+    for column, name in STATE_TABLES.items():
+        path = table_path(name, settings)
+        if not _is_table(spark, path) or _version(spark, path) != record[column]:
+            return record, f"{name} changed since the last run"
+    return record, None
+
+
+def _read(spark: SparkSession, path: str, version: int) -> DataFrame:
+    """A table pinned at one version: a run sees one consistent snapshot of each input, however
+    often Spark re-evaluates a plan and whoever appends meanwhile."""
+    return spark.read.format("delta").option("versionAsOf", version).load(path)
+
+
+def run(spark: SparkSession, settings: Settings, logical_date: dt.date, mode: str = "auto") -> dict:
+    """Attribute every conversion before D+1 00:00Z. mode: 'auto' (incremental when the previous
+    run's state is intact) or 'full'."""
+    if mode not in ("auto", "full"):
+        raise ValueError(f"mode must be 'auto' or 'full', got {mode!r}")
+    cfg = settings.attribution
+    as_of = as_of_for(logical_date)
+    as_of_us = epoch_micros(as_of)
+    lookback_us = lookback_micros(cfg)
+    paths = {name: table_path(f"gold.{name}", settings) for name in (
+        "attribution_touchpoints", "attribution_conversions", "attribution_credits", "attribution_daily",
+        "attribution_paths", "markov_removal_effects", "attribution_runs")}
+
+    inputs = {}
+    for name in ("silver.events", "gold.identity_map"):
+        path = table_path(name, settings)
+        if not _is_table(spark, path):
+            raise FileNotFoundError(f"attribution needs {name}, which has no Delta table at {path}")
+        inputs[name] = _read(spark, path, _version(spark, path))
+
+    previous, full_reason = _previous_run(spark, settings)
+    if mode == "full":
+        full_reason = "full recompute requested"
+    cached: list[DataFrame] = []
+    started = [time.monotonic()]
+
+    def keep(frame: DataFrame) -> DataFrame:
+        cached.append(frame.persist())
+        return frame
+
+    def step(name: str) -> None:
+        now = time.monotonic()
+        log.info("attribution %s: %s took %.1fs", logical_date, name, now - started[0])
+        started[0] = now
+
+    try:
+        events = keep(
+            inputs["silver.events"]
+            .transform(relevant_events(cfg, as_of))
+            .transform(attach_customer_id(inputs["gold.identity_map"]))
+        )
+        touches = keep(events.transform(touchpoints(cfg)))
+        convs = keep(events.transform(conversions))
+
+        # 1. Touchpoints and conversions with paths: all of them, or only what changed.
+        if full_reason:
+            rebuilt = keep(convs.transform(with_paths(touches, cfg)))
+            all_convs, all_touches = rebuilt, touches
+            touch_changes = removed = affected = previous_credits = None
+        else:
+            previous_touches = _read(spark, paths["attribution_touchpoints"], previous["touchpoints_version"])
+            previous_convs = _read(spark, paths["attribution_conversions"], previous["conversions_version"])
+            previous_credits = _read(spark, paths["attribution_credits"], previous["credits_version"])
+            touch_changes = keep(touchpoint_changes(previous_touches, touches))
+            to_rebuild = keep(conversions_to_rebuild(
+                previous_convs.select(*CONVERSION_COLUMNS), convs, touch_changes, cfg))
+            removed = keep(removed_conversions(previous_convs, convs))
+            affected = to_rebuild.unionByName(removed)
+            rebuilt = keep(convs.join(to_rebuild, "conversion_id", "left_semi").transform(with_paths(touches, cfg)))
+            all_convs = keep(previous_convs.join(affected, "conversion_id", "left_anti").unionByName(rebuilt))
+            all_touches = touches
+        recomputed = rebuilt.count()
+        removed_count = removed.count() if removed is not None else 0
+        step(f"paths ({'full: ' + full_reason if full_reason else 'incremental'})")
+
+        # 2. The Markov chain, trained on the paths table of this as-of.
+        training = keep(training_paths(all_convs, all_touches, as_of_us, cfg))
+        chain = fit_chain(training, cfg.markov_order)
+        removal_effects = chain.removal_effects()
+        effects_rows = spark.createDataFrame(
+            [(as_of, cfg.markov_order, c, re) for c, re in sorted(removal_effects.items())],
+            REMOVAL_EFFECTS_SCHEMA)
+        step("markov chain")
+
+        # 3. Credits: every model for rebuilt conversions, Markov for all (it follows the latest chain).
+        if affected is None:
+            new_rows = keep(all_convs.transform(credits(cfg, removal_effects, MODELS)))
+            final_credits = new_rows
+        else:
+            markov_rows = all_convs.transform(credits(cfg, removal_effects, ["markov"]))
+            new_rows = keep(rebuilt.transform(credits(cfg, removal_effects, HEURISTIC_MODELS))
+                            .unionByName(markov_rows))
+            kept = previous_credits.where(F.col("model") != "markov").join(affected, "conversion_id", "left_anti")
+            final_credits = kept.select(*CREDIT_COLUMNS).unionByName(new_rows)
+        assert_attribution_invariants(final_credits, all_convs, lookback_us)
+        step("credits and invariants")
+
+        # 4. Publish. Versions are recorded last: a run that dies half way leaves them stale, and
+        # the next run then recomputes everything.
+        if affected is None:
+            _overwrite(rebuilt, paths["attribution_conversions"])
+            _overwrite(touches, paths["attribution_touchpoints"])
+            _overwrite(new_rows, paths["attribution_credits"], partition_by=("model",))
+        else:
+            conversion_source = rebuilt.withColumn("deleted", F.lit(False)).unionByName(
+                removed.withColumn("deleted", F.lit(True)), allowMissingColumns=True)
+            _merge(spark, paths["attribution_conversions"], conversion_source,
+                   "t.conversion_id = s.conversion_id", list(CONVERSION_COLUMNS) + ["path"])
+            _merge(spark, paths["attribution_touchpoints"], touch_changes,
+                   "t.touch_event_id = s.touch_event_id", TOUCHPOINT_COLUMNS)
+            stale = previous_credits.where(F.col("model") == "markov").unionByName(
+                previous_credits.where(F.col("model") != "markov").join(affected, "conversion_id", "left_semi")
+                .select(*CREDIT_COLUMNS))
+            _merge(spark, paths["attribution_credits"], credit_merge_source(new_rows, stale),
+                   "t.model = s.model AND t.conversion_id = s.conversion_id "
+                   "AND t.touch_event_id <=> s.touch_event_id", CREDIT_COLUMNS)
+        step("state tables and credits written")
+        _overwrite(daily(final_credits), paths["attribution_daily"])
+        _overwrite(training, paths["attribution_paths"])
+        _write_removal_effects(spark, effects_rows, paths["markov_removal_effects"], as_of)
+
+        step("daily, paths and removal effects written")
+        versions = {column: _version(spark, table_path(name, settings)) for column, name in STATE_TABLES.items()}
+        run_mode = "full" if full_reason else "incremental"
+        record = (
+            (previous["run_id"] + 1) if previous else 1, logical_date, as_of, run_mode,
+            settings_fingerprint(cfg), versions["conversions_version"], versions["touchpoints_version"],
+            versions["credits_version"], recomputed, removed_count,
+        )
+        spark.createDataFrame([record], RUNS_SCHEMA).write.format("delta").mode("append").save(paths["attribution_runs"])
+        step("run recorded")
+        return {
+            "as_of": as_of.isoformat(),
+            "mode": run_mode,
+            "full_reason": full_reason,
+            "conversions_recomputed": recomputed,
+            "conversions_removed": removed_count,
+            "markov_order": cfg.markov_order,
+            "conversion_probability": chain.conversion_probability(),
+            "removal_effects": removal_effects,
+        }
+    finally:
+        for frame in cached:
+            frame.unpersist()
+
+
+def _write_removal_effects(spark: SparkSession, rows: DataFrame, path: str, as_of: dt.datetime) -> None:
+    """Replace this as-of's rows; the removal effects of other as-ofs are history."""
+    writer = rows.write.format("delta")
+    if _is_table(spark, path):
+        literal = as_of.strftime("%Y-%m-%d %H:%M:%S")
+        writer.mode("overwrite").option("replaceWhere", f"as_of = TIMESTAMP '{literal}'").save(path)
+    else:
+        writer.mode("overwrite").save(path)

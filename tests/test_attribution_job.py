@@ -1,0 +1,175 @@
+"""`touchpoint run attribution`: Delta in, Delta out; a daily incremental run equals a full recompute.
+
+Two lakes get the same silver events and identity map day by day. The first is attributed
+incrementally every day, the second from scratch; their tables must be identical, through late
+events, an identity merge, a late click that turns a page view into a landing, and an erased order.
+"""
+
+import datetime as dt
+
+import pytest
+from chispa import assert_df_equality
+from pyspark.sql import functions as F
+
+from touchpoint.core.catalog import table_path
+from touchpoint.core.config import load_settings
+from touchpoint.jobs import attribution
+from touchpoint.schemas.lake import SILVER_SCHEMA
+
+UTC = dt.timezone.utc
+D1, D2, D3 = (dt.date(2026, 3, d) for d in (1, 2, 3))
+
+COMPARED_TABLES = {  # table -> sort key for a stable comparison
+    "gold.attribution_conversions": ["conversion_id"],
+    "gold.attribution_touchpoints": ["touch_event_id"],
+    "gold.attribution_credits": ["model", "conversion_id", "touch_event_id"],
+    "gold.attribution_daily": ["date", "model", "channel", "campaign"],
+    "gold.attribution_paths": ["path"],
+}
+
+
+def at(day, hour, minute=0):
+    return dt.datetime.combine(day, dt.time(hour, minute), tzinfo=UTC)
+
+
+def silver_row(event_id, kind, ts, channel="direct", campaign=None, anon=None, user=None, order_id=None,
+               revenue=None):
+    row = {f.name: None for f in SILVER_SCHEMA}
+    row.update(event_id=event_id, event_type=kind, event_ts=ts, event_date=ts.date(), channel=channel,
+               campaign_name=campaign, anonymous_id=anon, user_id=user, order_id=order_id, revenue=revenue,
+               revenue_reporting=revenue, currency="USD" if revenue is not None else None)
+    return row
+
+
+def identity_rows(*links):
+    return [(kind, value, customer, at(D1, 0), at(D3, 0)) for kind, value, customer in links]
+
+
+class Lakes:
+    """The same inputs in two lakes: `incremental` runs daily, `full` recomputes from scratch."""
+
+    def __init__(self, spark, root):
+        self.spark = spark
+        self.incremental = load_settings(lake_root=str(root / "incremental"), spark_shuffle_partitions=2)
+        self.full = load_settings(lake_root=str(root / "full"), spark_shuffle_partitions=2)
+
+    def add_events(self, rows):
+        frame = self.spark.createDataFrame(rows, SILVER_SCHEMA)
+        for settings in (self.incremental, self.full):
+            frame.write.format("delta").mode("append").partitionBy("event_date").save(
+                table_path("silver.events", settings))
+
+    def delete_events(self, condition):
+        from delta.tables import DeltaTable
+
+        for settings in (self.incremental, self.full):
+            DeltaTable.forPath(self.spark, table_path("silver.events", settings)).delete(condition)
+
+    def set_identity(self, links):
+        frame = self.spark.createDataFrame(
+            identity_rows(*links),
+            "identifier_type string, identifier_value string, customer_id string, first_seen timestamp, "
+            "last_seen timestamp")
+        for settings in (self.incremental, self.full):
+            frame.write.format("delta").mode("overwrite").save(table_path("gold.identity_map", settings))
+
+    def read(self, settings, name):
+        return self.spark.read.format("delta").load(table_path(name, settings))
+
+    def assert_same_tables(self, day):
+        for name, keys in COMPARED_TABLES.items():
+            left = self.read(self.incremental, name).orderBy(*keys)
+            right = self.read(self.full, name).orderBy(*keys)
+            assert_df_equality(left, right, ignore_nullable=True)
+        as_of = attribution.as_of_for(day)
+        effects = [self.read(s, "gold.markov_removal_effects").where(F.col("as_of") == as_of).orderBy("channel")
+                   for s in (self.incremental, self.full)]
+        assert_df_equality(*effects, ignore_nullable=True)
+
+
+def credits_of(lakes, conversion_id, model):
+    rows = lakes.read(lakes.incremental, "gold.attribution_credits").where(
+        (F.col("conversion_id") == conversion_id) & (F.col("model") == model)).collect()
+    return {r["touch_event_id"]: r["credit"] for r in rows}
+
+
+IDENTITY_DAY_1 = [
+    ("anonymous_id", "a1", "cust-1"), ("user_id", "u1", "cust-1"),
+    ("anonymous_id", "a2", "cust-2"), ("anonymous_id", "a3", "cust-3"),
+]
+
+
+@pytest.mark.slow
+def test_daily_incremental_runs_equal_a_full_recompute(spark, tmp_path):
+    lakes = Lakes(spark, tmp_path)
+    lakes.set_identity(IDENTITY_DAY_1)
+    lakes.add_events([
+        silver_row("e01", "ad_click", at(D1, 7), "paid_social", "spring", anon="a3"),
+        silver_row("e02", "ad_click", at(D1, 9), "paid_search", "brand", anon="a1"),
+        silver_row("e03", "page_view", at(D1, 9, 10), "paid_search", "brand", anon="a1"),  # landing of e02
+        silver_row("e04", "order", at(D1, 12), anon="a1", user="u1", order_id="o1", revenue=100.0),
+        silver_row("e05", "page_view", at(D1, 8), "organic_search", anon="a2"),
+        silver_row("e06", "email_click", at(D1, 10), "email", "news", anon="a2"),
+        silver_row("e07", "order", at(D1, 15), anon="zz", order_id="o2", revenue=20.0),  # nobody's order
+    ])
+    first = attribution.run(spark, lakes.incremental, D1)
+    assert (first["mode"], first["full_reason"], first["conversions_recomputed"]) == ("full", "first run", 2)
+    assert credits_of(lakes, "o1", "linear") == {"e02": 1.0}
+    assert credits_of(lakes, "o2", "markov") == {None: 1.0}
+
+    # Day 2: new conversions, a late click of day 1 for o1, an event of day 3 that must wait.
+    lakes.add_events([
+        silver_row("e08", "email_click", at(D1, 11), "email", "promo", anon="a1"),  # late for o1
+        silver_row("e09", "page_view", at(D2, 9), "paid_social", "fall", anon="a2"),
+        silver_row("e10", "order", at(D2, 10), anon="a2", order_id="o3", revenue=50.0),
+        silver_row("e11", "ad_click", at(D2, 11), "display", "banner", anon="a1"),
+        silver_row("e12", "order", at(D2, 12), user="u1", order_id="o4", revenue=30.0),
+        silver_row("e13", "page_view", at(D3, 1), "referral", anon="a2"),
+    ])
+    second = attribution.run(spark, lakes.incremental, D2)
+    assert (second["mode"], second["conversions_recomputed"], second["conversions_removed"]) == ("incremental", 3, 0)
+    assert credits_of(lakes, "o1", "linear") == {"e02": 0.5, "e08": 0.5}
+    markov_o1_day_2 = credits_of(lakes, "o1", "markov")
+
+    # Day 3: device a3 turns out to be customer 1's; a late click makes e09 the landing of a click;
+    # the anonymous order is erased from silver; a brand-new customer converts.
+    lakes.set_identity([("anonymous_id", "a1", "cust-1"), ("user_id", "u1", "cust-1"),
+                        ("anonymous_id", "a2", "cust-2"), ("anonymous_id", "a3", "cust-1"),
+                        ("anonymous_id", "a4", "cust-4")])
+    lakes.delete_events("event_id = 'e07'")
+    lakes.add_events([
+        silver_row("e14", "ad_click", at(D2, 8, 55), "paid_social", "fall", anon="a2"),
+        silver_row("e15", "order", at(D3, 10), anon="a1", order_id="o5", revenue=10.0),
+        silver_row("e16", "ad_click", at(D3, 9), "affiliate", "partner", anon="a4"),
+        silver_row("e17", "order", at(D3, 11), anon="a4", order_id="o6", revenue=70.0),
+    ])
+    third = attribution.run(spark, lakes.incremental, D3)
+    # o1 and o4 (merged device), o3 (landing), o5 and o6 (new); o2 is gone
+    assert (third["mode"], third["conversions_recomputed"], third["conversions_removed"]) == ("incremental", 5, 1)
+    assert credits_of(lakes, "o1", "first_touch") == {"e01": 1.0}
+    assert sorted(credits_of(lakes, "o3", "linear")) == ["e05", "e06", "e14"]
+    assert credits_of(lakes, "o2", "linear") == {}
+    attribution.run(spark, lakes.full, D3, mode="full")
+    lakes.assert_same_tables(D3)
+
+    # The Markov credits of an old conversion follow the latest removal effects.
+    effects = third["removal_effects"]
+    o1_channels = {"e01": "paid_social", "e02": "paid_search", "e08": "email"}
+    markov_o1 = credits_of(lakes, "o1", "markov")
+    total = effects["paid_social"] + effects["paid_search"] + effects["email"]
+    assert markov_o1 == pytest.approx(
+        {e: effects[c] / total for e, c in o1_channels.items() if effects[c] > 0}, abs=1e-12)
+    assert markov_o1 != markov_o1_day_2
+    runs = lakes.read(lakes.incremental, "gold.attribution_runs").orderBy("run_id").collect()
+    assert [(r["run_id"], r["logical_date"], r["mode"]) for r in runs] == [
+        (1, D1, "full"), (2, D2, "incremental"), (3, D3, "incremental")]
+
+    # Re-running the same day changes nothing and recomputes nothing.
+    again = attribution.run(spark, lakes.incremental, D3)
+    assert (again["mode"], again["conversions_recomputed"], again["conversions_removed"]) == ("incremental", 0, 0)
+    lakes.assert_same_tables(D3)
+
+
+def test_missing_inputs_fail_clearly(spark, settings):
+    with pytest.raises(FileNotFoundError, match="silver.events"):
+        attribution.run(spark, settings, D1)
