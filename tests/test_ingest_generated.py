@@ -21,7 +21,7 @@ def _table(settings, name):
 
 
 def _silver_content(settings):
-    return sorted(tuple(sorted((k, v) for k, v in row.items() if k not in LINEAGE))
+    return sorted(tuple(sorted((k, repr(v)) for k, v in row.items() if k not in LINEAGE))
                   for row in _table(settings, "silver.events"))
 
 
