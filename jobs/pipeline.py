@@ -49,8 +49,11 @@ def _is_delta(spark: SparkSession, path: str) -> bool:
 def prepare_staging(spark: SparkSession, settings: Settings, logical_date: dt.date) -> dict:
     """Seed staging with shallow clones of the published gold tables (metadata only, no data copy).
     Staging is dropped first, so a retried or re-run date starts from what is published."""
+    from touchpoint.jobs.exports import discard_staged_exports
+
     staged = staging_settings(settings, logical_date)
     _remove(f"{settings.lake_uri}/{staged.gold_namespace}")
+    discard_staged_exports(staged)
     cloned = []
     for name in gold_tables():
         published = TABLES[name].path(settings)
@@ -74,10 +77,14 @@ def publish(spark: SparkSession, settings: Settings, logical_date: dt.date) -> d
         (spark.read.format("delta").load(source).write.format("delta").mode("overwrite")
          .option("overwriteSchema", "true").save(TABLES[name].path(settings)))
         published.append(name)
+    from touchpoint.jobs.exports import publish_staged_exports
+
+    released = publish_staged_exports(settings, staged)
     record_high_water_mark(spark, settings, logical_date)
     # Staged clones point at files the published tables may later vacuum: never keep them around.
     _remove(f"{settings.lake_uri}/{staged.gold_namespace}")
-    return {"published": published, "high_water_mark": as_of(logical_date).isoformat()}
+    return {"published": published, "exports_released": released,
+            "high_water_mark": as_of(logical_date).isoformat()}
 
 
 def record_high_water_mark(spark: SparkSession, settings: Settings, logical_date: dt.date) -> None:

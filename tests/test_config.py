@@ -7,7 +7,11 @@ from touchpoint.core.config import ConfigError, load_settings, require_kafka
 
 
 def test_defaults_and_env_override(monkeypatch, tmp_path):
+    import os
+
     monkeypatch.chdir(tmp_path)
+    for name in [n for n in os.environ if n.startswith("TOUCHPOINT_")]:
+        monkeypatch.delenv(name)
     monkeypatch.setenv("TOUCHPOINT_LAKE_ROOT", "s3a://bucket/lake")
     monkeypatch.setenv("TOUCHPOINT_ATTRIBUTION__LOOKBACK_DAYS", "14")
     settings = load_settings()

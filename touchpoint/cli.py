@@ -196,6 +196,27 @@ def run(job: str = typer.Argument(..., help="identity | profiles | attribution |
 
 
 @app.command()
+def export(segment: str = typer.Option(..., "--segment", help="segment name (a file in segments_dir)"),
+           destination: str = typer.Option(..., "--destination",
+                                           help="google_customer_match | meta_custom_audience | esp | jsonl"),
+           date: Optional[str] = typer.Option(None, "--date", help="segments run to export (default: latest)"),
+           full: bool = typer.Option(False, "--full", help="a full export instead of adds/removes"),
+           run_id: Optional[str] = typer.Option(None, "--run-id", help="re-running a run id changes nothing")) -> None:
+    """Export a segment's members to an activation destination: hashed, consent-checked, atomic."""
+    import datetime as dt
+
+    from touchpoint.core.spark import get_spark
+    from touchpoint.jobs.exports import export_segment
+
+    settings = _settings()
+    spark = get_spark("touchpoint-export", settings=settings)
+    logical_date = dt.date.fromisoformat(date) if date else None
+    result = export_segment(spark, settings, segment, destination, logical_date=logical_date, full=full,
+                            run_id=run_id)
+    console.print_json(json.dumps(result, default=str))
+
+
+@app.command()
 def demo(customers: int = typer.Option(300, help="simulated customers"),
          seed: int = typer.Option(42, help="generator seed")) -> None:
     """Generate traffic, stream it in, reconcile, run the daily pipeline: end to end, locally."""
