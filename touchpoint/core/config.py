@@ -51,6 +51,7 @@ class IdentitySettings(_Section):
     shared_device_max_user_ids: int = Field(3, ge=1)
     checkpoint: Literal["lake", "local"] = Field(
         "lake", description="how connected components cut lineage: scratch files under the lake, or localCheckpoint")
+    full_rebuild: bool = Field(False, description="identity: rebuild from all of silver, not incrementally")
 
 
 class StreamSettings(_Section):

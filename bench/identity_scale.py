@@ -1,0 +1,101 @@
+"""Scale check of identity resolution: >= 1M identifiers and a chain of 1,000 resolve correctly.
+
+    .venv/bin/python bench/identity_scale.py [--groups 300000] [--chain 1000] [--local-checkpoint]
+
+Builds synthetic silver-like events with Spark (nothing on the driver): `groups` customers of 4
+identifiers (a device, a user id, an email, a phone) linked by 3 events each, plus one chain of
+`chain` devices and users alternating (device_i - user_i - device_{i+1} ...), runs the same resolver
+as `touchpoint run identity` (full rebuild path) and checks with Spark aggregates that every
+customer is exactly one generated group and the chain is one customer. Prints timings and rounds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import tempfile
+import time
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+START = dt.datetime(2026, 3, 1, tzinfo=dt.timezone.utc)
+
+
+def synthetic_events(spark: SparkSession, groups: int, chain: int) -> DataFrame:
+    """Events with a `group_id` column naming the component each event belongs to."""
+    g = F.col("id")
+    when = (F.lit(START).cast("long") + g % 86_400).cast("timestamp")
+    per_group = spark.range(groups).select(
+        F.explode(F.array(
+            F.struct(F.lit(0).alias("k"), F.concat(F.lit("a"), g.cast("string")).alias("anonymous_id"),
+                     F.concat(F.lit("u"), g.cast("string")).alias("user_id"), F.lit(None).cast("string").alias("email"),
+                     F.lit(None).cast("string").alias("phone")),
+            F.struct(F.lit(1).alias("k"), F.lit(None).cast("string").alias("anonymous_id"),
+                     F.concat(F.lit("u"), g.cast("string")).alias("user_id"),
+                     F.concat(F.lit("m"), g.cast("string"), F.lit("@x.io")).alias("email"),
+                     F.lit(None).cast("string").alias("phone")),
+            F.struct(F.lit(2).alias("k"), F.lit(None).cast("string").alias("anonymous_id"),
+                     F.lit(None).cast("string").alias("user_id"),
+                     F.concat(F.lit("m"), g.cast("string"), F.lit("@x.io")).alias("email"),
+                     F.concat(F.lit("+1"), F.lpad(g.cast("string"), 10, "0")).alias("phone")),
+        )).alias("e"), g.alias("group_id"), when.alias("event_ts"),
+    ).select(F.concat(F.lit("g"), F.col("group_id").cast("string"), F.lit("-"), F.col("e.k").cast("string"))
+             .alias("event_id"), "event_ts", "e.anonymous_id", "e.user_id", "e.email", "e.phone", "group_id")
+    i = F.col("id")
+    # chain: event i links chain device i with chain user i (even) or chain user i with device i+1 (odd)
+    links = spark.range(2 * chain - 1).select(
+        F.concat(F.lit("chain-"), i.cast("string")).alias("event_id"),
+        (F.lit(START).cast("long") + i).cast("timestamp").alias("event_ts"),
+        F.concat(F.lit("ca"), F.when(i % 2 == 0, i / 2).otherwise((i + 1) / 2).cast("long").cast("string"))
+        .alias("anonymous_id"),
+        F.concat(F.lit("cu"), (i / 2).cast("long").cast("string")).alias("user_id"),
+        F.lit(None).cast("string").alias("email"), F.lit(None).cast("string").alias("phone"),
+        F.lit(-1).cast("long").alias("group_id"),
+    )
+    return per_group.unionByName(links)
+
+
+def check(spark: SparkSession, groups: int, chain: int, local_checkpoint: bool) -> dict:
+    from touchpoint.core.config import load_settings
+    from touchpoint.jobs.identity import resolve
+    from touchpoint.jobs.identity_graph import LakeCheckpointer
+    from touchpoint.jobs.identity_rules import Guardrails
+
+    settings = load_settings()
+    events = synthetic_events(spark, groups, chain)
+    group_of = events.select("group_id", F.explode(F.array(*[
+        F.struct(F.lit(t).alias("identifier_type"), F.col(t).alias("identifier_value"))
+        for t in ("anonymous_id", "user_id", "email", "phone")])).alias("i")).select(
+        "group_id", "i.*").where(F.col("identifier_value").isNotNull()).distinct()
+    started = time.time()
+    with tempfile.TemporaryDirectory() as scratch, LakeCheckpointer(spark, scratch, local=local_checkpoint) as cp:
+        result = resolve(events.drop("group_id"), None, Guardrails.from_settings(settings.identity), cp)
+        resolved = cp(result.identity_map.join(group_of, ["identifier_type", "identifier_value"]))
+        identifiers = resolved.count()
+        seconds = time.time() - started
+        ids_per_group = resolved.groupBy("group_id").agg(F.countDistinct("customer_id").alias("n"))
+        groups_per_id = resolved.groupBy("customer_id").agg(F.countDistinct("group_id").alias("n"))
+        ok = ids_per_group.where("n != 1").isEmpty() and groups_per_id.where("n != 1").isEmpty()
+        chain_size = resolved.where("group_id = -1").count()
+        customers = resolved.select("customer_id").distinct().count()
+    return {"identifiers": identifiers, "customers": customers, "expected_customers": groups + 1,
+            "chain_identifiers": chain_size, "expected_chain_identifiers": 2 * chain,
+            "rounds": result.rounds, "resolve_seconds": round(seconds, 1),
+            "ok": ok and customers == groups + 1 and chain_size == 2 * chain}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--groups", type=int, default=300_000, help="4 identifiers each (default 1.2M in all)")
+    parser.add_argument("--chain", type=int, default=1_000)
+    parser.add_argument("--local-checkpoint", action="store_true")
+    args = parser.parse_args()
+    from touchpoint.core.spark import get_spark
+
+    spark = get_spark("identity-scale-bench", **{"spark.databricks.delta.snapshotPartitions": "2"})
+    print(check(spark, args.groups, args.chain, args.local_checkpoint))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,302 @@
+"""Pure transforms of identity resolution (BRIEF §5): guardrails, graph facts, components, stable ids.
+
+Nothing here reads or writes a table; jobs/identity.py wires these to the lake.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from itertools import combinations
+from typing import Callable, Iterable
+
+from pyspark.sql import Column, DataFrame
+from pyspark.sql import functions as F
+
+from touchpoint.core.identity_lookup import is_present
+from touchpoint.jobs.identity_graph import Checkpoint, connected_components
+
+# Sorted in code-point order: the order of (first_seen, identifier_type, identifier_value) tie-breaks
+# and of the two ends of a stored edge.
+IDENTIFIER_TYPES = ("anonymous_id", "email", "phone", "user_id")
+DEVICE_TYPE, USER_TYPE = "anonymous_id", "user_id"
+
+# "All-zero" ids: only 0 - + _ and spaces, with at least one 0.
+ALL_ZERO_PATTERN = r"^[0\-+_ ]*0[0\-+_ ]*$"
+
+REASON_BLOCKLIST, REASON_ALL_ZERO, REASON_SHARED_DEVICE = "blocklist", "all_zero", "shared_device"
+
+CUSTOMER_ID_PREFIX = "cus_"
+
+
+@dataclass(frozen=True)
+class Guardrails:
+    blocklist: tuple[str, ...]
+    shared_device_max_user_ids: int
+
+    @classmethod
+    def from_settings(cls, identity_settings) -> "Guardrails":
+        listed = tuple(sorted({value.strip().lower() for value in identity_settings.blocklist}))
+        return cls(listed, identity_settings.shared_device_max_user_ids)
+
+
+def held_back_reason(value: Column, blocklist: Iterable[str]) -> Column:
+    """'blocklist' / 'all_zero' for a value treated as absent, else null (case-insensitive, any type)."""
+    listed = list(blocklist)
+    in_list = F.lower(F.trim(value)).isin(listed) if listed else F.lit(False)
+    return F.when(in_list, F.lit(REASON_BLOCKLIST)).when(value.rlike(ALL_ZERO_PATTERN), F.lit(REASON_ALL_ZERO))
+
+
+def customer_id_of(identifier_type: Column, identifier_value: Column) -> Column:
+    """Deterministic customer id from a component's anchor identifier (128 bits of SHA-256)."""
+    digest = F.sha2(F.concat_ws(":", F.lit("touchpoint-customer-v1"), identifier_type, identifier_value), 256)
+    return F.concat(F.lit(CUSTOMER_ID_PREFIX), F.substring(digest, 1, 32))
+
+
+def anchor_order(first_seen: Column, identifier_type: Column, identifier_value: Column) -> Column:
+    """The component's anchor is its smallest identifier by (first_seen, identifier_type, identifier_value)."""
+    return F.struct(first_seen.alias("first_seen"), identifier_type.alias("identifier_type"),
+                    identifier_value.alias("identifier_value"))
+
+
+# ---- facts from events -------------------------------------------------------------------------
+
+FACT_COLUMNS = ("kind", "a_type", "a_value", "b_type", "b_value", "reason", "first_ts", "first_event_id", "last_ts")
+
+
+def identity_facts(guardrails: Guardrails) -> Callable[[DataFrame], DataFrame]:
+    """Events -> one row per identifier ('node') and per co-occurring usable pair ('edge').
+
+    Nodes carry `reason` when blocklisted; edges link only usable (not blocklisted) identifiers,
+    with a_type < b_type. Each fact has its first event (by event_ts, event_id) and last event_ts.
+    One pass over the events, one shuffle.
+    """
+
+    def transform(events: DataFrame) -> DataFrame:
+        reasons = {t: held_back_reason(F.col(t), guardrails.blocklist) for t in IDENTIFIER_TYPES}
+        usable = {t: F.when(is_present(F.col(t)) & reasons[t].isNull(), F.col(t)) for t in IDENTIFIER_TYPES}
+        none = F.lit(None).cast("string")
+        facts = [
+            F.when(is_present(F.col(t)), F.struct(F.lit("node").alias("kind"), F.lit(t).alias("a_type"),
+                                                  F.col(t).alias("a_value"), none.alias("b_type"),
+                                                  none.alias("b_value"), reasons[t].alias("reason")))
+            for t in IDENTIFIER_TYPES
+        ] + [
+            F.when(usable[a].isNotNull() & usable[b].isNotNull(),
+                   F.struct(F.lit("edge").alias("kind"), F.lit(a).alias("a_type"), usable[a].alias("a_value"),
+                            F.lit(b).alias("b_type"), usable[b].alias("b_value"), none.alias("reason")))
+            for a, b in combinations(IDENTIFIER_TYPES, 2)
+        ]
+        exploded = events.select(
+            "event_id", "event_ts", F.explode(F.filter(F.array(*facts), lambda fact: fact.isNotNull())).alias("fact")
+        ).select("event_id", "event_ts", "fact.*")
+        return (
+            exploded.groupBy("kind", "a_type", "a_value", "b_type", "b_value", "reason")
+            .agg(F.min(F.struct("event_ts", "event_id")).alias("first"), F.max("event_ts").alias("last_ts"))
+            .select("kind", "a_type", "a_value", "b_type", "b_value", "reason",
+                    F.col("first.event_ts").alias("first_ts"), F.col("first.event_id").alias("first_event_id"),
+                    "last_ts")
+        )
+
+    return transform
+
+
+def nodes_from_facts(facts: DataFrame) -> DataFrame:
+    """(identifier_type, identifier_value, first_seen, last_seen, first_event_id) of usable identifiers."""
+    return facts.where((F.col("kind") == "node") & F.col("reason").isNull()).select(
+        F.col("a_type").alias("identifier_type"), F.col("a_value").alias("identifier_value"),
+        F.col("first_ts").alias("first_seen"), F.col("last_ts").alias("last_seen"), "first_event_id",
+    )
+
+
+def blocked_from_facts(facts: DataFrame) -> DataFrame:
+    """(identifier_type, identifier_value, reason, first_seen, last_seen) of blocklisted values."""
+    return facts.where((F.col("kind") == "node") & F.col("reason").isNotNull()).select(
+        F.col("a_type").alias("identifier_type"), F.col("a_value").alias("identifier_value"), "reason",
+        F.col("first_ts").alias("first_seen"), F.col("last_ts").alias("last_seen"),
+    )
+
+
+def edges_from_facts(facts: DataFrame) -> DataFrame:
+    """(a_type, a_value, b_type, b_value, first_event_ts, first_event_id) of co-occurring usable pairs."""
+    return facts.where(F.col("kind") == "edge").select(
+        "a_type", "a_value", "b_type", "b_value", F.col("first_ts").alias("first_event_ts"), "first_event_id",
+    )
+
+
+# ---- merging state -----------------------------------------------------------------------------
+
+def merge_seen(*frames: DataFrame) -> DataFrame:
+    """Union of (identifier_type, identifier_value, first_seen, last_seen[, reason]) rows, min/max per identifier."""
+    keys = ["identifier_type", "identifier_value"] + (["reason"] if "reason" in frames[0].columns else [])
+    union = frames[0].select(*keys, "first_seen", "last_seen")
+    for frame in frames[1:]:
+        union = union.unionByName(frame.select(*keys, "first_seen", "last_seen"))
+    return union.groupBy(*keys).agg(F.min("first_seen").alias("first_seen"), F.max("last_seen").alias("last_seen"))
+
+
+def merge_edges(*frames: DataFrame) -> DataFrame:
+    """Union of edge rows, keeping each pair's earliest (first_event_ts, first_event_id)."""
+    union = frames[0]
+    for frame in frames[1:]:
+        union = union.unionByName(frame)
+    return (
+        union.groupBy("a_type", "a_value", "b_type", "b_value")
+        .agg(F.min(F.struct("first_event_ts", "first_event_id")).alias("first"))
+        .select("a_type", "a_value", "b_type", "b_value", "first.first_event_ts", "first.first_event_id")
+    )
+
+
+def shared_devices(edges: DataFrame, max_user_ids: int) -> DataFrame:
+    """(identifier_value, distinct_user_ids) of anonymous_ids linked to more than N distinct user_ids."""
+    return (
+        edges.where((F.col("a_type") == DEVICE_TYPE) & (F.col("b_type") == USER_TYPE))
+        .groupBy(F.col("a_value").alias("identifier_value"))
+        .agg(F.count(F.lit(1)).alias("distinct_user_ids"))  # edges are distinct pairs
+        .where(F.col("distinct_user_ids") > max_user_ids)
+    )
+
+
+def linking_edges(edges: DataFrame, devices: DataFrame) -> DataFrame:
+    """Edges that link: those not touching a shared device."""
+    device_keys = devices.select(F.lit(DEVICE_TYPE).alias("t"), F.col("identifier_value").alias("v"))
+    return (
+        edges.join(device_keys, (F.col("a_type") == F.col("t")) & (F.col("a_value") == F.col("v")), "left_anti")
+        .join(device_keys, (F.col("b_type") == F.col("t")) & (F.col("b_value") == F.col("v")), "left_anti")
+    )
+
+
+# ---- components and ids ------------------------------------------------------------------------
+
+def components_by_key(keyed_nodes: DataFrame, keyed_edges: DataFrame, checkpoint: Checkpoint) -> tuple[DataFrame, int]:
+    """Connected components over string keys.
+
+    keyed_nodes: (key) of every node; keyed_edges: (src_key, dst_key).
+    Returns ((key, component) with component a long label, rounds).
+    """
+    ids = checkpoint(keyed_nodes.select("key").distinct().withColumn("id", F.monotonically_increasing_id()))
+    edges = (
+        keyed_edges.join(ids.select(F.col("key").alias("src_key"), F.col("id").alias("src")), "src_key")
+        .join(ids.select(F.col("key").alias("dst_key"), F.col("id").alias("dst")), "dst_key")
+        .select("src", "dst")
+    )
+    labels, rounds = connected_components(edges, ids.select("id"), checkpoint)
+    return ids.join(labels, "id").select("key", "component"), rounds
+
+
+def assign_customer_ids(members: DataFrame) -> DataFrame:
+    """(identifier_type, identifier_value, first_seen, last_seen, component) -> identity_map rows.
+
+    The customer id is derived from the component's anchor: its identifier with the smallest
+    (first_seen, identifier_type, identifier_value). Growing a component never changes its
+    anchor unless an identifier seen earlier joins (late data); in a merge the anchor of the
+    merged component is the older of the two anchors, so the older id survives.
+    """
+    anchors = members.groupBy("component").agg(
+        F.min(anchor_order(F.col("first_seen"), F.col("identifier_type"), F.col("identifier_value"))).alias("anchor")
+    ).select("component", customer_id_of(F.col("anchor.identifier_type"), F.col("anchor.identifier_value"))
+             .alias("customer_id"))
+    return members.join(anchors, "component").select(
+        "identifier_type", "identifier_value", "customer_id", "first_seen", "last_seen"
+    )
+
+
+def identifier_key(identifier_type: Column, identifier_value: Column) -> Column:
+    return F.concat(F.lit("i:"), identifier_type, F.lit(":"), identifier_value)
+
+
+def customer_key(customer_id: Column) -> Column:
+    return F.concat(F.lit("c:"), customer_id)
+
+
+# ---- what changed since the previous map ---------------------------------------------------------
+
+def old_anchors(previous_map: DataFrame) -> DataFrame:
+    """(old_customer_id, anchor_type, anchor_value): the identifier each previous id was derived from."""
+    return previous_map.groupBy(F.col("customer_id").alias("old_customer_id")).agg(
+        F.min(anchor_order(F.col("first_seen"), F.col("identifier_type"), F.col("identifier_value"))).alias("a")
+    ).select("old_customer_id", F.col("a.identifier_type").alias("anchor_type"),
+             F.col("a.identifier_value").alias("anchor_value"))
+
+
+def id_changes(previous_map: DataFrame, new_map: DataFrame) -> tuple[DataFrame, DataFrame]:
+    """Compare the previous identity map (or the part of it that may have changed) with the new one.
+
+    Returns (retired, splits):
+    - retired: (old_customer_id, new_customer_id, kind) for every previous id that no longer
+      exists: it follows its anchor identifier to the anchor's new customer. kind is 'merge' when
+      that new customer holds identifiers of several previous customers, else 'rekey' (late data
+      brought an earlier identifier into the component).
+    - splits: (old_customer_id, new_customer_id) for each part of a previous customer that no longer
+      holds its anchor (a device became shared and stopped linking).
+    Previous ids whose anchor is gone from the new map (erased) are left out.
+    """
+    joined = previous_map.select(
+        "identifier_type", "identifier_value", F.col("customer_id").alias("old_customer_id")
+    ).join(new_map.select("identifier_type", "identifier_value", F.col("customer_id").alias("new_customer_id")),
+           ["identifier_type", "identifier_value"])
+    anchor_now = old_anchors(previous_map).join(
+        joined.select(F.col("identifier_type").alias("anchor_type"), F.col("identifier_value").alias("anchor_value"),
+                      F.col("new_customer_id").alias("anchor_customer_id")),
+        ["anchor_type", "anchor_value"],
+    ).select("old_customer_id", "anchor_customer_id")
+    previous_per_new = joined.groupBy("new_customer_id").agg(
+        F.countDistinct("old_customer_id").alias("previous_customers")
+    )
+    retired = (
+        anchor_now.where(F.col("anchor_customer_id") != F.col("old_customer_id"))
+        .join(previous_per_new, F.col("anchor_customer_id") == F.col("new_customer_id"))
+        .select("old_customer_id", "new_customer_id",
+                F.when(F.col("previous_customers") > 1, F.lit("merge")).otherwise(F.lit("rekey")).alias("kind"))
+    )
+    splits = (
+        joined.select("old_customer_id", "new_customer_id").distinct()
+        .join(anchor_now, "old_customer_id")
+        .where(F.col("new_customer_id") != F.col("anchor_customer_id"))
+        .select("old_customer_id", "new_customer_id")
+    )
+    return retired, splits
+
+
+def linking_events(retired: DataFrame, previous_map: DataFrame, new_map: DataFrame, new_edges: DataFrame,
+                   new_nodes: DataFrame) -> DataFrame:
+    """Add (merged_at, linking_event_id) to retired ids.
+
+    The linking event of a retired id is the earliest (event_ts, event_id) edge of this run that
+    links one of its identifiers to an identifier outside it in its new component. A rekey without
+    such an edge is caused by an earlier sighting of an identifier: its linking event is the first
+    event of the new anchor.
+    """
+    old_of = previous_map.select("identifier_type", "identifier_value", F.col("customer_id").alias("old"))
+    new_of = new_map.select("identifier_type", "identifier_value", F.col("customer_id").alias("new"))
+
+    def ends(side: str) -> DataFrame:
+        cols = {"identifier_type": f"{side}_type", "identifier_value": f"{side}_value"}
+        return (old_of.join(new_of, ["identifier_type", "identifier_value"], "right")
+                .select(*[F.col(k).alias(v) for k, v in cols.items()], F.col("old").alias(f"{side}_old"),
+                        F.col("new").alias(f"{side}_new")))
+
+    crossing = (
+        new_edges.join(ends("a"), ["a_type", "a_value"]).join(ends("b"), ["b_type", "b_value"])
+        .where((F.col("a_new") == F.col("b_new")) & ~F.col("a_old").eqNullSafe(F.col("b_old")))
+    )
+    first_crossing = (
+        crossing.select(F.col("a_old").alias("old_customer_id"), "first_event_ts", "first_event_id")
+        .unionByName(crossing.select(F.col("b_old").alias("old_customer_id"), "first_event_ts", "first_event_id"))
+        .where(F.col("old_customer_id").isNotNull())
+        .groupBy("old_customer_id").agg(F.min(F.struct("first_event_ts", "first_event_id")).alias("edge"))
+    )
+    anchor_first = (
+        new_map.groupBy("customer_id").agg(
+            F.min(anchor_order(F.col("first_seen"), F.col("identifier_type"), F.col("identifier_value"))).alias("a"))
+        .join(new_nodes.select(
+            F.col("identifier_type").alias("t"), F.col("identifier_value").alias("v"),
+            F.struct(F.col("first_seen").alias("first_event_ts"), "first_event_id").alias("sighting")),
+              (F.col("a.identifier_type") == F.col("t")) & (F.col("a.identifier_value") == F.col("v")))
+        .select(F.col("customer_id").alias("new_customer_id"), "sighting")
+    )
+    linked = (
+        retired.join(first_crossing, "old_customer_id", "left").join(anchor_first, "new_customer_id", "left")
+        .withColumn("link", F.coalesce("edge", "sighting"))
+    )
+    return linked.select("old_customer_id", "new_customer_id", F.col("link.first_event_ts").alias("merged_at"),
+                         F.col("link.first_event_id").alias("linking_event_id"), "kind")

@@ -1,0 +1,184 @@
+"""`touchpoint run profiles --date D`: gold.customer_profiles, one row per customer (BRIEF §5).
+
+A full recompute per run, from the identity map the identity run of D published and the silver
+snapshot that run read: every column is then exact by construction (late events, merges and splits
+included) and the run is idempotent. It costs one scan of silver's narrow columns plus
+aggregations per customer; docs/IDENTITY.md has the measurements and the reasoning.
+
+Analyst-facing: no raw email or phone, only their SHA-256 hex (BRIEF §8).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql.types import (
+    ArrayType, BooleanType, DoubleType, IntegerType, LongType, StringType, StructField, StructType, TimestampType,
+)
+
+from touchpoint.core.catalog import table_path
+from touchpoint.core.config import Settings
+from touchpoint.core.hashing import hashed_email, hashed_phone_e164
+from touchpoint.core.identity_lookup import attach_customer_id
+from touchpoint.core.rfm import rfm_scores, rfm_segment
+from touchpoint.jobs.identity_graph import LakeCheckpointer
+from touchpoint.jobs.identity_state import as_of_for, locate_version, read_version, run_log, write_snapshot
+
+CONSENT_FLAGS = ("email_marketing", "ads_personalization", "analytics")
+MICROS_PER_DAY = 86_400 * 1_000_000
+
+_S, _TS, _L, _D, _I, _B = StringType(), TimestampType(), LongType(), DoubleType(), IntegerType(), BooleanType()
+PROFILE_SCHEMA = StructType([StructField(name, kind, True) for name, kind in (
+    ("customer_id", _S),
+    ("first_seen", _TS), ("last_seen", _TS),
+    ("anonymous_ids", _L), ("user_ids", _L), ("emails", _L), ("phones", _L),
+    ("email_sha256", _S), ("phone_sha256", _S),
+    ("country", _S),
+    ("consent_email_marketing", _B), ("consent_ads_personalization", _B), ("consent_analytics", _B),
+    ("consent_updated_at", _TS),
+    ("lifetime_orders", _L), ("lifetime_revenue", _D), ("average_order_value", _D),
+    ("first_order_ts", _TS), ("last_order_ts", _TS), ("days_since_last_order", _D),
+    ("first_channel", _S), ("last_channel", _S), ("channels_engaged", ArrayType(_S)),
+    ("rfm_recency", _I), ("rfm_frequency", _I), ("rfm_monetary", _I), ("rfm_segment", _S),
+    ("as_of", _TS),
+)])
+
+
+def _latest(value: Column, condition: Column | None = None) -> Column:
+    """Aggregate: `value` of the latest event (by event_ts, then event_id) where `condition` holds."""
+    keyed = F.struct(F.col("event_ts"), F.col("event_id"), value.alias("v"))
+    return F.max(keyed if condition is None else F.when(condition, keyed))["v"]
+
+
+def _earliest(value: Column) -> Column:
+    return F.min(F.struct(F.col("event_ts"), F.col("event_id"), value.alias("v")))["v"]
+
+
+def identifier_summary(identity_map: DataFrame) -> DataFrame:
+    """Per customer: first/last seen, identifier counts, hashed most recently seen email and phone.
+
+    Most recently seen = the greatest last_seen; equal last_seen go to the smallest value.
+    """
+    def most_recent(kind: str) -> Column:
+        recency = F.struct((-F.unix_micros("last_seen")).alias("k"), F.col("identifier_value").alias("v"))
+        return F.min(F.when(F.col("identifier_type") == kind, recency))["v"]
+
+    def count_of(kind: str) -> Column:
+        return F.count(F.when(F.col("identifier_type") == kind, F.lit(1)))
+
+    return identity_map.groupBy("customer_id").agg(
+        F.min("first_seen").alias("first_seen"), F.max("last_seen").alias("last_seen"),
+        count_of("anonymous_id").alias("anonymous_ids"), count_of("user_id").alias("user_ids"),
+        count_of("email").alias("emails"), count_of("phone").alias("phones"),
+        hashed_email(most_recent("email")).alias("email_sha256"),
+        hashed_phone_e164(most_recent("phone")).alias("phone_sha256"),
+    )
+
+
+def event_summary(events: DataFrame) -> DataFrame:
+    """Per customer, from its events: country, consent, first/last channel, channels engaged."""
+    is_consent = F.col("event_type") == "consent"
+    consents = {
+        f"consent_{flag}": _latest(F.col(f"consent_{flag}"), is_consent & F.col(f"consent_{flag}").isNotNull())
+        for flag in CONSENT_FLAGS
+    }
+    any_flag = F.lit(False)
+    for flag in CONSENT_FLAGS:
+        any_flag = any_flag | F.col(f"consent_{flag}").isNotNull()
+    return events.groupBy("customer_id").agg(
+        _latest(F.col("country"), F.col("country").isNotNull()).alias("country"),
+        *[column.alias(name) for name, column in consents.items()],
+        F.max(F.when(is_consent & any_flag, F.col("event_ts"))).alias("consent_updated_at"),
+        _earliest(F.col("channel")).alias("first_channel"),
+        _latest(F.col("channel")).alias("last_channel"),
+        F.array_sort(F.collect_set("channel")).alias("channels_engaged"),
+    )
+
+
+def deduplicated_orders(events: DataFrame) -> DataFrame:
+    """Order events, one per order_id: the smallest (event_ts, event_id) wins (BRIEF §2)."""
+    orders = events.where((F.col("event_type") == "order") & F.col("order_id").isNotNull())
+    first = orders.groupBy("order_id").agg(F.min(F.struct("event_ts", "event_id")).alias("first"))
+    return orders.join(first.select("order_id", F.col("first.event_id").alias("event_id")), ["order_id", "event_id"])
+
+
+def order_summary(orders: DataFrame, as_of: dt.datetime) -> DataFrame:
+    """Per customer: lifetime orders and revenue (reporting currency), first/last order, recency.
+
+    Revenue is summed in ascending order of the amounts, so the float result does not depend on
+    how Spark partitioned the orders.
+    """
+    revenue = F.aggregate(F.array_sort(F.collect_list(F.coalesce("revenue_reporting", F.lit(0.0)))),
+                          F.lit(0.0), lambda total, amount: total + amount)
+    return orders.groupBy("customer_id").agg(
+        F.count(F.lit(1)).alias("lifetime_orders"),
+        revenue.alias("lifetime_revenue"),
+        F.min("event_ts").alias("first_order_ts"),
+        F.max("event_ts").alias("last_order_ts"),
+    ).withColumn("recency_micros", F.unix_micros(F.lit(as_of)) - F.unix_micros("last_order_ts"))
+
+
+def build_profiles(events: DataFrame, identity_map: DataFrame, as_of: dt.datetime, checkpoint,
+                   partitions: int) -> DataFrame:
+    """Silver events (event_ts < as_of) + identity map -> customer profiles."""
+    resolved = checkpoint(
+        events.select("event_id", "event_ts", "event_type", "anonymous_id", "user_id", "email", "phone", "country",
+                      "channel", "order_id", "revenue_reporting", *[f"consent_{flag}" for flag in CONSENT_FLAGS])
+        .transform(attach_customer_id(identity_map))
+    )
+    orders = order_summary(deduplicated_orders(resolved).where(F.col("customer_id").isNotNull()), as_of)
+    scored = rfm_scores(
+        checkpoint(orders).select("customer_id", F.col("recency_micros").alias("recency"),
+                                  F.col("lifetime_orders").alias("orders"), F.col("lifetime_revenue").alias("revenue")),
+        checkpoint, partitions,
+    ).select("customer_id", "rfm_recency", "rfm_frequency", "rfm_monetary")
+    profiles = (
+        identifier_summary(identity_map)
+        .join(event_summary(resolved.where(F.col("customer_id").isNotNull())), "customer_id", "left")
+        .join(orders, "customer_id", "left")
+        .join(scored, "customer_id", "left")
+    )
+    return profiles.select(
+        "customer_id", "first_seen", "last_seen", "anonymous_ids", "user_ids", "emails", "phones",
+        "email_sha256", "phone_sha256", "country",
+        *[f"consent_{flag}" for flag in CONSENT_FLAGS], "consent_updated_at",
+        F.coalesce("lifetime_orders", F.lit(0)).alias("lifetime_orders"),
+        F.coalesce("lifetime_revenue", F.lit(0.0)).alias("lifetime_revenue"),
+        (F.col("lifetime_revenue") / F.col("lifetime_orders")).alias("average_order_value"),
+        "first_order_ts", "last_order_ts",
+        (F.col("recency_micros") / F.lit(MICROS_PER_DAY)).alias("days_since_last_order"),
+        "first_channel", "last_channel", F.coalesce("channels_engaged", F.array().cast("array<string>"))
+        .alias("channels_engaged"),
+        "rfm_recency", "rfm_frequency", "rfm_monetary",
+        rfm_segment(F.col("rfm_recency"), F.col("rfm_frequency")).alias("rfm_segment"),
+        F.lit(as_of).alias("as_of"),
+    )
+
+
+def run(spark: SparkSession, settings: Settings, logical_date: dt.date) -> dict:
+    as_of = as_of_for(logical_date)
+    identity_runs = [row for row in run_log(spark, table_path("gold.identity_runs", settings))
+                     if row["logical_date"] == logical_date]
+    if not identity_runs:
+        raise RuntimeError(f"no identity run for {logical_date}: "
+                           f"run `touchpoint run identity --date {logical_date}` first")
+    identity_run = identity_runs[0]
+    map_path = table_path("gold.identity_map", settings)
+    map_version = locate_version(map_path, identity_run["identity_map_version"], identity_run["identifiers"])
+    if map_version is None:
+        raise RuntimeError(f"gold.identity_map no longer holds the map of the identity run for {logical_date}: "
+                           "run identity for that date again")
+    identity_map = read_version(spark, map_path, map_version)
+    # The silver snapshot the identity run read: every identifier of these events is in its map.
+    events = read_version(spark, table_path("silver.events", settings), identity_run["silver_version"]).where(
+        F.col("event_ts") < F.lit(as_of))
+    path = table_path("gold.customer_profiles", settings)
+    scratch = f"{settings.lake_uri}/_scratch/profiles"
+    with LakeCheckpointer(spark, scratch, local=settings.identity.checkpoint == "local") as checkpoint:
+        profiles = build_profiles(events, identity_map, as_of, checkpoint, settings.spark_shuffle_partitions)
+        written = write_snapshot(profiles, path, PROFILE_SCHEMA, "gold.customer_profiles")
+    return {"as_of": as_of.isoformat(), "customers": written.rows, "customer_profiles_version": written.version,
+            "identity_map_version": map_version,
+            "silver_version": identity_run["silver_version"]}

@@ -1,0 +1,187 @@
+"""Customer profiles (BRIEF §5): every column on hand-built customers, RFM quintiles and segments."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+
+import pandas as pd
+import pytest
+from pyspark.sql import functions as F
+
+from test_identity_support import (
+    append_silver, date, expected_customer_id, read_table, restore_delta_state, rows_of, small_delta_state, ts,
+)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _small_delta_state(spark):
+    previous = small_delta_state(spark)
+    yield
+    restore_delta_state(spark, previous)
+
+
+def sha(value: str) -> str:
+    return hashlib.sha256(value.encode()).hexdigest()
+
+
+# The classic R+F grid, rows R = 1..5, columns F = 1..5, written out by hand.
+GRID = [
+    ["hibernating", "hibernating", "at_risk", "at_risk", "cant_lose"],
+    ["hibernating", "hibernating", "at_risk", "at_risk", "cant_lose"],
+    ["about_to_sleep", "about_to_sleep", "need_attention", "loyal_customers", "loyal_customers"],
+    ["promising", "potential_loyalists", "potential_loyalists", "loyal_customers", "loyal_customers"],
+    ["new_customers", "potential_loyalists", "potential_loyalists", "champions", "champions"],
+]
+
+
+def test_rfm_segment_map_covers_each_of_the_25_pairs_once(spark):
+    import re
+
+    from touchpoint.core.rfm import RFM_SEGMENTS, rfm_segment
+
+    for r in range(1, 6):
+        for f in range(1, 6):
+            matching = [name for name, pattern in RFM_SEGMENTS if re.match(pattern, f"{r}{f}")]
+            assert matching == [GRID[r - 1][f - 1]], (r, f)
+    assert all(pattern.startswith("^") and pattern.endswith("$") for _, pattern in RFM_SEGMENTS)
+    pairs = spark.createDataFrame([(r, f) for r in range(1, 6) for f in range(1, 6)] + [(None, 3)], "r int, f int")
+    got = {(row.r, row.f): row.segment for row in
+           pairs.select("r", "f", rfm_segment(F.col("r"), F.col("f")).alias("segment")).collect()}
+    assert got == {**{(r, f): GRID[r - 1][f - 1] for r in range(1, 6) for f in range(1, 6)}, (None, 3): None}
+
+
+def _scores(spark, tmp_path, rows):
+    from touchpoint.core.rfm import rfm_scores
+    from touchpoint.jobs.identity_graph import LakeCheckpointer
+
+    frame = spark.createDataFrame(rows, "customer_id string, recency long, orders long, revenue double")
+    with LakeCheckpointer(spark, str(tmp_path / "scratch"), local=True) as checkpoint:
+        scored = rfm_scores(frame, checkpoint, partitions=3)
+        return {r.customer_id: (r.rfm_recency, r.rfm_frequency, r.rfm_monetary) for r in scored.collect()}
+
+
+def test_rfm_quintile_edges_on_a_known_distribution(spark, tmp_path):
+    # Values 1..10: edges 2.8, 4.6, 6.4, 8.2 (linear interpolation), bins closed on the right.
+    rows = [(f"c{v:02d}", 11 - v, v, float(v)) for v in range(1, 11)]
+    got = _scores(spark, tmp_path, rows)
+    expected_bins = [1, 1, 2, 2, 3, 3, 4, 4, 5, 5]
+    assert [got[f"c{v:02d}"] for v in range(1, 11)] == [(b, b, b) for b in expected_bins]
+    # Values 1..6: the edges 2, 3, 4, 5 fall on values, which belong to the lower bin.
+    on_edges = _scores(spark, tmp_path, [(f"e{v}", v, 1, float(v)) for v in range(1, 7)])
+    assert [on_edges[f"e{v}"][2] for v in range(1, 7)] == [1, 1, 2, 3, 4, 5]
+
+
+def test_rfm_scores_match_pandas_qcut(spark, tmp_path):
+    rng = random.Random(7)
+    rows = [(f"cust-{i:03d}", rng.randrange(10**6, 10**9), rng.choice((1, 1, 1, 2, 2, 3, 5, 8)),
+             round(rng.uniform(5, 500), 2)) for i in range(57)]
+    got = _scores(spark, tmp_path, rows)
+
+    frame = pd.DataFrame(rows, columns=["customer_id", "recency", "orders", "revenue"]).sort_values("customer_id")
+    expected_r = pd.qcut(frame["recency"], 5, labels=[5, 4, 3, 2, 1]).astype(int)
+    expected_f = pd.qcut(frame["orders"].rank(method="first"), 5, labels=[1, 2, 3, 4, 5]).astype(int)
+    expected_m = pd.qcut(frame["revenue"], 5, labels=[1, 2, 3, 4, 5]).astype(int)
+    expected = {cid: (r, f, m) for cid, r, f, m in zip(frame["customer_id"], expected_r, expected_f, expected_m)}
+    assert got == expected
+
+
+PROFILE_EVENTS = [
+    # customer A: a visit, an identify, two orders (one order id sent twice), consent changes
+    dict(event_id="p1", event_ts=ts(1, 9), anonymous_id="pa-a", channel="organic_search", country="GB"),
+    dict(event_id="p2", event_ts=ts(1, 9, 5), event_type="identify", anonymous_id="pa-a", user_id="pa-u",
+         email="old@x.io"),
+    dict(event_id="p3", event_ts=ts(1, 10), event_type="order", user_id="pa-u", order_id="o-1",
+         revenue_reporting=30.0),
+    dict(event_id="p4", event_ts=ts(1, 10, 5), event_type="order", user_id="pa-u", order_id="o-1",
+         revenue_reporting=30.0),
+    dict(event_id="p5", event_ts=ts(1, 11), event_type="consent", user_id="pa-u", consent_email_marketing=True,
+         consent_ads_personalization=False),
+    dict(event_id="p6", event_ts=ts(2, 9), event_type="consent", anonymous_id="pa-a",
+         consent_email_marketing=False),
+    dict(event_id="p7", event_ts=ts(2, 10), event_type="email_click", user_id="pa-u", email="new@x.io",
+         channel="email", country="FR"),
+    dict(event_id="p8", event_ts=ts(2, 11), event_type="order", user_id="pa-u", phone="+447900000001",
+         order_id="o-2", revenue_reporting=12.5, channel="paid_search"),
+    # customer B: visits only
+    dict(event_id="p9", event_ts=ts(2, 12), anonymous_id="pb-a", channel="referral"),
+    # customer C: one old, large order
+    dict(event_id="p10", event_ts=ts(1, 8), event_type="order", user_id="pc-u", order_id="o-3",
+         revenue_reporting=100.0),
+    # a shared device: its events with users belong to those users; the event with only it is its own
+    *[dict(event_id=f"q{i}", event_ts=ts(1, 13, i), anonymous_id="sd", user_id=f"sd-u{i}", channel="display")
+      for i in range(1, 5)],
+    dict(event_id="q5", event_ts=ts(1, 14), anonymous_id="sd", channel="affiliate", country="DE"),
+    # nothing usable: no customer, not counted anywhere
+    dict(event_id="p11", event_ts=ts(2, 13), event_type="order", user_id="null", order_id="o-4",
+         revenue_reporting=7.0),
+    # after the as-of of day 2: ignored
+    dict(event_id="p12", event_ts=ts(3, 0), event_type="order", user_id="pa-u", order_id="o-5",
+         revenue_reporting=1000.0),
+]
+
+
+def test_profiles_of_hand_built_customers(spark, settings):
+    from touchpoint.jobs import identity, profiles
+
+    append_silver(spark, settings, PROFILE_EVENTS)
+    identity.run(spark, settings, date(2))
+    summary = profiles.run(spark, settings, date(2))
+    assert summary["customers"] == 8
+
+    table = read_table(spark, settings, "gold.customer_profiles")
+    assert "email" not in table.columns and "phone" not in table.columns
+    by_id = {row[0]: row for row in rows_of(table)}
+    columns = table.columns
+    cid = expected_customer_id
+
+    def profile(customer_id):
+        return dict(zip(columns, by_id[customer_id]))
+
+    a = profile(cid("anonymous_id", "pa-a"))
+    assert a == {
+        "customer_id": cid("anonymous_id", "pa-a"),
+        "first_seen": ts(1, 9), "last_seen": ts(2, 11),
+        "anonymous_ids": 1, "user_ids": 1, "emails": 2, "phones": 1,
+        "email_sha256": sha("new@x.io"), "phone_sha256": sha("+447900000001"),
+        "country": "FR",
+        "consent_email_marketing": False, "consent_ads_personalization": False, "consent_analytics": None,
+        "consent_updated_at": ts(2, 9),
+        "lifetime_orders": 2, "lifetime_revenue": 42.5, "average_order_value": 21.25,
+        "first_order_ts": ts(1, 10), "last_order_ts": ts(2, 11), "days_since_last_order": 13 / 24,
+        "first_channel": "organic_search", "last_channel": "paid_search",
+        "channels_engaged": ["direct", "email", "organic_search", "paid_search"],
+        # two customers with orders: A is the most recent, has more orders, less revenue than C
+        "rfm_recency": 5, "rfm_frequency": 5, "rfm_monetary": 1, "rfm_segment": "champions",
+        "as_of": ts(3),
+    }
+    c = profile(cid("user_id", "pc-u"))
+    assert (c["lifetime_orders"], c["lifetime_revenue"], c["days_since_last_order"], c["rfm_recency"],
+            c["rfm_frequency"], c["rfm_monetary"], c["rfm_segment"]) == (1, 100.0, 40 / 24, 1, 1, 5, "hibernating")
+    b = profile(cid("anonymous_id", "pb-a"))
+    assert (b["lifetime_orders"], b["lifetime_revenue"], b["average_order_value"], b["last_order_ts"],
+            b["rfm_recency"], b["rfm_segment"], b["channels_engaged"], b["email_sha256"]) == \
+        (0, 0.0, None, None, None, None, ["referral"], None)
+    device = profile(cid("anonymous_id", "sd"))
+    assert (device["first_seen"], device["last_seen"], device["channels_engaged"], device["first_channel"],
+            device["country"], device["anonymous_ids"], device["user_ids"]) == \
+        (ts(1, 13, 1), ts(1, 14), ["affiliate"], "affiliate", "DE", 1, 0)
+    user = profile(cid("user_id", "sd-u1"))
+    assert (user["channels_engaged"], user["first_seen"], user["anonymous_ids"]) == (["display"], ts(1, 13, 1), 0)
+    assert set(by_id) == {cid("anonymous_id", "pa-a"), cid("user_id", "pc-u"), cid("anonymous_id", "pb-a"),
+                          cid("anonymous_id", "sd"), *[cid("user_id", f"sd-u{i}") for i in range(1, 5)]}
+
+
+def test_hashing_helpers_match_hashlib(spark):
+    from touchpoint.core.hashing import (
+        hashed_country, hashed_email, hashed_phone_digits, hashed_phone_e164, sha256_hex,
+    )
+
+    frame = spark.createDataFrame([(" Ana@Example.COM ", "+44 7900 000001", "GB"), ("", None, None)],
+                                  "email string, phone string, country string")
+    rows = frame.select(hashed_email(F.col("email")).alias("e"), hashed_phone_e164(F.col("phone")).alias("p"),
+                        hashed_phone_digits(F.col("phone")).alias("d"), hashed_country(F.col("country")).alias("c"),
+                        sha256_hex(F.col("email")).alias("raw")).collect()
+    assert tuple(rows[0]) == (sha("ana@example.com"), sha("+447900000001"), sha("447900000001"), sha("gb"),
+                              sha(" Ana@Example.COM "))
+    assert tuple(rows[1]) == (None, None, None, None, None)

@@ -1,0 +1,167 @@
+"""`touchpoint run segments`: membership history across days (enter, stay, exit, re-enter), reruns,
+backfill of an older date, and identity merges (BRIEF §6)."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+
+from touchpoint.core.catalog import table_path
+from touchpoint.core.segments import parse_segment
+from touchpoint.jobs import segments as job
+from touchpoint.schemas.lake import SILVER_SCHEMA
+
+UTC = dt.timezone.utc
+D1, D2, D3, D4 = (dt.date(2024, 3, d) for d in (1, 2, 3, 4))
+T1, T2, T3, T4 = (dt.datetime(2024, 3, d, tzinfo=UTC) for d in (2, 3, 4, 5))  # as_of of D1..D4
+
+SEGMENTS = {
+    "big.yaml": "name: big\ncondition: {attribute: lifetime_revenue, gte: 100}\n",
+    "clicked.yaml": "name: clicked\ncondition:\n  behaviour: {event_type: ad_click, at_least: 1, within_last_days: 1}\n",
+}
+
+
+def write(spark, rows, schema, path):
+    spark.createDataFrame(rows, schema).write.format("delta").mode("overwrite").save(path)
+
+
+def click(event_id: str, user_id: str, at: dt.datetime) -> dict:
+    row = {f.name: None for f in SILVER_SCHEMA.fields}
+    row.update(event_id=event_id, event_type="ad_click", event_ts=at, event_date=at.date(), user_id=user_id,
+               channel="paid_search")
+    return row
+
+
+class Lake:
+    def __init__(self, spark, settings):
+        self.spark, self.settings = spark, settings
+
+    def path(self, name):
+        return table_path(name, self.settings)
+
+    def profiles(self, revenue: dict[str, float]):
+        write(self.spark, sorted(revenue.items()), "customer_id string, lifetime_revenue double",
+              self.path("gold.customer_profiles"))
+
+    def identity(self, users: dict[str, str]):
+        rows = [("user_id", u, c, T1, T1) for u, c in sorted(users.items())]
+        write(self.spark, rows, "identifier_type string, identifier_value string, customer_id string, "
+                                "first_seen timestamp, last_seen timestamp", self.path("gold.identity_map"))
+
+    def events(self, rows):
+        self.spark.createDataFrame([tuple(r[f.name] for f in SILVER_SCHEMA.fields) for r in rows], SILVER_SCHEMA) \
+            .write.format("delta").mode("overwrite").save(self.path("silver.events"))
+
+    def merges(self, rows):
+        write(self.spark, rows, "old_customer_id string, new_customer_id string, merged_at timestamp, "
+                                "linking_event_id string", self.path("gold.identity_merges"))
+
+    def table(self, name):
+        return self.spark.read.format("delta").load(self.path(name))
+
+    def membership(self):
+        return sorted((r["segment"], r["customer_id"], r["entered_at"], r["exited_at"])
+                      for r in self.table("gold.segment_membership").select(
+                          "segment", "customer_id", *[job.F.unix_micros(c).alias(c) for c in ("entered_at", "exited_at")]
+                      ).collect())
+
+    def sizes(self):
+        return sorted(tuple(r) for r in self.table("gold.segment_sizes")
+                      .select("date", "segment", "members", "entered", "exited").collect())
+
+
+def micros(instant: dt.datetime | None) -> int | None:
+    return None if instant is None else round(instant.timestamp() * 1_000_000)
+
+
+def stays(*rows):
+    return sorted((s, c, micros(e), micros(x)) for s, c, e, x in rows)
+
+
+@pytest.fixture
+def lake(spark, settings, tmp_path):
+    folder = tmp_path / "segments"
+    folder.mkdir()
+    for name, text in SEGMENTS.items():
+        (folder / name).write_text(text)
+    settings = settings.model_copy(update={"segments_dir": folder})
+    return Lake(spark, settings)
+
+
+def test_membership_history_reruns_backfill_merges_and_removed_segment(spark, lake):
+    clicks = [click("e1", "u2", dt.datetime(2024, 3, 1, 10, tzinfo=UTC)),
+              click("e2", "u1", dt.datetime(2024, 3, 3, 23, 59, 59, 999999, tzinfo=UTC))]
+    lake.events(clicks)
+    lake.identity({"u1": "c1", "u2": "c2"})
+    d2_profiles = {"c1": 150.0, "c2": 120.0, "c3": 50.0, "c4": 500.0, "c5": 500.0}
+
+    lake.profiles({**d2_profiles, "c3": 200.0})
+    summary = job.run(spark, lake.settings, D1)
+    assert summary["sizes"] == {"big": 5, "clicked": 1}
+    lake.profiles(d2_profiles)  # c3 drops out of big, c2's click is older than a day
+    job.run(spark, lake.settings, D2)
+    lake.profiles({**d2_profiles, "c3": 300.0})  # c3 comes back, c1 clicks
+    job.run(spark, lake.settings, D3)
+
+    big_from_t1 = [("big", c, T1, None) for c in ("c1", "c2", "c4", "c5")]
+    after_d3 = stays(*big_from_t1, ("big", "c3", T1, T2), ("big", "c3", T3, None),
+                     ("clicked", "c2", T1, T2), ("clicked", "c1", T3, None))
+    sizes_after_d3 = sorted([(D1, "big", 5, 5, 0), (D1, "clicked", 1, 1, 0), (D2, "big", 4, 0, 1),
+                             (D2, "clicked", 0, 0, 1), (D3, "big", 5, 1, 0), (D3, "clicked", 1, 1, 0)])
+    assert lake.membership() == after_d3
+    assert lake.sizes() == sizes_after_d3
+
+    # Rerunning the latest date changes nothing and writes nothing.
+    assert job.run(spark, lake.settings, D3)["membership_changed"] is False
+    assert lake.membership() == after_d3
+
+    # A corrected D2 (c3 was big after all) while D3 exists rewrites D2 only: c3's two stays become
+    # one, and D3's counts follow. Rerunning D2 with its original inputs restores the tables exactly.
+    lake.profiles({**d2_profiles, "c3": 250.0})
+    job.run(spark, lake.settings, D2)
+    assert lake.membership() == stays(*big_from_t1, ("big", "c3", T1, None),
+                                      ("clicked", "c2", T1, T2), ("clicked", "c1", T3, None))
+    assert lake.sizes() == sorted([(D1, "big", 5, 5, 0), (D1, "clicked", 1, 1, 0), (D2, "big", 5, 0, 0),
+                                   (D2, "clicked", 0, 0, 1), (D3, "big", 5, 0, 0), (D3, "clicked", 1, 1, 0)])
+    lake.profiles(d2_profiles)
+    job.run(spark, lake.settings, D2)
+    assert lake.membership() == after_d3
+    assert lake.sizes() == sizes_after_d3
+
+    # D4: c2 merges into c1, and c5 into c4 into c1 (a chain); the clicked segment file is removed.
+    # Stays of retired ids move to c1 and join c1's own: membership carries over the merges.
+    (lake.settings.segments_dir / "clicked.yaml").unlink()
+    lake.profiles({"c1": 1270.0, "c3": 300.0})
+    lake.identity({"u1": "c1", "u2": "c1"})
+    lake.merges([("c2", "c1", dt.datetime(2024, 3, 4, 8, tzinfo=UTC), "e9"),
+                 ("c5", "c4", dt.datetime(2024, 3, 4, 8, tzinfo=UTC), "e10"),
+                 ("c4", "c1", dt.datetime(2024, 3, 4, 9, tzinfo=UTC), "e11")])
+    assert job.run(spark, lake.settings, D4)["sizes"] == {"big": 2}
+    assert lake.membership() == stays(("big", "c1", T1, None), ("big", "c3", T1, T2), ("big", "c3", T3, None),
+                                      ("clicked", "c1", T1, T2), ("clicked", "c1", T3, T4))
+    assert lake.sizes() == sizes_after_d3 + [(D4, "big", 2, 0, 0), (D4, "clicked", 0, 0, 1)]
+    fingerprints = {(r["date"], r["segment"]): r["definition_sha256"] for r in lake.table("gold.segment_sizes").collect()}
+    big, clicked = (parse_segment(SEGMENTS[f"{n}.yaml"]).fingerprint for n in ("big", "clicked"))
+    assert fingerprints == {**{(d, "big"): big for d in (D1, D2, D3, D4)},
+                            **{(d, "clicked"): clicked for d in (D1, D2, D3)}, (D4, "clicked"): None}
+
+    # "Who was in big on D2?" is a query; history speaks of the surviving ids.
+    on_d2 = lake.table("gold.segment_membership").transform(job.members_on(D2))
+    assert sorted((r["segment"], r["customer_id"]) for r in on_d2.collect()) == [("big", "c1")]
+
+
+def test_union_stays_joins_overlapping_and_touching_stays(spark):
+    def stay(start, end):
+        return {"start": start, "end": end or job._FOREVER}
+
+    frame = spark.createDataFrame(
+        [("a", [stay(T2, T3), stay(T1, T2)]), ("b", [stay(T1, T3), stay(T2, None)]), ("c", [stay(T3, T4), stay(T1, T2)]),
+         ("d", [stay(T2, T2)]), ("e", [])],
+        job.StructType([job.StructField("customer_id", job._S), job.StructField("stays", job.ArrayType(job.STAY))]))
+    merged = frame.select("customer_id", job.union_stays(job.F.col("stays")).alias("stays")).withColumn(
+        "segment", job.F.lit("s")).transform(job.stay_rows)
+    result = sorted(tuple(r) for r in merged.select(
+        "segment", "customer_id", *[job.F.unix_micros(c).alias(c) for c in ("entered_at", "exited_at")]).collect())
+    # touching stays of a join, overlapping ones of b join (open-ended), c keeps its gap, d's empty stay vanishes
+    assert result == stays(("s", "a", T1, T3), ("s", "b", T1, None), ("s", "c", T1, T2), ("s", "c", T3, T4))
