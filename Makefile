@@ -7,7 +7,7 @@ TP := $(VENV)/bin/touchpoint
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml requirements.lock | sha256sum | cut -c1-16)
 PYTEST_ARGS ?=
 
-.PHONY: setup jars demo test bench up down airflow clean
+.PHONY: setup jars chromium demo test drills bench up down airflow clean
 
 $(STAMP): pyproject.toml requirements.lock
 	@test -x $(PY) || (command -v $(PYTHON) >/dev/null && $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV))
@@ -30,13 +30,22 @@ demo: setup
 	$(TP) up
 	$(TP) demo
 
+# Headless Chromium renders the analyst report in its test (Debian package).
+chromium:
+	@command -v chromium >/dev/null || (apt-get update -q && apt-get install -y -q chromium)
+
 # Starts the broker for the suite and stops it afterwards unless it was already running.
-test: setup
+test: setup chromium
 	@was_up=$$($(TP) status --json | $(PY) -c 'import json,sys; print(json.load(sys.stdin)["kafka"]["answering"])'); \
 	$(TP) up || exit 1; \
-	$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
+	$(PY) -m pytest -m "not drill" $(PYTEST_ARGS); rc=$$?; \
 	if [ "$$was_up" != "True" ]; then $(TP) down; fi; \
 	exit $$rc
+
+# Fault drills (SIGKILLed streams, a restarted broker, lake faults): tests/test_drills_*.py, docs/DRILLS.md.
+drills: setup
+	$(TP) up
+	$(PY) -m pytest -m drill $(PYTEST_ARGS)
 
 bench: setup
 	$(TP) up

@@ -10,7 +10,8 @@ DOC = """
 ### lake_maintenance
 Daily, for logical date D: `optimize` compacts the stream-written tables (bronze, silver,
 quarantine, reconciliation); `enforce_retention` deletes bronze raw payloads and quarantine rows
-older than `retention.bronze_days` / `retention.quarantine_days` before D; `vacuum` removes
+older than `retention.bronze_days` / `retention.quarantine_days` before D; `expire_speed` deletes
+speed rows the published batch views already hold (BRIEF §7); `vacuum` removes
 unreferenced files older than `retention.vacuum_hours`; `clean_staging` drops staging namespaces of
 earlier dates. Each step is `touchpoint.jobs.maintenance.run_step`, also `touchpoint run maintenance --date D`.
 """
@@ -35,7 +36,7 @@ def _step(step: str, **context) -> dict:
                   "retry_exponential_backoff": True},
 )
 def lake_maintenance():
-    chain(*[task(task_id=step)(_step)(step) for step in ("optimize", "enforce_retention", "vacuum", "clean_staging")])
+    chain(*[task(task_id=step)(_step)(step) for step in ("optimize", "enforce_retention", "expire_speed", "vacuum", "clean_staging")])
 
 
 lake_maintenance()

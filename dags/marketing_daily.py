@@ -19,7 +19,7 @@ DOC = """
 For logical date **D** (events with `event_ts < D+1 00:00Z`):
 
 1. `optimize_silver` compacts D's silver partition written by the stream;
-2. `prepare_staging` shallow-clones the published gold tables into `staging/dD`;
+2. `prepare_staging` copies the published gold tables into `staging/dD`;
 3. `identity → profiles → attribution → segments → exports` run against staging;
 4. `audit` runs the Great Expectations suites on the staged tables: a critical failure stops the run;
 5. `publish` swaps the audited tables into `gold.*`, releases the exports and records the
@@ -42,7 +42,8 @@ def run_pipeline_step(step: str, **context) -> dict:
 
 
 # The steps of touchpoint.jobs.pipeline.STEPS, spelled out so the DAG file stays import-light.
-STEPS = ("optimize_silver", "prepare_staging", "identity", "profiles", "attribution", "segments", "exports",
+STEPS = ("optimize_silver", "prepare_staging", "identity", "profiles", "attribution", "segments", "campaign_metrics",
+         "exports",
          "audit", "publish")
 
 

@@ -1,4 +1,4 @@
-"""streaming_supervisor: keeps the ingestion query alive and fresh. Wiring only."""
+"""streaming_supervisor: keeps the ingest and speed queries alive and fresh. Wiring only."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from airflow.sdk import dag, task
 
 DOC = """
 ### streaming_supervisor
-Every 5 minutes: if the `ingest` query's process is gone it is restarted
-(`touchpoint stream ingest`, PID under `.state/streams`); if it is alive but its last committed
+Every 5 minutes, for each of the `ingest` and `speed` queries: if its process is gone it is restarted
+(`touchpoint stream ingest` / `touchpoint stream speed`, PID under `.state/streams`); if it is alive but its last committed
 micro-batch is older than `max_lag_seconds`, the task fails, which is the alert (log + failed task).
 """
 
@@ -35,7 +35,16 @@ def streaming_supervisor():
         now = context["dag_run"].run_after
         return supervise(get_settings(), "ingest", now, float(context["params"]["max_lag_seconds"]))
 
+    @task
+    def supervise_speed(**context):
+        from touchpoint.core.config import get_settings
+        from touchpoint.streaming.supervisor import supervise
+
+        now = context["dag_run"].run_after
+        return supervise(get_settings(), "speed", now, float(context["params"]["max_lag_seconds"]))
+
     supervise_ingest()
+    supervise_speed()
 
 
 streaming_supervisor()

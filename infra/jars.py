@@ -46,9 +46,25 @@ def resolve(name: str, settings: Settings | None = None) -> Path:
     if result.returncode != 0:
         raise RuntimeError(f"mvn could not resolve {pom.name}:\n{result.stdout[-3000:]}{result.stderr[-2000:]}")
     (staging / MARKER).write_text(_pom_digest(pom))
-    shutil.rmtree(target, ignore_errors=True)
-    staging.rename(target)
+    _swap_in(staging, target)
     return target
+
+
+def _swap_in(staging: Path, target: Path) -> None:
+    """Move freshly resolved jars into place without ever emptying the folder: Spark sessions
+    already running keep the jars they have not opened yet (same file name = same version).
+    The marker moves last, so an interrupted swap is re-resolved next time."""
+    target.mkdir(parents=True, exist_ok=True)
+    (target / MARKER).unlink(missing_ok=True)
+    fresh = {p.name for p in staging.iterdir()}
+    for old in target.iterdir():
+        if old.name not in fresh:
+            old.unlink()
+    for new in staging.iterdir():
+        if new.name != MARKER and not (target / new.name).exists():
+            new.rename(target / new.name)
+    (staging / MARKER).rename(target / MARKER)
+    shutil.rmtree(staging, ignore_errors=True)
 
 
 def main() -> int:

@@ -149,6 +149,14 @@ def stop(settings: Settings | None = None) -> bool:
     return stop_pid(_home(settings) / "broker.pid", timeout=30)
 
 
+def topic_configs(settings: Settings) -> dict[str, str]:
+    """Bounded retention of every topic the project creates (BRIEF §8, docs/PRIVACY.md): raw events,
+    PII included, leave Kafka after retention.kafka_retention_hours or retention.kafka_retention_bytes
+    per partition, whichever comes first."""
+    return {"retention.ms": str(settings.retention.kafka_retention_hours * 3600 * 1000),
+            "retention.bytes": str(settings.retention.kafka_retention_bytes)}
+
+
 def ensure_topic(name: str, partitions: int | None = None, settings: Settings | None = None) -> bool:
     """Create a topic with the project's bounded retention; True if it was created."""
     from kafka import KafkaAdminClient
@@ -165,7 +173,7 @@ def ensure_topic(name: str, partitions: int | None = None, settings: Settings | 
             name=name,
             num_partitions=partitions or settings.kafka_partitions,
             replication_factor=1,
-            topic_configs={"retention.ms": str(settings.retention.kafka_retention_hours * 3600 * 1000)},
+            topic_configs=topic_configs(settings),
         )
         try:
             admin.create_topics([topic])

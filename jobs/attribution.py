@@ -27,12 +27,14 @@ from pyspark.sql.types import DateType, DoubleType, IntegerType, LongType, Strin
 
 from touchpoint.core.catalog import table_path
 from touchpoint.core.config import AttributionSettings, Settings
+from touchpoint.core.dates import as_of_for, epoch_micros
 from touchpoint.core.identity_lookup import attach_customer_id
 from touchpoint.jobs.attribution_checks import assert_attribution_invariants
 from touchpoint.jobs.attribution_models import (
     CLICK_TYPES, CONVERSION_COLUMNS, CREDIT_COLUMNS, HEURISTIC_MODELS, MODELS, TOUCHPOINT_COLUMNS, conversions,
     credits, daily, lookback_micros, micros, touchpoint_types, touchpoints, training_paths, with_paths,
 )
+from touchpoint.jobs.identity_state import snapshot_rows
 from touchpoint.jobs.markov import fit_chain
 
 EVENT_COLUMNS = ("event_id", "event_type", "event_ts", "event_date", "channel", "campaign_name", "order_id",
@@ -49,25 +51,22 @@ RUNS_SCHEMA = StructType([
     StructField("conversions_version", LongType()), StructField("touchpoints_version", LongType()),
     StructField("credits_version", LongType()), StructField("conversions_recomputed", LongType()),
     StructField("conversions_removed", LongType()),
+    StructField("conversions_rows", LongType()), StructField("touchpoints_rows", LongType()),
+    StructField("credits_rows", LongType()),
 ])
 
 log = logging.getLogger(__name__)
 
-# Tables whose Delta versions tie one run to the next: if any moved since, the next run is full.
+# The state tables one run hands to the next: the run log records each one's Delta version and row
+# count. Write-audit-publish re-creates them (staging clone, published copy) under other version
+# numbers, so the state is also found at the current version when its row count still matches.
 STATE_TABLES = {
     "conversions_version": "gold.attribution_conversions",
     "touchpoints_version": "gold.attribution_touchpoints",
     "credits_version": "gold.attribution_credits",
 }
-
-
-def as_of_for(logical_date: dt.date) -> dt.datetime:
-    """A run for D covers the events with event_ts < D+1 00:00:00Z."""
-    return dt.datetime.combine(logical_date + dt.timedelta(days=1), dt.time(0), tzinfo=dt.timezone.utc)
-
-
-def epoch_micros(instant: dt.datetime) -> int:
-    return (instant - dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)) // dt.timedelta(microseconds=1)
+STATE_ROWS = {"conversions_version": "conversions_rows", "touchpoints_version": "touchpoints_rows",
+              "credits_version": "credits_rows"}
 
 
 def settings_fingerprint(settings: AttributionSettings) -> str:
@@ -211,8 +210,13 @@ def _previous_run(spark: SparkSession, settings: Settings) -> tuple[dict | None,
         return record, "attribution settings changed"
     for column, name in STATE_TABLES.items():
         path = table_path(name, settings)
-        if not _is_table(spark, path) or _version(spark, path) != record[column]:
+        rows = record.get(STATE_ROWS[column])
+        if rows is None or not _is_table(spark, path):
+            return record, f"{name} has no state recorded by the last run"
+        current = _version(spark, path)
+        if current != record[column] and snapshot_rows(path, current) != rows:
             return record, f"{name} changed since the last run"
+        record[column] = current
     return record, None
 
 
@@ -335,13 +339,17 @@ def run(spark: SparkSession, settings: Settings, logical_date: dt.date, mode: st
 
         step("daily, paths and removal effects written")
         versions = {column: _version(spark, table_path(name, settings)) for column, name in STATE_TABLES.items()}
+        state_rows = {STATE_ROWS[column]: snapshot_rows(table_path(name, settings), versions[column])
+                      for column, name in STATE_TABLES.items()}
         run_mode = "full" if full_reason else "incremental"
         record = (
             (previous["run_id"] + 1) if previous else 1, logical_date, as_of, run_mode,
             settings_fingerprint(cfg), versions["conversions_version"], versions["touchpoints_version"],
             versions["credits_version"], recomputed, removed_count,
+            state_rows["conversions_rows"], state_rows["touchpoints_rows"], state_rows["credits_rows"],
         )
-        spark.createDataFrame([record], RUNS_SCHEMA).write.format("delta").mode("append").save(paths["attribution_runs"])
+        (spark.createDataFrame([record], RUNS_SCHEMA).write.format("delta").mode("append")
+         .option("mergeSchema", "true").save(paths["attribution_runs"]))
         step("run recorded")
         return {
             "as_of": as_of.isoformat(),

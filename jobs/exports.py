@@ -27,7 +27,8 @@ from touchpoint.core.delta import ensure_table
 from touchpoint.core.segments import NAME_PATTERN
 from touchpoint.jobs import export_files as files
 from touchpoint.jobs.export_destinations import Destination, destination, destination_rows, eligible
-from touchpoint.jobs.identity_state import as_of_for, is_delta, latest_version, read_version
+from touchpoint.core.dates import as_of_for
+from touchpoint.jobs.identity_state import is_delta, latest_version, read_version
 from touchpoint.jobs.segments import members_at
 
 STAGED = "_staged"

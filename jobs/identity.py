@@ -33,8 +33,9 @@ from touchpoint.jobs.identity_rules import (
     customer_key, edges_from_facts, id_changes, identifier_key, identity_facts, linking_edges, linking_events,
     merge_edges, merge_seen, nodes_from_facts, shared_devices,
 )
+from touchpoint.core.dates import as_of_for
 from touchpoint.jobs.identity_state import (
-    BaseRun, Increment, as_of_for, config_fingerprint, is_delta, latest_version, locate_state, plan_increment,
+    BaseRun, Increment, config_fingerprint, is_delta, latest_version, locate_state, plan_increment,
     previous_run, read_version, write_slice, write_snapshot,
 )
 

@@ -19,17 +19,13 @@ from dataclasses import dataclass, field
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
-from pyspark.sql.types import StructType
+from pyspark.sql.types import StructType, TimestampType
 
+from touchpoint.core.dates import EPOCH, as_of_for
 from touchpoint.core.delta import delta_rs_uri, ensure_table
 
 # Bump when the meaning of the state tables changes: older state then triggers a full rebuild.
 STATE_VERSION = 1
-
-
-def as_of_for(logical_date: dt.date) -> dt.datetime:
-    """A run for D covers event_ts < D+1 00:00:00Z (BRIEF §4)."""
-    return dt.datetime.combine(logical_date + dt.timedelta(days=1), dt.time(), tzinfo=dt.timezone.utc)
 
 
 def config_fingerprint(guardrails) -> str:
@@ -119,7 +115,14 @@ def run_log(spark: SparkSession, runs_path: str) -> list[dict]:
     """The run log (one small row per logical date), newest date first."""
     if not is_delta(spark, runs_path):
         return []
-    rows = _rs_table(runs_path).to_pyarrow_table().to_pylist()
+    # Timestamps travel as epoch microseconds: PySpark would hand them back in the host's local zone.
+    frame = spark.read.format("delta").load(runs_path)
+    stamps = [f.name for f in frame.schema.fields if isinstance(f.dataType, TimestampType)]
+    rows = [row.asDict() for row in frame.select(
+        *[F.unix_micros(name).alias(name) if name in stamps else name for name in frame.columns]).collect()]
+    for row in rows:
+        for name in stamps:
+            row[name] = None if row[name] is None else EPOCH + dt.timedelta(microseconds=row[name])
     return sorted(rows, key=lambda row: row["logical_date"], reverse=True)
 
 
@@ -151,6 +154,11 @@ def _snapshot_stats(path: str, version: int) -> tuple[int | None, object, object
     return sum(rows), min(low, default=None), max(high, default=None)
 
 
+def snapshot_rows(path: str, version: int) -> int | None:
+    """Rows of a Delta snapshot from its file statistics (metadata only); None without statistics."""
+    return _snapshot_stats(path, version)[0]
+
+
 def _holds(path: str, version: int, rows: int, as_of: dt.datetime | None) -> bool:
     """Does this snapshot hold `rows` rows, all written for `as_of` (when the table has that column)?"""
     try:
@@ -174,7 +182,7 @@ def locate_state(paths: dict[str, str], base: BaseRun) -> dict[str, int] | None:
     """Delta versions of the identity state tables that hold the base run's output, or None.
 
     The versions the run recorded are right when the tables were written in place. Under the
-    pipeline's write-audit-publish the tables are shallow clones and published copies with other
+    pipeline's write-audit-publish the tables are staged copies and published copies with other
     version numbers; then the current versions hold that state. Either candidate is accepted only
     if its row counts (and the `as_of` stamp of the edges and guardrails) match the run log.
     """

@@ -89,8 +89,16 @@ def clean_staging(spark: SparkSession, settings: Settings, logical_date: dt.date
     return {"staging_removed": removed}
 
 
-STEPS = {"optimize": optimize, "enforce_retention": enforce_retention, "vacuum": vacuum,
-         "clean_staging": clean_staging}
+def expire_speed(spark: SparkSession, settings: Settings, logical_date: dt.date) -> dict:
+    """Speed rows the published batch views already hold (publish does this too; this catches up
+    after a publish whose expiry failed)."""
+    from touchpoint.core.serving import expire_speed_rows
+
+    return {"speed_rows_expired": expire_speed_rows(spark, settings)}
+
+
+STEPS = {"optimize": optimize, "enforce_retention": enforce_retention, "expire_speed": expire_speed,
+         "vacuum": vacuum, "clean_staging": clean_staging}
 
 
 def run_step(step: str, logical_date: dt.date, settings: Settings | None = None,
@@ -98,9 +106,11 @@ def run_step(step: str, logical_date: dt.date, settings: Settings | None = None,
     from touchpoint.core.config import get_settings
     from touchpoint.core.spark import get_spark
 
+    from touchpoint.core.dates import calendar_date
+
     settings = settings or get_settings()
     spark = spark or get_spark(f"touchpoint-maintenance-{step}", settings=settings)
-    return STEPS[step](spark, settings, logical_date)
+    return STEPS[step](spark, settings, calendar_date(logical_date))
 
 
 def run(spark: SparkSession, settings: Settings, logical_date: dt.date) -> dict:

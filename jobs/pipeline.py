@@ -1,10 +1,10 @@
 """The daily pipeline as write–audit–publish over Delta.
 
 For logical date D the batch jobs run against a staging namespace of the gold layer
-(`<lake>/staging/<D>/...`), seeded from the published tables by a shallow clone. The audit
+(`<lake>/staging/<D>/...`), seeded from copies of the published tables. The audit
 validates the staged tables; only a passing run is published: each staged table replaces its
 published table (one atomic Delta commit per table), staged exports are moved into place, and the
-batch high-water mark H = as_of(D) is recorded. A failing audit publishes nothing, so readers of
+batch high-water mark H = as_of_for(D) is recorded. A failing audit publishes nothing, so readers of
 `gold.*` keep seeing the previous state.
 
 Every step is idempotent per logical date: re-running D re-seeds staging from what is published.
@@ -13,6 +13,7 @@ Every step is idempotent per logical date: re-running D re-seeds staging from wh
 from __future__ import annotations
 
 import datetime as dt
+import os
 import shutil
 from pathlib import Path
 
@@ -20,13 +21,9 @@ from pyspark.sql import SparkSession
 
 from touchpoint.core.catalog import TABLES
 from touchpoint.core.config import Settings
+from touchpoint.core.dates import as_of_for, calendar_date
 
-PIPELINE_JOBS = ("identity", "profiles", "attribution", "segments", "exports")
-
-
-def as_of(logical_date: dt.date) -> dt.datetime:
-    """A run for D covers events with event_ts < D+1 00:00:00Z (BRIEF §4)."""
-    return dt.datetime.combine(logical_date + dt.timedelta(days=1), dt.time(), tzinfo=dt.timezone.utc)
+PIPELINE_JOBS = ("identity", "profiles", "attribution", "segments", "campaign_metrics", "exports")
 
 
 def staging_settings(settings: Settings, logical_date: dt.date) -> Settings:
@@ -47,7 +44,7 @@ def _is_delta(spark: SparkSession, path: str) -> bool:
 
 
 def prepare_staging(spark: SparkSession, settings: Settings, logical_date: dt.date) -> dict:
-    """Seed staging with shallow clones of the published gold tables (metadata only, no data copy).
+    """Seed staging with copies of the published gold tables (hard links on a local lake).
     Staging is dropped first, so a retried or re-run date starts from what is published."""
     from touchpoint.jobs.exports import discard_staged_exports
 
@@ -58,9 +55,40 @@ def prepare_staging(spark: SparkSession, settings: Settings, logical_date: dt.da
     for name in gold_tables():
         published = TABLES[name].path(settings)
         if _is_delta(spark, published):
-            spark.sql(f"CREATE TABLE delta.`{TABLES[name].path(staged)}` SHALLOW CLONE delta.`{published}`")
+            _stage_copy(spark, published, TABLES[name].path(staged), name)
             cloned.append(name)
     return {"staging": staged.gold_namespace, "cloned": cloned}
+
+
+def _stage_copy(spark: SparkSession, published: str, staged: str, name: str) -> None:
+    """A self-contained copy of a published table for the jobs to change.
+
+    Not a SHALLOW CLONE: its log names the published files by absolute `file:/` paths and carries
+    statistics that delta-rs (used for run logs and snapshot checks) cannot read. On a local lake the
+    copy is the table folder: the log copied, the data files hard-linked (a data file is never
+    rewritten in place, while `_delta_log/_last_checkpoint` is); elsewhere Spark copies the rows into
+    a table created with the catalog's properties (PII kept out of statistics).
+    """
+    if "://" not in published:
+        def link_or_copy(source: str, target: str) -> None:
+            if f"{os.sep}_delta_log{os.sep}" in source:
+                shutil.copy2(source, target)
+                return
+            try:
+                os.link(source, target)
+            except OSError:  # another filesystem
+                shutil.copy2(source, target)
+
+        shutil.copytree(published, staged, copy_function=link_or_copy)
+        return
+    from delta.tables import DeltaTable
+
+    from touchpoint.core.delta import ensure_table
+
+    rows = spark.read.format("delta").load(published)
+    partitions = DeltaTable.forPath(spark, published).detail().first()["partitionColumns"]
+    ensure_table(spark, staged, rows.schema, partitions, name)
+    rows.write.format("delta").mode("overwrite").save(staged)
 
 
 def publish(spark: SparkSession, settings: Settings, logical_date: dt.date) -> dict:
@@ -81,10 +109,13 @@ def publish(spark: SparkSession, settings: Settings, logical_date: dt.date) -> d
 
     released = publish_staged_exports(settings, staged)
     record_high_water_mark(spark, settings, logical_date)
-    # Staged clones point at files the published tables may later vacuum: never keep them around.
+    from touchpoint.core.serving import expire_speed_rows
+
+    expired = expire_speed_rows(spark, settings)  # speed rows the published batch now holds
+    # Staging is a full copy of gold: never keep it around.
     _remove(f"{settings.lake_uri}/{staged.gold_namespace}")
-    return {"published": published, "exports_released": released,
-            "high_water_mark": as_of(logical_date).isoformat()}
+    return {"published": published, "exports_released": released, "speed_rows_expired": expired,
+            "high_water_mark": as_of_for(logical_date).isoformat()}
 
 
 def record_high_water_mark(spark: SparkSession, settings: Settings, logical_date: dt.date) -> None:
@@ -96,7 +127,7 @@ def record_high_water_mark(spark: SparkSession, settings: Settings, logical_date
 
     path = TABLES["gold.high_water_mark"].path(settings)
     ensure_table(spark, path, HIGH_WATER_MARK_SCHEMA, (), "gold.high_water_mark")
-    row = spark.createDataFrame([(logical_date, as_of(logical_date))], HIGH_WATER_MARK_SCHEMA)
+    row = spark.createDataFrame([(logical_date, as_of_for(logical_date))], HIGH_WATER_MARK_SCHEMA)
     (DeltaTable.forPath(spark, path).alias("t").merge(row.alias("s"), "t.logical_date = s.logical_date")
      .whenMatchedUpdateAll().whenNotMatchedInsertAll().execute())
 
@@ -166,6 +197,7 @@ def run_step(step: str, logical_date: dt.date, settings: Settings | None = None,
     from touchpoint.core.config import get_settings
     from touchpoint.core.spark import get_spark
 
+    logical_date = calendar_date(logical_date)
     settings = settings or get_settings()
     spark = spark or get_spark(f"touchpoint-{step}", settings=settings)
     if step in PIPELINE_JOBS:

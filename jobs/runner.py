@@ -20,11 +20,14 @@ JOBS: dict[str, str] = {
     "maintenance": "touchpoint.jobs.maintenance",  # every step of marketing_daily, write-audit-publish
     "segments": "touchpoint.jobs.segments",
     "exports": "touchpoint.jobs.exports",
+    "privacy": "touchpoint.jobs.privacy",  # processes the erasure queue (privacy_erasure DAG)
+    "campaign_metrics": "touchpoint.jobs.campaign_metrics",
 }
 
 
 def run_job(name: str, logical_date: dt.date, settings=None, spark=None) -> dict:
     from touchpoint.core.config import get_settings
+    from touchpoint.core.dates import calendar_date
     from touchpoint.core.spark import get_spark
 
     if name not in JOBS:
@@ -32,7 +35,7 @@ def run_job(name: str, logical_date: dt.date, settings=None, spark=None) -> dict
     settings = settings or get_settings()
     spark = spark or get_spark(f"touchpoint-{name}", settings=settings)
     module = importlib.import_module(JOBS[name])
-    return module.run(spark, settings, logical_date)
+    return module.run(spark, settings, calendar_date(logical_date))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -32,7 +32,8 @@ from touchpoint.core.segments import (
     EVENT_COLUMNS, behaviours_of, compile_segments, load_segments, longest_window_days, segment_members,
     window_start, with_behaviour_counts,
 )
-from touchpoint.jobs.identity_state import as_of_for, is_delta
+from touchpoint.core.dates import as_of_for
+from touchpoint.jobs.identity_state import is_delta
 
 _S, _TS, _L = StringType(), TimestampType(), LongType()
 

@@ -25,6 +25,7 @@ from touchpoint.core.channels import ChannelRules, load_rules, with_channel
 from touchpoint.core.config import Settings
 from touchpoint.core.delta import committed_txn_version, ensure_table, idempotent_merge_conf
 from touchpoint.core.events import Rejected, validate_payload
+from touchpoint.core.privacy import ERASED_SUBJECT, Suppression, erased_reason, load_suppression, withheld_payload
 from touchpoint.schemas.envelope import schema_version
 from touchpoint.schemas.lake import (
     BRONZE_SCHEMA, QUARANTINE_SCHEMA, RECONCILIATION_SCHEMA, SILVER_EXTRA_FIELDS, SILVER_SCHEMA, SOURCE_FIELDS,
@@ -56,8 +57,11 @@ def bronze_from_kafka(kafka_rows: DataFrame) -> DataFrame:
     ).withColumn("ingest_date", F.to_date("ingest_ts"))
 
 
-def validate(reporting_currency: str) -> Callable[[DataFrame], DataFrame]:
-    """Bronze rows -> the same rows with silver columns, or error_code/reason when rejected."""
+def validate(reporting_currency: str, suppression: Suppression = Suppression()) -> Callable[[DataFrame], DataFrame]:
+    """Bronze rows -> the same rows with silver columns, or error_code/reason when rejected.
+
+    An event of an erased subject (its identifiers are on the suppression list) is rejected as
+    `erased_subject` before anything else, and its payload is replaced by a hash of it."""
     arrow_schema = _arrow_schema()
     names = [f.name for f in _VALIDATED_SCHEMA.fields]
 
@@ -66,9 +70,14 @@ def validate(reporting_currency: str) -> Callable[[DataFrame], DataFrame]:
         for batch in batches:
             rows = []
             for record in batch.to_pylist():
-                outcome = validate_payload(record["payload"], record["source_ts"], reporting_currency)
                 row = {**empty, **{k: record[k] for k in ("payload", "source_topic", "source_partition",
                                                           "source_offset", "source_ts", "ingest_ts", "ingest_date")}}
+                if suppression and suppression.matches_payload(record["payload"]):
+                    row.update(payload=withheld_payload(record["payload"]), error_code=ERASED_SUBJECT,
+                               reason=erased_reason(record["payload"]), schema_version=schema_version())
+                    rows.append(row)
+                    continue
+                outcome = validate_payload(record["payload"], record["source_ts"], reporting_currency)
                 if isinstance(outcome, Rejected):
                     row.update(error_code=outcome.code, reason=outcome.reason, rejected_event_id=outcome.event_id,
                                schema_version=schema_version())
@@ -166,7 +175,8 @@ class IngestSink:
         self._tables_ready = False
         self.rules = load_rules(settings.channel_rules_file)
         self.paths = {name: table_path(name, settings) for name in
-                      ("bronze.events", "silver.events", "silver.quarantine", "silver.reconciliation")}
+                      ("bronze.events", "silver.events", "silver.quarantine", "silver.reconciliation",
+                       "privacy.suppression")}
 
     def ensure_tables(self, spark: SparkSession) -> None:
         ensure_table(spark, self.paths["bronze.events"], BRONZE_SCHEMA, ["ingest_date"], "bronze.events")
@@ -200,12 +210,16 @@ class IngestSink:
             bronze.unpersist()
 
     def _process(self, spark: SparkSession, bronze: DataFrame, batch_id: int) -> dict[str, int]:
-        if self.write_bronze:
-            self._append(bronze, "bronze.events", batch_id)
         started = time.monotonic()
-        validated = bronze.transform(validate(self.settings.reporting_currency)).persist()
+        # Read per batch: a subject erased while the stream runs is suppressed from the next batch on.
+        suppression = load_suppression(self.paths["privacy.suppression"])
+        validated = bronze.transform(validate(self.settings.reporting_currency, suppression)).persist()
         cached = [validated]
         try:
+            if self.write_bronze:
+                # With erased subjects, bronze takes the validated payloads: theirs are withheld (hashed).
+                self._append(validated.select(*BRONZE_SCHEMA.fieldNames()) if suppression else bronze,
+                             "bronze.events", batch_id)
             tally = validated.agg(
                 F.count(F.lit(1)).alias("bronze"),
                 F.count("error_code").alias("quarantine"),
@@ -268,15 +282,18 @@ def start_stream(spark: SparkSession, settings: Settings, topic: str | None = No
     topic = topic or settings.kafka_topic
     sink = IngestSink(settings, source_id=f"stream:{query_name}")
     sink.ensure_tables(spark)
-    kafka_rows = (
+    reader = (
         spark.readStream.format("kafka")
         .option("kafka.bootstrap.servers", settings.kafka_bootstrap)
         .option("subscribe", topic)
         .option("startingOffsets", settings.stream.starting_offsets)
         .option("maxOffsetsPerTrigger", settings.stream.max_offsets_per_trigger)
         .option("failOnDataLoss", "true")
-        .load()
     )
+    if settings.stream.min_partitions:
+        # Default: one read task per Kafka partition; more splits big partitions across executor cores.
+        reader = reader.option("minPartitions", settings.stream.min_partitions)
+    kafka_rows = reader.load()
     writer = (
         kafka_rows.transform(bronze_from_kafka).writeStream.queryName(query_name)
         .foreachBatch(lambda frame, batch_id: sink(frame, batch_id))

@@ -14,8 +14,9 @@ from touchpoint.core.catalog import table_path
 from touchpoint.core.config import Settings
 from touchpoint.core.delta import delta_rs_uri
 
-# query name -> (CLI arguments, table whose rows carry the per-batch ingest_ts)
-QUERIES = {"ingest": (["stream", "ingest"], "silver.reconciliation")}
+# query name -> (CLI arguments, table with one row per committed micro-batch, its timestamp column)
+QUERIES = {"ingest": (["stream", "ingest"], "silver.reconciliation", "ingest_ts"),
+           "speed": (["stream", "speed"], "speed.freshness", "processed_at")}
 
 
 class StreamStale(RuntimeError):
@@ -45,7 +46,8 @@ def last_batch_at(settings: Settings, name: str) -> dt.datetime | None:
         table = DeltaTable(delta_rs_uri(table_path(QUERIES[name][1], settings)))
     except TableNotFoundError:
         return None
-    stamps = table.to_pyarrow_table(columns=["ingest_ts"]).column("ingest_ts").to_pylist()
+    column = QUERIES[name][2]
+    stamps = table.to_pyarrow_table(columns=[column]).column(column).to_pylist()
     return max(stamps) if stamps else None
 
 

@@ -38,7 +38,7 @@ def test_marketing_daily_order(dagbag):
     dag = dagbag.dags["marketing_daily"]
     order = [t.task_id for t in dag.topological_sort()]
     assert order == ["optimize_silver", "prepare_staging", "identity", "profiles", "attribution", "segments",
-                     "exports", "audit", "publish"]
+                     "campaign_metrics", "exports", "audit", "publish"]
     assert {a.name for a in dag.get_task("publish").outlets} >= {"gold.attribution_credits", "gold.high_water_mark"}
 
 

@@ -162,3 +162,11 @@ def test_utm_parameters_case_insensitive_and_decoded():
 def test_timestamp_offsets_are_exact_instants():
     assert parse_timestamp("2026-03-01T00:30:00-05:00", "event_ts") == dt.datetime(2026, 3, 1, 5, 30,
                                                                                   tzinfo=dt.timezone.utc)
+
+
+def test_deeply_nested_json_is_rejected_not_a_crash():
+    from touchpoint.core.events import decode
+
+    with pytest.raises(Rejected) as rejected:
+        decode(b"[" * 20_000 + b"]" * 20_000)
+    assert (rejected.value.code, rejected.value.reason) == ("not_json", "JSON nests too deeply to parse")

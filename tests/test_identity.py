@@ -163,7 +163,7 @@ def _full_rebuild_map(spark, settings, day):
     from touchpoint.jobs.identity import resolve
     from touchpoint.jobs.identity_graph import LakeCheckpointer
     from touchpoint.jobs.identity_rules import Guardrails
-    from touchpoint.jobs.identity_state import as_of_for
+    from touchpoint.core.dates import as_of_for
 
     events = read_table(spark, settings, "silver.events").where(F.col("event_ts") < F.lit(as_of_for(date(day))))
     with LakeCheckpointer(spark, str(settings.state_path / "scratch"), local=True) as checkpoint:
@@ -330,7 +330,8 @@ def test_increment_plan_finds_late_rows_and_falls_back_on_deletes(spark, setting
     """Which silver partitions an incremental run reads, and when it must rebuild instead."""
     from delta.tables import DeltaTable
 
-    from touchpoint.jobs.identity_state import BaseRun, as_of_for, latest_version, plan_increment
+    from touchpoint.core.dates import as_of_for
+    from touchpoint.jobs.identity_state import BaseRun, latest_version, plan_increment
 
     path = table_path("silver.events", settings)
 

@@ -54,6 +54,22 @@ def down() -> None:
     console.print("spark cluster: " + ("stopped" if spark_cluster.stop(settings) else "was not running"))
 
 
+@app.command("airflow")
+def airflow_local(stop: bool = typer.Option(False, "--stop", help="stop the local Airflow")) -> None:
+    """Start a local Airflow (standalone) with the project's DAGs on 127.0.0.1; print the URL and login."""
+    from touchpoint.infra import airflow_local as local
+
+    settings = _settings()
+    if stop:
+        console.print("airflow: " + ("stopped" if local.stop(settings) else "was not running"))
+        return
+    with console.status("starting Airflow (metadata DB, scheduler, DAG processor, API server)"):
+        state = local.start(settings)
+    console.print(f"airflow: running (pid {state.pid}) at {state.url}")
+    console.print(f"login: {state.username} / {state.password or '(see ' + str(state.home / 'passwords.json') + ')'}")
+    console.print(f"home: {state.home}  log: {state.log_file}  stop: touchpoint airflow --stop")
+
+
 @app.command()
 def status(as_json: bool = typer.Option(False, "--json", help="machine-readable output")) -> None:
     """Broker and cluster health, lake root, versions, stream freshness."""
@@ -156,6 +172,58 @@ def stream_ingest(
         raise typer.Exit(1)
 
 
+@stream_app.command("speed")
+def stream_speed(
+    available_now: bool = typer.Option(False, "--available-now", help="process silver's pending changes, then stop"),
+    query_name: str = typer.Option("speed", help="query name; also names its checkpoint"),
+) -> None:
+    """silver.events change feed -> speed.* real-time views, exactly once (docs/SERVING.md)."""
+    from touchpoint.core.spark import get_spark
+    from touchpoint.streaming.speed import start_stream as start_speed
+
+    settings = _settings()
+    spark = get_spark("touchpoint-stream-speed", settings=settings)
+    query = start_speed(spark, settings, query_name=query_name, trigger_once=available_now)
+    console.print(f"speed query {query.id} running; checkpoint {settings.checkpoint_root}/{query_name}")
+    try:
+        query.awaitTermination()
+    except KeyboardInterrupt:
+        query.stop()
+    if query.exception() is not None:
+        raise typer.Exit(1)
+
+
+@app.command("query")
+def query_command(sql: str = typer.Argument(..., help="SQL over any table or serving view, e.g. "
+                                                        "\"select * from serving.campaign_daily\""),
+                  output: str = typer.Option("table", "--format", help="table | csv | json")) -> None:
+    """Run SQL with duckdb over the lake (delta-rs, no JVM); tables and views by dotted name."""
+    from touchpoint.core.serving import query
+
+    if output not in ("table", "csv", "json"):
+        err_console.print(f"[red]error:[/red] --format must be table, csv or json, got {output!r}")
+        raise typer.Exit(2)
+    try:
+        result = query(_settings(), sql)
+    except Exception as error:  # duckdb's parser/binder errors name the problem
+        err_console.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(1) from None
+    rows = result.to_pylist()
+    if output == "json":
+        print(json.dumps(rows, default=str))
+    elif output == "csv":
+        import csv
+
+        writer = csv.DictWriter(sys.stdout, fieldnames=result.column_names)
+        writer.writeheader()
+        writer.writerows(rows)
+    else:
+        grid = RichTable(*result.column_names)
+        for row in rows:
+            grid.add_row(*["" if v is None else str(v) for v in row.values()])
+        console.print(grid)
+
+
 @app.command()
 def ingest(file: str = typer.Option(..., "--file", help="a JSONL file or a folder of *.jsonl files")) -> None:
     """Batch ingest of JSONL files through the same bronze/silver path as the stream."""
@@ -195,6 +263,34 @@ def run(job: str = typer.Argument(..., help="identity | profiles | attribution |
     console.print_json(json.dumps({"job": job, "date": date, **summary}, default=str))
 
 
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def submit(target: list[str] = typer.Argument(..., help="JOB (as for `run`), or `stream ingest|speed [OPTIONS]`"),
+           date: Optional[str] = typer.Option(None, "--date", help="logical date D of a batch job, YYYY-MM-DD"),
+           dry_run: bool = typer.Option(False, "--dry-run", help="print the spark-submit command, run nothing")) -> None:
+    """spark-submit a batch job or a stream to settings.spark_master (spark://, yarn, k8s://, local[N])."""
+    from touchpoint.infra import submit as spark_submit
+
+    settings = _settings()
+    if target[0] == "stream":
+        entry, app_args = "cli", target
+    elif len(target) == 1 and date:
+        entry, app_args = "runner", target
+        try:
+            app_args = spark_submit.job_args(target[0], date)
+        except ValueError as error:
+            err_console.print(f"[red]error:[/red] {error}")
+            raise typer.Exit(2) from None
+    else:
+        err_console.print("[red]error:[/red] expected `submit JOB --date D` or `submit stream ingest|speed`")
+        raise typer.Exit(2)
+    with console.status("packaging the project"):
+        command = spark_submit.compose(app_args, settings=settings, entry=entry)
+    if dry_run:
+        print(command.shell())
+        return
+    raise typer.Exit(spark_submit.run(command).returncode)
+
+
 @app.command()
 def export(segment: str = typer.Option(..., "--segment", help="segment name (a file in segments_dir)"),
            destination: str = typer.Option(..., "--destination",
@@ -217,6 +313,42 @@ def export(segment: str = typer.Option(..., "--segment", help="segment name (a f
 
 
 @app.command()
+def forget(email: Optional[str] = typer.Option(None, "--email", help="the person's email"),
+           phone: Optional[str] = typer.Option(None, "--phone", help="the person's phone, international (+...)"),
+           user_id: Optional[str] = typer.Option(None, "--user-id", help="the person's user_id"),
+           customer_id: Optional[str] = typer.Option(None, "--customer-id", help="the person's customer_id"),
+           queue: bool = typer.Option(False, "--queue", help="queue for the privacy_erasure DAG instead of now")) -> None:
+    """Erase a person from every table, the files and the next exports (docs/PRIVACY.md)."""
+    from touchpoint.core.privacy import request_identifier
+
+    given = [(kind, value) for kind, value in (("email", email), ("phone", phone), ("user_id", user_id),
+                                               ("customer_id", customer_id)) if value is not None]
+    if len(given) != 1:
+        err_console.print("[red]error:[/red] give exactly one of --email, --phone, --user-id, --customer-id")
+        raise typer.Exit(2)
+    kind, value = given[0]
+    try:
+        request_identifier(kind, value)  # validate before starting Spark
+    except ValueError as error:
+        err_console.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(2) from None
+    from touchpoint.core.spark import get_spark
+    from touchpoint.jobs.privacy import enqueue, forget as erase_person
+
+    settings = _settings()
+    spark = get_spark("touchpoint-forget", settings=settings)
+    if queue:
+        request_id = enqueue(spark, settings, kind, value)
+        console.print_json(json.dumps({"queued": request_id}))
+        return
+    with console.status(f"erasing the person with this {kind} from the lake"):
+        result = erase_person(spark, settings, kind, value)
+    console.print_json(json.dumps(result, default=str))
+    if result["status"] == "not_found":
+        console.print(f"no data found for this {kind}: nothing was erased")
+
+
+@app.command()
 def demo(customers: int = typer.Option(300, help="simulated customers"),
          seed: int = typer.Option(42, help="generator seed")) -> None:
     """Generate traffic, stream it in, reconcile, run the daily pipeline: end to end, locally."""
@@ -225,6 +357,40 @@ def demo(customers: int = typer.Option(300, help="simulated customers"),
     result = run_demo(console, customers=customers, seed=seed)
     if not result["exact"]:
         raise typer.Exit(1)
+
+
+@app.command()
+def collect(host: Optional[str] = typer.Option(None, help="bind address (default: collector.host, 127.0.0.1)"),
+            port: Optional[int] = typer.Option(None, help="port (default: collector.port, 8088)"),
+            topic: Optional[str] = typer.Option(None, help="Kafka topic (default: settings.kafka_topic)")) -> None:
+    """HTTP collector: POST /v1/events (one event or a JSON array) with an API key -> Kafka."""
+    from touchpoint.collector import serve
+    from touchpoint.core.config import require_kafka
+
+    settings = _settings()
+    require_kafka(settings)
+    try:
+        serve(settings, host=host, port=port, topic=topic)
+    except ValueError as error:  # no API keys configured, or a bad keys file
+        err_console.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def report(date: str = typer.Option(..., "--date", help="report date D, YYYY-MM-DD (UTC)"),
+           days: int = typer.Option(30, help="days of history in the charts, ending on D")) -> None:
+    """Analyst report: one self-contained HTML page of charts from the gold tables (no JVM)."""
+    import datetime as dt
+
+    from touchpoint.report import write_report
+
+    try:
+        report_date = dt.date.fromisoformat(date)
+    except ValueError:
+        err_console.print(f"[red]error:[/red] --date must be YYYY-MM-DD, got {date!r}")
+        raise typer.Exit(2) from None
+    path = write_report(_settings(), report_date, days=days)
+    console.print(f"report: {path}")
 
 
 def main(argv: Optional[list[str]] = None) -> None:

@@ -12,11 +12,12 @@ import os
 import re
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
@@ -59,6 +60,21 @@ class StreamSettings(_Section):
     max_offsets_per_trigger: int = Field(200_000, gt=0)
     watermark_minutes: float = Field(60, ge=0, description="allowed lateness of the speed layer")
     starting_offsets: Literal["earliest", "latest"] = "earliest"
+    realtime_segments: tuple[str, ...] = Field(("active_now", "cart_abandoners"),
+                                               description="segments the speed layer evaluates in real time")
+    activity_horizon_days: float = Field(30, gt=0, description="customer activity looks this far back (open carts)")
+    min_partitions: int | None = Field(
+        None, ge=1, description="Spark tasks per micro-batch read from Kafka; unset = one per Kafka partition")
+
+
+class S3Settings(_Section):
+    """S3A for an s3a:// lake root. No credentials here: the AWS SDK's default chain reads them from
+    the environment, a web-identity token or the instance profile."""
+
+    endpoint: str | None = Field(None, pattern=r"^https?://[^/\s]+$",
+                                 description="S3-compatible store, e.g. http://minio:9000; unset = AWS S3")
+    path_style_access: bool | None = Field(None, description="bucket in the path; default: on with endpoint, off on AWS")
+    region: str | None = Field(None, pattern=r"^[a-z0-9-]+$", description="bucket region; unset = the SDK's region chain")
 
 
 class RetentionSettings(_Section):
@@ -66,6 +82,8 @@ class RetentionSettings(_Section):
     quarantine_days: int = Field(30, gt=0)
     vacuum_hours: int = Field(168, ge=0)
     kafka_retention_hours: int = Field(168, gt=0)
+    kafka_retention_bytes: int = Field(1 << 30, ge=-1, description="per partition; -1: bounded by time only")
+    erasure_vacuum_hours: int = Field(0, ge=0, description="VACUUM LITE retention of `touchpoint forget` (docs/PRIVACY.md)")
 
 
 class ExportTarget(_Section):
@@ -76,6 +94,45 @@ class ExportTarget(_Section):
 class ExportSettings(_Section):
     max_rows_per_file: int = Field(100_000, ge=1, description="export files are split at this many rows")
     daily: tuple[ExportTarget, ...] = Field((), description="(segment, destination) pairs the daily exports job sends")
+
+
+class CollectorSettings(_Section):
+    """The HTTP collector (`touchpoint collect`). API keys come from the environment or a keys file
+    outside the repository, never from a committed touchpoint.toml."""
+
+    host: str = Field("127.0.0.1", description="bind address; loopback unless put behind a proxy")
+    port: int = Field(8088, ge=0, lt=65536)
+    api_keys: Annotated[dict[str, SecretStr], NoDecode] = Field(
+        default_factory=dict, description="source=key pairs, comma-separated in TOUCHPOINT_COLLECTOR__API_KEYS")
+    api_keys_file: Path | None = Field(None, description="file of source=key lines, merged with api_keys")
+    # At most the ingest limit for one record (core.events.MAX_PAYLOAD_BYTES): any stored record then fits Kafka.
+    max_request_bytes: int = Field(1024 * 1024, gt=0, le=1024 * 1024, description="larger bodies are answered 413")
+    max_batch_events: int = Field(500, gt=0)
+    rate_per_second: float = Field(50.0, gt=0, description="token bucket refill per API key, requests/s")
+    rate_burst: int = Field(100, gt=0, description="token bucket size per API key")
+    produce_timeout_seconds: float = Field(10.0, gt=0, description="wait for the broker's ack before 503")
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _source_key_pairs(cls, value):
+        if isinstance(value, str):
+            return parse_source_keys(value.replace(",", "\n"), "TOUCHPOINT_COLLECTOR__API_KEYS")
+        return value
+
+
+def parse_source_keys(text: str, origin: str) -> dict[str, str]:
+    """'source=key' lines (blank lines and # comments skipped) -> {source: key}; the error never quotes a key."""
+    pairs: dict[str, str] = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        source, sep, key = (part.strip() for part in line.partition("="))
+        if not sep or not re.match(r"^[a-z][a-z0-9_\-]{0,62}$", source) or len(key) < 16:
+            raise ValueError(f"{origin} entry {number} must be source=key with a lowercase source name "
+                             "and a key of at least 16 characters")
+        pairs[source] = key
+    return pairs
 
 
 class Settings(BaseSettings):
@@ -104,6 +161,9 @@ class Settings(BaseSettings):
     spark_ui: bool = False
     cluster_master_port: int = Field(7077, gt=0, lt=65536)
     cluster_workers: int = Field(2, ge=1)
+    spark_driver_host: str = Field("127.0.0.1", description="address executors reach the driver at; '' leaves it "
+                                   "to Spark (a driver pod on Kubernetes, a remote cluster)")
+    airflow_port: int = Field(8080, gt=0, lt=65536, description="port of the local Airflow (`touchpoint airflow`) on 127.0.0.1")
     reporting_currency: str = Field("USD", pattern=r"^[A-Z]{3}$")
     channel_rules_file: Path | None = Field(None, description="YAML channel rules; default: built-in BRIEF §3 rules")
     segments_dir: Path = Path("segments")
@@ -113,7 +173,9 @@ class Settings(BaseSettings):
     identity: IdentitySettings = IdentitySettings()
     stream: StreamSettings = StreamSettings()
     retention: RetentionSettings = RetentionSettings()
+    s3: S3Settings = S3Settings()
     exports: ExportSettings = ExportSettings()
+    collector: CollectorSettings = CollectorSettings()
 
     @field_validator("kafka_bootstrap")
     @classmethod

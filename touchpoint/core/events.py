@@ -251,6 +251,8 @@ def decode(payload: bytes | None) -> dict:
         if _looks_truncated(text):
             raise Rejected("truncated_json", f"JSON ends early: {error.msg} at char {error.pos}") from None
         raise Rejected("not_json", f"not JSON: {error.msg} at char {error.pos}") from None
+    except RecursionError:  # a hostile `[[[[...` must be quarantined, not crash the batch
+        raise Rejected("not_json", "JSON nests too deeply to parse") from None
     if not isinstance(event, dict):
         raise Rejected("not_object", f"JSON is a {type(event).__name__}, not an object")
     return event

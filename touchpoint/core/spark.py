@@ -9,10 +9,19 @@ from touchpoint.core.config import Settings, get_settings
 
 
 def _pyspark_jar_names() -> set[str]:
-    import pyspark
+    """Artifacts on Spark's own classpath. Under spark-submit pyspark is imported from
+    $SPARK_HOME/python/lib/pyspark.zip, so its __file__ does not lead to the jars: SPARK_HOME does."""
+    home = os.environ.get("SPARK_HOME")
+    if home and (Path(home) / "jars").is_dir():
+        jars = Path(home) / "jars"
+    else:
+        import pyspark
 
-    jars = Path(pyspark.__file__).parent / "jars"
-    return {_artifact(p.name) for p in jars.glob("*.jar")}
+        jars = Path(pyspark.__file__).parent / "jars"
+    names = {_artifact(p.name) for p in jars.glob("*.jar")}
+    if not names:  # an empty set would silently put a second Hadoop and Jackson on the classpath
+        raise RuntimeError(f"no Spark jars in {jars}: set SPARK_HOME to the Spark installation")
+    return names
 
 
 def _artifact(jar_name: str) -> str:
@@ -25,8 +34,18 @@ def _artifact(jar_name: str) -> str:
     return stem
 
 
+# hadoop-aws and what it brings: only on the classpath of an s3a:// lake. The AWS SDK bundle alone is
+# ~650 MB, which every executor would otherwise fetch from the driver for every application.
+S3A_ARTIFACTS = frozenset({"hadoop-aws", "bundle", "analyticsaccelerator-s3", "wildfly-openssl"})
+
+
+def uses_s3a(settings: Settings) -> bool:
+    return settings.lake_uri.startswith("s3a://")
+
+
 def spark_jars(settings: Settings | None = None) -> list[str]:
-    """Project jars for Spark, minus artifacts pyspark already ships (its versions win)."""
+    """Project jars for Spark, minus artifacts pyspark already ships (its versions win), plus the
+    S3A jars when the lake is on object storage."""
     settings = settings or get_settings()
     folder = settings.jars_dir.resolve() / "spark"
     jars = sorted(folder.glob("*.jar"))
@@ -34,8 +53,36 @@ def spark_jars(settings: Settings | None = None) -> list[str]:
         raise RuntimeError(
             f"Delta jars missing in {folder}: run `make jars` (resolves infra/maven/spark-jars.pom.xml)"
         )
+    s3a = uses_s3a(settings)
+    if s3a and not any(j.name.startswith("hadoop-aws-") for j in jars):
+        raise RuntimeError(f"hadoop-aws missing in {folder} for lake root {settings.lake_uri}: run `make jars`")
     shipped = _pyspark_jar_names()
-    return [str(j) for j in jars if _artifact(j.name) not in shipped]
+    return [str(j) for j in jars
+            if _artifact(j.name) not in shipped and (s3a or _artifact(j.name) not in S3A_ARTIFACTS)]
+
+
+def s3a_conf(settings: Settings) -> dict[str, str]:
+    """Hadoop S3A settings for an s3a:// lake root. Credentials never appear here: the AWS SDK's
+    default chain finds them (AWS_* environment variables, web identity on EKS, the instance profile)
+    in each driver and executor's own environment."""
+    s3 = settings.s3
+    path_style = s3.path_style_access if s3.path_style_access is not None else s3.endpoint is not None
+    conf = {
+        "spark.hadoop.fs.s3a.impl": "org.apache.hadoop.fs.s3a.S3AFileSystem",
+        "spark.hadoop.fs.s3a.aws.credentials.provider": (
+            "software.amazon.awssdk.auth.credentials.DefaultCredentialsProvider"
+        ),
+        # MinIO and most S3-compatible stores serve buckets under the path, not as a DNS name.
+        "spark.hadoop.fs.s3a.path.style.access": str(path_style).lower(),
+        # S3 has no atomic put-if-absent for Delta's log: one driver writes a table at a time.
+        "spark.delta.logStore.s3a.impl": "io.delta.storage.S3SingleDriverLogStore",
+    }
+    if s3.endpoint:
+        conf["spark.hadoop.fs.s3a.endpoint"] = s3.endpoint
+        conf["spark.hadoop.fs.s3a.connection.ssl.enabled"] = str(s3.endpoint.startswith("https://")).lower()
+    if s3.region:
+        conf["spark.hadoop.fs.s3a.endpoint.region"] = s3.region
+    return conf
 
 
 def spark_conf(settings: Settings | None = None, app_name: str = "touchpoint") -> dict[str, str]:
@@ -53,8 +100,6 @@ def spark_conf(settings: Settings | None = None, app_name: str = "touchpoint") -
         "spark.sql.shuffle.partitions": str(settings.spark_shuffle_partitions),
         "spark.default.parallelism": str(settings.spark_shuffle_partitions),
         "spark.driver.memory": settings.spark_driver_memory,
-        "spark.driver.host": "127.0.0.1",
-        "spark.driver.bindAddress": "127.0.0.1",
         "spark.ui.enabled": str(settings.spark_ui).lower(),
         "spark.ui.showConsoleProgress": "false",
         "spark.sql.warehouse.dir": str(settings.state_path / "warehouse"),
@@ -66,19 +111,26 @@ def spark_conf(settings: Settings | None = None, app_name: str = "touchpoint") -
         # Delta statistics for restricted PII columns are switched off per table (see catalog).
         "spark.databricks.delta.properties.defaults.enableDeletionVectors": "false",
     }
-    if settings.lake_uri.startswith("s3a://"):
-        conf.update(
-            {
-                "spark.hadoop.fs.s3a.impl": "org.apache.hadoop.fs.s3a.S3AFileSystem",
-                "spark.hadoop.fs.s3a.aws.credentials.provider": (
-                    "software.amazon.awssdk.auth.credentials.DefaultCredentialsProvider"
-                ),
-                "spark.hadoop.fs.s3a.path.style.access": "true",
-                # S3 has no atomic rename: Delta needs a log store for concurrent writers.
-                "spark.delta.logStore.s3a.impl": "io.delta.storage.S3SingleDriverLogStore",
-            }
-        )
+    if settings.spark_driver_host:
+        conf["spark.driver.host"] = settings.spark_driver_host
+        conf["spark.driver.bindAddress"] = settings.spark_driver_host
+    if uses_s3a(settings):
+        conf.update(s3a_conf(settings))
     return conf
+
+
+# What a launcher (spark-submit, the Spark Operator's driver pod) decided for this driver wins over
+# the settings: on Kubernetes the master and driver address are the pod's, not ours.
+LAUNCHER_KEYS = ("spark.master", "spark.driver.host", "spark.driver.bindAddress")
+
+
+def _launcher_conf() -> dict[str, str]:
+    if "PYSPARK_GATEWAY_PORT" not in os.environ:  # set only when spark-submit started this Python
+        return {}
+    from pyspark import SparkConf
+
+    launched = SparkConf()
+    return {key: launched.get(key) for key in LAUNCHER_KEYS if launched.contains(key)}
 
 
 def get_spark(app_name: str = "touchpoint", settings: Settings | None = None, **extra_conf: str):
@@ -89,11 +141,12 @@ def get_spark(app_name: str = "touchpoint", settings: Settings | None = None, **
     if active is not None:
         return active
     settings = settings or get_settings()
-    # Bind every JVM server (driver, block manager, UIs) to loopback.
-    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    if settings.spark_driver_host == "127.0.0.1":
+        # Bind every JVM server (driver, block manager, UIs) to loopback.
+        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     os.environ.setdefault("PYSPARK_PYTHON", os.environ.get("PYSPARK_PYTHON") or _python())
     builder = SparkSession.builder
-    for key, value in {**spark_conf(settings, app_name), **extra_conf}.items():
+    for key, value in {**spark_conf(settings, app_name), **_launcher_conf(), **extra_conf}.items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("WARN")

@@ -1,0 +1,327 @@
+"""What the fault drills (tests/test_drills_*.py) and the benchmarks share: processes we start and
+kill by PID, a private Kafka broker, background traffic from the generator, lake readers, and a
+resident-memory sampler.
+
+Nothing here stops a process it did not start: every kill takes the PID (or process group) of a
+child this module spawned.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+REPO = Path(__file__).resolve().parents[1]
+JARS = REPO / ".state" / "jars"
+
+
+# ---- small utilities ------------------------------------------------------------------------------
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now (the kernel's pick for an ephemeral bind)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float, interval: float = 0.5, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(interval)
+    if not predicate():
+        raise TimeoutError(f"{what} not reached within {timeout:.0f}s")
+
+
+def subprocess_env(lake_root: Path | str, **overrides: str) -> dict[str, str]:
+    """Environment of a touchpoint child process: a private lake plus TOUCHPOINT_* overrides
+    (keys as in Settings, nested with '__', e.g. STREAM__TRIGGER_SECONDS)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TOUCHPOINT_")}
+    env.update({"TOUCHPOINT_LAKE_ROOT": str(lake_root), "TOUCHPOINT_JARS_DIR": str(JARS),
+                "TOUCHPOINT_SPARK_SHUFFLE_PARTITIONS": "2", "PYTHONUNBUFFERED": "1"})
+    env.update({f"TOUCHPOINT_{key.upper()}": str(value) for key, value in overrides.items()})
+    return env
+
+
+# ---- child processes --------------------------------------------------------------------------------
+
+class ChildProcess:
+    """A touchpoint command in its own session, logging to a file. `kill()` SIGKILLs its whole
+    process group (the Python driver and the JVM it launched) by the group id we created."""
+
+    def __init__(self, args: list[str], env: dict[str, str], log_file: Path):
+        self.args = args
+        self.log_file = log_file
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        self._log = open(log_file, "ab")
+        self.proc = subprocess.Popen([sys.executable, *args], env=env, cwd=REPO, stdout=self._log,
+                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        self.started = time.monotonic()
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def kill(self) -> None:
+        if self.alive():
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(60)
+        self._reap_group()
+        self._log.close()
+
+    def _reap_group(self) -> None:
+        # The JVM is in the same group; make sure it is gone before the next run reuses the lake.
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(self.proc.pid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.2)
+
+    def wait(self, timeout: float) -> int:
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            if self.proc.poll() is not None:
+                self._reap_group()
+                self._log.close()
+
+    def log_tail(self, chars: int = 4000) -> str:
+        try:
+            return self.log_file.read_text(errors="replace")[-chars:]
+        except FileNotFoundError:
+            return ""
+
+
+def ingest_args(topic: str, available_now: bool = False, query_name: str = "ingest") -> list[str]:
+    args = ["-m", "touchpoint", "stream", "ingest", "--topic", topic, "--query-name", query_name]
+    return args + (["--available-now"] if available_now else [])
+
+
+def speed_cli_available() -> bool:
+    """Whether `touchpoint stream speed` exists (the speed layer's CLI)."""
+    try:
+        from touchpoint.cli import stream_app
+    except ImportError:
+        return False
+    return any((command.name or getattr(command.callback, "__name__", "")) in ("speed", "stream_speed")
+               for command in stream_app.registered_commands)
+
+
+# Used while `touchpoint stream speed` does not exist: the same start_stream the CLI would call.
+_SPEED_RUNNER = (
+    "import sys; from touchpoint.core.config import get_settings; from touchpoint.core.spark import get_spark; "
+    "from touchpoint.streaming.speed import start_stream; settings = get_settings(); "
+    "query = start_stream(get_spark('touchpoint-stream-speed', settings=settings), settings, "
+    "trigger_once={available_now}); query.awaitTermination(); sys.exit(1 if query.exception() else 0)"
+)
+
+
+def speed_args(available_now: bool = False) -> list[str]:
+    if speed_cli_available():
+        return ["-m", "touchpoint", "stream", "speed"] + (["--available-now"] if available_now else [])
+    return ["-c", _SPEED_RUNNER.format(available_now=available_now)]
+
+
+# ---- lake readers (delta-rs: no Spark session needed) ---------------------------------------------
+
+def read_table(path: str, columns: list[str] | None = None) -> list[dict]:
+    """All rows of a Delta table, or [] when it does not exist yet."""
+    from deltalake import DeltaTable
+    from deltalake.exceptions import TableNotFoundError
+
+    try:
+        return DeltaTable(path).to_pyarrow_table(columns=columns).to_pylist()
+    except TableNotFoundError:
+        return []
+
+
+def lake_table(settings, name: str, columns: list[str] | None = None) -> list[dict]:
+    from touchpoint.core.catalog import table_path
+
+    return read_table(table_path(name, settings), columns)
+
+
+def reconciliation_totals(settings) -> dict[str, int]:
+    batches = lake_table(settings, "silver.reconciliation")
+    return {key: sum(b[key] for b in batches) for key in ("bronze", "silver", "quarantine", "duplicates")}
+
+
+def committed_batches(settings) -> int:
+    return len(lake_table(settings, "silver.reconciliation", ["batch_id"]))
+
+
+# ---- generated traffic --------------------------------------------------------------------------------
+
+def valid_event_ids(config, lines: int | None = None) -> list[str]:
+    """The event_ids of the valid events among the first `lines` records a generator config produces
+    (all when None; duplicates not repeated). They come from the seeded simulation alone, and a run
+    cut short sends a prefix of the same sequence, so real-time and historical runs agree."""
+    from itertools import islice
+
+    from touchpoint.generator import iter_records
+
+    return [json.loads(record.payload)["event_id"].strip()
+            for record in islice(iter_records(config), lines) if record.kind == "valid"]
+
+
+class BackgroundGenerator(threading.Thread):
+    """The generator in real time (`rate` lines/s) into a Kafka topic, in a thread, until its traffic
+    ends or `stop()` is called. The producer is configured like the generator's own (idempotent,
+    acks=all, partition = CRC-32 of the key). `result()` returns the generator's report of what it
+    sent; `valid_event_ids(config, report["lines"])` are the valid ids among them."""
+
+    def __init__(self, topic: str, bootstrap: str, config, rate: float, **pacing):
+        """`pacing`: the generator's Pacer options (burst_factor, burst_start, burst_seconds, duration)."""
+        super().__init__(daemon=True, name="generator")
+        self.topic, self.bootstrap, self.config, self.rate, self.pacing = topic, bootstrap, config, rate, pacing
+        self.report: dict | None = None
+        self.error: BaseException | None = None
+        self.delivery_errors: list[str] = []
+        self._stop_requested = threading.Event()
+
+    def stop(self) -> None:
+        self._stop_requested.set()
+
+    def run(self) -> None:
+        import zlib
+
+        from kafka import KafkaProducer
+
+        from touchpoint.generator import GenerationReport, Pacer, iter_records
+
+        try:
+            producer = KafkaProducer(bootstrap_servers=self.bootstrap, acks="all", enable_idempotence=True,
+                                     linger_ms=20, max_request_size=2_000_000, request_timeout_ms=60_000,
+                                     delivery_timeout_ms=300_000, max_block_ms=60_000)
+            partitions = sorted(producer.partitions_for(self.topic))
+            report = GenerationReport()
+            pacer = Pacer(self.rate, **self.pacing)
+            stop = lambda: self._stop_requested.is_set() or pacer.expired()  # noqa: E731
+            for record in iter_records(self.config, report, clock=pacer, stop=stop):
+                partition = partitions[zlib.crc32(record.key) % len(partitions)]
+                producer.send(self.topic, value=record.payload, key=record.key, partition=partition,
+                              timestamp_ms=record.timestamp_ms).add_errback(
+                    lambda error: self.delivery_errors.append(repr(error)))
+            producer.flush()
+            producer.close()
+            self.report = report.as_dict()
+        except BaseException as error:  # surfaced by result()
+            self.error = error
+
+    def result(self, timeout: float) -> dict:
+        self.join(timeout)
+        if self.is_alive():
+            raise TimeoutError(f"generator still producing after {timeout:.0f}s")
+        if self.error is not None:
+            raise self.error
+        if self.delivery_errors:
+            raise RuntimeError(f"{len(self.delivery_errors)} records not delivered: {self.delivery_errors[:3]}")
+        return self.report
+
+
+# ---- a private broker (never the shared one on 9092) ----------------------------------------------
+
+@contextmanager
+def private_broker(state_dir: Path, partitions: int = 2) -> Iterator:
+    """A single-node KRaft broker on free ports with its own state folder; stopped (by the PID file
+    in that folder) on exit. Yields the settings that point at it."""
+    from touchpoint.core.config import load_settings
+    from touchpoint.infra import kafka
+
+    settings = load_settings(kafka_bootstrap=f"127.0.0.1:{free_port()}", kafka_controller_port=free_port(),
+                             state_dir=str(state_dir), jars_dir=str(JARS), kafka_partitions=partitions)
+    kafka.start(settings, timeout=120)
+    try:
+        yield settings
+    finally:
+        kafka.stop(settings)
+
+
+def broker_pid(settings) -> int | None:
+    from touchpoint.infra import kafka
+
+    return kafka.status(settings).pid
+
+
+# ---- resident memory -----------------------------------------------------------------------------
+
+def process_role(cmdline: list[str]) -> str:
+    text = " ".join(cmdline)
+    if "kafka.Kafka" in text:
+        return "broker_jvm"
+    if "org.apache.spark.deploy.SparkSubmit" in text or "pyspark-shell" in text:
+        return "spark_driver_jvm"
+    if "CoarseGrainedExecutorBackend" in text:
+        return "spark_executor_jvm"
+    if "pyspark.daemon" in text or "pyspark.worker" in text:
+        return "python_workers"
+    if cmdline and "python" in Path(cmdline[0]).name:
+        return "python_driver"
+    return "other"
+
+
+@dataclass
+class RssSampler:
+    """Samples resident memory of process trees every `interval` s in a thread. Peaks are per role
+    (the sum over a role's processes at one instant), so a process that restarts is still counted."""
+
+    roots: Callable[[], list[int]]
+    interval: float = 0.5
+    peaks_mb: dict[str, float] = field(default_factory=dict)
+    samples: int = 0
+
+    def __post_init__(self) -> None:
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True, name="rss-sampler")
+
+    def __enter__(self) -> "RssSampler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    def sample(self) -> dict[str, float]:
+        import psutil
+
+        seen: dict[int, "psutil.Process"] = {}
+        for root in self.roots():
+            try:
+                proc = psutil.Process(root)
+                for member in [proc, *proc.children(recursive=True)]:
+                    seen[member.pid] = member
+            except psutil.Error:
+                continue
+        now: dict[str, float] = {}
+        for proc in seen.values():
+            try:
+                role = process_role(proc.cmdline())
+                now[role] = now.get(role, 0.0) + proc.memory_info().rss / 2**20
+            except psutil.Error:
+                continue
+        for role, mb in now.items():
+            self.peaks_mb[role] = max(self.peaks_mb.get(role, 0.0), round(mb, 1))
+        self.samples += 1
+        return now
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self.sample()
+            self._stop.wait(self.interval)

@@ -1,0 +1,166 @@
+"""Benchmark 2, freshness: event-to-visible lag in the serving view at a steady 5,000 events/s (the
+average of a retailer with 500M interactions a day) and during a 10x burst.
+Floor: p95 <= 10 s; target: p95 <= 3 s.
+
+    python -m bench.freshness [--rate 5000] [--steady-seconds 120] [--burst-factor 10]
+                              [--burst-seconds 20] [--trigger-seconds 1] [--max-offsets 200000]
+
+Runs, against the broker of the settings, on a fresh topic and lake:
+- the ingest stream (`touchpoint stream ingest`) and the speed layer (`touchpoint stream speed`),
+  each its own process, with processing-time triggers of `--trigger-seconds`;
+- the generator in real-time mode (seeded), paced at `--rate` lines/s with a burst of
+  `--burst-factor` x for `--burst-seconds`, then `--tail-seconds` more at the base rate.
+
+An event is visible in the serving views once the speed batch that read its silver commit has
+committed (`speed.freshness.processed_at`; serving reads speed.* directly). Its lag is that instant
+minus the moment it was produced (its Kafka record timestamp, `source_ts`, which the real-time
+generator sets to the send time). Silver commit versions come from silver's change data feed
+(delta-rs), the speed batches' version ranges from `speed.freshness`. The generator is one Python
+process: the achieved rates are reported next to the requested ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import shutil
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+from bench.common import progress, write_result
+from bench.faults import (
+    BackgroundGenerator, ChildProcess, JARS, RssSampler, broker_pid, ingest_args, lake_table, speed_args,
+    subprocess_env, wait_for,
+)
+
+
+def percentiles(values: list[float]) -> dict:
+    if not values:
+        return {"events": 0}
+    ordered = sorted(values)
+
+    def pick(q: float) -> float:
+        return round(ordered[min(len(ordered) - 1, max(0, int(round(q * len(ordered))) - 1))], 3)
+
+    return {"events": len(ordered), "p50": pick(0.50), "p95": pick(0.95), "p99": pick(0.99),
+            "max": round(ordered[-1], 3)}
+
+
+def silver_versions(settings):
+    """(event_id, source_ts, _commit_version) of every insert into silver, from its change feed."""
+    from deltalake import DeltaTable
+
+    from touchpoint.core.catalog import table_path
+
+    import pyarrow.compute as pc
+
+    silver = DeltaTable(table_path("silver.events", settings))
+    # The feed exists from the commit that switched it on (the speed layer does, at its start).
+    start = max((h["version"] for h in silver.history() if h.get("operation") == "SET TBLPROPERTIES"), default=0)
+    table = silver.load_cdf(starting_version=start).read_all()
+
+    table = table.filter(pc.equal(table["_change_type"], "insert"))
+    return table.select(["event_id", "source_ts", "_commit_version"])
+
+
+def visible_lags(settings, burst: tuple[float, float]) -> dict:
+    batches = sorted(lake_table(settings, "speed.freshness"), key=lambda r: r["batch_id"])
+    spans = [(r["first"], r["last"], r["processed_at"]) for r in batches
+             if r["first"] is not None and r["last"] is not None and r["rows"]]
+    rows = silver_versions(settings).to_pylist()
+    steady, during_burst, unseen = [], [], 0
+    for row in rows:
+        visible = next((at for first, last, at in spans if first <= row["_commit_version"] <= last), None)
+        if visible is None:
+            unseen += 1
+            continue
+        lag = (visible - row["source_ts"]).total_seconds()
+        produced = row["source_ts"].timestamp()
+        (during_burst if burst[0] <= produced < burst[1] else steady).append(lag)
+    return {"steady": percentiles(steady), "burst": percentiles(during_burst), "not_visible": unseen,
+            "speed_batches": len(batches)}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rate", type=float, default=5000)
+    parser.add_argument("--steady-seconds", type=float, default=120)
+    parser.add_argument("--burst-factor", type=float, default=10)
+    parser.add_argument("--burst-seconds", type=float, default=20)
+    parser.add_argument("--tail-seconds", type=float, default=60)
+    parser.add_argument("--trigger-seconds", type=float, default=1.0)
+    parser.add_argument("--max-offsets", type=int, default=200_000)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--customers", type=int, default=200_000)
+    args = parser.parse_args(argv)
+
+    from touchpoint.core.config import load_settings, require_kafka
+    from touchpoint.generator import GeneratorConfig
+    from touchpoint.infra import kafka
+
+    workdir = Path(tempfile.mkdtemp(prefix="bench-freshness-"))
+    lake = workdir / "lake"
+    settings = load_settings(lake_root=str(lake), jars_dir=str(JARS))
+    require_kafka(settings)
+    topic = f"bench.freshness.{args.seed}.{uuid.uuid4().hex[:6]}"
+    kafka.ensure_topic(topic, settings=settings)
+    knobs = {"STREAM__TRIGGER_SECONDS": str(args.trigger_seconds),
+             "STREAM__MAX_OFFSETS_PER_TRIGGER": str(args.max_offsets), "STREAM__STARTING_OFFSETS": "earliest"}
+    env = subprocess_env(lake, **knobs)
+    result: dict = {"parameters": {**vars(args), "topic": topic, "knobs": knobs,
+                                   "spark_master": settings.spark_master, "shuffle_partitions": 2}}
+    duration = args.steady_seconds + args.burst_seconds + args.tail_seconds
+    # Enough simulated traffic that the generator is never the one to stop first.
+    config = GeneratorConfig(seed=args.seed, customers=args.customers, days=2,
+                             start_date=dt.date.today() - dt.timedelta(days=2), events_per_customer=20)
+    ingest = speed = None
+    try:
+        ingest = ChildProcess(ingest_args(topic), env, workdir / "ingest.log")
+        progress("waiting for the ingest stream to create silver")
+        wait_for(lambda: (lake / "silver" / "events" / "_delta_log").is_dir() or not ingest.alive(), 900,
+                 what="silver.events")
+        speed = ChildProcess(speed_args(), env, workdir / "speed.log")
+        wait_for(lambda: (lake / "speed" / "freshness" / "_delta_log").is_dir() or not speed.alive(), 900,
+                 what="speed.freshness")
+        if not (ingest.alive() and speed.alive()):
+            raise RuntimeError(f"a stream died at start:\n{ingest.log_tail()}\n{speed.log_tail()}")
+        broker = broker_pid(settings)
+        progress(f"producing {args.rate:,.0f}/s for {args.steady_seconds}s, {args.burst_factor}x for "
+                 f"{args.burst_seconds}s, then {args.tail_seconds}s")
+        with RssSampler(lambda: [ingest.pid, speed.pid, *([broker] if broker else [])]) as memory:
+            started = time.time()
+            generator = BackgroundGenerator(topic, settings.kafka_bootstrap, config, rate=args.rate,
+                                            burst_factor=args.burst_factor, burst_start=args.steady_seconds,
+                                            burst_seconds=args.burst_seconds, duration=duration)
+            generator.start()
+            report = generator.result(timeout=duration + 600)
+            progress(f"generator sent {report['lines']:,} lines at {report['lines_per_second']:,.0f}/s on average")
+            burst = (started + args.steady_seconds, started + args.steady_seconds + args.burst_seconds)
+
+            wait_for(lambda: sum(r["bronze"] for r in lake_table(settings, "silver.reconciliation", ["bronze"]))
+                     >= report["lines"], timeout=1800, interval=2, what="ingestion catching up")
+            deadline = time.monotonic() + 1800
+            lags = visible_lags(settings, burst)
+            while lags["not_visible"] and time.monotonic() < deadline:  # the speed layer catching up
+                time.sleep(10)
+                lags = visible_lags(settings, burst)
+        result["peak_rss_mb"] = dict(memory.peaks_mb)
+        result["generator"] = {"lines": report["lines"], "average_lines_per_second": report["lines_per_second"],
+                               "requested": {"rate": args.rate, "burst_rate": args.rate * args.burst_factor}}
+        result["lag_seconds"] = lags
+        result["floor_p95_seconds"], result["target_p95_seconds"] = 10, 3
+        progress(f"lags: {result['lag_seconds']}")
+    finally:
+        for child in (speed, ingest):
+            if child is not None:
+                child.kill()
+        kafka.delete_topic(topic, settings=settings)
+        shutil.rmtree(workdir, ignore_errors=True)
+    write_result("freshness", result)
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,158 @@
+"""`make bench`: every benchmark at its documented size, then the results table in bench/README.md.
+
+    python -m bench.run_all            # full size (hours on the 2-core machine; see bench/README.md)
+    python -m bench.run_all --small    # the same scripts at development size (minutes)
+    python -m bench.run_all --only streaming_drain,freshness
+    python -m bench.run_all --table    # only re-render the README table from bench/results/*.json
+
+Each benchmark runs in its own Python process (one Spark application at a time), writes
+bench/results/<name>.json, and a failure of one does not stop the others.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from bench.common import RESULTS, progress
+from bench.faults import REPO
+
+README = Path(__file__).resolve().parent / "README.md"
+START, END = "<!-- bench:results:start -->", "<!-- bench:results:end -->"
+
+# name -> (arguments at full size, arguments at development size)
+BENCHMARKS = {
+    "streaming_drain": (["--events", "5000000"], ["--events", "100000"]),
+    "freshness": ([], ["--rate", "500", "--steady-seconds", "30", "--burst-seconds", "10", "--tail-seconds", "20"]),
+    "batch_pipeline": (["--events", "10300000", "--days", "90"], ["--events", "60000", "--days", "30"]),
+    "attribution_peers": (["--events", "3000000", "--days", "90"], ["--events", "60000", "--days", "30"]),
+    "collector_load": ([], ["--duration", "5"]),  # the collector engineer's script; run when present
+}
+
+
+def available(name: str) -> bool:
+    return importlib.util.find_spec(f"bench.{name}") is not None
+
+
+def run(name: str, small: bool) -> int:
+    arguments = BENCHMARKS[name][1 if small else 0]
+    progress(f"=== {name} {' '.join(arguments)}")
+    return subprocess.run([sys.executable, "-m", f"bench.{name}", *arguments], cwd=REPO).returncode
+
+
+def _load(name: str) -> dict | None:
+    path = RESULTS / f"{name}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _fmt(value, digits: int = 0) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, (int, float)):
+        return f"{value:,.{digits}f}"
+    return str(value)
+
+
+def _memory(result: dict) -> str:
+    peaks = result.get("peak_rss_mb") or {}
+    return ", ".join(f"{role} {mb:,.0f}" for role, mb in sorted(peaks.items()) if role != "other") or "n/a"
+
+
+def render_table() -> str:
+    rows = ["| benchmark | measure | result | floor / target | peak RSS MB (sum per role) | measured |",
+            "|---|---|---|---|---|---|"]
+    machine = None
+    drain = _load("streaming_drain")
+    if drain:
+        machine = machine or drain["machine"]
+        ingest, end = drain.get("ingest", {}), drain.get("end_to_end", {})
+        rows.append(f"| streaming drain ({drain['preload']['lines']:,} events) | ingest sustained events/s | "
+                    f"{_fmt(ingest.get('sustained', {}).get('events_per_second'))} (wall {_fmt(ingest.get('wall_events_per_second'))}) "
+                    f"| | {_memory(ingest)} | {drain['finished_at']} |")
+        speed = drain.get("speed", {})
+        if "skipped" not in speed:
+            rows.append(f"| | speed layer sustained events/s | {_fmt(speed.get('sustained', {}).get('events_per_second'))} "
+                        f"(wall {_fmt(speed.get('wall_events_per_second'))}) | | {_memory(speed)} | |")
+        rows.append(f"| | end to end events/s; ratio to Kafka ConsumerPerformance ceiling "
+                    f"({_fmt(drain['ceiling']['events_per_second'])}/s) | {_fmt(end.get('events_per_second'))}; "
+                    f"{_fmt(end.get('ratio_to_ceiling'), 3)} | 20,000 / 50,000 | | |")
+    fresh = _load("freshness")
+    if fresh:
+        machine = machine or fresh["machine"]
+        lags = fresh["lag_seconds"]
+        p = fresh["parameters"]
+        for phase in ("steady", "burst"):
+            lag = lags[phase]
+            rows.append(f"| freshness, {phase} (requested {_fmt(p['rate'] * (p['burst_factor'] if phase == 'burst' else 1))}/s, "
+                        f"trigger {p['trigger_seconds']} s) | p50 / p95 / p99 lag s | "
+                        f"{_fmt(lag.get('p50'), 2)} / {_fmt(lag.get('p95'), 2)} / {_fmt(lag.get('p99'), 2)} "
+                        f"| p95 10 / 3 | {_memory(fresh) if phase == 'steady' else ''} | "
+                        f"{fresh['finished_at'] if phase == 'steady' else ''} |")
+    batch = _load("batch_pipeline")
+    if batch:
+        machine = machine or batch["machine"]
+        rows.append(f"| batch pipeline ({batch['silver_events']:,} silver events, {batch['parameters']['days']} days) "
+                    f"| full rebuild s; incremental day s; ratio | {_fmt(batch['full']['seconds'], 1)}; "
+                    f"{_fmt(batch['incremental']['seconds'], 1)}; {_fmt(batch['ratio_incremental_to_full'], 3)} "
+                    f"| ratio <= 0.10 | {_memory(batch)} | {batch['finished_at']} |")
+    peers = _load("attribution_peers")
+    if peers:
+        machine = machine or peers["machine"]
+        h, m = peers["heuristics"], peers["markov"]
+        rows.append(f"| attribution heuristics ({peers['conversions']:,} conversions) | Spark s vs DuckDB s; "
+                    f"max credit difference | {_fmt(h['spark_seconds'], 2)} vs {_fmt(h['duckdb_seconds'], 2)}; "
+                    f"{h['agreement']['max_abs_credit_difference']} ({h['agreement']['only_spark']} / "
+                    f"{h['agreement']['only_duckdb']} rows on one side only) | | {_memory(peers)} | {peers['finished_at']} |")
+        rows.append(f"| Markov order 1 ({m['paths']:,} paths) | exact s vs ChannelAttribution s (nsim {m['nsim']:.0e}); "
+                    f"max relative RE / total difference | {_fmt(m['ours_exact_seconds'], 2)} vs "
+                    f"{_fmt(m['channelattribution_seconds'], 2)}; {m['max_relative_removal_effect_difference']} / "
+                    f"{m['max_relative_channel_total_difference']} | | | |")
+    if machine is None:
+        return "(no results yet: run `make bench`)"
+    if machine:
+        rows.append("")
+        rows.append(f"Machine: {machine['cpu']}, {machine['cores']} cores, {machine['memory_gb']} GB RAM, kernel "
+                    f"{machine['kernel']}, Python {machine['python']}, pyspark {machine['versions'].get('pyspark')}, "
+                    f"delta-spark {machine['versions'].get('delta-spark')}; load average when a run ended is in each "
+                    "JSON file (the machine is shared).")
+    return "\n".join(rows)
+
+
+def update_readme() -> None:
+    text = README.read_text() if README.exists() else ""
+    table = f"{START}\n{render_table()}\n{END}"
+    if START in text and END in text:
+        text = text[:text.index(START)] + table + text[text.index(END) + len(END):]
+    else:
+        text = text.rstrip() + "\n\n## Results\n\n" + table + "\n"
+    README.write_text(text)
+    progress(f"updated {README.relative_to(REPO)}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--small", action="store_true", help="development sizes")
+    parser.add_argument("--only", default="", help="comma-separated benchmark names")
+    parser.add_argument("--table", action="store_true", help="only re-render the README table")
+    args = parser.parse_args(argv)
+    failures = []
+    if not args.table:
+        wanted = [n for n in args.only.split(",") if n] or list(BENCHMARKS)
+        for name in wanted:
+            if not available(name):
+                progress(f"=== {name}: not present, skipped")
+                continue
+            if run(name, args.small) != 0:
+                failures.append(name)
+    update_readme()
+    if failures:
+        progress(f"failed: {', '.join(failures)}")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

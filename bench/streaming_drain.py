@@ -1,0 +1,159 @@
+"""Benchmark 1, streaming drain: pre-load N generated events into Kafka, then measure the sustained
+events/s through ingestion (bronze + silver) and through the speed layer, against the broker's own
+consumer throughput (Kafka's ConsumerPerformance, same jars, same topic, same run).
+
+    python -m bench.streaming_drain [--events 5000000] [--seed 42] [--max-offsets 200000]
+
+Parameters are fixed by the arguments (seeded generator, a fresh topic and lake per run), so a rerun
+measures the same work. Floor 20,000 events/s end to end; target 50,000.
+
+Steps:
+1. preload: the generator (historical mode, `max_events` = N) into a fresh topic on the broker of
+   the settings (`touchpoint up`), record timestamps = send time;
+2. ceiling: ConsumerPerformance reads the N records;
+3. ingestion: `touchpoint stream ingest --available-now` in a fresh lake (its own JVM);
+4. speed layer: `touchpoint stream speed --available-now` over the silver just written, when the
+   speed layer's CLI exists;
+5. memory: RSS of the driver JVM, Python processes and the broker, sampled every 0.5 s.
+Sustained rates leave out JVM start-up and the first (cold) micro-batch; wall rates include them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import math
+import shutil
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+from bench.common import (
+    checkpoint_commit_times, consumer_perf, progress, sustained_rate, write_result,
+)
+from bench.faults import (
+    ChildProcess, JARS, RssSampler, broker_pid, ingest_args, lake_table, reconciliation_totals, speed_args,
+    subprocess_env,
+)
+
+EVENTS_PER_CUSTOMER = 20.0
+LINES_PER_VALID = 1.016  # duplicates (1 %) and malformed (0.5 %) lines on top of valid events
+
+
+def preload(topic: str, bootstrap: str, events: int, seed: int) -> dict:
+    import datetime as dt
+
+    from touchpoint.generator import GeneratorConfig, generate_kafka
+
+    customers = max(10, math.ceil(events / (EVENTS_PER_CUSTOMER * LINES_PER_VALID) * 1.02))
+    # A recent window, so the speed layer's watermark keeps on-time events.
+    start = dt.date.today() - dt.timedelta(days=2)
+    config = GeneratorConfig(seed=seed, customers=customers, days=2, start_date=start,
+                             events_per_customer=EVENTS_PER_CUSTOMER, max_events=events)
+    started = time.monotonic()
+    report = generate_kafka(topic, bootstrap, config, kafka_timestamps="now")
+    seconds = time.monotonic() - started
+    return {"lines": report["lines"], "expected_silver": report["expected_silver"],
+            "expected_quarantine": report["expected_quarantine"], "expected_duplicates": report["expected_duplicates"],
+            "customers": customers, "seconds": round(seconds, 1), "lines_per_second": round(report["lines"] / seconds, 1),
+            "compression": report["output"]["compression"]}
+
+
+def run_stream(args: list[str], env: dict, log: Path, settings, extra_roots=()) -> tuple[int, float, dict]:
+    started = time.monotonic()
+    child = ChildProcess(args, env, log)
+    broker = broker_pid(settings)
+    with RssSampler(lambda: [child.pid, *([broker] if broker else []), *extra_roots]) as memory:
+        while child.alive():
+            time.sleep(5)
+            progress(f"  running {time.monotonic() - started:.0f}s; bronze rows so far "
+                     f"{reconciliation_totals(settings)['bronze']:,}")
+        code = child.wait(60)
+    return code, time.monotonic() - started, dict(memory.peaks_mb)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--events", type=int, default=5_000_000)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--max-offsets", type=int, default=200_000, help="stream.max_offsets_per_trigger")
+    parser.add_argument("--partitions", type=int, default=2)
+    parser.add_argument("--workdir", default=None, help="lake and logs (default: a temp folder, removed after)")
+    parser.add_argument("--keep", action="store_true", help="keep the topic and the lake")
+    args = parser.parse_args(argv)
+
+    from touchpoint.core.config import load_settings, require_kafka
+    from touchpoint.infra import kafka
+
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="bench-drain-"))
+    lake = workdir / "lake"
+    settings = load_settings(lake_root=str(lake), jars_dir=str(JARS))
+    require_kafka(settings)
+    topic = f"bench.drain.{args.seed}.{args.events}.{uuid.uuid4().hex[:6]}"
+    kafka.ensure_topic(topic, partitions=args.partitions, settings=settings)
+    result: dict = {"parameters": {**vars(args), "topic": topic, "trigger": "availableNow",
+                                   "spark_master": settings.spark_master, "shuffle_partitions": 2,
+                                   "driver_memory": settings.spark_driver_memory}}
+    try:
+        progress(f"preloading {args.events:,} events into {topic}")
+        result["preload"] = preload(topic, settings.kafka_bootstrap, args.events, args.seed)
+        lines = result["preload"]["lines"]
+        progress(f"preloaded {lines:,} lines at {result['preload']['lines_per_second']:,.0f}/s")
+
+        progress("ceiling: Kafka ConsumerPerformance")
+        result["ceiling"] = consumer_perf(settings.kafka_bootstrap, topic, lines)
+        progress(f"ceiling {result['ceiling']['events_per_second']:,.0f} events/s")
+
+        env = subprocess_env(lake, STREAM__MAX_OFFSETS_PER_TRIGGER=str(args.max_offsets))
+        progress("ingestion: touchpoint stream ingest --available-now")
+        code, wall, memory = run_stream(ingest_args(topic, available_now=True), env, workdir / "ingest.log", settings)
+        if code != 0:
+            raise RuntimeError(f"ingest failed ({code}); see {workdir / 'ingest.log'}")
+        per_batch = {r["batch_id"]: r["bronze"] for r in lake_table(settings, "silver.reconciliation")}
+        sustained = sustained_rate(per_batch, checkpoint_commit_times(lake / "_checkpoints" / "ingest"))
+        totals = reconciliation_totals(settings)
+        result["ingest"] = {"wall_seconds": round(wall, 1), "wall_events_per_second": round(lines / wall, 1),
+                            "sustained": sustained, "reconciliation": totals,
+                            "exact": totals == {"bronze": lines, "silver": result["preload"]["expected_silver"],
+                                                "quarantine": result["preload"]["expected_quarantine"],
+                                                "duplicates": result["preload"]["expected_duplicates"]},
+                            "peak_rss_mb": memory}
+        progress(f"ingest: {lines / wall:,.0f} events/s wall, sustained {sustained['events_per_second']}")
+
+        if importlib.util.find_spec("touchpoint.streaming.speed") is not None:
+            progress("speed layer: touchpoint stream speed --available-now")
+            code, wall_speed, memory = run_stream(speed_args(available_now=True), env, workdir / "speed.log", settings)
+            if code != 0:
+                raise RuntimeError(f"speed layer failed ({code}); see {workdir / 'speed.log'}")
+            batches = lake_table(settings, "speed.freshness")
+            per_batch = {r["batch_id"]: r["rows"] for r in batches}
+            sustained_speed = sustained_rate(per_batch, checkpoint_commit_times(lake / "_checkpoints" / "speed"))
+            result["speed"] = {"wall_seconds": round(wall_speed, 1),
+                               "wall_events_per_second": round(result["preload"]["expected_silver"] / wall_speed, 1),
+                               "sustained": sustained_speed, "change_rows": sum(per_batch.values()),
+                               "peak_rss_mb": memory}
+            end_to_end = lines / (wall + wall_speed)
+        else:
+            result["speed"] = {"skipped": "touchpoint.streaming.speed not available"}
+            end_to_end = lines / wall
+        ceiling = result["ceiling"]["events_per_second"]
+        result["end_to_end"] = {"events_per_second": round(end_to_end, 1),
+                                "ratio_to_ceiling": round(end_to_end / ceiling, 4) if ceiling else None,
+                                "ingest_sustained_ratio_to_ceiling": (
+                                    round(sustained["events_per_second"] / ceiling, 4)
+                                    if sustained.get("events_per_second") and ceiling else None),
+                                "floor": 20_000, "target": 50_000,
+                                "meets_floor": end_to_end >= 20_000}
+        progress(f"end to end {end_to_end:,.0f} events/s = {result['end_to_end']['ratio_to_ceiling']} of the ceiling")
+    finally:
+        if not args.keep:
+            kafka.delete_topic(topic, settings=settings)
+            if args.workdir is None:
+                shutil.rmtree(workdir, ignore_errors=True)
+    write_result("streaming_drain", result)
+    return result
+
+
+if __name__ == "__main__":
+    main()

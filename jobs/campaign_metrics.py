@@ -1,0 +1,112 @@
+"""`touchpoint run campaign_metrics --date D`: the batch side of the Lambda serving views (BRIEF §7).
+
+Reads silver.events at the version the identity run of D read (so events and the identity map are
+one consistent snapshot; the latest version when there is no such run) and gold.identity_map, and
+recomputes, over every event with event_ts < H = D+1 00:00Z:
+- gold.campaign_minute / gold.campaign_daily: impressions, clicks, orders, revenue and last-touch
+  orders and revenue per campaign per minute / day;
+- gold.campaign_conversions: each conversion with its last touch (serving overrides single
+  conversions with the speed layer's recomputation);
+- gold.customer_activity: each customer's activity as of H.
+Every row carries the cut (batch_as_of = H, batch_silver_version = V). Each table is overwritten
+as a whole: a rerun of D writes the same rows. The definitions are touchpoint.core.campaign_metrics,
+shared with the speed layer.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from touchpoint.core.campaign_metrics import (
+    LAST_TOUCH_MEASURES, MEASURES, MONEY, campaign_totals, conversions, customer_activity, last_touch,
+    last_touch_totals, measure_rows, touchpoints,
+)
+from touchpoint.core.catalog import table_path
+from touchpoint.core.config import Settings
+from touchpoint.core.dates import as_of_for
+from touchpoint.core.identity_lookup import attach_customer_id
+from touchpoint.core.serving import SCHEMAS
+
+EVENT_COLUMNS = ("event_id", "event_type", "event_ts", "event_date", "channel", "campaign_name", "order_id",
+                 "revenue_reporting", "price", "quantity", "anonymous_id", "user_id", "email", "phone")
+
+
+def campaign_table(grain: str, settings: Settings, measured: DataFrame, convs: DataFrame) -> DataFrame:
+    """Additive measures and last-touch measures per (bucket, campaign), one row per key."""
+    additive = measured.transform(campaign_totals(grain))
+    attributed = convs.transform(last_touch_totals(grain))
+    key = [grain, "campaign"]
+    joined = additive.alias("a").join(
+        attributed.alias("l"),
+        (F.col(f"a.{grain}") == F.col(f"l.{grain}")) & F.col("a.campaign").eqNullSafe(F.col("l.campaign")), "full")
+    zero = {m: F.lit(0).cast(MONEY if "revenue" in m else "long") for m in MEASURES + LAST_TOUCH_MEASURES}
+    return joined.select(
+        *[F.coalesce(F.col(f"a.{k}"), F.col(f"l.{k}")).alias(k) for k in key],
+        *[F.coalesce(F.col(f"a.{m}"), zero[m]).alias(m) for m in MEASURES],
+        *[F.coalesce(F.col(f"l.{m}"), zero[m]).alias(m) for m in LAST_TOUCH_MEASURES],
+    )
+
+
+def with_cut(as_of: dt.datetime, silver_version: int):
+    def transform(frame: DataFrame) -> DataFrame:
+        return frame.withColumn("batch_as_of", F.lit(as_of).cast("timestamp")).withColumn(
+            "batch_silver_version", F.lit(silver_version).cast("long"))
+
+    return transform
+
+
+def _silver_version(spark: SparkSession, settings: Settings, logical_date: dt.date) -> int:
+    """The silver version the identity run of D read, else the latest."""
+    from delta.tables import DeltaTable
+
+    runs = table_path("gold.identity_runs", settings)
+    if DeltaTable.isDeltaTable(spark, runs):
+        row = (spark.read.format("delta").load(runs).where(F.col("logical_date") == F.lit(logical_date))
+               .agg(F.max("silver_version")).first())
+        if row and row[0] is not None:
+            return int(row[0])
+    silver = table_path("silver.events", settings)
+    return DeltaTable.forPath(spark, silver).history(1).select("version").first()["version"]
+
+
+def _write(frame: DataFrame, name: str, settings: Settings) -> None:
+    columns = SCHEMAS[name]
+    (frame.select(*[F.col(f.name).cast(f.dataType) for f in columns.fields])
+     .write.format("delta").mode("overwrite").option("overwriteSchema", "true").save(table_path(name, settings)))
+
+
+def run(spark: SparkSession, settings: Settings, logical_date: dt.date) -> dict:
+    from delta.tables import DeltaTable
+
+    as_of = as_of_for(logical_date)
+    silver_path, map_path = table_path("silver.events", settings), table_path("gold.identity_map", settings)
+    for name, path in (("silver.events", silver_path), ("gold.identity_map", map_path)):
+        if not DeltaTable.isDeltaTable(spark, path):
+            raise FileNotFoundError(f"campaign_metrics needs {name}, which has no Delta table at {path}")
+    version = _silver_version(spark, settings, logical_date)
+    events = (spark.read.format("delta").option("versionAsOf", version).load(silver_path)
+              .where(F.col("event_date") <= F.lit((as_of - dt.timedelta(microseconds=1)).date()))
+              .where(F.col("event_ts") < F.lit(as_of))
+              .select(*EVENT_COLUMNS))
+    resolved = events.transform(attach_customer_id(spark.read.format("delta").load(map_path))).persist()
+    try:
+        cfg = settings.attribution
+        convs = (resolved.transform(conversions)
+                 .transform(last_touch(resolved.transform(touchpoints(cfg)), cfg))).persist()
+        measured = measure_rows(resolved)
+        cut = with_cut(as_of, version)
+        _write(convs.transform(cut), "gold.campaign_conversions", settings)
+        for grain, name in (("minute", "gold.campaign_minute"), ("date", "gold.campaign_daily")):
+            _write(campaign_table(grain, settings, measured, convs).transform(cut), name, settings)
+        horizon = as_of - dt.timedelta(days=settings.stream.activity_horizon_days)
+        activity = (resolved.where(F.col("event_ts") >= F.lit(horizon))
+                    .transform(customer_activity(as_of)))
+        _write(activity.transform(cut), "gold.customer_activity", settings)
+        conversions_count = convs.count()
+        convs.unpersist()
+    finally:
+        resolved.unpersist()
+    return {"as_of": as_of.isoformat(), "silver_version": version, "conversions": conversions_count}

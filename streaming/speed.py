@@ -1,0 +1,420 @@
+"""The speed layer (BRIEF §7, issue 7): silver's change feed -> speed.* real-time views.
+
+Source: the Change Data Feed of silver.events, not Kafka. Silver is already validated, normalised,
+enriched with channels and deduplicated (by event_id and by order id), so the speed layer applies
+exactly the batch definitions to exactly the rows batch will read. Every change row carries its
+silver commit version (`_commit_version`), which is how the serving views tell rows the batch
+has already read from rows that arrived after it (docs/SERVING.md). A displaced order is a
+`delete` in the feed and is subtracted.
+
+Event time: a watermark of `stream.watermark_minutes` on event_ts and deduplication by event_id
+within it (dropDuplicatesWithinWatermark). A change later than the watermark is dropped here and
+reaches serving through the next batch run, which reads it from silver.
+
+One foreachBatch sink, `SpeedSink`, testable on a static DataFrame of change rows. Each of its
+writes is idempotent with Delta's txnAppId/txnVersion = (query:table, batch_id), so a micro-batch
+replayed after a crash neither loses nor doubles anything.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+from typing import Callable
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from touchpoint.core.campaign_metrics import (
+    attribution_window_micros, campaign_totals, conversions, customer_activity, last_touch,
+    measure_rows, micros, touchpoints,
+)
+from touchpoint.core.catalog import table_path
+from touchpoint.core.config import Settings
+from touchpoint.core.delta import committed_txn_version, ensure_table
+from touchpoint.core.identity_lookup import attach_customer_id
+from touchpoint.core.segments import (
+    behaviours_of, compile_segments, load_segments, longest_window_days, segment_members, with_behaviour_counts,
+)
+from touchpoint.core.serving import SCHEMAS
+from touchpoint.core.stream_identity import extend_identity_map
+from touchpoint.schemas.lake import SILVER_SCHEMA
+
+log = logging.getLogger(__name__)
+CHANGE_SIGN = {"insert": 1, "update_postimage": 1, "delete": -1, "update_preimage": -1}
+SPEED_TABLES = ("speed.campaign_minute", "speed.campaign_daily", "speed.campaign_conversions",
+                "speed.customer_activity", "speed.segment_membership", "speed.freshness")
+IDENTIFIERS = ("anonymous_id", "user_id", "email", "phone")
+EVENT_COLUMNS = ("event_id", "event_type", "event_ts", "event_date", "channel", "campaign_name", "order_id",
+                 "revenue_reporting", "price", "quantity", *IDENTIFIERS)
+_MIN_TS = dt.datetime(1, 1, 1, tzinfo=dt.timezone.utc)
+
+
+def _instant(epoch_micros: int | None) -> dt.datetime | None:
+    if epoch_micros is None:
+        return None
+    return dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc) + dt.timedelta(microseconds=epoch_micros)
+
+
+# ---- pure transforms ---------------------------------------------------------------------------
+
+def deduplicated_changes(lateness_minutes: float) -> Callable[[DataFrame], DataFrame]:
+    """Change rows -> the same rows, deduplicated by event_id (per change type) within the
+    watermark; rows older than the watermark are dropped by the stateful operator."""
+
+    def transform(changes: DataFrame) -> DataFrame:
+        return (changes.withWatermark("event_ts", f"{int(round(lateness_minutes * 60))} seconds")
+                .dropDuplicatesWithinWatermark(["event_id", "_change_type"]))
+
+    return transform
+
+
+def signed_changes(changes: DataFrame) -> DataFrame:
+    """CDF rows -> silver rows with `sign` (+1 added, -1 removed) and `silver_version`."""
+    sign = F.coalesce(*[F.when(F.col("_change_type") == kind, F.lit(value)) for kind, value in CHANGE_SIGN.items()])
+    return (changes.where(F.col("_change_type").isin(*CHANGE_SIGN))
+            .withColumn("sign", sign).withColumn("silver_version", F.col("_commit_version").cast("long")))
+
+
+def not_absorbed(bucket_column: str, high_water_mark: dt.datetime | None, version: int | None,
+                 kind: str = "ts") -> Callable[[DataFrame], DataFrame]:
+    """Keep speed rows the batch does not hold: bucket >= H or silver_version > V."""
+
+    def transform(rows: DataFrame) -> DataFrame:
+        if high_water_mark is None:
+            return rows
+        bound = F.lit(high_water_mark).cast("date" if kind == "date" else "timestamp")
+        return rows.where((F.col(bucket_column) >= bound) | (F.col("silver_version") > F.lit(version)))
+
+    return transform
+
+
+def realtime_members(definitions, base: DataFrame, events: DataFrame,
+                     as_of: dt.datetime) -> DataFrame:
+    """(segment, customer_id) of the segment definitions as of `as_of`: the compiler and evaluation
+    the batch segments job uses, over `base` (customer_id plus any profile attributes)."""
+    compiled = compile_segments(definitions, base.schema, as_of)
+    behaviours = behaviours_of(compiled)
+    return (base.transform(with_behaviour_counts(events, behaviours, as_of))
+            .transform(segment_members(compiled)))
+
+
+# ---- the sink ------------------------------------------------------------------------------------
+
+class SpeedSink:
+    """foreachBatch sink: silver change rows -> speed.* tables, each write exactly once."""
+
+    def __init__(self, settings: Settings, query_name: str = "speed", fail_after: str | None = None):
+        self.settings = settings
+        self.query_name = query_name
+        self.fail_after = fail_after  # fault injection for the crash test: raise after this write
+        self.paths = {name: table_path(name, settings) for name in SPEED_TABLES + (
+            "silver.events", "gold.identity_map", "gold.identity_guardrails", "gold.customer_profiles",
+            "gold.campaign_daily", "gold.campaign_minute", "gold.campaign_conversions", "gold.customer_activity")}
+        self._ready = False
+
+    def ensure_tables(self, spark: SparkSession) -> None:
+        for name in SPEED_TABLES:
+            ensure_table(spark, self.paths[name], SCHEMAS[name], (), name)
+
+    def _app(self, table: str) -> str:
+        return f"{self.query_name}:{table}"
+
+    def already_processed(self, batch_id: int) -> bool:
+        version = committed_txn_version(self.paths["speed.freshness"], self._app("speed.freshness"))
+        return version is not None and version >= batch_id
+
+    def _exists(self, spark: SparkSession, name: str) -> bool:
+        from delta.tables import DeltaTable
+
+        return DeltaTable.isDeltaTable(spark, self.paths[name])
+
+    def _cut(self, spark: SparkSession, gold: str) -> tuple[dt.datetime | None, int]:
+        """(H, V) of a published gold table, read with delta-rs (no Spark job per micro-batch)."""
+        from touchpoint.core.serving import read_cut
+
+        high_water_mark, version = read_cut(self.settings, gold)
+        return high_water_mark, (version if version is not None else -1)
+
+    def _step(self, name: str) -> None:
+        now = time.monotonic()
+        log.info("speed %s: %s done after %.1fs", self.query_name, name, now - getattr(self, "_t0", now))
+        if self.fail_after == name:
+            raise RuntimeError(f"injected failure after {name}")
+
+    def __call__(self, changes: DataFrame, batch_id: int) -> dict:
+        spark = changes.sparkSession
+        if not self._ready:
+            self.ensure_tables(spark)
+            self._ready = True
+        if self.already_processed(batch_id):
+            return {"skipped": 1}
+        signed = changes.transform(signed_changes).persist()
+        try:
+            return self._process(spark, signed, batch_id)
+        finally:
+            signed.unpersist()
+
+    def _process(self, spark: SparkSession, signed: DataFrame, batch_id: int) -> dict:
+        started = self._t0 = time.monotonic()
+        # Instants travel as epoch microseconds: Python datetimes from Spark are in the local zone.
+        row = signed.agg(F.count(F.lit(1)).alias("rows"), F.min("silver_version").alias("first"),
+                         F.max("silver_version").alias("last"),
+                         F.max(F.when(F.col("sign") > 0, micros("event_ts"))).alias("max_ts"),
+                         F.min(micros("event_ts")).alias("min_ts"),
+                         F.min(micros("source_ts")).alias("oldest_arrival")).first()
+        stats = {**row.asDict(), "max_ts": _instant(row["max_ts"]), "min_ts": _instant(row["min_ts"]),
+                 "oldest_arrival": _instant(row["oldest_arrival"])}
+        result = {"rows": stats["rows"]}
+        clock = self._clock(spark, stats["max_ts"])
+        if stats["rows"]:  # an empty micro-batch changes nothing: the clock only moves with events
+            self._campaign_measures(spark, signed, batch_id)
+            self._step("campaign_measures")
+            silver = self._silver_snapshot(spark)
+            resolved_map = self._identity(spark, silver).localCheckpoint()
+            self._step("identity")
+            self._last_touch(spark, signed, silver, resolved_map, stats["min_ts"], batch_id)
+            self._step("last_touch")
+            self._activity_and_segments(spark, silver, resolved_map, clock, batch_id)
+            self._step("activity_and_segments")
+        processed_at = dt.datetime.now(dt.timezone.utc)
+        lag = (processed_at - stats["oldest_arrival"]).total_seconds() if stats["oldest_arrival"] else None
+        row = spark.createDataFrame(
+            [(self.query_name, batch_id, processed_at, stats["rows"], stats["first"], stats["last"], clock,
+              stats["oldest_arrival"], lag)], SCHEMAS["speed.freshness"])
+        self._append(row, "speed.freshness", batch_id)  # last write: already_processed() keys on it
+        log.info("speed batch %s: %s rows in %.1fs", batch_id, stats["rows"], time.monotonic() - started)
+        return {**result, "clock": clock, "lag_seconds": lag}
+
+    # -- writes
+
+    def _append(self, frame: DataFrame, table: str, batch_id: int) -> None:
+        (frame.write.format("delta").mode("append").option("txnAppId", self._app(table))
+         .option("txnVersion", batch_id).save(self.paths[table]))
+
+    def _overwrite(self, frame: DataFrame, table: str, batch_id: int) -> None:
+        (frame.write.format("delta").mode("overwrite").option("txnAppId", self._app(table))
+         .option("txnVersion", batch_id).save(self.paths[table]))
+
+    # -- the views
+
+    def _campaign_measures(self, spark: SparkSession, signed: DataFrame, batch_id: int) -> None:
+        measured = measure_rows(signed)
+        for grain, table, gold, kind in (("minute", "speed.campaign_minute", "gold.campaign_minute", "ts"),
+                                         ("date", "speed.campaign_daily", "gold.campaign_daily", "date")):
+            high_water_mark, version = self._cut(spark, gold)
+            totals = (measured.transform(campaign_totals(grain, ("silver_version",)))
+                      .transform(not_absorbed(grain, high_water_mark, version, kind))
+                      .select(*SCHEMAS[table].fieldNames()))
+            # Partial sums are appended, not merged: serving sums them per key anyway, and an
+            # append is one job where a MERGE is several.
+            self._append(totals, table, batch_id)
+
+    def _silver_snapshot(self, spark: SparkSession) -> tuple[int, DataFrame]:
+        from delta.tables import DeltaTable
+
+        from touchpoint.core.delta import delta_rs_uri
+        from deltalake import DeltaTable as RsDeltaTable
+
+        version = RsDeltaTable(delta_rs_uri(self.paths["silver.events"])).version()
+        frame = spark.read.format("delta").option("versionAsOf", version).load(self.paths["silver.events"])
+        return version, frame.select(*EVENT_COLUMNS, "source_ts")
+
+    def _clock(self, spark: SparkSession, batch_max_ts: dt.datetime | None) -> dt.datetime | None:
+        """The event-time clock: the latest event_ts the query has seen (never moves back)."""
+        if not hasattr(self, "_last_clock"):  # read once per sink; then kept in memory
+            self._last_clock = _instant(spark.read.format("delta").load(self.paths["speed.freshness"])
+                                        .where(F.col("query") == self.query_name)
+                                        .agg(F.max(micros("clock"))).first()[0])
+        candidates = [t for t in (self._last_clock, batch_max_ts) if t is not None]
+        self._last_clock = max(candidates) if candidates else None
+        return self._last_clock
+
+    def _identity(self, spark: SparkSession, silver: tuple[int, DataFrame]) -> DataFrame:
+        """The published identity map extended with the links of the events it does not cover."""
+        version, events = silver
+        high_water_mark, read_version = self._cut(spark, "gold.campaign_conversions")
+        if self._exists(spark, "gold.identity_map"):
+            published = spark.read.format("delta").load(self.paths["gold.identity_map"])
+        else:
+            published = spark.createDataFrame([], "identifier_type string, identifier_value string, customer_id string")
+        held_back = None
+        if self._exists(spark, "gold.identity_guardrails"):
+            held_back = (spark.read.format("delta").load(self.paths["gold.identity_guardrails"])
+                         .where(F.col("reason") == "shared_device"))
+        if high_water_mark is None:
+            uncovered = events
+        else:
+            late = (spark.read.format("delta").option("readChangeFeed", "true")
+                    .option("startingVersion", read_version + 1).option("endingVersion", version)
+                    .load(self.paths["silver.events"]).where(F.col("_change_type") == "insert")
+                    .select(*EVENT_COLUMNS, "source_ts")) if version > read_version else None
+            uncovered = events.where(F.col("event_ts") >= F.lit(high_water_mark))
+            if late is not None:
+                uncovered = uncovered.unionByName(late)
+        return extend_identity_map(published, uncovered.select("event_id", *IDENTIFIERS).distinct(),
+                                   self.settings.identity.blocklist, held_back)
+
+    def _last_touch(self, spark: SparkSession, signed: DataFrame, silver: tuple[int, DataFrame],
+                    identity: DataFrame, earliest: dt.datetime, batch_id: int) -> None:
+        """Recompute the last touch of every conversion the changes can affect: the conversions of
+        the changed events' customers from (earliest change − lookback − landing window) on, and
+        the conversions of changed order ids."""
+        version, events = silver
+        cfg = self.settings.attribution
+        window_us = attribution_window_micros(cfg)
+        changed = signed.select(*EVENT_COLUMNS).transform(attach_customer_id(identity))
+        affected = (changed.where(F.col("customer_id").isNotNull()).groupBy("customer_id")
+                    .agg((micros(F.min("event_ts")) - F.lit(window_us)).alias("from_us")))
+        order_ids = (signed.where(F.col("event_type") == "order")
+                     .select(F.trim("order_id").alias("conversion_id")).distinct())
+        start = earliest - dt.timedelta(microseconds=2 * window_us)
+        recent = (events.where(F.col("event_date") >= F.lit(start.date()))
+                  .where(F.col("event_ts") >= F.lit(start))
+                  .transform(attach_customer_id(identity)))
+        recent = recent.persist()
+        of_affected = recent.join(affected, "customer_id", "left_semi")
+        changed_orders = recent.join(order_ids.withColumnRenamed("conversion_id", "_oid"),
+                                     F.trim("order_id") == F.col("_oid"), "left_semi")
+        candidate_orders = (changed_orders.unionByName(of_affected).where(F.col("event_type") == "order")
+                            .dropDuplicates(["event_id"]))
+        convs = candidate_orders.transform(conversions)
+        in_scope = (convs.join(affected, "customer_id", "left")
+                    .join(order_ids.withColumn("_changed", F.lit(True)), "conversion_id", "left")
+                    .where(F.col("_changed").isNotNull() | (micros("conversion_ts") >= F.col("from_us")))
+                    .drop("from_us", "_changed"))
+        attributed = in_scope.transform(last_touch(of_affected.transform(touchpoints(cfg)), cfg))
+        rows = attributed.withColumn("removed", F.lit(False))
+        gone = order_ids.join(attributed.select("conversion_id"), "conversion_id", "left_anti")
+        tombstones = gone.select("conversion_id", *[F.lit(None).cast(f.dataType).alias(f.name)
+                                                    for f in SCHEMAS["speed.campaign_conversions"].fields
+                                                    if f.name not in ("conversion_id", "removed", "silver_version", "batch_id")],
+                                 F.lit(True).alias("removed"))
+        source = (rows.unionByName(tombstones).withColumn("silver_version", F.lit(version).cast("long"))
+                  .withColumn("batch_id", F.lit(batch_id).cast("long"))
+                  .select(*[F.col(f.name).cast(f.dataType) for f in SCHEMAS["speed.campaign_conversions"].fields]))
+        # Appended: serving takes each conversion's latest recomputation (silver_version, batch_id).
+        self._append(source, "speed.campaign_conversions", batch_id)
+        recent.unpersist()
+
+    def _activity_and_segments(self, spark: SparkSession, silver: tuple[int, DataFrame], identity: DataFrame,
+                               clock: dt.datetime, batch_id: int) -> None:
+        version, events = silver
+        high_water_mark, _ = self._cut(spark, "gold.customer_activity")
+        horizon = clock - dt.timedelta(days=self.settings.stream.activity_horizon_days)
+        window = (events.where(F.col("event_date") >= F.lit(horizon.date()))
+                  .where((F.col("event_ts") >= F.lit(horizon)) & (F.col("event_ts") <= F.lit(clock)))
+                  .transform(attach_customer_id(identity))).persist()
+        recent_customers = window.where(F.col("customer_id").isNotNull())
+        if high_water_mark is not None:
+            recent_customers = recent_customers.where(F.col("event_ts") >= F.lit(high_water_mark))
+        activity = (window.join(recent_customers.select("customer_id").distinct(), "customer_id", "left_semi")
+                    .transform(customer_activity(clock))
+                    .withColumn("silver_version", F.lit(version).cast("long")))
+        self._overwrite(activity.select(*SCHEMAS["speed.customer_activity"].fieldNames()),
+                        "speed.customer_activity", batch_id)
+        # Real-time segments are evaluated at the instant right after the latest event seen.
+        as_of = clock + dt.timedelta(microseconds=1)
+        wanted = set(self.settings.stream.realtime_segments)
+        definitions = [d for d in load_segments(self.settings.segments_dir) if d.name in wanted] if wanted else []
+        if not definitions:
+            window.unpersist()
+            return
+        base = window.where(F.col("customer_id").isNotNull()).select("customer_id").distinct()
+        if self._exists(spark, "gold.customer_profiles"):
+            profiles = spark.read.format("delta").load(self.paths["gold.customer_profiles"])
+            base = base.join(profiles, "customer_id", "left")
+        members = (realtime_members(definitions, base, window, as_of)
+                   .withColumn("as_of", F.lit(as_of).cast("timestamp"))
+                   .withColumn("silver_version", F.lit(version).cast("long")))
+        self._overwrite(members.select(*SCHEMAS["speed.segment_membership"].fieldNames()),
+                        "speed.segment_membership", batch_id)
+        window.unpersist()
+
+
+# ---- change feed and entry points ------------------------------------------------------------------
+
+def enable_change_feed(spark: SparkSession, settings: Settings) -> int:
+    """Make sure silver.events exists with its Change Data Feed on; return the first version whose
+    changes the feed holds."""
+    from delta.tables import DeltaTable
+
+    path = table_path("silver.events", settings)
+    ensure_table(spark, path, SILVER_SCHEMA, ["event_date"], "silver.events")
+    table = DeltaTable.forPath(spark, path)
+    properties = table.detail().select("properties").first()[0] or {}
+    if properties.get("delta.enableChangeDataFeed", "false").lower() != "true":
+        spark.sql(f"ALTER TABLE delta.`{path}` SET TBLPROPERTIES (delta.enableChangeDataFeed = true)")
+    history = table.history().select("version", "operation", "operationParameters").orderBy("version").collect()
+    start = 0
+    for commit in history:  # the last commit that switched the feed on (a small log scan)
+        parameters = commit["operationParameters"] or {}
+        if "enableChangeDataFeed" in " ".join(f"{k}={v}" for k, v in parameters.items()):
+            start = commit["version"]
+    return start
+
+
+def bootstrap(spark: SparkSession, settings: Settings, start_version: int, query_name: str = "speed") -> dict:
+    """Feed the rows silver held before its change feed was switched on through the sink, once.
+    Rows the published batch already read keep that batch's silver version, so serving keeps them
+    below H out of the speed side; the others count as arrived at `start_version`."""
+    from delta.tables import DeltaTable
+
+    if start_version == 0:
+        return {"bootstrap": "not needed"}
+    path = table_path("silver.events", settings)
+    sink = SpeedSink(settings, f"{query_name}:bootstrap")
+    sink.ensure_tables(spark)
+    if sink.already_processed(0):
+        return {"bootstrap": "done before"}
+    snapshot = spark.read.format("delta").option("versionAsOf", start_version).load(path)
+    if snapshot.isEmpty():
+        return {"bootstrap": "silver was empty"}
+    gold = table_path("gold.campaign_daily", settings)
+    version = -1
+    if DeltaTable.isDeltaTable(spark, gold):
+        version = spark.read.format("delta").load(gold).agg(F.max("batch_silver_version")).first()[0] or -1
+    tagged = snapshot.withColumn("_commit_version", F.lit(start_version).cast("long"))
+    if 0 <= version < start_version:
+        read = spark.read.format("delta").option("versionAsOf", version).load(path).select("event_id")
+        tagged = (tagged.join(read.withColumn("_seen", F.lit(True)), "event_id", "left")
+                  .withColumn("_commit_version", F.when(F.col("_seen"), F.lit(version)).otherwise(
+                      F.col("_commit_version")).cast("long")).drop("_seen"))
+    changes = tagged.withColumn("_change_type", F.lit("insert")).withColumn("_commit_timestamp", F.current_timestamp())
+    return {"bootstrap": sink(changes, 0)}
+
+
+def change_stream(spark: SparkSession, settings: Settings, start_version: int) -> DataFrame:
+    return (spark.readStream.format("delta").option("readChangeFeed", "true")
+            .option("startingVersion", start_version).load(table_path("silver.events", settings))
+            .transform(deduplicated_changes(settings.stream.watermark_minutes)))
+
+
+def start_stream(spark: SparkSession, settings: Settings, query_name: str = "speed", trigger_once: bool = False,
+                 sink: SpeedSink | None = None):
+    """Start the silver change feed -> speed.* query. `trigger_once` drains what is there and stops."""
+    start_version = enable_change_feed(spark, settings)
+    checkpoint = f"{settings.checkpoint_root}/{query_name}"
+    if start_version > 0 and not _has_checkpoint(spark, checkpoint):
+        bootstrap(spark, settings, start_version, query_name)
+    sink = sink or SpeedSink(settings, query_name)
+    sink.ensure_tables(spark)
+    # No micro-batch without data: the sink has nothing to do when only the watermark moved.
+    spark.conf.set("spark.sql.streaming.noDataMicroBatches.enabled", "false")
+    writer = (change_stream(spark, settings, start_version).writeStream.queryName(query_name)
+              .foreachBatch(lambda frame, batch_id: sink(frame, batch_id))
+              .option("checkpointLocation", checkpoint))
+    if trigger_once:
+        writer = writer.trigger(availableNow=True)
+    else:
+        writer = writer.trigger(processingTime=f"{settings.stream.trigger_seconds} seconds")
+    return writer.start()
+
+
+def _has_checkpoint(spark: SparkSession, checkpoint: str) -> bool:
+    from pathlib import Path
+
+    if "://" in checkpoint and not checkpoint.startswith("file://"):
+        return True  # remote checkpoints: assume present, never bootstrap twice
+    return (Path(checkpoint.removeprefix("file://")) / "offsets").exists()

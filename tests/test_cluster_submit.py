@@ -1,0 +1,154 @@
+"""The daily pipeline spark-submitted with the packaged project to a local standalone cluster
+(master + 2 workers) publishes exactly the gold tables that a local-mode run publishes."""
+
+import datetime as dt
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+from deltalake import DeltaTable
+
+from touchpoint.core.catalog import table_path
+from touchpoint.core.config import load_settings
+from touchpoint.generator import GeneratorConfig, generate_jsonl
+from touchpoint.infra import cluster, submit
+
+REPO = Path(__file__).resolve().parents[1]
+START = dt.date(2026, 3, 2)
+DAY = START + dt.timedelta(days=2)
+CONFIG = GeneratorConfig(seed=7, customers=12, days=3, start_date=START, events_per_customer=8,
+                         late_rate=0.05, duplicate_rate=0.02, malformed_rate=0.02)
+# Every gold table is compared; these must exist and hold rows on this data.
+REQUIRED = ("gold.identity_map", "gold.customer_profiles", "gold.attribution_credits", "gold.attribution_daily",
+            "gold.markov_removal_effects", "gold.attribution_paths", "gold.segment_membership",
+            "gold.segment_sizes", "gold.high_water_mark")
+# A port of its own: tests/test_cluster_mode.py uses the default 7077.
+MASTER_PORT = int(os.environ.get("TOUCHPOINT_TEST_SUBMIT_MASTER_PORT", "7277"))
+
+
+def _settings(root: Path, **overrides):
+    return load_settings(lake_root=str(root / "lake"), state_dir=str(root / "state"),
+                         jars_dir=str(REPO / ".state" / "jars"), spark_shuffle_partitions=2,
+                         cluster_master_port=MASTER_PORT, **overrides)
+
+
+def _env(settings) -> dict[str, str]:
+    return {**os.environ, "TOUCHPOINT_LAKE_ROOT": settings.lake_uri, "TOUCHPOINT_STATE_DIR": str(settings.state_path),
+            "TOUCHPOINT_JARS_DIR": str(settings.jars_dir), "TOUCHPOINT_SPARK_SHUFFLE_PARTITIONS": "2",
+            "TOUCHPOINT_SPARK_MASTER": settings.spark_master}
+
+
+def _check(result: subprocess.CompletedProcess) -> None:
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+
+
+def _normal(value):
+    if isinstance(value, float):
+        return round(value, 9) if math.isfinite(value) else str(value)
+    if isinstance(value, list):
+        return tuple(_normal(v) for v in value)
+    if isinstance(value, dict):
+        return tuple(sorted((k, _normal(v)) for k, v in value.items()))
+    return value
+
+
+def _rows(settings, name):
+    rows = DeltaTable(table_path(name, settings)).to_pyarrow_table().to_pylist()
+    return sorted((tuple((k, _normal(v)) for k, v in sorted(r.items())) for r in rows), key=repr)
+
+
+def _gold_tables(settings) -> set[str]:
+    gold = Path(settings.lake_uri) / "gold"
+    return {f"gold.{p.name}" for p in gold.iterdir() if (p / "_delta_log").is_dir()}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(5400)  # a few minutes alone; far longer on a machine shared with other Spark apps
+def test_pipeline_submitted_to_standalone_cluster_equals_local_mode(tmp_path):
+    events = tmp_path / "events.jsonl"
+    generate_jsonl(str(events), CONFIG)
+    local = _settings(tmp_path / "local", spark_master="local[2]")
+    on_cluster = _settings(tmp_path / "cluster", spark_master=cluster.master_url(_settings(tmp_path / "cluster")))
+
+    # One ingest, two copies of the lake: the comparison isolates the batch pipeline.
+    _check(subprocess.run([sys.executable, "-m", "touchpoint", "ingest", "--file", str(events)], env=_env(local),
+                          capture_output=True, text=True, timeout=1200))
+    shutil.copytree(Path(local.lake_uri), Path(on_cluster.lake_uri))
+
+    _check(subprocess.run([sys.executable, "-m", "touchpoint.jobs.runner", "pipeline", "--date", DAY.isoformat()],
+                          env=_env(local), capture_output=True, text=True, timeout=2400))
+
+    command = submit.compose(submit.job_args("pipeline", DAY.isoformat()), settings=on_cluster)
+    assert command.argv[command.argv.index("--master") + 1] == f"spark://127.0.0.1:{MASTER_PORT}"
+    archive = command.argv[command.argv.index("--archives") + 1]
+    assert archive.endswith("-code.zip#touchpoint") and Path(archive.split("#")[0]).exists()
+    state = cluster.start(on_cluster, workers=2)
+    try:
+        assert state.workers_registered == 2
+        result = submit.run(command, timeout=2400, capture=True)
+    finally:
+        cluster.stop(on_cluster)
+    _check(result)
+    # the work ran on the workers' executors, with the project unpacked from the archive
+    work = on_cluster.state_path / "spark-cluster"
+    unpacked = sorted(work.glob("work-*/app-*/*/touchpoint/jobs/runner.py"))
+    assert {p.parts[-6] for p in unpacked} == {"work-0", "work-1"}
+    # executors fetched the project jars but never a second Hadoop client (pyspark ships its own)
+    fetched = {p.name for p in work.glob("work-*/app-*/*/*.jar")}
+    assert any(name.startswith("delta-spark_") for name in fetched)
+    assert not [name for name in fetched if name.startswith(("hadoop-client-", "jackson-core-", "scala-library-"))]
+
+    tables = _gold_tables(local)
+    assert _gold_tables(on_cluster) == tables and set(REQUIRED) <= tables
+    for name in sorted(tables):
+        assert _rows(on_cluster, name) == _rows(local, name), name
+    assert all(_rows(local, name) for name in REQUIRED)
+    assert _rows(local, "gold.high_water_mark") == [(("high_water_mark", dt.datetime(2026, 3, 5, tzinfo=dt.timezone.utc)),
+                                                     ("logical_date", DAY))]
+
+
+def test_submit_command_carries_master_jars_conf_archive_and_the_runner(tmp_path):
+    from touchpoint.core.spark import spark_conf, spark_jars
+
+    settings = _settings(tmp_path, spark_master="spark://10.0.0.5:7077", stream={"min_partitions": 6})
+    wheel = submit.build_wheel(settings)
+    assert submit.build_wheel(settings) == wheel  # cached by source digest: no second build
+    assert wheel.parent.name == submit.source_digest()[:16]
+    archive = submit.code_archive(wheel)
+    command = submit.compose(submit.job_args("identity", "2026-03-04"), settings=settings, archive=archive)
+    argv = command.argv
+
+    assert argv[0] == str(submit.spark_submit_path()) and Path(argv[0]).exists()
+    assert argv[argv.index("--master") + 1] == "spark://10.0.0.5:7077"
+    assert argv[argv.index("--deploy-mode") + 1] == "client"
+    assert argv[argv.index("--jars") + 1].split(",") == spark_jars(settings)
+    assert argv[argv.index("--archives") + 1] == f"{archive}#touchpoint"
+    confs = dict(argv[i + 1].split("=", 1) for i, a in enumerate(argv) if a == "--conf")
+    expected = {k: v for k, v in spark_conf(settings).items() if k not in ("spark.master", "spark.app.name", "spark.jars")}
+    assert confs == expected
+    assert confs["spark.sql.shuffle.partitions"] == "2" and confs["spark.driver.host"] == "127.0.0.1"
+    assert argv[-4:] == [str(REPO / "jobs" / "runner.py"), "identity", "--date", "2026-03-04"]
+    # the driver re-reads the same settings from its environment
+    assert command.env["TOUCHPOINT_SPARK_MASTER"] == "spark://10.0.0.5:7077"
+    assert command.env["TOUCHPOINT_SPARK_SHUFFLE_PARTITIONS"] == "2"
+    assert json.loads(command.env["TOUCHPOINT_STREAM"])["min_partitions"] == 6
+    assert command.env["TOUCHPOINT_LAKE_ROOT"] == str(tmp_path / "lake")
+
+    stream = submit.compose(["stream", "ingest"], settings=settings, entry="cli", archive=archive)
+    assert stream.argv[-3:] == [str(REPO / "touchpoint" / "__main__.py"), "stream", "ingest"]
+    with pytest.raises(ValueError, match="unknown job 'nope'"):
+        submit.job_args("nope", "2026-03-04")
+
+
+def test_code_archive_is_the_package_at_the_root_with_its_data_files(tmp_path):
+    archive = submit.code_archive(submit.build_wheel(_settings(tmp_path)))
+    names = set(zipfile.ZipFile(archive).namelist())
+    assert {"__init__.py", "jobs/runner.py", "core/spark.py", "schemas/event.v1.json", "core/channel_rules.yaml",
+            "expectations/silver.events.json"} <= names
+    assert not [n for n in names if n.startswith(("touchpoint/", "touchpoint-")) or "__pycache__" in n]

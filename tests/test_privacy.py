@@ -1,0 +1,165 @@
+"""Privacy pieces that need no lake: identifier hashing, payload screening, suppression in the ingest
+validation, statistics excluded for PII columns, Kafka retention, the queue, no credentials in the repo."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from touchpoint.core.privacy import (
+    Suppression, payload_identifiers, request_identifier, withheld_payload,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def sha(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def test_request_identifiers_are_normalised_as_silver_stores_them_then_hashed():
+    assert request_identifier("email", "  Ann.Lee@Example.COM ") == ("email", sha("ann.lee@example.com"))
+    assert request_identifier("phone", "+44 7700 900123") == ("phone", sha("+447700900123"))
+    assert request_identifier("user_id", " U-42 ") == ("user_id", sha("U-42"))  # case kept
+    assert request_identifier("customer_id", "c-1") == ("customer_id", sha("c-1"))
+    with pytest.raises(ValueError, match="international"):
+        request_identifier("phone", "07700 900123")  # no country: cannot be normalised
+    with pytest.raises(ValueError):
+        request_identifier("email", "   ")
+
+
+def test_payload_identifiers_follow_the_silver_normalisation_even_for_invalid_events():
+    payload = json.dumps({"event_type": "bogus", "email": " A@B.example ", "phone": "020 7946 0958",
+                          "context": {"country": "gb"}, "user_id": " u1 ", "anonymous_id": ""}).encode()
+    assert payload_identifiers(payload) == [("email", "a@b.example"), ("phone", "+442079460958"), ("user_id", "u1")]
+    assert payload_identifiers(b"not json") == []
+    assert payload_identifiers(b"[1, 2]") == []
+    assert payload_identifiers(None) == []
+
+
+def test_suppression_matches_by_type_and_hash_only():
+    suppression = Suppression(frozenset({("user_id", sha("abc"))}))
+    assert suppression.matches_payload(b'{"user_id": "abc"}')
+    assert not suppression.matches_payload(b'{"anonymous_id": "abc"}')  # another namespace
+    assert not Suppression().matches_payload(b'{"user_id": "abc"}')
+    assert withheld_payload(b"x") == b"erased-subject-payload-sha256:" + hashlib.sha256(b"x").hexdigest().encode()
+
+
+def test_ingest_validation_quarantines_erased_subjects_before_any_other_check(spark):
+    from pyspark.sql import functions as F
+
+    from touchpoint.schemas.lake import BRONZE_SCHEMA
+    from touchpoint.streaming.ingest import validate
+
+    arrival = dt.datetime(2026, 3, 2, 12, tzinfo=dt.timezone.utc)
+    erased = b'{"event_id": "e1", "event_type": "page_view", "event_ts": "2026-03-02T10:00:00Z", "email": "X@Y.Z"}'
+    erased_and_invalid = b'{"event_id": "e2", "event_type": "nope", "email": "x@y.z"}'
+    other = b'{"event_id": "e3", "event_type": "page_view", "event_ts": "2026-03-02T10:00:00Z", "email": "o@y.z"}'
+    bronze = spark.createDataFrame(
+        [(p, "t", 0, i, arrival, arrival, arrival.date()) for i, p in enumerate((erased, erased_and_invalid, other))],
+        BRONZE_SCHEMA)
+    suppression = Suppression(frozenset({("email", sha("x@y.z"))}))
+    rows = (bronze.transform(validate("USD", suppression))
+            .select("payload", "error_code", "email", "rejected_event_id").orderBy("source_offset").collect())
+    assert [tuple(r) for r in rows] == [
+        (withheld_payload(erased), "erased_subject", None, None),
+        (withheld_payload(erased_and_invalid), "erased_subject", None, None),
+        (other, None, "o@y.z", None),
+    ]
+
+
+def test_pii_columns_are_excluded_from_statistics_on_every_restricted_table(spark, settings):
+    """Create every restricted table through ensure_table with a schema holding its PII columns and
+    check the Delta property names none of them (so _delta_log never holds their values)."""
+    from delta.tables import DeltaTable
+    from pyspark.sql.types import StringType, StructField, StructType
+
+    from touchpoint.core.catalog import TABLES
+    from touchpoint.core.delta import ensure_table
+
+    restricted = [t for t in TABLES.values() if t.restricted]
+    assert {"bronze.events", "silver.events", "silver.quarantine", "gold.identity_map"} <= {t.name for t in restricted}
+    for table in restricted:
+        assert table.pii_columns, table.name
+        schema = StructType([StructField(c, StringType()) for c in (*table.pii_columns, "harmless")])
+        path = table.path(settings)
+        ensure_table(spark, path, schema, catalog_name=table.name)
+        properties = DeltaTable.forPath(spark, path).detail().first()["properties"]
+        stats_columns = properties["delta.dataSkippingStatsColumns"]
+        assert stats_columns == "`harmless`", table.name
+    # raw identifiers in silver are PII for the erasure proof: no min/max statistics for them either
+    assert {"email", "phone", "ip", "user_id", "anonymous_id"} <= set(TABLES["silver.events"].pii_columns)
+
+
+def test_every_table_with_raw_identifiers_declares_where_a_subject_appears():
+    from touchpoint.core.catalog import TABLES, describe_tables
+
+    for table in TABLES.values():
+        if table.restricted:
+            assert table.subject_columns, table.name
+    described = {t["name"]: t for t in describe_tables()}
+    assert described["gold.identity_map"]["subject_columns"] == [
+        ["identifier_value", "identifier:identifier_type"], ["customer_id", "customer_id"]]
+    assert described["privacy.suppression"]["restricted"] is False
+
+
+def test_kafka_topics_get_bounded_retention_from_config():
+    from touchpoint.core.config import RetentionSettings, load_settings
+    from touchpoint.infra.kafka import topic_configs
+
+    settings = load_settings(retention=RetentionSettings(kafka_retention_hours=48, kafka_retention_bytes=1000))
+    assert topic_configs(settings) == {"retention.ms": str(48 * 3600 * 1000), "retention.bytes": "1000"}
+
+
+def test_the_queue_holds_hashes_only_and_is_emptied_by_the_job(spark, settings):
+    from touchpoint.jobs.privacy import enqueue, queued_requests, run
+
+    request_id = enqueue(spark, settings, "email", "Queued.Person@Example.com",
+                         requested_at=dt.datetime(2026, 3, 1, tzinfo=dt.timezone.utc))
+    queued = queued_requests(settings)
+    assert [(r["request_id"], r["identifier_type"], r["identifier_sha256"]) for r in queued] == [
+        (request_id, "email", sha("queued.person@example.com"))]
+    summary = run(spark, settings, dt.date(2026, 3, 1))
+    assert summary == {"processed": 1, "requests": [{"request_id": request_id, "status": "not_found",
+                                                     "rows_removed": {}}]}
+    assert queued_requests(settings) == []
+    lake = Path(settings.lake_uri)
+    for path in lake.rglob("*"):
+        if path.is_file():
+            assert b"queued.person" not in path.read_bytes().lower(), path
+
+
+# Assignments of a literal to a secret-looking name, and well-known key formats.
+_SECRET_PATTERNS = [
+    re.compile(r"""(?i)(password|passwd|secret|api[_-]?key|access[_-]?key|token)\s*[:=]\s*["'][^"'\s]{8,}["']"""),
+    re.compile(r"AKIA[0-9A-Z]{16}"),
+    re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----"),
+    re.compile(r"(?i)aws_secret_access_key\s*[=:]\s*[A-Za-z0-9/+]{30,}"),
+]
+# Values that say they are not real: fixtures of tests and local benchmarks, documentation examples.
+_DUMMY = re.compile(r"(?i)(example|dummy|fake|placeholder|changeme|bench|test|not-a-real|x{8})")
+
+
+def test_no_credentials_in_the_repository():
+    tracked = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO,
+                             capture_output=True, text=True, check=True).stdout.split()
+    found = []
+    for name in tracked:
+        path = REPO / name
+        if not path.is_file() or path.suffix in (".jar", ".parquet", ".png") or path.stat().st_size > 2_000_000:
+            continue
+        text = path.read_text(encoding="utf-8", errors="ignore")
+        for pattern in _SECRET_PATTERNS:
+            found += [f"{name}: {m.group(0)[:40]}" for m in pattern.finditer(text) if not _DUMMY.search(m.group(0))]
+    assert found == []
+
+
+def test_the_secret_scan_finds_a_real_looking_key():
+    leaked = "aws_access_key = " + '"' + "AKIA" + "QWERTYUIOPASDFGH" + '"'  # assembled: not a literal here
+    assert [p for p in _SECRET_PATTERNS if p.search(leaked) and not _DUMMY.search(p.search(leaked).group(0))]

@@ -1,0 +1,243 @@
+"""Speed layer + serving views on hand-built silver arrivals (issue 7).
+
+Silver rows are appended commit by commit (one append = one arrival), the batch is the real
+campaign_metrics job, the speed layer the real change-feed query (availableNow), and serving the
+real SQL, read both with Spark and with duckdb over delta-rs.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+
+import pytest
+from pyspark.sql import functions as F
+
+from touchpoint.schemas.lake import SILVER_SCHEMA
+
+D = dt.date(2026, 3, 1)
+UTC = dt.timezone.utc
+
+
+def at(day: int, hour: int, minute: int = 0) -> dt.datetime:
+    return dt.datetime(2026, 3, day, hour, minute, tzinfo=UTC)
+
+
+def event(event_id, event_type, ts, user_id, campaign=None, channel="paid_search", order_id=None, revenue=None,
+          price=None, quantity=None, anonymous_id=None):
+    row = dict.fromkeys(SILVER_SCHEMA.fieldNames())
+    row.update(event_id=event_id, event_type=event_type, event_ts=ts, event_date=ts.date(), user_id=user_id,
+               anonymous_id=anonymous_id, campaign_name=campaign, channel=channel, order_id=order_id,
+               revenue=revenue, revenue_reporting=revenue, currency="USD" if revenue is not None else None,
+               price=price, quantity=quantity, source_ts=ts, ingest_ts=ts, source_topic="test",
+               source_partition=0, source_offset=0)
+    return row
+
+
+class Lake:
+    def __init__(self, spark, settings):
+        from touchpoint.core.catalog import table_path
+        from touchpoint.streaming.speed import enable_change_feed
+
+        self.spark, self.settings = spark, settings
+        self.path = lambda name, s=None: table_path(name, s or settings)
+        self.start_version = enable_change_feed(spark, settings)
+
+    def arrive(self, *rows):
+        frame = self.spark.createDataFrame([tuple(r[f] for f in SILVER_SCHEMA.fieldNames()) for r in rows],
+                                           SILVER_SCHEMA)
+        frame.write.format("delta").mode("append").save(self.path("silver.events"))
+
+    def identity(self, users: dict[str, str], settings=None):
+        rows = [("user_id", u, c, at(1, 0), at(1, 0)) for u, c in users.items()]
+        self.spark.createDataFrame(rows, "identifier_type string, identifier_value string, customer_id string, "
+                                         "first_seen timestamp, last_seen timestamp") \
+            .write.format("delta").mode("overwrite").save(self.path("gold.identity_map", settings))
+
+    def batch(self, day: dt.date, settings=None):
+        from touchpoint.jobs.campaign_metrics import run
+
+        return run(self.spark, settings or self.settings, day)
+
+    def speed(self, **sink_args):
+        from touchpoint.streaming.speed import SpeedSink, start_stream
+
+        sink = SpeedSink(self.settings, **sink_args) if sink_args else None
+        query = start_stream(self.spark, self.settings, trigger_once=True, sink=sink)
+        try:
+            query.awaitTermination()
+        finally:
+            query.stop()
+
+    def serving(self, view="serving.campaign_daily"):
+        from touchpoint.core.serving import serving_frame
+
+        return serving_frame(self.spark, self.settings, view)
+
+    def rows(self, frame, key):
+        return sorted((tuple(r) for r in frame.collect()), key=lambda r: tuple(str(v) for v in r[:2]))
+
+
+# This machine is shared: a micro-batch is a dozen small Spark jobs, slow under load.
+pytestmark = pytest.mark.timeout(2400)
+
+
+@pytest.fixture
+def lake(spark, settings):
+    # Real-time segments are exercised by their own tests; elsewhere they only cost time.
+    quiet = settings.model_copy(update={"stream": settings.stream.model_copy(update={"realtime_segments": ()})})
+    return Lake(spark, quiet)
+
+
+def daily(frame):
+    return sorted(((r["date"], r["campaign"], r["impressions"], r["clicks"], r["orders"], r["revenue"],
+                    r["last_touch_orders"], r["last_touch_revenue"]) for r in frame.collect()),
+                  key=lambda r: (r[0], r[1] or ""))
+
+
+def test_late_touch_after_batch_moves_last_touch_and_new_customer_is_served(spark, settings, lake):
+    lake.arrive(event("e1", "ad_click", at(1, 10), "u1", "spring"),
+                event("e2", "ad_impression", at(1, 9), "u1", "spring", channel="display"),
+                event("e3", "order", at(1, 10, 30), "u1", None, channel="direct", order_id="o1", revenue=100.0))
+    lake.identity({"u1": "cus_1"})
+    lake.batch(D)
+    lake.speed()  # caught up: everything so far is below H and read by the batch
+    assert daily(lake.serving()) == [
+        (D, None, 0, 0, 1, Decimal("100.000000000"), 0, Decimal("0E-9")),
+        (D, "spring", 1, 1, 0, Decimal("0E-9"), 1, Decimal("100.000000000")),
+    ]
+    # After the batch: a late click of D (before the order: it becomes the last touch), and a new
+    # customer u2 (unknown to the published identity map) who clicks and orders on D+1.
+    lake.arrive(event("e4", "email_click", at(1, 10, 20), "u1", "summer", channel="email"))
+    lake.arrive(event("e5", "ad_click", at(2, 1), None, "spring", anonymous_id="a2"),
+                event("e6", "order", at(2, 1, 5), "u2", None, channel="direct", order_id="o2", revenue=50.0,
+                      anonymous_id="a2"))
+    lake.speed()
+    served = daily(lake.serving())
+    expected = [
+        (D, None, 0, 0, 1, Decimal("100.000000000"), 0, Decimal("0E-9")),
+        (D, "spring", 1, 1, 0, Decimal("0E-9"), 0, Decimal("0E-9")),
+        (D, "summer", 0, 1, 0, Decimal("0E-9"), 1, Decimal("100.000000000")),
+        (D + dt.timedelta(days=1), None, 0, 0, 1, Decimal("50.000000000"), 0, Decimal("0E-9")),
+        (D + dt.timedelta(days=1), "spring", 0, 1, 0, Decimal("0E-9"), 1, Decimal("50.000000000")),
+    ]
+    assert served == expected
+    # The same view without a JVM: duckdb over delta-rs.
+    from touchpoint.core.serving import query
+
+    table = query(settings, "select * from serving.campaign_daily").to_pylist()
+    assert sorted(((r["date"], r["campaign"], r["impressions"], r["clicks"], r["orders"], r["revenue"],
+                    r["last_touch_orders"], r["last_touch_revenue"]) for r in table),
+                  key=lambda r: (r[0], r[1] or "")) == expected
+
+
+def clicks_by_campaign(frame):
+    return {(r["date"], r["campaign"]): (r["clicks"], r["last_touch_orders"]) for r in frame.collect()}
+
+
+def test_crash_replay_late_beyond_lateness_and_expiry_never_double_count(spark, settings, lake):
+    from pyspark.errors import StreamingQueryException
+
+    from touchpoint.core.serving import expire_speed_rows
+
+    lake.settings = settings = lake.settings.model_copy(
+        update={"stream": lake.settings.stream.model_copy(update={"watermark_minutes": 30})})
+    lake.identity({"u1": "cus_1"})
+    lake.arrive(event("c1", "ad_click", at(1, 10), "u1", "spring"),
+                event("c2", "ad_click", at(1, 12), "u1", "spring"))
+    # The query dies after its first write of micro-batch 0; the restart replays the batch.
+    with pytest.raises(StreamingQueryException):
+        lake.speed(fail_after="campaign_measures")
+    lake.speed()
+    assert clicks_by_campaign(lake.serving()) == {(D, "spring"): (2, 0)}
+    # Spark drops late rows against the watermark of the previous micro-batch: one more on-time
+    # micro-batch, and the watermark in force is 12:01 − 30 min.
+    lake.arrive(event("c4", "ad_click", at(1, 12, 1), "u1", "other"))
+    lake.speed()
+    lake.arrive(event("c3", "ad_click", at(1, 10, 30), "u1", "spring"))  # beyond the allowed lateness
+    lake.speed()
+    assert clicks_by_campaign(lake.serving()) == {(D, "spring"): (2, 0), (D, "other"): (1, 0)}  # absent from speed
+    lake.batch(D)  # the next batch reads it from silver
+    assert clicks_by_campaign(lake.serving()) == {(D, "spring"): (3, 0), (D, "other"): (1, 0)}
+    expired = expire_speed_rows(spark, settings)
+    assert expired["speed.campaign_daily"] == 2 and expired["speed.campaign_minute"] == 3
+    assert clicks_by_campaign(lake.serving()) == {(D, "spring"): (3, 0), (D, "other"): (1, 0)}
+    assert spark.read.format("delta").load(lake.path("speed.campaign_daily")).count() == 0
+
+
+CART_ABANDONED_NOW = """
+name: cart_abandoned_now
+description: carted in the last day, nothing carted in the last 30 minutes, no order in the last day
+condition:
+  all:
+    - behaviour: {event_type: add_to_cart, at_least: 1, within_last_days: 1}
+    - behaviour: {event_type: add_to_cart, at_most: 0, within_last_days: 0.020833333333333332}
+    - behaviour: {event_type: order, at_most: 0, within_last_days: 1}
+"""
+
+
+def test_realtime_cart_abandoner_enters_in_event_time_and_an_order_removes_them(spark, settings, tmp_path, lake):
+    segments = tmp_path / "segments"
+    segments.mkdir()
+    (segments / "cart_abandoned_now.yaml").write_text(CART_ABANDONED_NOW)
+    lake.settings = settings.model_copy(update={
+        "segments_dir": segments, "stream": settings.stream.model_copy(update={
+            "realtime_segments": ("cart_abandoned_now",)})})
+    lake.identity({"u1": "cus_1", "u2": "cus_2"})
+
+    def members():
+        frame = lake.serving("serving.segment_membership")
+        return sorted((r["segment"], r["customer_id"], r["source"]) for r in frame.collect())
+
+    lake.arrive(event("k1", "add_to_cart", at(1, 10), "u1", price=20.0, quantity=2))
+    lake.speed()
+    assert members() == []  # the cart is fresh
+    lake.arrive(event("p1", "page_view", at(1, 10, 31), "u2", channel="direct"))  # event time moves on
+    lake.speed()
+    assert members() == [("cart_abandoned_now", "cus_1", "speed")]
+    activity = {r["customer_id"]: r for r in lake.serving("serving.customer_activity").collect()}
+    assert (activity["cus_1"]["open_cart_value"], activity["cus_1"]["cart_abandoned"]) == (Decimal("40.000000000"), True)
+    assert (activity["cus_2"]["events_last_30m"], activity["cus_2"]["cart_abandoned"]) == (1, False)
+    lake.arrive(event("o1", "order", at(1, 10, 40), "u1", order_id="o1", revenue=40.0, channel="direct"))
+    lake.speed()
+    assert members() == []
+    activity = {r["customer_id"]: r for r in lake.serving("serving.customer_activity").collect()}
+    assert (activity["cus_1"]["open_cart_value"], activity["cus_1"]["cart_abandoned"]) == (Decimal("0E-9"), False)
+
+
+def test_batch_segment_and_its_realtime_counterpart_agree(spark, settings, tmp_path, lake):
+    """The project's own YAML files (segments/cart_abandoners.yaml, segments/active_now.yaml),
+    compiled by core.segments: the batch segments job and the speed layer's evaluation agree."""
+    import shutil
+
+    from touchpoint.core.identity_lookup import attach_customer_id
+    from touchpoint.core.segments import load_segments
+    from touchpoint.jobs.segments import members_on, run as run_segments
+    from touchpoint.streaming.speed import realtime_members
+
+    folder = tmp_path / "segments"
+    folder.mkdir()
+    for name in ("cart_abandoners.yaml", "active_now.yaml"):
+        shutil.copy(settings.segments_dir / name, folder / name)
+    settings = settings.model_copy(update={"segments_dir": folder})
+
+    lake.identity({"u1": "cus_1", "u2": "cus_2", "u3": "cus_3"})
+    spark.createDataFrame([("cus_1",), ("cus_2",), ("cus_3",)], "customer_id string").write.format("delta") \
+        .save(lake.path("gold.customer_profiles"))
+    lake.arrive(event("a1", "add_to_cart", at(1, 9), "u1", price=5.0, quantity=1),
+                event("a2", "add_to_cart", at(1, 8), "u2", price=5.0, quantity=1),
+                event("a3", "order", at(1, 9, 30), "u2", order_id="o9", revenue=5.0, channel="direct"),
+                event("a4", "page_view", at(1, 23, 59), "u3", channel="direct"))
+    wanted = {"cart_abandoners", "active_now"}
+    definitions = [d for d in load_segments(settings.segments_dir) if d.name in wanted]
+    run_segments(spark, settings, D)
+    batch = sorted((r["segment"], r["customer_id"]) for r in
+                   spark.read.format("delta").load(lake.path("gold.segment_membership"))
+                   .transform(members_on(D)).where(F.col("segment").isin(*wanted)).collect())
+    events = spark.read.format("delta").load(lake.path("silver.events")).transform(
+        attach_customer_id(spark.read.format("delta").load(lake.path("gold.identity_map"))))
+    base = spark.read.format("delta").load(lake.path("gold.customer_profiles"))
+    realtime = sorted(tuple(r) for r in realtime_members(definitions, base, events,
+                                                          dt.datetime(2026, 3, 2, tzinfo=UTC)).collect())
+    assert batch == realtime == [("active_now", "cus_1"), ("active_now", "cus_2"), ("active_now", "cus_3"),
+                                 ("cart_abandoners", "cus_1")]

@@ -1,0 +1,137 @@
+"""Data subjects and the suppression list, shared by ingestion and the erasure job (BRIEF §8).
+
+A data subject is known by hashed identifiers only: (identifier_type, SHA-256 hex of the value
+normalised as silver stores it). Email and phone hashes are the same as the profiles' and Google
+Customer Match's (trimmed lowercased email; E.164 phone with its `+`); user_id and anonymous_id
+are trimmed, case kept. The type is kept beside the hash because the types are separate namespaces.
+
+- `request_identifier` normalises what a person asks to be forgotten by and hashes it at once, so a
+  raw identifier never needs to be stored;
+- `payload_identifiers` reads the identifiers of a raw event payload exactly as the silver
+  validation normalises them (even when the event is otherwise invalid);
+- `Suppression` decides whether a payload belongs to an erased subject; the ingest validation
+  quarantines such events as `erased_subject` and keeps only a hash of their payload.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Iterable
+
+from pyspark.sql import Column
+from pyspark.sql import functions as F
+
+from touchpoint.core.events import clean_id, normalise_email, normalise_phone
+
+IDENTIFIER_TYPES = ("email", "phone", "user_id", "anonymous_id")
+REQUEST_TYPES = (*IDENTIFIER_TYPES, "customer_id")
+ERASED_SUBJECT = "erased_subject"
+WITHHELD_PREFIX = b"erased-subject-payload-sha256:"
+
+
+def sha256_hex(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def normalise_identifier(identifier_type: str, value: str | None, country: str | None = None) -> str | None:
+    """A raw identifier as silver stores it, or None when it is blank or (phone) not a possible number."""
+    if identifier_type == "email":
+        return normalise_email(value)
+    if identifier_type == "phone":
+        return normalise_phone(value, country)[0]
+    if identifier_type in ("user_id", "anonymous_id", "customer_id"):
+        return clean_id(value)
+    raise ValueError(f"unknown identifier type {identifier_type!r}; use one of {', '.join(REQUEST_TYPES)}")
+
+
+def request_identifier(identifier_type: str, value: str) -> tuple[str, str]:
+    """(type, sha256) of what a person asked to be forgotten by. A phone must be international (+...)."""
+    normalised = normalise_identifier(identifier_type, value)
+    if normalised is None:
+        hint = " (give it in international format, e.g. +447700900123)" if identifier_type == "phone" else ""
+        raise ValueError(f"the {identifier_type} to forget is empty or not valid{hint}")
+    return identifier_type, sha256_hex(normalised)
+
+
+def payload_identifiers(payload: bytes | None) -> list[tuple[str, str]]:
+    """(type, normalised value) of the identifiers of a raw event, [] when it is not a JSON object."""
+    if payload is None:
+        return []
+    try:
+        event = json.loads(payload.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        return []
+    if not isinstance(event, dict):
+        return []
+    context = event.get("context")
+    country = context.get("country") if isinstance(context, dict) else None
+    country = clean_id(country).upper() if isinstance(country, str) and clean_id(country) else None
+    found = []
+    for kind in IDENTIFIER_TYPES:
+        raw = event.get(kind)
+        if raw is None or isinstance(raw, (dict, list)):
+            continue
+        try:
+            value = normalise_identifier(kind, str(raw), country)
+        except Exception:  # phonenumbers on odd input: the identifier is unusable, not the payload
+            value = None
+        if value is not None:
+            found.append((kind, value))
+    return found
+
+
+def hashed_identifiers(identifiers: Iterable[tuple[str, str]]) -> set[tuple[str, str]]:
+    return {(kind, sha256_hex(value)) for kind, value in identifiers}
+
+
+@dataclass(frozen=True)
+class Suppression:
+    """Hashed identifiers of erased subjects. Small: one entry per identifier of an erased person."""
+
+    hashes: frozenset[tuple[str, str]] = frozenset()
+
+    def __bool__(self) -> bool:
+        return bool(self.hashes)
+
+    def matches_identifiers(self, identifiers: Iterable[tuple[str, str]]) -> bool:
+        return any(pair in self.hashes for pair in hashed_identifiers(identifiers))
+
+    def matches_payload(self, payload: bytes | None) -> bool:
+        return bool(self.hashes) and self.matches_identifiers(payload_identifiers(payload))
+
+
+def withheld_payload(payload: bytes | None) -> bytes:
+    """What bronze and quarantine keep of an erased subject's event: a hash of it, never its content."""
+    return WITHHELD_PREFIX + hashlib.sha256(payload or b"").hexdigest().encode("ascii")
+
+
+def erased_reason(payload: bytes | None) -> str:
+    return "event of an erased data subject: payload withheld, " + withheld_payload(payload).decode("ascii")
+
+
+def load_suppression(path: str) -> Suppression:
+    """The suppression list at `path` (a Delta table, read with delta-rs on the driver: it holds one
+    row per identifier of an erased person, so it stays small). Empty when the table does not exist."""
+    from deltalake import DeltaTable as RsDeltaTable
+    from deltalake.exceptions import TableNotFoundError
+
+    from touchpoint.core.delta import delta_rs_uri
+
+    try:
+        table = RsDeltaTable(delta_rs_uri(path))
+    except TableNotFoundError:
+        return Suppression()
+    rows = table.to_pyarrow_table(columns=["identifier_type", "identifier_sha256"]).to_pylist()
+    return Suppression(frozenset((r["identifier_type"], r["identifier_sha256"]) for r in rows))
+
+
+# ---- Spark column logic: rows of a subject, by hash, so no raw value reaches a query plan or _delta_log
+
+def hashed_value_in(value: Column, hashes: Iterable[str]) -> Column:
+    """True when sha256(value) is one of `hashes` (null-safe: a null value is never a match)."""
+    hashes = sorted(set(hashes))
+    if not hashes:
+        return F.lit(False)
+    return F.coalesce(F.sha2(value, 256).isin(hashes), F.lit(False))

@@ -1,0 +1,338 @@
+"""Lambda serving (BRIEF §7): serving.* = batch rows below the cut ∪ speed rows at or above it.
+
+The cut of a batch table is (H, V): its high-water mark H and the silver version V it read. Every
+row of the gold campaign / activity tables carries it (`batch_as_of`, `batch_silver_version`), so
+a reader always gets the cut of exactly the version of the table it reads, even while the
+pipeline publishes table after table. A speed row is served when the batch cannot hold it:
+
+    event_ts >= H  OR  silver_version > V     (it happened after H, or arrived after batch read)
+
+The same predicate expires speed rows once a batch publishes (`expire_speed_rows`). Last-touch
+metrics are kept per conversion: a conversion the speed layer recomputed after the batch read
+(or at/after H) replaces the batch's row for it. docs/SERVING.md has the argument why serving then
+equals a full batch recomputation.
+
+The views are SQL text over table references, rendered for Spark (`delta.`path``) or for duckdb
+over delta-rs (dotted names registered by `duckdb_connection`), so both engines run one definition.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Callable, Iterable
+
+from pyspark.sql.types import (
+    BooleanType, DateType, DoubleType, LongType, StringType, StructField, StructType, TimestampType,
+)
+
+from touchpoint.core.campaign_metrics import MONEY
+from touchpoint.core.catalog import TABLES, table_path
+from touchpoint.core.config import Settings
+
+_S, _TS, _L, _B = StringType(), TimestampType(), LongType(), BooleanType()
+
+
+def _schema(*fields) -> StructType:
+    return StructType([StructField(name, kind, True) for name, kind in fields])
+
+
+_MEASURES = (("impressions", _L), ("clicks", _L), ("orders", _L), ("revenue", MONEY))
+_LAST_TOUCH = (("last_touch_orders", _L), ("last_touch_revenue", MONEY))
+_CUT = (("batch_as_of", _TS), ("batch_silver_version", _L))
+_CONVERSION = (("conversion_id", _S), ("conversion_ts", _TS), ("customer_id", _S), ("revenue", MONEY),
+               ("last_touch_event_id", _S), ("last_touch_ts", _TS), ("last_touch_channel", _S),
+               ("last_touch_campaign", _S))
+_ACTIVITY = (("customer_id", _S), ("as_of", _TS), ("last_event_ts", _TS), ("last_event_type", _S),
+             ("events_last_30m", _L), ("page_views_last_30m", _L), ("open_cart_value", MONEY),
+             ("last_cart_ts", _TS), ("cart_abandoned", _B))
+
+SCHEMAS: dict[str, StructType] = {
+    "gold.campaign_minute": _schema(("minute", _TS), ("campaign", _S), *_MEASURES, *_LAST_TOUCH, *_CUT),
+    "gold.campaign_daily": _schema(("date", DateType()), ("campaign", _S), *_MEASURES, *_LAST_TOUCH, *_CUT),
+    "gold.campaign_conversions": _schema(*_CONVERSION, *_CUT),
+    "gold.customer_activity": _schema(*_ACTIVITY, *_CUT),
+    "speed.campaign_minute": _schema(("minute", _TS), ("campaign", _S), ("silver_version", _L), *_MEASURES),
+    "speed.campaign_daily": _schema(("date", DateType()), ("campaign", _S), ("silver_version", _L), *_MEASURES),
+    "speed.campaign_conversions": _schema(*_CONVERSION, ("removed", _B), ("silver_version", _L), ("batch_id", _L)),
+    "speed.customer_activity": _schema(*_ACTIVITY, ("silver_version", _L)),
+    "speed.segment_membership": _schema(("segment", _S), ("customer_id", _S), ("as_of", _TS),
+                                        ("silver_version", _L)),
+    "speed.freshness": _schema(("query", _S), ("batch_id", _L), ("processed_at", _TS), ("rows", _L),
+                               ("first_version", _L), ("last_version", _L), ("clock", _TS),
+                               ("oldest_arrival_ts", _TS), ("lag_seconds", DoubleType())),
+    "gold.segment_membership": _schema(("segment", _S), ("customer_id", _S), ("entered_at", _TS),
+                                       ("exited_at", _TS)),
+}
+
+SERVING_VIEWS = ("serving.campaign_daily", "serving.campaign_minute", "serving.customer_activity",
+                 "serving.segment_membership")
+
+# speed table -> (gold table giving its cut, bucket column, "date" or "ts" comparison)
+SPEED_CUTS = {
+    "speed.campaign_minute": ("gold.campaign_minute", "minute", "ts"),
+    "speed.campaign_daily": ("gold.campaign_daily", "date", "date"),
+    "speed.campaign_conversions": ("gold.campaign_conversions", "conversion_ts", "ts"),
+}
+
+
+def read_cut(settings: Settings, gold: str) -> tuple[dt.datetime | None, int | None]:
+    """(H, V) of a gold table from its own rows, with delta-rs; (None, None) when absent or empty."""
+    import pyarrow.compute as pc
+    from deltalake import DeltaTable
+    from deltalake.exceptions import TableNotFoundError
+
+    from touchpoint.core.delta import delta_rs_uri
+
+    try:
+        rows = DeltaTable(delta_rs_uri(table_path(gold, settings))).to_pyarrow_table(
+            columns=["batch_as_of", "batch_silver_version"])
+    except TableNotFoundError:
+        return None, None
+    if rows.num_rows == 0:
+        return None, None
+    high_water_mark = pc.max(rows.column("batch_as_of")).as_py()
+    if high_water_mark is not None and high_water_mark.tzinfo is None:
+        high_water_mark = high_water_mark.replace(tzinfo=dt.timezone.utc)
+    return high_water_mark, pc.max(rows.column("batch_silver_version")).as_py()
+
+
+def _cut_cte(ref: Callable[[str], str], gold: str) -> str:
+    return (f"SELECT MAX(batch_as_of) AS h, COALESCE(MAX(batch_silver_version), -1) AS v "
+            f"FROM {ref(gold)}")
+
+
+def _kept(bucket: str, kind: str) -> str:
+    """The speed-row predicate: at/after H, or arrived after the batch read silver."""
+    at_or_after = f"s.{bucket} >= CAST(cut.h AS DATE)" if kind == "date" else f"s.{bucket} >= cut.h"
+    return f"(cut.h IS NULL OR {at_or_after} OR s.silver_version > cut.v)"
+
+
+def _campaign_sql(grain: str, ref: Callable[[str], str]) -> str:
+    gold, speed = f"gold.campaign_{'daily' if grain == 'date' else 'minute'}", \
+        f"speed.campaign_{'daily' if grain == 'date' else 'minute'}"
+    bucket_of_conversion = "CAST(c.conversion_ts AS DATE)" if grain == "date" else \
+        "date_trunc('minute', c.conversion_ts)"
+    zero = "CAST(0 AS DECIMAL(38,9))"
+    measures = "impressions, clicks, orders, revenue"
+    return f"""
+WITH cut AS ({_cut_cte(ref, gold)}),
+conv_cut AS ({_cut_cte(ref, "gold.campaign_conversions")}),
+served_recomputations AS (
+  SELECT s.*, ROW_NUMBER() OVER (PARTITION BY s.conversion_id ORDER BY s.silver_version DESC, s.batch_id DESC) AS rank
+  FROM {ref("speed.campaign_conversions")} s CROSS JOIN conv_cut cut
+  WHERE {_kept("conversion_ts", "ts")}
+),
+speed_conversions AS (SELECT * FROM served_recomputations WHERE rank = 1),
+conversions AS (
+  SELECT conversion_id, conversion_ts, revenue, last_touch_campaign FROM speed_conversions WHERE NOT removed
+  UNION ALL
+  SELECT b.conversion_id, b.conversion_ts, b.revenue, b.last_touch_campaign
+  FROM {ref("gold.campaign_conversions")} b LEFT JOIN speed_conversions s ON s.conversion_id = b.conversion_id
+  WHERE s.conversion_id IS NULL
+),
+parts AS (
+  SELECT {grain}, campaign, {measures}, 0 AS last_touch_orders, {zero} AS last_touch_revenue
+  FROM {ref(gold)}
+  UNION ALL
+  SELECT s.{grain}, s.campaign, s.impressions, s.clicks, s.orders, s.revenue, 0, {zero}
+  FROM {ref(speed)} s CROSS JOIN cut WHERE {_kept(grain, "date" if grain == "date" else "ts")}
+  UNION ALL
+  SELECT {bucket_of_conversion} AS {grain}, c.last_touch_campaign AS campaign, 0, 0, 0, {zero}, 1,
+         COALESCE(c.revenue, {zero})
+  FROM conversions c
+)
+SELECT {grain}, campaign, CAST(SUM(impressions) AS BIGINT) AS impressions, CAST(SUM(clicks) AS BIGINT) AS clicks,
+       CAST(SUM(orders) AS BIGINT) AS orders, CAST(SUM(revenue) AS DECIMAL(38,9)) AS revenue,
+       CAST(SUM(last_touch_orders) AS BIGINT) AS last_touch_orders,
+       CAST(SUM(last_touch_revenue) AS DECIMAL(38,9)) AS last_touch_revenue
+FROM parts
+GROUP BY {grain}, campaign
+HAVING SUM(impressions) <> 0 OR SUM(clicks) <> 0 OR SUM(orders) <> 0 OR SUM(revenue) <> 0
+    OR SUM(last_touch_orders) <> 0 OR SUM(last_touch_revenue) <> 0
+"""
+
+
+def _activity_sql(ref: Callable[[str], str]) -> str:
+    columns = ", ".join(name for name, _ in _ACTIVITY)
+    return f"""
+WITH cut AS ({_cut_cte(ref, "gold.customer_activity")}),
+speed AS (SELECT s.* FROM {ref("speed.customer_activity")} s CROSS JOIN cut
+          WHERE cut.h IS NULL OR s.as_of >= cut.h)
+SELECT {columns}, 'speed' AS source FROM speed
+UNION ALL
+SELECT {", ".join("b." + name for name, _ in _ACTIVITY)}, 'batch' AS source
+FROM {ref("gold.customer_activity")} b LEFT JOIN speed s ON s.customer_id = b.customer_id
+WHERE s.customer_id IS NULL
+"""
+
+
+def _quote(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _segments_sql(ref: Callable[[str], str], realtime: Iterable[str]) -> str:
+    names = ", ".join(_quote(n) for n in sorted(set(realtime))) or "NULL"
+    return f"""
+WITH cut AS ({_cut_cte(ref, "gold.customer_activity")}),
+live AS (SELECT MAX(s.as_of) AS clock FROM {ref("speed.segment_membership")} s),
+speed_on AS (SELECT live.clock IS NOT NULL AND (cut.h IS NULL OR live.clock >= cut.h) AS yes
+             FROM live CROSS JOIN cut)
+SELECT s.segment, s.customer_id, s.as_of, 'speed' AS source
+FROM {ref("speed.segment_membership")} s CROSS JOIN speed_on
+WHERE speed_on.yes AND s.segment IN ({names})
+UNION ALL
+SELECT b.segment, b.customer_id, b.entered_at AS as_of, 'batch' AS source
+FROM {ref("gold.segment_membership")} b CROSS JOIN speed_on
+WHERE b.exited_at IS NULL AND NOT (speed_on.yes AND b.segment IN ({names}))
+"""
+
+
+def serving_sql(view: str, ref: Callable[[str], str], realtime_segments: Iterable[str] = ()) -> str:
+    """The SQL of one serving view, with `ref(table_name)` rendering each table reference."""
+    if view == "serving.campaign_daily":
+        return _campaign_sql("date", ref)
+    if view == "serving.campaign_minute":
+        return _campaign_sql("minute", ref)
+    if view == "serving.customer_activity":
+        return _activity_sql(ref)
+    if view == "serving.segment_membership":
+        return _segments_sql(ref, realtime_segments)
+    raise KeyError(f"unknown serving view {view!r}; known: {', '.join(SERVING_VIEWS)}")
+
+
+SERVING_INPUTS = tuple(name for name in SCHEMAS if name not in ("speed.freshness",))
+
+
+# ---------------------------------------------------------------- Spark
+
+
+def ensure_serving_inputs(spark, settings: Settings) -> None:
+    """Create every table the views read, empty, where missing (so a view works before any run)."""
+    from touchpoint.core.delta import ensure_table
+
+    for name in SERVING_INPUTS:
+        ensure_table(spark, table_path(name, settings), SCHEMAS[name], (), name)
+
+
+def spark_ref(settings: Settings) -> Callable[[str], str]:
+    return lambda name: f"delta.`{table_path(name, settings)}`"
+
+
+def serving_frame(spark, settings: Settings, view: str):
+    """A serving view as a Spark DataFrame."""
+    ensure_serving_inputs(spark, settings)
+    return spark.sql(serving_sql(view, spark_ref(settings), settings.stream.realtime_segments))
+
+
+def register_spark_views(spark, settings: Settings) -> list[str]:
+    """Temp views for Spark SQL: serving.campaign_daily is `serving_campaign_daily`, etc."""
+    names = []
+    for view in SERVING_VIEWS:
+        serving_frame(spark, settings, view).createOrReplaceTempView(view.replace(".", "_"))
+        names.append(view.replace(".", "_"))
+    return names
+
+
+def expire_speed_rows(spark, settings: Settings) -> dict[str, int]:
+    """Delete the speed rows a published batch holds (BRIEF §7): those with event_ts < H that
+    arrived no later than the silver version V the batch read. Safe at any time and repeatable."""
+    from delta.tables import DeltaTable
+    from pyspark.sql import functions as F
+
+    from touchpoint.core.delta import ensure_table
+
+    removed: dict[str, int] = {}
+
+    def cut_of(gold: str):
+        path = table_path(gold, settings)
+        if not DeltaTable.isDeltaTable(spark, path):
+            return None, None
+        row = spark.read.format("delta").load(path).agg(F.max(F.unix_micros("batch_as_of")),
+                                                       F.max("batch_silver_version")).first()
+        if row[0] is None:
+            return None, None
+        epoch = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+        return epoch + dt.timedelta(microseconds=row[0]), row[1]
+
+    for speed, (gold, column, kind) in SPEED_CUTS.items():
+        high_water_mark, version = cut_of(gold)
+        path = table_path(speed, settings)
+        if high_water_mark is None or not DeltaTable.isDeltaTable(spark, path):
+            continue
+        below = F.col(column) < (F.lit(high_water_mark).cast("date") if kind == "date" else F.lit(high_water_mark))
+        condition = below & (F.col("silver_version") <= F.lit(version))
+        removed[speed] = _delete(spark, path, condition)
+    high_water_mark, _ = cut_of("gold.customer_activity")
+    if high_water_mark is not None:
+        for speed in ("speed.customer_activity", "speed.segment_membership"):
+            path = table_path(speed, settings)
+            ensure_table(spark, path, SCHEMAS[speed], (), speed)
+            removed[speed] = _delete(spark, path, F.col("as_of") < F.lit(high_water_mark))
+    return removed
+
+
+def _delete(spark, path: str, condition) -> int:
+    from delta.tables import DeltaTable
+
+    table = DeltaTable.forPath(spark, path)
+    table.delete(condition)
+    metrics = table.history(1).select("operation", "operationMetrics").first()
+    if metrics["operation"] != "DELETE":
+        return 0
+    return int((metrics["operationMetrics"] or {}).get("numDeletedRows", 0) or 0)
+
+
+# ---------------------------------------------------------------- duckdb over delta-rs (no JVM)
+
+
+def _arrow_schema(schema: StructType):
+    from pyspark.sql.pandas.types import to_arrow_schema
+
+    return to_arrow_schema(schema, timezone="UTC", prefers_large_types=False)
+
+
+def duckdb_connection(settings: Settings):
+    """A duckdb connection (UTC) where every catalog table and serving view is a view under its
+    dotted name: `select * from serving.campaign_daily`, `from silver.events`. Delta tables are
+    read with delta-rs; a table that does not exist yet is an empty table of its schema (when known)."""
+    import duckdb
+    import pyarrow as pa
+    from deltalake import DeltaTable
+    from deltalake.exceptions import TableNotFoundError
+
+    from touchpoint.core.delta import delta_rs_uri
+
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+    registered = set()
+    for name in sorted(set(TABLES) | set(SCHEMAS)):
+        layer, short = name.split(".", 1)
+        con.execute(f'CREATE SCHEMA IF NOT EXISTS "{layer}"')
+        source = None
+        try:
+            source = DeltaTable(delta_rs_uri(table_path(name, settings))).to_pyarrow_dataset()
+        except (TableNotFoundError, OSError, Exception):  # absent or not a Delta table yet
+            if name in SCHEMAS:
+                source = pa.Table.from_batches([], schema=_arrow_schema(SCHEMAS[name]))
+        if source is None:
+            continue
+        handle = f"__{layer}__{short}"
+        con.register(handle, source)
+        con.execute(f'CREATE OR REPLACE VIEW "{layer}"."{short}" AS SELECT * FROM "{handle}"')
+        registered.add(name)
+    con.execute('CREATE SCHEMA IF NOT EXISTS "serving"')
+    ref = lambda table: table  # noqa: E731 - dotted names resolve as schema.view in duckdb
+    for view in SERVING_VIEWS:
+        short = view.split(".", 1)[1]
+        con.execute(f'CREATE OR REPLACE VIEW "serving"."{short}" AS '
+                    f"{serving_sql(view, ref, settings.stream.realtime_segments)}")
+    return con
+
+
+def query(settings: Settings, sql: str):
+    """Run SQL over every table and serving view with duckdb; returns a pyarrow Table."""
+    con = duckdb_connection(settings)
+    try:
+        return con.sql(sql).to_arrow_table()
+    finally:
+        con.close()

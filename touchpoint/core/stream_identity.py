@@ -1,0 +1,79 @@
+"""The speed layer's identity: the map the batch layer published, plus the links seen since.
+
+Events the published gold.identity_map does not cover (those after its high-water mark, or that
+arrived after the silver version it read) may carry new identifiers or link two known customers.
+`extend_identity_map` returns a map covering them too, built like the batch graph: identifiers
+that co-occur in an event are linked, blocklisted values (BRIEF §5) link nothing, and identifiers
+the batch held back as shared devices link nothing. Components are found by min-label propagation
+over (published customer ids, new identifiers). A new component gets a provisional id
+`p-<sha256 of its anchor>`; two published customers linked by a new event take the smaller id.
+The next batch run replaces all of this with the real graph (docs/SERVING.md lists the limits:
+a device that becomes shared inside the stream is not detected until then).
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+from pyspark.sql import Column, DataFrame
+from pyspark.sql import functions as F
+
+from touchpoint.core.identity_lookup import event_identifiers
+
+# Same rule as the batch guardrails (BRIEF §5): only 0 - + _ and spaces, with at least one 0.
+ALL_ZERO_PATTERN = r"^[0\-+_ ]*0[0\-+_ ]*$"
+PROVISIONAL_PREFIX = "p-"
+MAX_ITERATIONS = 16
+ROUNDS_PER_CHECK = 2
+
+
+def is_blocklisted(value: Column, blocklist: Iterable[str]) -> Column:
+    listed = sorted({v.strip().lower() for v in blocklist})
+    in_list = F.lower(F.trim(value)).isin(listed) if listed else F.lit(False)
+    return in_list | value.rlike(ALL_ZERO_PATTERN)
+
+
+def provisional_id(identifier_type: Column, identifier_value: Column) -> Column:
+    """A stable id for a component the batch has not seen yet (no raw identifier in it)."""
+    digest = F.sha2(F.concat_ws(":", F.lit("touchpoint-provisional-v1"), identifier_type, identifier_value), 256)
+    return F.concat(F.lit(PROVISIONAL_PREFIX), F.substring(digest, 1, 32))
+
+
+def extend_identity_map(identity_map: DataFrame, events: DataFrame, blocklist: Iterable[str],
+                        held_back: DataFrame | None = None) -> DataFrame:
+    """(identifier_type, identifier_value, customer_id) for every identifier of the published map and
+    of `events`, with customers linked by `events` merged. `held_back`: (identifier_type,
+    identifier_value) pairs that must not link (shared devices)."""
+    lookup = identity_map.select("identifier_type", "identifier_value", "customer_id")
+    ids = event_identifiers(events).where(~is_blocklisted(F.col("identifier_value"), blocklist))
+    if held_back is not None:
+        ids = ids.join(held_back.select("identifier_type", "identifier_value"),
+                       ["identifier_type", "identifier_value"], "left_anti")
+    nodes = (ids.join(lookup, ["identifier_type", "identifier_value"], "left")
+             .select("event_id", "identifier_type", "identifier_value",
+                     F.coalesce("customer_id", provisional_id(F.col("identifier_type"), F.col("identifier_value")))
+                     .alias("node"))).localCheckpoint()
+    membership = nodes.select("event_id", "node").distinct()
+    labels = membership.select("node").distinct().withColumn("label", F.col("node"))
+
+    def propagate(current: DataFrame) -> DataFrame:
+        per_event = membership.join(current, "node").groupBy("event_id").agg(F.min("label").alias("label"))
+        return membership.join(per_event, "event_id").groupBy("node").agg(F.min("label").alias("label"))
+
+    # A few rounds per Spark action, then one convergence check: most micro-batches need one check.
+    for _ in range(MAX_ITERATIONS // ROUNDS_PER_CHECK):
+        previous = labels
+        for _ in range(ROUNDS_PER_CHECK - 1):
+            previous = propagate(previous)
+        labels = propagate(previous).localCheckpoint()
+        # converged when the last round changed nothing
+        if labels.alias("u").join(previous.alias("l"), "node").where(F.col("u.label") != F.col("l.label")).isEmpty():
+            break
+    # Published identifiers whose customer joined a component keep the component's label.
+    published = (lookup.join(labels.withColumnRenamed("node", "customer_id"), "customer_id", "left")
+                 .select("identifier_type", "identifier_value", F.coalesce("label", "customer_id").alias("customer_id")))
+    new = (nodes.where(F.col("node").startswith(PROVISIONAL_PREFIX)).join(labels, "node")
+           .select("identifier_type", "identifier_value", F.col("label").alias("customer_id")).distinct()
+           .join(lookup.select("identifier_type", "identifier_value"), ["identifier_type", "identifier_value"],
+                 "left_anti"))
+    return published.unionByName(new)
