@@ -163,7 +163,12 @@ def stream_ingest(
     require_kafka(settings)
     spark = get_spark("touchpoint-stream-ingest", settings=settings)
     query = start_stream(spark, settings, topic=topic, query_name=query_name, trigger_once=available_now)
-    console.print(f"ingest query {query.id} running; checkpoint {settings.checkpoint_root}/{query_name}")
+    _await_query(query, "ingest", f"{settings.checkpoint_root}/{query_name}")
+
+
+def _await_query(query, label: str, checkpoint: str) -> None:
+    """Run a streaming query in the foreground until it ends or Ctrl-C; exit 1 if it failed."""
+    console.print(f"{label} query {query.id} running; checkpoint {checkpoint}")
     try:
         query.awaitTermination()
     except KeyboardInterrupt:
@@ -184,13 +189,7 @@ def stream_speed(
     settings = _settings()
     spark = get_spark("touchpoint-stream-speed", settings=settings)
     query = start_speed(spark, settings, query_name=query_name, trigger_once=available_now)
-    console.print(f"speed query {query.id} running; checkpoint {settings.checkpoint_root}/{query_name}")
-    try:
-        query.awaitTermination()
-    except KeyboardInterrupt:
-        query.stop()
-    if query.exception() is not None:
-        raise typer.Exit(1)
+    _await_query(query, "speed", f"{settings.checkpoint_root}/{query_name}")
 
 
 @app.command("query")
