@@ -13,6 +13,9 @@ from touchpoint.core.catalog import table_path
 from touchpoint.core.config import get_settings, load_settings
 from touchpoint.generator import GeneratorConfig, generate_jsonl
 
+# six pipeline runs in the backfill test: well past the default per-test timeout on a busy machine
+pytestmark = pytest.mark.timeout(2400)
+
 START = dt.date(2026, 3, 2)
 CONFIG = GeneratorConfig(seed=11, customers=25, days=3, start_date=START, events_per_customer=12,
                          late_rate=0.05, duplicate_rate=0.02, malformed_rate=0.02)
