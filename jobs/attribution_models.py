@@ -13,16 +13,16 @@ from typing import Callable, Iterable, Mapping
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
+# Touchpoints are one definition shared with the speed layer (BRIEF §4): the core module holds it.
+from touchpoint.core.campaign_metrics import (  # noqa: F401  (re-exported for the attribution job)
+    CLICK_TYPES, EMPTY_PATH_CHANNEL, MICROS_PER_DAY, campaign_name, micros, touchpoint_types,
+    touchpoints,
+)
 from touchpoint.core.config import AttributionSettings
 
-MICROS_PER_DAY = 86_400_000_000
-MICROS_PER_MINUTE = 60_000_000
 
 MODELS = ("first_touch", "last_touch", "linear", "position_based", "time_decay", "markov", "shapley")
 HEURISTIC_MODELS = tuple(m for m in MODELS if m != "markov")
-CLICK_TYPES = ("ad_click", "email_click")
-VIEW_THROUGH_TYPES = ("ad_impression",)
-EMPTY_PATH_CHANNEL = "direct"
 PATH_SEPARATOR = " > "
 
 # Columns of the tables this module produces.
@@ -35,74 +35,12 @@ CREDIT_COLUMNS = ("model", "conversion_id", "customer_id", "conversion_ts", "tou
 PATH_ELEMENT = "struct<touch_ts: timestamp, touch_event_id: string, channel: string, campaign: string>"
 
 
-def micros(column: str | Column) -> Column:
-    """An instant as integer microseconds since the epoch: exact comparisons, no date arithmetic."""
-    return F.unix_micros(F.col(column) if isinstance(column, str) else column)
-
-
 def days_to_micros(days: float) -> int:
     return round(days * MICROS_PER_DAY)
 
 
 def lookback_micros(settings: AttributionSettings) -> int:
     return days_to_micros(settings.lookback_days)
-
-
-def campaign_name(value: Column) -> Column:
-    """The campaign as written (trimmed), null when there is none."""
-    trimmed = F.trim(value)
-    return F.when(F.length(trimmed) > 0, trimmed)
-
-
-def touchpoint_types(settings: AttributionSettings) -> tuple[str, ...]:
-    """Event types that can be touchpoints; view-through adds ad impressions."""
-    kinds = tuple(settings.touchpoint_event_types)
-    if settings.view_through:
-        kinds += tuple(k for k in VIEW_THROUGH_TYPES if k not in kinds)
-    return kinds
-
-
-def touchpoints(settings: AttributionSettings) -> Callable[[DataFrame], DataFrame]:
-    """Events with a resolved `customer_id` -> touchpoints (BRIEF §4).
-
-    Every click (and impression, with view-through) of a known customer is a touchpoint; a page
-    view is one when its channel is not `direct` and it is not the landing of a click: the same
-    customer had a click of the same channel and campaign name in the landing window up to and
-    including the page view. Two missing campaign names count as the same name.
-    """
-    kinds = touchpoint_types(settings)
-    window_us = round(settings.landing_window_minutes * MICROS_PER_MINUTE)
-
-    def transform(events: DataFrame) -> DataFrame:
-        known = events.where(F.col("customer_id").isNotNull()).select(
-            F.col("event_id").alias("touch_event_id"),
-            "customer_id",
-            "event_type",
-            F.col("event_ts").alias("touch_ts"),
-            F.coalesce(F.col("channel"), F.lit(EMPTY_PATH_CHANNEL)).alias("channel"),
-            campaign_name(F.col("campaign_name")).alias("campaign"),
-        )
-        other_kinds = [k for k in kinds if k != "page_view"]
-        is_touch = F.col("event_type").isin(other_kinds) if other_kinds else F.lit(False)
-        if "page_view" in kinds:
-            is_touch = is_touch | ((F.col("event_type") == "page_view") & (F.col("channel") != EMPTY_PATH_CHANNEL))
-        candidates = known.where(is_touch)
-        if window_us > 0:
-            clicks = known.where(F.col("event_type").isin(*CLICK_TYPES)).select(
-                "customer_id", "channel", "campaign", micros("touch_ts").alias("click_us"))
-            view, click = candidates.alias("view"), clicks.alias("click")
-            view_us = micros(F.col("view.touch_ts"))
-            is_landing = (
-                (F.col("view.event_type") == "page_view")
-                & (F.col("view.customer_id") == F.col("click.customer_id"))
-                & (F.col("view.channel") == F.col("click.channel"))
-                & F.col("view.campaign").eqNullSafe(F.col("click.campaign"))
-                & F.col("click.click_us").between(view_us - window_us, view_us)
-            )
-            candidates = view.join(click, is_landing, "left_anti")
-        return candidates.select(*TOUCHPOINT_COLUMNS)
-
-    return transform
 
 
 def conversions(events: DataFrame) -> DataFrame:
