@@ -3,6 +3,7 @@
 import json
 import socket
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -30,7 +31,7 @@ def _call(url: str, token: str | None = None, body: dict | None = None) -> dict:
 def _listening_ports_of(pid: int) -> set[tuple[str, int]]:
     """(address, port) of the TCP sockets a process listens on, from /proc (IPv4 and IPv6)."""
     inodes = set()
-    for fd in __import__("pathlib").Path(f"/proc/{pid}/fd").iterdir():
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
         try:
             target = fd.readlink().as_posix()
         except OSError:
