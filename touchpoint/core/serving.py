@@ -243,26 +243,15 @@ def expire_speed_rows(spark, settings: Settings) -> dict[str, int]:
 
     removed: dict[str, int] = {}
 
-    def cut_of(gold: str):
-        path = table_path(gold, settings)
-        if not DeltaTable.isDeltaTable(spark, path):
-            return None, None
-        row = spark.read.format("delta").load(path).agg(F.max(F.unix_micros("batch_as_of")),
-                                                       F.max("batch_silver_version")).first()
-        if row[0] is None:
-            return None, None
-        epoch = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
-        return epoch + dt.timedelta(microseconds=row[0]), row[1]
-
     for speed, (gold, column, kind) in SPEED_CUTS.items():
-        high_water_mark, version = cut_of(gold)
+        high_water_mark, version = read_cut(settings, gold)
         path = table_path(speed, settings)
         if high_water_mark is None or not DeltaTable.isDeltaTable(spark, path):
             continue
         below = F.col(column) < (F.lit(high_water_mark).cast("date") if kind == "date" else F.lit(high_water_mark))
         condition = below & (F.col("silver_version") <= F.lit(version))
         removed[speed] = _delete(spark, path, condition)
-    high_water_mark, _ = cut_of("gold.customer_activity")
+    high_water_mark, _ = read_cut(settings, "gold.customer_activity")
     if high_water_mark is not None:
         for speed in ("speed.customer_activity", "speed.segment_membership"):
             path = table_path(speed, settings)
