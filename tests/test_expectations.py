@@ -23,7 +23,9 @@ D = dt.date(2024, 5, 1)
 AS_OF = dt.datetime(2024, 5, 2, tzinfo=UTC)
 MODELS = ("first_touch", "last_touch", "linear", "position_based", "time_decay", "markov", "shapley")
 SUITE_TABLES = {"silver.events", "silver.quarantine", "gold.identity_map", "gold.customer_profiles",
-                "gold.attribution_credits", "gold.segment_membership", "exports"}
+                "gold.attribution_credits", "gold.segment_membership", "exports", "gold.campaign_minute",
+                "gold.campaign_daily", "gold.campaign_conversions", "gold.customer_activity"}
+EXPECTATIONS = 94  # 51 in the seven original suites, 43 in the four serving-layer tables
 
 
 def sha(text: str) -> str:
@@ -144,6 +146,28 @@ GOOD_EXPORTS = [("google_customer_match", "c1", True, False), ("meta_custom_audi
                 ("esp", "c2", None, True), ("jsonl", "c3", None, None)]
 
 
+def serving_tables(spark, defects: bool) -> dict:
+    """The batch halves of the serving views, typed by their one schema (touchpoint.core.serving)."""
+    from decimal import Decimal
+
+    from touchpoint.core.serving import SCHEMAS
+
+    cut = (AS_OF, 7)
+    money = Decimal("20.000000000")
+    minute = [(dt.datetime(2024, 5, 1, 11, 0, tzinfo=UTC), "spring", 3, 1, 1, money, 1, money, *cut)]
+    daily = [(D, "spring", 3, 1, 1, money, 1, money, *cut), (D, None, 1, 0, 0, Decimal(0), 0, Decimal(0), *cut)]
+    converted = [("o1", AS_OF, "c1", money, "e1", AS_OF, "email", "spring", *cut)]
+    activity = [("c1", AS_OF, AS_OF, "order", 2, 1, Decimal(0), None, False, *cut)]
+    if defects:
+        daily.append((D, "summer", 1, -1, 0, Decimal(0), 0, Decimal(0), *cut))  # negative clicks
+        converted.append(("o1", AS_OF, "c1", money, "e2", AS_OF, "email", "spring", *cut))  # o1 twice
+        activity.append(("c2", AS_OF, None, None, 0, 0, Decimal(0), None, False, *cut))  # no last event
+    return {"gold.campaign_minute": spark.createDataFrame(minute, SCHEMAS["gold.campaign_minute"]),
+            "gold.campaign_daily": spark.createDataFrame(daily, SCHEMAS["gold.campaign_daily"]),
+            "gold.campaign_conversions": spark.createDataFrame(converted, SCHEMAS["gold.campaign_conversions"]),
+            "gold.customer_activity": spark.createDataFrame(activity, SCHEMAS["gold.customer_activity"])}
+
+
 def frames(spark, defects: bool) -> dict:
     """All audited tables; with defects, each carries the defect its test expects to be named."""
     events = GOOD_EVENTS + ([dict(GOOD_EVENTS[1])] if defects else [])  # a resent order: duplicated event_id
@@ -171,6 +195,7 @@ def frames(spark, defects: bool) -> dict:
         "gold.segment_membership": membership(spark, members),
         "exports": spark.createDataFrame(exported, EXPORT_COLUMNS),
         "erased_customers": ["c9"],
+        **serving_tables(spark, defects),
     }
 
 
@@ -210,14 +235,14 @@ def test_correct_frames_pass_every_suite_and_results_and_docs_are_written(spark,
         ("silver.events: expect_column_values_to_be_between(event_ts)", "warning", "2024-05-03T00:00:00+00:00")]
     assert result.success and result.critical_failures == () and len(result.warnings) == 1
     assert set(result.tables) == SUITE_TABLES
-    assert len(result.outcomes) == sum(len(s.expectations) for s in load_suites().values()) == 51
+    assert len(result.outcomes) == sum(len(s.expectations) for s in load_suites().values()) == EXPECTATIONS
     assert result.unaudited == ("gold.attribution_daily",)
     event_type_check = next(o for o in result.outcomes
                             if o.table == "silver.events" and o.columns == ("event_type",))
     assert event_type_check.kwargs["value_set"] == list(event_types())  # filled from the schema
 
     rows = stored(spark, audit_settings, "good-run").collect()
-    assert len(rows) == 51
+    assert len(rows) == EXPECTATIONS
     assert [(r.table_name, r.severity) for r in rows if not r.success] == [("silver.events", "warning")]
     assert {r.validated_at.replace(tzinfo=UTC) for r in rows} == {AS_OF}
     assert {r.logical_date for r in rows} == {D}
@@ -247,6 +272,9 @@ def test_injected_defects_fail_exactly_their_expectations_and_reruns_replace_row
         ("gold.segment_membership", None, "expect_compound_columns_to_be_unique", ("segment", "customer_id")),
         ("exports", None, "expect_column_values_to_be_in_set", ("consent_email_marketing",)),
         ("exports", "erasure_flags", "expect_column_values_to_be_in_set", ("erased",)),
+        ("gold.campaign_daily", None, "expect_column_values_to_be_between", ("clicks",)),
+        ("gold.campaign_conversions", None, "expect_column_values_to_be_unique", ("conversion_id",)),
+        ("gold.customer_activity", None, "expect_column_values_to_not_be_null", ("last_event_ts",)),
     }
     assert {key(o) for o in result.outcomes if not o.success} == expected_failures
     assert not result.success and {key(o) for o in result.critical_failures} == expected_failures
@@ -263,7 +291,7 @@ def test_injected_defects_fail_exactly_their_expectations_and_reruns_replace_row
         result.raise_if_failed()
 
     rows = stored(spark, audit_settings, "bad-run").collect()
-    assert len(rows) == 51
+    assert len(rows) == EXPECTATIONS
     assert {(r.table_name, r.view, r.expectation_type, r.kwargs_json) for r in rows if not r.success} == {
         (o.table, o.view, o.expectation_type, json.dumps(o.kwargs, sort_keys=True))
         for o in result.critical_failures}
@@ -278,7 +306,7 @@ def test_injected_defects_fail_exactly_their_expectations_and_reruns_replace_row
          "missing input frame(s) for view erasure_flags: erased_customers")]
 
     rows = stored(spark, audit_settings, "bad-run").collect()
-    assert len(rows) == 51  # replaced, not appended
+    assert len(rows) == EXPECTATIONS  # replaced, not appended
     assert {(r.table_name, r.view) for r in rows if not r.success} == (
         {(t, v) for t, v, _, _ in expected_failures if t not in ("silver.quarantine", "exports")}
         | {("exports", "erasure_flags")})
