@@ -172,12 +172,16 @@ class SpeedSink:
             self._campaign_measures(spark, signed, batch_id)
             self._step("campaign_measures")
             silver = self._silver_snapshot(spark)
-            resolved_map = self._identity(spark, silver).localCheckpoint()
-            self._step("identity")
-            self._last_touch(spark, signed, silver, resolved_map, stats["min_ts"], batch_id)
-            self._step("last_touch")
-            self._activity_and_segments(spark, silver, resolved_map, clock, batch_id)
-            self._step("activity_and_segments")
+            # Cached for this micro-batch only and freed at its end: a stream runs for weeks.
+            resolved_map = self._identity(spark, silver).persist()
+            try:
+                self._step("identity")
+                self._last_touch(spark, signed, silver, resolved_map, stats["min_ts"], batch_id)
+                self._step("last_touch")
+                self._activity_and_segments(spark, silver, resolved_map, clock, batch_id)
+                self._step("activity_and_segments")
+            finally:
+                resolved_map.unpersist()
         processed_at = dt.datetime.now(dt.timezone.utc)
         lag = (processed_at - stats["oldest_arrival"]).total_seconds() if stats["oldest_arrival"] else None
         row = spark.createDataFrame(

@@ -22,7 +22,8 @@ def spark():
     from touchpoint.core.config import load_settings
     from touchpoint.core.spark import get_spark
 
-    settings = load_settings(spark_shuffle_partitions=2, spark_master="local[2]")
+    # One driver runs the whole suite (pipelines, streams, GX, Airflow tasks): more heap than a job needs.
+    settings = load_settings(spark_shuffle_partitions=2, spark_master="local[2]", spark_driver_memory="4g")
     session = get_spark("touchpoint-tests", settings=settings)
     yield session
     session.stop()

@@ -108,6 +108,9 @@ def spark_conf(settings: Settings | None = None, app_name: str = "touchpoint") -
         # partitions; its default of 50 dominates small micro-batches on a small machine.
         "spark.databricks.delta.snapshotPartitions": str(settings.spark_shuffle_partitions),
         "spark.sql.streaming.stopGracefullyOnShutdown": "true",
+        # A long-lived driver (stream, test session) frees the cached and checkpointed blocks of
+        # finished micro-batches only when its heap is collected; the default waits 30 minutes.
+        "spark.cleaner.periodicGC.interval": "5min",
         # Delta statistics for restricted PII columns are switched off per table (see catalog).
         "spark.databricks.delta.properties.defaults.enableDeletionVectors": "false",
     }
