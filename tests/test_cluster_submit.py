@@ -1,5 +1,6 @@
-"""The daily pipeline spark-submitted with the packaged project to a local standalone cluster
-(master + 2 workers) publishes exactly the gold tables that a local-mode run publishes."""
+"""On a local standalone cluster (master + 2 workers): the CLI's ingest in client mode lands what a
+local ingest lands, and the daily pipeline spark-submitted with the packaged project publishes
+exactly the gold tables that a local-mode run publishes."""
 
 import datetime as dt
 import json
@@ -16,19 +17,17 @@ from deltalake import DeltaTable
 
 from touchpoint.core.catalog import table_path
 from touchpoint.core.config import load_settings
-from touchpoint.generator import GeneratorConfig, generate_jsonl
 from touchpoint.infra import cluster, submit
 
+from shared_history import HISTORY_DAY
+
 REPO = Path(__file__).resolve().parents[1]
-START = dt.date(2026, 3, 2)
-DAY = START + dt.timedelta(days=2)
-CONFIG = GeneratorConfig(seed=7, customers=12, days=3, start_date=START, events_per_customer=8,
-                         late_rate=0.05, duplicate_rate=0.02, malformed_rate=0.02)
+DAY = dt.date.fromisoformat(HISTORY_DAY)
 # Every gold table is compared; these must exist and hold rows on this data.
 REQUIRED = ("gold.identity_map", "gold.customer_profiles", "gold.attribution_credits", "gold.attribution_daily",
             "gold.markov_removal_effects", "gold.attribution_paths", "gold.segment_membership",
             "gold.segment_sizes", "gold.high_water_mark")
-# A port of its own: tests/test_cluster_mode.py uses the default 7077.
+# A port of its own, away from a cluster `touchpoint up --cluster` may have started on 7077.
 MASTER_PORT = int(os.environ.get("TOUCHPOINT_TEST_SUBMIT_MASTER_PORT", "7277"))
 
 
@@ -68,21 +67,25 @@ def _gold_tables(settings) -> set[str]:
     return {f"gold.{p.name}" for p in gold.iterdir() if (p / "_delta_log").is_dir()}
 
 
+def _silver(settings) -> list[tuple]:
+    """Silver's content without what differs between two ingests of the same file (ingest times)."""
+    rows = DeltaTable(table_path("silver.events", settings)).to_pyarrow_table(
+        columns=["event_id", "event_type", "event_ts", "channel", "event_date", "anonymous_id"]).to_pylist()
+    return sorted(tuple(r.values()) for r in rows)
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(5400)  # a few minutes alone; far longer on a machine shared with other Spark apps
-def test_pipeline_submitted_to_standalone_cluster_equals_local_mode(tmp_path):
-    events = tmp_path / "events.jsonl"
-    generate_jsonl(str(events), CONFIG)
-    local = _settings(tmp_path / "local", spark_master="local[2]")
+def test_ingest_and_pipeline_on_a_standalone_cluster_equal_local_mode(tmp_path, ingested_history, published_history):
+    """On a master with 2 workers: `touchpoint ingest` in client mode lands the same silver as a local
+    ingest, and the spark-submitted pipeline publishes exactly the gold tables of a local-mode run
+    (the shared published lake: same history, same date)."""
+    local_ingest = _settings(ingested_history)
+    local = _settings(published_history)
+    ingest_lake = _settings(tmp_path / "ingest", spark_master=cluster.master_url(_settings(tmp_path / "cluster")))
     on_cluster = _settings(tmp_path / "cluster", spark_master=cluster.master_url(_settings(tmp_path / "cluster")))
-
-    # One ingest, two copies of the lake: the comparison isolates the batch pipeline.
-    _check(subprocess.run([sys.executable, "-m", "touchpoint", "ingest", "--file", str(events)], env=_env(local),
-                          capture_output=True, text=True, timeout=1200))
-    shutil.copytree(Path(local.lake_uri), Path(on_cluster.lake_uri))
-
-    _check(subprocess.run([sys.executable, "-m", "touchpoint.jobs.runner", "pipeline", "--date", DAY.isoformat()],
-                          env=_env(local), capture_output=True, text=True, timeout=2400))
+    # The pipeline starts from a byte copy of the ingested lake: the comparison isolates the batch layer.
+    shutil.copytree(Path(local_ingest.lake_uri), Path(on_cluster.lake_uri))
 
     command = submit.compose(submit.job_args("pipeline", DAY.isoformat()), settings=on_cluster)
     assert command.argv[command.argv.index("--master") + 1] == f"spark://127.0.0.1:{MASTER_PORT}"
@@ -91,10 +94,15 @@ def test_pipeline_submitted_to_standalone_cluster_equals_local_mode(tmp_path):
     state = cluster.start(on_cluster, workers=2)
     try:
         assert state.workers_registered == 2
+        ingested = subprocess.run([sys.executable, "-m", "touchpoint", "ingest", "--file",
+                                   str(ingested_history / "events.jsonl")], env=_env(ingest_lake),
+                                  capture_output=True, text=True, timeout=1200)
         result = submit.run(command, timeout=2400, capture=True)
     finally:
         cluster.stop(on_cluster)
+    _check(ingested)
     _check(result)
+    assert _silver(ingest_lake) == _silver(local_ingest) and len(_silver(local_ingest)) > 200
     # the work ran on the workers' executors, with the project unpacked from the archive
     work = on_cluster.state_path / "spark-cluster"
     unpacked = sorted(work.glob("work-*/app-*/*/touchpoint/jobs/runner.py"))

@@ -4,6 +4,7 @@ idempotent re-runs, an injected defect that the audit blocks, and a backfill equ
 import datetime as dt
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -11,14 +12,12 @@ import pytest
 
 from touchpoint.core.catalog import table_path
 from touchpoint.core.config import get_settings, load_settings
-from touchpoint.generator import GeneratorConfig, generate_jsonl
+from shared_history import HISTORY_DAY, HISTORY_START
 
-# six pipeline runs in the backfill test: well past the default per-test timeout on a busy machine
+# four pipeline runs in the backfill test: past the default per-test timeout on a busy machine
 pytestmark = pytest.mark.timeout(2400)
 
-START = dt.date(2026, 3, 2)
-CONFIG = GeneratorConfig(seed=11, customers=25, days=3, start_date=START, events_per_customer=12,
-                         late_rate=0.05, duplicate_rate=0.02, malformed_rate=0.02)
+START = dt.date.fromisoformat(HISTORY_START)
 COMPARED = ("gold.identity_map", "gold.customer_profiles", "gold.attribution_credits", "gold.segment_membership")
 
 
@@ -30,18 +29,25 @@ def airflow_db():
     assert result.returncode == 0, result.stderr[-3000:]
 
 
-@pytest.fixture
-def lake(spark, tmp_path, monkeypatch):
-    from touchpoint.streaming.ingest import ingest_files
-
-    events = tmp_path / "events.jsonl"
-    generate_jsonl(str(events), CONFIG)
+def _own_lake(source, tmp_path, monkeypatch):
+    """A private copy of a shared lake, made the process's settings (Airflow tasks read them)."""
+    shutil.copytree(source / "lake", tmp_path / "lake")
     monkeypatch.setenv("TOUCHPOINT_LAKE_ROOT", str(tmp_path / "lake"))
     monkeypatch.setenv("TOUCHPOINT_SPARK_SHUFFLE_PARTITIONS", "2")
     get_settings.cache_clear()
-    settings = get_settings()
-    ingest_files(spark, settings, events)
-    yield settings
+    return get_settings()
+
+
+@pytest.fixture
+def lake(ingested_history, tmp_path, monkeypatch):
+    shutil.copy(ingested_history / "events.jsonl", tmp_path / "events.jsonl")
+    yield _own_lake(ingested_history, tmp_path, monkeypatch)
+    get_settings.cache_clear()
+
+
+@pytest.fixture
+def published_lake(published_history, tmp_path, monkeypatch):
+    yield _own_lake(published_history, tmp_path, monkeypatch)
     get_settings.cache_clear()
 
 
@@ -53,22 +59,24 @@ def snapshot(spark, settings):
     return state
 
 
-def test_dag_test_publishes_and_rerun_changes_nothing(spark, lake, airflow_db):
+def test_dag_test_over_a_published_date_succeeds_and_changes_nothing(spark, published_history, published_lake,
+                                                                     airflow_db):
+    """The shared lake was published for HISTORY_DAY by the same steps; dag.test() re-runs that date."""
     from airflow.dag_processing.dagbag import DagBag
 
     from touchpoint.jobs.pipeline import current_high_water_mark
 
+    published = snapshot(spark, load_settings(lake_root=str(published_history / "lake")))
+    assert all(published[name] for name in COMPARED)
     dag = DagBag(dag_folder="dags").get_dag("marketing_daily")
-    logical = dt.datetime(2026, 3, 4, tzinfo=dt.timezone.utc)
+    logical = dt.datetime.fromisoformat(HISTORY_DAY).replace(tzinfo=dt.timezone.utc)
     run = dag.test(logical_date=logical)
     assert run.state == "success", [(ti.task_id, ti.state) for ti in run.get_task_instances()]
-    published = snapshot(spark, lake)
-    assert all(published[name] for name in COMPARED)
-    assert current_high_water_mark(spark, lake) == dt.datetime(2026, 3, 5)
-
-    rerun = dag.test(logical_date=logical, run_after=logical + dt.timedelta(minutes=1))
-    assert rerun.state == "success"
-    assert snapshot(spark, lake) == published
+    assert {ti.task_id: ti.state for ti in run.get_task_instances()} == {
+        step: "success" for step in ("optimize_silver", "prepare_staging", "identity", "profiles", "attribution",
+                                     "segments", "campaign_metrics", "exports", "audit", "publish")}
+    assert snapshot(spark, published_lake) == published
+    assert current_high_water_mark(spark, published_lake) == dt.datetime(2026, 3, 5)
 
 
 def test_injected_defect_fails_the_audit_and_publishes_nothing(spark, lake):
@@ -95,21 +103,24 @@ def test_backfill_equals_daily_runs_as_data_arrives(spark, tmp_path, lake):
     from touchpoint.jobs.pipeline import run as run_pipeline
     from touchpoint.streaming.ingest import ingest_files
 
-    days = [START + dt.timedelta(days=i) for i in range(3)]
+    # The last two dates: the first run covers two days of history, the second is incremental.
+    days = [START + dt.timedelta(days=i) for i in (1, 2)]
     # backfill: all data is there, dates run one by one
     modes = [run_pipeline(spark, lake, day)["attribution"]["mode"] for day in days]
     backfilled = snapshot(spark, lake)
-    # attribution finds its published state again through staging clones and publishing
-    assert modes == ["full", "incremental", "incremental"]
+    # attribution finds its published state again through staging copies and publishing
+    assert modes == ["full", "incremental"]
 
     # the same dates, each run right after its own day's lines arrived
     daily = load_settings(lake_root=str(tmp_path / "daily_lake"), spark_shuffle_partitions=2)
     lines = (tmp_path / "events.jsonl").read_bytes().splitlines(keepends=True)
     for day in days:
         chunk = tmp_path / f"arrived-{day}.jsonl"
-        # lines arriving on `day`; the last chunk also takes what arrives after the window (late events)
+        # lines arriving by `day` (the first chunk) or on it; the last chunk also takes what arrives
+        # after the window (late events)
         chunk.write_bytes(b"".join(line for line in lines
-                                   if _arrival_day(line) == day or (day == days[-1] and _arrival_day(line) > day)))
+                                   if _arrival_day(line) == day or (day == days[0] and _arrival_day(line) < day)
+                                   or (day == days[-1] and _arrival_day(line) > day)))
         ingest_files(spark, daily, chunk)
         run_pipeline(spark, daily, day)
     assert snapshot(spark, daily) == backfilled
