@@ -79,24 +79,23 @@ def test_dag_test_over_a_published_date_succeeds_and_changes_nothing(spark, publ
     assert current_high_water_mark(spark, published_lake) == dt.datetime(2026, 3, 5)
 
 
-def test_injected_defect_fails_the_audit_and_publishes_nothing(spark, lake):
-    from delta.tables import DeltaTable
-
+def test_injected_defect_fails_the_audit_and_publishes_nothing(spark, published_lake):
+    """The next date is staged from the published tables (the jobs are not needed to break a table):
+    one staged conversion then sums to 1.5, the audit fails, and gold stays exactly as published."""
     from touchpoint.expectations.audit import AuditFailed
-    from touchpoint.jobs.pipeline import PIPELINE_JOBS, run_step, staging_settings
+    from touchpoint.jobs.pipeline import current_high_water_mark, run_step, staging_settings
 
-    day = START + dt.timedelta(days=2)
-    run_step("prepare_staging", day, lake, spark)
-    for job in PIPELINE_JOBS:
-        run_step(job, day, lake, spark)
-    credits = table_path("gold.attribution_credits", staging_settings(lake, day))
-    # one conversion now sums to 1.5 under last_touch
+    before = snapshot(spark, published_lake)
+    day = dt.date.fromisoformat(HISTORY_DAY) + dt.timedelta(days=1)
+    run_step("prepare_staging", day, published_lake, spark)
+    credits = table_path("gold.attribution_credits", staging_settings(published_lake, day))
     victim = spark.sql(f"SELECT min(conversion_id) FROM delta.`{credits}` WHERE model = 'last_touch'").first()[0]
     spark.sql(f"UPDATE delta.`{credits}` SET credit = credit + 0.5 "
               f"WHERE model = 'last_touch' AND conversion_id = '{victim}'")
-    with pytest.raises(AuditFailed):
-        run_step("audit", day, lake, spark)
-    assert not DeltaTable.isDeltaTable(spark, table_path("gold.attribution_credits", lake))  # nothing published
+    with pytest.raises(AuditFailed, match="credit_sums_per_conversion"):
+        run_step("audit", day, published_lake, spark)
+    assert snapshot(spark, published_lake) == before  # nothing published
+    assert current_high_water_mark(spark, published_lake) == dt.datetime(2026, 3, 5)
 
 
 def test_backfill_equals_daily_runs_as_data_arrives(spark, tmp_path, lake):
