@@ -1,0 +1,35 @@
+"""publish: each staged gold table replaces its published table, except a staged copy that no job
+committed to (its last commit is still the published one), which is left as it is."""
+
+import datetime as dt
+
+from delta.tables import DeltaTable
+
+from touchpoint.core.catalog import TABLES
+from touchpoint.jobs.pipeline import prepare_staging, publish, staging_settings
+
+D = dt.date(2026, 3, 4)
+SCHEMA = "segment string, members long"
+
+
+def versions(spark, *paths):
+    return [DeltaTable.forPath(spark, p).history(1).first()["version"] for p in paths]
+
+
+def test_publish_rewrites_changed_tables_and_leaves_untouched_copies_alone(spark, settings):
+    sizes, daily = TABLES["gold.segment_sizes"].path(settings), TABLES["gold.attribution_daily"].path(settings)
+    spark.createDataFrame([("vip", 3)], SCHEMA).write.format("delta").save(sizes)
+    spark.createDataFrame([("any", 1)], SCHEMA).write.format("delta").save(daily)
+
+    assert prepare_staging(spark, settings, D)["cloned"] == ["gold.attribution_daily", "gold.segment_sizes"]
+    staged_sizes = TABLES["gold.segment_sizes"].path(staging_settings(settings, D))
+    spark.createDataFrame([("vip", 4), ("new", 1)], SCHEMA).write.format("delta").mode("overwrite").save(staged_sizes)
+
+    assert publish(spark, settings, D)["published"] == ["gold.segment_sizes"]
+    assert sorted(map(tuple, spark.read.format("delta").load(sizes).collect())) == [("new", 1), ("vip", 4)]
+    assert versions(spark, sizes, daily) == [1, 0]  # attribution_daily: no commit, same rows
+
+    # Re-running the date with nothing changed publishes nothing.
+    prepare_staging(spark, settings, D)
+    assert publish(spark, settings, D)["published"] == []
+    assert versions(spark, sizes, daily) == [1, 0]
