@@ -13,17 +13,15 @@ from deltalake import DeltaTable
 
 from touchpoint.core.catalog import table_path
 from touchpoint.core.config import load_settings
-from touchpoint.generator import GeneratorConfig, generate_jsonl
 from touchpoint.report import money, report_path, share, write_report
 
-START = dt.date(2026, 3, 2)
-REPORT_DATE = START + dt.timedelta(days=6)
-# ~1,500 events with 23 orders: several channels and campaigns, still seconds of Spark work per job
-CONFIG = GeneratorConfig(seed=7, customers=80, days=7, start_date=START, events_per_customer=15,
-                         late_rate=0.0, duplicate_rate=0.02, malformed_rate=0.02)
+from shared_history import HISTORY_DAY
+
+# The shared lake (tests/conftest.py: published_history) was published for this date.
+REPORT_DATE = dt.date.fromisoformat(HISTORY_DAY)
 MODELS = ["first_touch", "last_touch", "linear", "markov", "position_based", "shapley", "time_decay"]
 
-# The fixture is one full pipeline run: minutes on a quiet 2-core machine, far more when it is shared.
+# Run alone, the shared lake is built first: one pipeline run, minutes on a busy 2-core machine.
 pytestmark = pytest.mark.timeout(1800)
 
 
@@ -69,26 +67,16 @@ def gold(settings, name):
     return DeltaTable(table_path(name, settings)).to_pyarrow_table()
 
 
-@pytest.fixture(scope="module")
-def lake(spark, tmp_path_factory):
-    """The real daily pipeline (one run: each costs minutes on a loaded 2-core machine) over a week of
-    generated traffic."""
-    from touchpoint.jobs.pipeline import run
-    from touchpoint.streaming.ingest import ingest_files
-
-    root = tmp_path_factory.mktemp("report")
-    settings = load_settings(lake_root=str(root / "lake"), reports_dir=str(root / "reports"),
-                             spark_shuffle_partitions=2)
-    events = root / "events.jsonl"
-    generate_jsonl(str(events), CONFIG)
-    ingest_files(spark, settings, events)
-    run(spark, settings, REPORT_DATE)
-    return settings
+@pytest.fixture
+def lake(published_history, tmp_path):
+    """The shared published lake, read only; the report is written under this test's folder."""
+    return load_settings(lake_root=str(published_history / "lake"), reports_dir=str(tmp_path / "reports"),
+                         spark_shuffle_partitions=2)
 
 
 def test_report_charts_render_with_the_gold_numbers(lake, tmp_path):
     path = write_report(lake, REPORT_DATE, days=30)
-    assert path == report_path(lake, REPORT_DATE) and path.name == "report-2026-03-08.html"
+    assert path == report_path(lake, REPORT_DATE) and path.name == "report-2026-03-04.html"
     html = path.read_text()
     assert "http://" not in html.replace("http://www.w3.org", "") and "https://" not in html  # offline
     dom = render(path, tmp_path)
@@ -154,14 +142,14 @@ def test_report_charts_render_with_the_gold_numbers(lake, tmp_path):
     # Data quality of the latest audit run, and freshness from the high-water mark.
     audit = gold(lake, "gold.audit_results").to_pylist()
     last_run = max(audit, key=lambda r: (r["validated_at"], r["run_id"]))["run_id"]
-    assert last_run == "marketing_daily-20260308"
+    assert last_run == "marketing_daily-20260304"
     failed = defaultdict(bool)
     for row in audit:
         if row["run_id"] == last_run:
             failed[row["suite"]] |= not row["success"]
     statuses = {e["data-suite"]: e["text"] for e in dom.find("span", "status")}
     assert statuses == {suite: "failed" if bad else "passed" for suite, bad in failed.items()}
-    assert "2026-03-09 00:00:00" in html and "no speed layer data" in html
+    assert "2026-03-05 00:00:00" in html and "no speed layer data" in html
 
 
 def test_empty_lake_gives_no_data_panels_and_still_renders(tmp_path):
