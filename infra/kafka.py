@@ -89,6 +89,15 @@ def status(settings: Settings | None = None) -> BrokerStatus:
     return BrokerStatus(pid is not None, pid, settings.kafka_bootstrap, port_open(host, port))
 
 
+def new_cluster_id() -> str:
+    """A KRaft cluster id: 16 random bytes in URL-safe base64 without padding. Like Kafka's own
+    Uuid.randomUuid, never one starting with '-': the storage tool would read it as an option."""
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode()[:22]
+        if not cluster_id.startswith("-"):
+            return cluster_id
+
+
 def start(settings: Settings | None = None, timeout: float = 90.0) -> BrokerStatus:
     settings = settings or get_settings()
     current = status(settings)
@@ -105,8 +114,7 @@ def start(settings: Settings | None = None, timeout: float = 90.0) -> BrokerStat
     props = home / "server.properties"
     props.write_text(_server_properties(settings))
     if not (home / "data" / "meta.properties").exists():
-        # KRaft cluster ids are 16 random bytes in URL-safe base64 without padding.
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode()[:22]
+        cluster_id = new_cluster_id()
         fmt = subprocess.run(
             _java(settings, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props)),
             capture_output=True, text=True,

@@ -31,3 +31,17 @@ def test_start_is_idempotent_stop_ends_process_status_reports_both(tmp_path, kaf
         assert kafka.ensure_topic("lifecycle", settings=settings) is False
     finally:
         kafka.stop(settings)
+
+
+def test_cluster_ids_never_start_with_a_dash_and_decode_to_16_bytes(monkeypatch):
+    import base64
+    import uuid
+
+    from touchpoint.infra import kafka
+
+    # 0xf8 as the first byte encodes to '-' first in URL-safe base64: such an id must be skipped.
+    dash_first, plain = uuid.UUID(bytes=b"\xf8" + bytes(15)), uuid.UUID(bytes=b"\x01" + bytes(15))
+    drawn = iter([dash_first, plain])
+    monkeypatch.setattr(kafka.uuid, "uuid4", lambda: next(drawn))
+    assert base64.urlsafe_b64encode(dash_first.bytes).decode().startswith("-")
+    assert kafka.new_cluster_id() == base64.urlsafe_b64encode(plain.bytes).decode()[:22] == "AQAAAAAAAAAAAAAAAAAAAA"
