@@ -83,13 +83,13 @@ def published_history(spark, ingested_history, tmp_path_factory) -> Path:
     import datetime as dt
     import shutil
 
+    from shared_history import HISTORY_DAY
+
     from touchpoint.core.config import load_settings
     from touchpoint.jobs.pipeline import run
 
     root = tmp_path_factory.mktemp("published_history")
     shutil.copytree(ingested_history / "lake", root / "lake")
-    from shared_history import HISTORY_DAY
-
     run(spark, load_settings(lake_root=str(root / "lake"), spark_shuffle_partitions=2),
         dt.date.fromisoformat(HISTORY_DAY))
     return root

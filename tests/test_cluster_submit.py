@@ -82,8 +82,9 @@ def test_ingest_and_pipeline_on_a_standalone_cluster_equal_local_mode(tmp_path, 
     (the shared published lake: same history, same date)."""
     local_ingest = _settings(ingested_history)
     local = _settings(published_history)
-    ingest_lake = _settings(tmp_path / "ingest", spark_master=cluster.master_url(_settings(tmp_path / "cluster")))
-    on_cluster = _settings(tmp_path / "cluster", spark_master=cluster.master_url(_settings(tmp_path / "cluster")))
+    master = cluster.master_url(_settings(tmp_path / "cluster"))
+    ingest_lake = _settings(tmp_path / "ingest", spark_master=master)
+    on_cluster = _settings(tmp_path / "cluster", spark_master=master)
     # The pipeline starts from a byte copy of the ingested lake: the comparison isolates the batch layer.
     shutil.copytree(Path(local_ingest.lake_uri), Path(on_cluster.lake_uri))
 
@@ -102,7 +103,8 @@ def test_ingest_and_pipeline_on_a_standalone_cluster_equal_local_mode(tmp_path, 
         cluster.stop(on_cluster)
     _check(ingested)
     _check(result)
-    assert _silver(ingest_lake) == _silver(local_ingest) and len(_silver(local_ingest)) > 200
+    expected_silver = _silver(local_ingest)
+    assert _silver(ingest_lake) == expected_silver and len(expected_silver) > 200
     # the work ran on the workers' executors, with the project unpacked from the archive
     work = on_cluster.state_path / "spark-cluster"
     unpacked = sorted(work.glob("work-*/app-*/*/touchpoint/jobs/runner.py"))
