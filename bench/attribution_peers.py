@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> dict:
             progress(f"spark heuristics {spark_seconds}s")
             duck_seconds, _ = timed(duckdb_heuristics, args.repeat)
             progress(f"duckdb heuristics {duck_seconds}s")
-            row = duckdb.sql(AGREEMENT.format(spark=spark_out, duck=duck_out)).fetchone()
+            row = duckdb.sql(AGREEMENT.format(spark=spark_out, duck=duck_out)).fetchall()[0]
             result["heuristics"] = {
                 "models": list(HEURISTICS), "spark_seconds": spark_seconds, "duckdb_seconds": duck_seconds,
                 "spark_to_duckdb_time_ratio": round(spark_seconds / duck_seconds, 2) if duck_seconds else None,

@@ -28,6 +28,10 @@ from bench.faults import JARS, REPO, RssSampler
 
 START = dt.date(2026, 1, 1)
 EVENTS_PER_CUSTOMER = 20.0
+# The daily exports the pipeline sends (the default settings send none): one per kind of destination.
+EXPORTS = ({"segment": "high_value_recent_buyers", "destination": "google_customer_match"},
+           {"segment": "lapsed_customers", "destination": "meta_custom_audience"},
+           {"segment": "cart_abandoners", "destination": "esp"})
 
 
 def split_history(config, cut_ms: int, end_ms: int, history: Path, increment: Path) -> dict:
@@ -83,7 +87,8 @@ def main(argv: list[str] | None = None) -> dict:
     if lake.exists():
         shutil.rmtree(lake)
     settings = load_settings(lake_root=str(lake), jars_dir=str(JARS), spark_driver_memory=args.driver_memory,
-                             exports_dir=str(workdir / "exports"), reports_dir=str(workdir / "reports"))
+                             exports_dir=str(workdir / "exports"), reports_dir=str(workdir / "reports"),
+                             exports={"daily": EXPORTS})
     customers = max(10, math.ceil(args.events / (EVENTS_PER_CUSTOMER * 1.016)))
     # events_per_customer is spread over the whole window, so the daily volume is even.
     config = GeneratorConfig(seed=args.seed, customers=customers, days=args.days + 1, start_date=START,
@@ -94,7 +99,7 @@ def main(argv: list[str] | None = None) -> dict:
     cut_ms = int(cut.timestamp() * 1000)
     result: dict = {"parameters": {**vars(args), "customers": customers, "start_date": START.isoformat(),
                                    "full_date": last_day.isoformat(), "incremental_date": increment_day.isoformat(),
-                                   "spark_master": settings.spark_master,
+                                   "spark_master": settings.spark_master, "exports": list(EXPORTS),
                                    "shuffle_partitions": settings.spark_shuffle_partitions}}
     try:
         progress(f"generating {args.days + 1} days for {customers:,} customers")

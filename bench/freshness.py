@@ -54,29 +54,34 @@ def silver_versions(settings):
 
     from touchpoint.core.catalog import table_path
 
-    import pyarrow.compute as pc
+    import pyarrow as pa
 
     silver = DeltaTable(table_path("silver.events", settings))
-    # The feed exists from the commit that switched it on (the speed layer does, at its start).
+    # The feed exists from silver's creation (ingest), or from the commit that switched it on in older lakes.
     start = max((h["version"] for h in silver.history() if h.get("operation") == "SET TBLPROPERTIES"), default=0)
-    table = silver.load_cdf(starting_version=start).read_all()
-
-    table = table.filter(pc.equal(table["_change_type"], "insert"))
-    return table.select(["event_id", "source_ts", "_commit_version"])
+    # delta-rs hands back an arro3 table (string_view columns, which few pyarrow kernels take):
+    # pyarrow reads it over the Arrow C stream interface, and the filter runs in Python.
+    table = pa.table(silver.load_cdf(starting_version=start).read_all())
+    return [row for row in table.select(["event_id", "source_ts", "_commit_version", "_change_type"]).to_pylist()
+            if row["_change_type"] == "insert"]
 
 
 def visible_lags(settings, burst: tuple[float, float]) -> dict:
+    import bisect
+
     batches = sorted(lake_table(settings, "speed.freshness"), key=lambda r: r["batch_id"])
-    spans = [(r["first"], r["last"], r["processed_at"]) for r in batches
-             if r["first"] is not None and r["last"] is not None and r["rows"]]
-    rows = silver_versions(settings).to_pylist()
+    # Speed batches read disjoint, increasing silver version ranges: find an insert's batch by bisection.
+    spans = sorted((r["first_version"], r["last_version"], r["processed_at"]) for r in batches
+                   if r["first_version"] is not None and r["last_version"] is not None and r["rows"])
+    firsts = [first for first, _, _ in spans]
+    rows = silver_versions(settings)
     steady, during_burst, unseen = [], [], 0
     for row in rows:
-        visible = next((at for first, last, at in spans if first <= row["_commit_version"] <= last), None)
-        if visible is None:
+        index = bisect.bisect_right(firsts, row["_commit_version"]) - 1
+        if index < 0 or row["_commit_version"] > spans[index][1]:
             unseen += 1
             continue
-        lag = (visible - row["source_ts"]).total_seconds()
+        lag = (spans[index][2] - row["source_ts"]).total_seconds()
         produced = row["source_ts"].timestamp()
         (during_burst if burst[0] <= produced < burst[1] else steady).append(lag)
     return {"steady": percentiles(steady), "burst": percentiles(during_burst), "not_visible": unseen,

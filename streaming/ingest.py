@@ -41,6 +41,7 @@ _VALIDATED_SCHEMA = struct(
 )
 log = logging.getLogger(__name__)
 SILVER_COLUMNS = [f.name for f in SILVER_SCHEMA.fields]
+APPEND_ATTEMPTS = 3  # a blind append that lost a commit race to a metadata change
 
 
 # ---- pure transforms ---------------------------------------------------------------------------
@@ -190,10 +191,29 @@ class IngestSink:
         return version is not None and version >= batch_id
 
     def _append(self, frame: DataFrame, table: str, batch_id: int) -> None:
+        from delta.exceptions import (
+            ConcurrentAppendException, ConcurrentTransactionException, DeltaConcurrentModificationException,
+            MetadataChangedException, ProtocolChangedException,
+        )
+
+        # Delta's Python conflict classes share no base class: name every one a blind append can meet.
+        conflicts = (DeltaConcurrentModificationException, MetadataChangedException, ProtocolChangedException,
+                     ConcurrentAppendException, ConcurrentTransactionException)
         started = time.monotonic()
-        (frame.write.format("delta").mode("append")
-         .option("txnAppId", f"{self.source_id}:{table}").option("txnVersion", batch_id)
-         .save(self.paths[table]))
+        for attempt in range(1, APPEND_ATTEMPTS + 1):
+            try:
+                (frame.write.format("delta").mode("append")
+                 .option("txnAppId", f"{self.source_id}:{table}").option("txnVersion", batch_id)
+                 .save(self.paths[table]))
+                break
+            except conflicts as conflict:
+                # A concurrent metadata commit (e.g. the speed layer switching the change feed on
+                # in an older lake) fails a blind append; it did not commit, so writing again is safe.
+                if attempt == APPEND_ATTEMPTS:
+                    raise
+                log.warning("batch %s: %s append conflicted (%s); attempt %s of %s", batch_id, table,
+                            type(conflict).__name__, attempt + 1, APPEND_ATTEMPTS)
+                time.sleep(attempt)
         log.debug("batch %s: %s append took %.2fs", batch_id, table, time.monotonic() - started)
 
     def __call__(self, bronze: DataFrame, batch_id: int) -> dict[str, int]:

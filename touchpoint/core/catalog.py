@@ -21,6 +21,9 @@ class Table:
     # values); identifier:<type column> (a value typed by another column); payload (raw event JSON);
     # email_sha256, phone_sha256 (hashed identifiers); text (free text that may quote an identifier).
     subject_columns: tuple[tuple[str, str], ...] = ()
+    # Created with Delta's Change Data Feed on: the speed layer reads it. Switching the feed on later
+    # is a metadata commit that fails a writer's concurrent append.
+    change_feed: bool = False
 
     @property
     def layer(self) -> str:
@@ -43,7 +46,7 @@ _TABLES = [
     Table("silver.events", "streaming.ingest", "parsed, validated, normalised, enriched, deduplicated events",
           restricted=True, pii_columns=("email", "phone", "ip", "user_agent", "page_url", "referrer", "raw_payload",
                                         "user_id", "anonymous_id"),
-          partition_by=("event_date",), keys=("event_id",),
+          partition_by=("event_date",), keys=("event_id",), change_feed=True,
           subject_columns=(("email", "email"), ("phone", "phone"), ("user_id", "user_id"), ("anonymous_id", "anonymous_id")),),
     Table("silver.quarantine", "streaming.ingest", "every rejected record with its raw payload and reason",
           restricted=True, pii_columns=("payload",), partition_by=("ingest_date",),

@@ -20,6 +20,8 @@ def _table_properties(schema: StructType, catalog_name: str | None,
                       partition_by: Sequence[str]) -> dict[str, str]:
     properties: dict[str, str] = {}
     table = TABLES.get(catalog_name) if catalog_name else None
+    if table is not None and table.change_feed:
+        properties["delta.enableChangeDataFeed"] = "true"
     if table is not None and table.pii_columns:
         # Statistics of PII columns would put raw values into _delta_log (BRIEF §8): collect none.
         safe = [f.name for f in schema.fields if f.name not in table.pii_columns and f.name not in partition_by

@@ -1,0 +1,132 @@
+"""Drill: the ingest stream (three times) and the speed query (twice) are SIGKILLed at seeded random
+moments while the generator produces. After both have drained what Kafka holds:
+- silver holds every valid event_id of the generator exactly once, bronze every Kafka record once,
+  quarantine every malformed line, and the per-batch reconciliation adds up to what was sent;
+- every serving total (per campaign per day: impressions, clicks, orders, revenue, last-touch
+  orders and revenue) equals a full batch recomputation (identity + campaign_metrics for the last
+  event day, run on a byte copy of the lake, where the batch then holds every event).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import random
+import shutil
+import time
+
+import pytest
+
+from bench.faults import (
+    BackgroundGenerator, ChildProcess, JARS, committed_batches, ingest_args, lake_table, reconciliation_totals,
+    speed_args, subprocess_env, valid_event_ids, wait_for,
+)
+from touchpoint.core.config import load_settings
+from touchpoint.generator import GeneratorConfig
+
+pytestmark = [pytest.mark.timeout(1800), pytest.mark.drill, pytest.mark.kafka]
+
+# More simulated traffic than a run ever sends: the generator produces in real time until the
+# last kill, then stops (what it sent is a prefix of this seeded sequence).
+TRAFFIC = GeneratorConfig(seed=71, customers=3000, days=2, start_date="2026-03-02", events_per_customer=14,
+                          late_rate=0.02, duplicate_rate=0.05, malformed_rate=0.03)
+RATE = 12
+ROUNDS = 2  # after the first ingest kill: rounds of (speed killed, then ingest killed)
+KILL_SEED = 20260301  # the kill moments are random, but reproducible
+MEASURES = ("impressions", "clicks", "orders", "revenue", "last_touch_orders", "last_touch_revenue")
+
+
+def speed_batches(settings) -> int:
+    return len(lake_table(settings, "speed.freshness", ["batch_id"]))
+
+
+def serving_totals(settings) -> list[tuple]:
+    from touchpoint.core.serving import query
+
+    rows = query(settings, "select * from serving.campaign_daily").to_pylist()
+    return sorted(((r["date"], r["campaign"], *(r[m] for m in MEASURES)) for r in rows),
+                  key=lambda r: (r[0], r[1] or ""))
+
+
+def kill_after_next_commit(process: ChildProcess, progress, moments: random.Random, what: str) -> None:
+    """SIGKILL `process` at a random moment (0-4 s) after it committed one more batch."""
+    before = progress()
+    wait_for(lambda: progress() > before or not process.alive(), timeout=900, what=what)
+    time.sleep(moments.uniform(0, 4))
+    assert process.alive(), f"{what}: the process died on its own:\n{process.log_tail()}"
+    process.kill()
+
+
+def test_sigkilled_ingest_and_speed_lose_nothing_and_serve_the_batch_totals(spark, tmp_path, kafka_topic):
+    from touchpoint.jobs.runner import run_job
+    from touchpoint.streaming import ingest as ingest_stream
+    from touchpoint.streaming import speed as speed_stream
+
+    lake = tmp_path / "lake"
+    settings = load_settings(lake_root=str(lake), jars_dir=str(JARS), spark_shuffle_partitions=2)
+    # Small micro-batches so that a kill lands between, inside and before batches.
+    env = subprocess_env(lake, STREAM__MAX_OFFSETS_PER_TRIGGER="250", STREAM__TRIGGER_SECONDS="0.5")
+    generator = BackgroundGenerator(kafka_topic, settings.kafka_bootstrap, TRAFFIC, rate=RATE)
+    generator.start()
+    moments = random.Random(KILL_SEED)
+    ingest = ChildProcess(ingest_args(kafka_topic), env, tmp_path / "ingest-0.log")
+    speed = None
+    try:
+        # The first kill lands anywhere in ingestion's start-up or first batch.
+        time.sleep(moments.uniform(3, 20))
+        assert ingest.alive(), f"ingest died on its own:\n{ingest.log_tail()}"
+        ingest.kill()
+        for round_number in range(1, ROUNDS + 1):
+            ingest = ChildProcess(ingest_args(kafka_topic), env, tmp_path / f"ingest-{round_number}.log")
+            before = committed_batches(settings)
+            wait_for(lambda: committed_batches(settings) > before or not ingest.alive(), timeout=900,
+                     what="a committed ingest batch")  # the speed layer reads silver: it must exist
+            speed = ChildProcess(speed_args(), env, tmp_path / f"speed-{round_number}.log")
+            kill_after_next_commit(speed, lambda: speed_batches(settings), moments, "a speed batch")
+            kill_after_next_commit(ingest, lambda: committed_batches(settings), moments, "an ingest batch")
+    finally:
+        generator.stop()
+        for process in (ingest, speed):
+            if process is not None and process.alive():
+                process.kill()
+    report = generator.result(timeout=120)
+    landed_before_drain = len(lake_table(settings, "silver.events", ["event_id"]))
+
+    # Both drain in this test's Spark application: what a restarted stream does, without two more JVMs.
+    drain_settings = load_settings(lake_root=str(lake), jars_dir=str(JARS), spark_shuffle_partitions=2,
+                                   stream={"max_offsets_per_trigger": 100_000})
+    for drain in (ingest_stream.start_stream(spark, drain_settings, topic=kafka_topic, trigger_once=True),
+                  speed_stream.start_stream(spark, drain_settings, trigger_once=True)):
+        drain.awaitTermination(900)
+        assert drain.exception() is None, drain.exception()
+
+    # The kills left work behind for the restart: what Kafka held was not all in silver yet.
+    assert landed_before_drain < report["expected_silver"]
+
+    silver = lake_table(settings, "silver.events", ["event_id", "event_date"])
+    silver_ids = [row["event_id"] for row in silver]
+    assert len(silver_ids) == len(set(silver_ids)), "an event landed twice"
+    expected_ids = valid_event_ids(TRAFFIC, report["lines"])
+    assert sorted(silver_ids) == sorted(expected_ids)
+    assert len(expected_ids) == report["expected_silver"]
+    assert len(lake_table(settings, "silver.quarantine", ["error_code"])) == report["expected_quarantine"] > 0
+    assert reconciliation_totals(settings) == {
+        "bronze": report["lines"], "silver": report["expected_silver"],
+        "quarantine": report["expected_quarantine"], "duplicates": report["expected_duplicates"],
+    }
+    # bronze keeps each Kafka record once, however often its batch was replayed
+    coordinates = [(r["source_partition"], r["source_offset"])
+                   for r in lake_table(settings, "bronze.events", ["source_partition", "source_offset"])]
+    assert len(coordinates) == len(set(coordinates)) == report["lines"]
+
+    served = serving_totals(settings)
+    assert served and any(row[3] for row in served), "no orders served: the drill measured nothing"
+    # The batch recomputation: a copy of the lake where identity and campaign_metrics run for the
+    # last event day, so every event is below the high-water mark and read by the batch.
+    copy = tmp_path / "recomputed" / "lake"
+    shutil.copytree(lake, copy)
+    recomputed_settings = load_settings(lake_root=str(copy), jars_dir=str(JARS), spark_shuffle_partitions=2)
+    last_day = max(row["event_date"] for row in silver)
+    assert isinstance(last_day, dt.date)
+    run_job("identity", last_day, settings=recomputed_settings, spark=spark)
+    run_job("campaign_metrics", last_day, settings=recomputed_settings, spark=spark)
+    assert served == serving_totals(recomputed_settings)
