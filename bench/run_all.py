@@ -41,7 +41,12 @@ def available(name: str) -> bool:
 def run(name: str, small: bool) -> int:
     arguments = BENCHMARKS[name][1 if small else 0]
     progress(f"=== {name} {' '.join(arguments)}")
-    return subprocess.run([sys.executable, "-m", f"bench.{name}", *arguments], cwd=REPO).returncode
+    returncode = subprocess.run([sys.executable, "-m", f"bench.{name}", *arguments], cwd=REPO).returncode
+    result = _load(name)
+    if returncode == 0 and result is not None:  # the table says which size a result is
+        result["size"] = "development (--small)" if small else "full"
+        (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
+    return returncode
 
 
 def _load(name: str) -> dict | None:
@@ -55,6 +60,10 @@ def _fmt(value, digits: int = 0) -> str:
     if isinstance(value, (int, float)):
         return f"{value:,.{digits}f}"
     return str(value)
+
+
+def _when(result: dict) -> str:
+    return f"{result['finished_at']}, {result.get('size', 'size not recorded')}"
 
 
 def _memory(result: dict) -> str:
@@ -72,7 +81,7 @@ def render_table() -> str:
         ingest, end = drain.get("ingest", {}), drain.get("end_to_end", {})
         rows.append(f"| streaming drain ({drain['preload']['lines']:,} events) | ingest sustained events/s | "
                     f"{_fmt(ingest.get('sustained', {}).get('events_per_second'))} (wall {_fmt(ingest.get('wall_events_per_second'))}) "
-                    f"| | {_memory(ingest)} | {drain['finished_at']} |")
+                    f"| | {_memory(ingest)} | {_when(drain)} |")
         speed = drain.get("speed", {})
         if "skipped" not in speed:
             rows.append(f"| | speed layer sustained events/s | {_fmt(speed.get('sustained', {}).get('events_per_second'))} "
@@ -91,14 +100,14 @@ def render_table() -> str:
                         f"trigger {p['trigger_seconds']} s) | p50 / p95 / p99 lag s | "
                         f"{_fmt(lag.get('p50'), 2)} / {_fmt(lag.get('p95'), 2)} / {_fmt(lag.get('p99'), 2)} "
                         f"| p95 10 / 3 | {_memory(fresh) if phase == 'steady' else ''} | "
-                        f"{fresh['finished_at'] if phase == 'steady' else ''} |")
+                        f"{_when(fresh) if phase == 'steady' else ''} |")
     batch = _load("batch_pipeline")
     if batch:
         machine = machine or batch["machine"]
         rows.append(f"| batch pipeline ({batch['silver_events']:,} silver events, {batch['parameters']['days']} days) "
                     f"| full rebuild s; incremental day s; ratio | {_fmt(batch['full']['seconds'], 1)}; "
                     f"{_fmt(batch['incremental']['seconds'], 1)}; {_fmt(batch['ratio_incremental_to_full'], 3)} "
-                    f"| ratio <= 0.10 | {_memory(batch)} | {batch['finished_at']} |")
+                    f"| ratio <= 0.10 | {_memory(batch)} | {_when(batch)} |")
     peers = _load("attribution_peers")
     if peers:
         machine = machine or peers["machine"]
@@ -106,7 +115,7 @@ def render_table() -> str:
         rows.append(f"| attribution heuristics ({peers['conversions']:,} conversions) | Spark s vs DuckDB s; "
                     f"max credit difference | {_fmt(h['spark_seconds'], 2)} vs {_fmt(h['duckdb_seconds'], 2)}; "
                     f"{h['agreement']['max_abs_credit_difference']} ({h['agreement']['only_spark']} / "
-                    f"{h['agreement']['only_duckdb']} rows on one side only) | | {_memory(peers)} | {peers['finished_at']} |")
+                    f"{h['agreement']['only_duckdb']} rows on one side only) | | {_memory(peers)} | {_when(peers)} |")
         rows.append(f"| Markov order 1 ({m['paths']:,} paths) | exact s vs ChannelAttribution s (nsim {m['nsim']:.0e}); "
                     f"max relative RE / total difference | {_fmt(m['ours_exact_seconds'], 2)} vs "
                     f"{_fmt(m['channelattribution_seconds'], 2)}; {m['max_relative_removal_effect_difference']} / "

@@ -26,14 +26,20 @@ def _exists(spark: SparkSession, path: str) -> bool:
 
 
 def optimize(spark: SparkSession, settings: Settings, logical_date: dt.date) -> dict:
-    """Bin-pack the small files streaming writes. OPTIMIZE only rewrites data, so it commutes with
-    the stream's appends; a conflicting commit is retried by Delta."""
+    """Bin-pack the small files streaming writes. OPTIMIZE commutes with the stream's appends, not
+    with its MERGE that deletes displaced orders from files being compacted: a compaction that loses
+    that race wrote nothing and runs again (the stream's side retries the same way)."""
+    from touchpoint.core.delta import retry_on_conflict
+
     done = {}
     for name in STREAM_WRITTEN:
         path = table_path(name, settings)
         if _exists(spark, path):
-            metrics = spark.sql(f"OPTIMIZE delta.`{path}`").select("metrics.numFilesRemoved").first()
-            done[name] = int(metrics[0] or 0)
+            def compact(path: str = path, name: str = name) -> None:
+                metrics = spark.sql(f"OPTIMIZE delta.`{path}`").select("metrics.numFilesRemoved").first()
+                done[name] = int(metrics[0] or 0)
+
+            retry_on_conflict(compact, f"OPTIMIZE {name}")
     return {"files_compacted": done}
 
 

@@ -23,7 +23,7 @@ from pyspark.sql.pandas.types import to_arrow_schema
 from touchpoint.core.catalog import table_path
 from touchpoint.core.channels import ChannelRules, load_rules, with_channel
 from touchpoint.core.config import Settings
-from touchpoint.core.delta import committed_txn_version, ensure_table, idempotent_merge_conf
+from touchpoint.core.delta import committed_txn_version, ensure_table, idempotent_merge_conf, retry_on_conflict
 from touchpoint.core.events import Rejected, validate_payload
 from touchpoint.core.privacy import ERASED_SUBJECT, Suppression, erased_reason, load_suppression, withheld_payload
 from touchpoint.schemas.envelope import schema_version
@@ -41,7 +41,6 @@ _VALIDATED_SCHEMA = struct(
 )
 log = logging.getLogger(__name__)
 SILVER_COLUMNS = [f.name for f in SILVER_SCHEMA.fields]
-APPEND_ATTEMPTS = 3  # a blind append that lost a commit race to a metadata change
 
 
 # ---- pure transforms ---------------------------------------------------------------------------
@@ -191,29 +190,13 @@ class IngestSink:
         return version is not None and version >= batch_id
 
     def _append(self, frame: DataFrame, table: str, batch_id: int) -> None:
-        from delta.exceptions import (
-            ConcurrentAppendException, ConcurrentTransactionException, DeltaConcurrentModificationException,
-            MetadataChangedException, ProtocolChangedException,
-        )
-
-        # Delta's Python conflict classes share no base class: name every one a blind append can meet.
-        conflicts = (DeltaConcurrentModificationException, MetadataChangedException, ProtocolChangedException,
-                     ConcurrentAppendException, ConcurrentTransactionException)
         started = time.monotonic()
-        for attempt in range(1, APPEND_ATTEMPTS + 1):
-            try:
-                (frame.write.format("delta").mode("append")
-                 .option("txnAppId", f"{self.source_id}:{table}").option("txnVersion", batch_id)
-                 .save(self.paths[table]))
-                break
-            except conflicts as conflict:
-                # A concurrent metadata commit (e.g. the speed layer switching the change feed on
-                # in an older lake) fails a blind append; it did not commit, so writing again is safe.
-                if attempt == APPEND_ATTEMPTS:
-                    raise
-                log.warning("batch %s: %s append conflicted (%s); attempt %s of %s", batch_id, table,
-                            type(conflict).__name__, attempt + 1, APPEND_ATTEMPTS)
-                time.sleep(attempt)
+        # A concurrent metadata commit (e.g. the speed layer switching the change feed on in an
+        # older lake) refuses a blind append, which then wrote nothing: it is written again.
+        retry_on_conflict(lambda: (frame.write.format("delta").mode("append")
+                                   .option("txnAppId", f"{self.source_id}:{table}").option("txnVersion", batch_id)
+                                   .save(self.paths[table])),
+                          f"batch {batch_id}: {table} append")
         log.debug("batch %s: %s append took %.2fs", batch_id, table, time.monotonic() - started)
 
     def __call__(self, bronze: DataFrame, batch_id: int) -> dict[str, int]:
@@ -287,11 +270,16 @@ class IngestSink:
     def _delete_displaced(self, spark: SparkSession, displaced: DataFrame, batch_id: int) -> None:
         from delta.tables import DeltaTable
 
-        with idempotent_merge_conf(spark, f"{self.source_id}:silver.displaced", batch_id):
-            (DeltaTable.forPath(spark, self.paths["silver.events"]).alias("t")
-             .merge(displaced.alias("s"), "t.event_date = s.event_date AND t.event_id = s.event_id")
-             .whenMatchedDelete()
-             .execute())
+        def delete() -> None:
+            with idempotent_merge_conf(spark, f"{self.source_id}:silver.displaced", batch_id):
+                (DeltaTable.forPath(spark, self.paths["silver.events"]).alias("t")
+                 .merge(displaced.alias("s"), "t.event_date = s.event_date AND t.event_id = s.event_id")
+                 .whenMatchedDelete()
+                 .execute())
+
+        # lake_maintenance's OPTIMIZE rewrites the files this MERGE read: Delta refuses the delete,
+        # which is then run again on the compacted files (the same rows).
+        retry_on_conflict(delete, f"batch {batch_id}: displaced orders delete")
 
 
 # ---- entry points --------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from touchpoint.core.catalog import table_path
 from touchpoint.core.config import load_settings
 from touchpoint.generator import GeneratorConfig, generate_jsonl
 
-pytestmark = [pytest.mark.timeout(1800), pytest.mark.drill]
+pytestmark = [pytest.mark.timeout(1800), pytest.mark.drill, pytest.mark.long_drill]
 
 HISTORY = GeneratorConfig(seed=5, customers=120, days=2, start_date="2026-03-02", events_per_customer=14,
                           late_rate=0.05, duplicate_rate=0.02, malformed_rate=0.01)
@@ -78,8 +78,3 @@ def test_identity_killed_mid_write_then_rerun_equals_uninterrupted_run(spark, tm
         assert content(killed, name) == content(clean, name), name
     assert rerun["identifiers"] == uninterrupted["identifiers"] > 0
     assert rerun["customers"] == uninterrupted["customers"]
-    # and what reads those tables agrees too
-    profiles_a = run_job("profiles", DAY_2, settings=killed, spark=spark)
-    profiles_b = run_job("profiles", DAY_2, settings=clean, spark=spark)
-    assert profiles_a["customers"] == profiles_b["customers"]
-    assert content(killed, "gold.customer_profiles") == content(clean, "gold.customer_profiles")

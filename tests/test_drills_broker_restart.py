@@ -13,14 +13,14 @@ import time
 import pytest
 
 from bench.faults import (
-    BackgroundGenerator, ChildProcess, broker_pid, committed_batches, ingest_args, lake_table, private_broker,
-    reconciliation_totals, subprocess_env, valid_event_ids, wait_for,
+    JARS, BackgroundGenerator, broker_pid, committed_batches, lake_table, private_broker, reconciliation_totals,
+    valid_event_ids, wait_for,
 )
 from touchpoint.core.config import load_settings
 from touchpoint.generator import GeneratorConfig
 from touchpoint.infra import kafka
 
-pytestmark = [pytest.mark.timeout(1800), pytest.mark.drill, pytest.mark.kafka]
+pytestmark = [pytest.mark.drill, pytest.mark.kafka]
 
 # Produced in real time until a while after the restart (a prefix of this seeded sequence).
 TRAFFIC = GeneratorConfig(seed=23, customers=3000, days=2, start_date="2026-03-02", events_per_customer=14,
@@ -31,20 +31,23 @@ OUTAGE_SECONDS = 8
 TOPIC = "drill.broker-restart"
 
 
-def test_broker_restart_loses_and_doubles_nothing(tmp_path):
+def test_broker_restart_loses_and_doubles_nothing(spark, tmp_path):
+    from touchpoint.streaming.ingest import start_stream
+
     lake = tmp_path / "lake"
     with private_broker(tmp_path / "broker-state") as broker:
         kafka.ensure_topic(TOPIC, partitions=2, settings=broker)
-        settings = load_settings(lake_root=str(lake), kafka_bootstrap=broker.kafka_bootstrap)
-        env = subprocess_env(lake, KAFKA_BOOTSTRAP=broker.kafka_bootstrap, STREAM__MAX_OFFSETS_PER_TRIGGER="400",
-                             STREAM__TRIGGER_SECONDS="0.5")
+        settings = load_settings(lake_root=str(lake), kafka_bootstrap=broker.kafka_bootstrap, jars_dir=str(JARS),
+                                 spark_shuffle_partitions=2,
+                                 stream={"max_offsets_per_trigger": 400, "trigger_seconds": 0.5})
         generator = BackgroundGenerator(TOPIC, broker.kafka_bootstrap, TRAFFIC, rate=RATE)
         generator.start()
-        stream = ChildProcess(ingest_args(TOPIC), env, tmp_path / "ingest.log")
+        # The stream runs in this test's Spark application: what must survive is its Kafka consumer.
+        stream = start_stream(spark, settings, topic=TOPIC, query_name="ingest")
         try:
-            wait_for(lambda: committed_batches(settings) > 0 or not stream.alive(), timeout=600,
+            wait_for(lambda: committed_batches(settings) > 0 or not stream.isActive, timeout=600,
                      what="the first committed batch")
-            assert stream.alive(), stream.log_tail()
+            assert stream.isActive, stream.exception()
 
             old_pid = broker_pid(broker)
             assert kafka.stop(broker)  # SIGTERM by the private broker's PID file
@@ -55,11 +58,12 @@ def test_broker_restart_loses_and_doubles_nothing(tmp_path):
             time.sleep(AFTER_RESTART_SECONDS)
             generator.stop()
             report = generator.result(timeout=600)  # raises if any record was not delivered
-            wait_for(lambda: reconciliation_totals(settings)["bronze"] >= report["lines"] or not stream.alive(),
+            wait_for(lambda: reconciliation_totals(settings)["bronze"] >= report["lines"] or not stream.isActive,
                      timeout=600, what="the stream catching up after the restart")
-            assert stream.alive(), f"the stream did not survive the broker restart:\n{stream.log_tail()}"
+            assert stream.isActive, f"the stream did not survive the broker restart: {stream.exception()}"
         finally:
-            stream.kill()
+            generator.stop()
+            stream.stop()
 
     expected_ids = valid_event_ids(TRAFFIC, report["lines"])
     silver_ids = [row["event_id"] for row in lake_table(settings, "silver.events", ["event_id"])]

@@ -19,13 +19,12 @@ from pathlib import Path
 import pytest
 
 from bench.faults import (
-    BackgroundGenerator, ChildProcess, JARS, committed_batches, ingest_args, lake_table, reconciliation_totals,
-    subprocess_env, valid_event_ids, wait_for,
+    BackgroundGenerator, JARS, committed_batches, lake_table, reconciliation_totals, valid_event_ids, wait_for,
 )
 from touchpoint.core.config import load_settings
 from touchpoint.generator import GeneratorConfig
 
-pytestmark = [pytest.mark.timeout(1800), pytest.mark.drill, pytest.mark.kafka]
+pytestmark = [pytest.mark.drill, pytest.mark.kafka]
 
 # Produced in real time through both faults, then stopped (a prefix of this seeded sequence).
 TRAFFIC = GeneratorConfig(seed=47, customers=3000, days=2, start_date="2026-03-02", events_per_customer=14,
@@ -73,14 +72,16 @@ def fill(path: Path) -> None:
             pass
 
 
-def test_permission_denied_then_disk_full_stop_the_stream_safely(tmp_path, kafka_topic, small_filesystem):
+def test_permission_denied_then_disk_full_stop_the_stream_safely(spark, tmp_path, kafka_topic, small_filesystem):
+    from touchpoint.streaming.ingest import start_stream
+
     lake = small_filesystem / "lake"
-    settings = load_settings(lake_root=str(lake), jars_dir=str(JARS))
-    env = subprocess_env(lake, STREAM__MAX_OFFSETS_PER_TRIGGER="200", STREAM__TRIGGER_SECONDS="0.5")
+    settings = load_settings(lake_root=str(lake), jars_dir=str(JARS), spark_shuffle_partitions=2,
+                             stream={"max_offsets_per_trigger": 200, "trigger_seconds": 0.5})
     generator = BackgroundGenerator(kafka_topic, settings.kafka_bootstrap, TRAFFIC, rate=RATE)
     generator.start()
     filler = small_filesystem / "filler"
-    # fault -> (how to break the lake, how to fix it, what the stream's log must say)
+    # fault -> (how to break the lake, how to fix it, what the stream's error must say)
     faults = {
         "permission denied": (lambda: _run("chattr", "-R", "+i", str(lake)),
                               lambda: _run("chattr", "-R", "-i", str(lake)),
@@ -88,30 +89,32 @@ def test_permission_denied_then_disk_full_stop_the_stream_safely(tmp_path, kafka
                               ("Operation not permitted", "Mkdirs failed to create")),
         "disk full": (lambda: fill(filler), lambda: filler.unlink(), ("No space left on device",)),
     }
-    for number, (fault, (break_lake, fix_lake, messages)) in enumerate(faults.items()):
-        stream = ChildProcess(ingest_args(kafka_topic), env, tmp_path / f"ingest-{number}.log")
+    # The streams run in this test's Spark application (`touchpoint stream ingest` exits non-zero
+    # with the query's exception; here the exception itself is checked).
+    for fault, (break_lake, fix_lake, messages) in faults.items():
+        stream = start_stream(spark, settings, topic=kafka_topic, query_name="ingest")
         try:
             before = committed_batches(settings)
-            wait_for(lambda: committed_batches(settings) > before or not stream.alive(), timeout=600,
+            wait_for(lambda: committed_batches(settings) > before or not stream.isActive, timeout=600,
                      what="a committed batch")
-            assert stream.alive(), stream.log_tail()
+            assert stream.isActive, stream.exception()
             break_lake()
             # The stream must stop by itself, naming the OS error.
-            wait_for(lambda: not stream.alive(), timeout=600, what=f"the stream stopping on {fault}")
-            assert stream.wait(60) != 0
-            log = stream.log_tail(500_000)
-            assert any(message in log for message in messages), f"{fault}: {log[-4000:]}"
+            wait_for(lambda: not stream.isActive, timeout=600, what=f"the stream stopping on {fault}")
+            error = str(stream.exception())
+            assert any(message in error for message in messages), f"{fault}: {error[-4000:]}"
         finally:
-            if stream.alive():
-                stream.kill()
+            stream.stop()
             fix_lake()
 
     generator.stop()
     report = generator.result(timeout=120)
     expected_ids = valid_event_ids(TRAFFIC, report["lines"])
-    drain = ChildProcess(ingest_args(kafka_topic, available_now=True),
-                         {**env, "TOUCHPOINT_STREAM__MAX_OFFSETS_PER_TRIGGER": "100000"}, tmp_path / "drain.log")
-    assert drain.wait(900) == 0, drain.log_tail()
+    drain_settings = load_settings(lake_root=str(lake), jars_dir=str(JARS), spark_shuffle_partitions=2,
+                                   stream={"max_offsets_per_trigger": 100_000})
+    drain = start_stream(spark, drain_settings, topic=kafka_topic, query_name="ingest", trigger_once=True)
+    drain.awaitTermination(900)
+    assert drain.exception() is None, drain.exception()
 
     silver_ids = [row["event_id"] for row in lake_table(settings, "silver.events", ["event_id"])]
     assert len(silver_ids) == len(set(silver_ids))

@@ -13,7 +13,7 @@ from bench.faults import JARS, lake_table, reconciliation_totals, valid_event_id
 from touchpoint.core.config import load_settings
 from touchpoint.generator import GeneratorConfig, generate_kafka
 
-pytestmark = [pytest.mark.timeout(1800), pytest.mark.drill, pytest.mark.kafka]
+pytestmark = [pytest.mark.drill, pytest.mark.kafka]
 
 # malformed_rate 1.0 = one garbage line per valid event: 50 % of the traffic.
 FLOOD = GeneratorConfig(seed=59, customers=90, days=2, start_date="2026-03-02", events_per_customer=14,

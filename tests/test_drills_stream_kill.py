@@ -1,5 +1,5 @@
-"""Drill: the ingest stream (three times) and the speed query (twice) are SIGKILLed at seeded random
-moments while the generator produces. After both have drained what Kafka holds:
+"""Drill: the ingest stream and the speed query are each SIGKILLed twice at seeded random moments
+(once in start-up or the first batch, once after a committed batch) while the generator produces. After both have drained what Kafka holds:
 - silver holds every valid event_id of the generator exactly once, bronze every Kafka record once,
   quarantine every malformed line, and the per-batch reconciliation adds up to what was sent;
 - every serving total (per campaign per day: impressions, clicks, orders, revenue, last-touch
@@ -23,14 +23,13 @@ from bench.faults import (
 from touchpoint.core.config import load_settings
 from touchpoint.generator import GeneratorConfig
 
-pytestmark = [pytest.mark.timeout(1800), pytest.mark.drill, pytest.mark.kafka]
+pytestmark = [pytest.mark.timeout(1800), pytest.mark.drill, pytest.mark.long_drill, pytest.mark.kafka]
 
 # More simulated traffic than a run ever sends: the generator produces in real time until the
 # last kill, then stops (what it sent is a prefix of this seeded sequence).
 TRAFFIC = GeneratorConfig(seed=71, customers=3000, days=2, start_date="2026-03-02", events_per_customer=14,
                           late_rate=0.02, duplicate_rate=0.05, malformed_rate=0.03)
 RATE = 12
-ROUNDS = 2  # after the first ingest kill: rounds of (speed killed, then ingest killed)
 KILL_SEED = 20260301  # the kill moments are random, but reproducible
 MEASURES = ("impressions", "clicks", "orders", "revenue", "last_touch_orders", "last_touch_revenue")
 
@@ -63,41 +62,49 @@ def test_sigkilled_ingest_and_speed_lose_nothing_and_serve_the_batch_totals(spar
 
     lake = tmp_path / "lake"
     settings = load_settings(lake_root=str(lake), jars_dir=str(JARS), spark_shuffle_partitions=2)
+    # The lake's tables exist before two processes race to create them.
+    ingest_stream.IngestSink(settings, source_id="stream:ingest").ensure_tables(spark)
+    speed_stream.enable_change_feed(spark, settings)
     # Small micro-batches so that a kill lands between, inside and before batches.
     env = subprocess_env(lake, STREAM__MAX_OFFSETS_PER_TRIGGER="250", STREAM__TRIGGER_SECONDS="0.5")
     generator = BackgroundGenerator(kafka_topic, settings.kafka_bootstrap, TRAFFIC, rate=RATE)
     generator.start()
     moments = random.Random(KILL_SEED)
-    ingest = ChildProcess(ingest_args(kafka_topic), env, tmp_path / "ingest-0.log")
-    speed = None
+    processes: list[ChildProcess] = []
+
+    def start(args, name):
+        processes.append(ChildProcess(args, env, tmp_path / f"{name}.log"))
+        return processes[-1]
+
     try:
-        # The first kill lands anywhere in ingestion's start-up or first batch.
-        time.sleep(moments.uniform(3, 20))
-        assert ingest.alive(), f"ingest died on its own:\n{ingest.log_tail()}"
-        ingest.kill()
-        for round_number in range(1, ROUNDS + 1):
-            ingest = ChildProcess(ingest_args(kafka_topic), env, tmp_path / f"ingest-{round_number}.log")
-            before = committed_batches(settings)
-            wait_for(lambda: committed_batches(settings) > before or not ingest.alive(), timeout=900,
-                     what="a committed ingest batch")  # the speed layer reads silver: it must exist
-            speed = ChildProcess(speed_args(), env, tmp_path / f"speed-{round_number}.log")
-            kill_after_next_commit(speed, lambda: speed_batches(settings), moments, "a speed batch")
-            kill_after_next_commit(ingest, lambda: committed_batches(settings), moments, "an ingest batch")
+        # Round 1: both are killed at random moments of their start-up or first batch.
+        ingest, speed = start(ingest_args(kafka_topic), "ingest-1"), start(speed_args(), "speed-1")
+        for process, moment in sorted(((ingest, moments.uniform(3, 20)), (speed, moments.uniform(3, 30))),
+                                      key=lambda pair: pair[1]):
+            time.sleep(max(0.0, moment - (time.monotonic() - process.started)))
+            assert process.alive(), f"{process.args} died on its own:\n{process.log_tail()}"
+            process.kill()
+        # Round 2: each is killed at a random moment after it committed a batch.
+        ingest, speed = start(ingest_args(kafka_topic), "ingest-2"), start(speed_args(), "speed-2")
+        kill_after_next_commit(ingest, lambda: committed_batches(settings), moments, "an ingest batch")
+        kill_after_next_commit(speed, lambda: speed_batches(settings), moments, "a speed batch")
     finally:
         generator.stop()
-        for process in (ingest, speed):
-            if process is not None and process.alive():
+        for process in processes:
+            if process.alive():
                 process.kill()
     report = generator.result(timeout=120)
     landed_before_drain = len(lake_table(settings, "silver.events", ["event_id"]))
 
-    # Both drain in this test's Spark application: what a restarted stream does, without two more JVMs.
+    # Ingestion drains in this test's Spark application, the speed layer as one more child process
+    # (a restarted `touchpoint stream speed`, as in production).
     drain_settings = load_settings(lake_root=str(lake), jars_dir=str(JARS), spark_shuffle_partitions=2,
                                    stream={"max_offsets_per_trigger": 100_000})
-    for drain in (ingest_stream.start_stream(spark, drain_settings, topic=kafka_topic, trigger_once=True),
-                  speed_stream.start_stream(spark, drain_settings, trigger_once=True)):
-        drain.awaitTermination(900)
-        assert drain.exception() is None, drain.exception()
+    drain = ingest_stream.start_stream(spark, drain_settings, topic=kafka_topic, trigger_once=True)
+    drain.awaitTermination(900)
+    assert drain.exception() is None, drain.exception()
+    speed_drain = ChildProcess(speed_args(available_now=True), env, tmp_path / "speed-drain.log")
+    assert speed_drain.wait(900) == 0, speed_drain.log_tail()
 
     # The kills left work behind for the restart: what Kafka held was not all in silver yet.
     assert landed_before_drain < report["expected_silver"]

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import logging
+import time
 from contextlib import contextmanager
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 from pyspark.sql import SparkSession
 from pyspark.sql.types import StructType
 
 from touchpoint.core.catalog import TABLES
 
+
+log = logging.getLogger(__name__)
+CONFLICT_ATTEMPTS = 3
 
 # Types Delta can collect min/max statistics for.
 _STATS_TYPES = {"string", "long", "integer", "double", "float", "date", "timestamp", "timestamp_ntz", "decimal",
@@ -43,6 +48,33 @@ def ensure_table(spark: SparkSession, path: str, schema: StructType, partition_b
     for key, value in _table_properties(schema, catalog_name, partition_by).items():
         builder = builder.property(key, value)
     builder.execute()
+
+
+def retry_on_conflict(write: Callable[[], None], what: str, attempts: int = CONFLICT_ATTEMPTS) -> None:
+    """Run an idempotent Delta write, again when it lost Delta's optimistic commit race: a refused
+    commit wrote nothing, and the write re-reads the table each time. Only for writes that are
+    idempotent (txnAppId/txnVersion) and whose outcome does not depend on the rows a conflicting
+    commit rewrote (OPTIMIZE changes files, not rows; a metadata change, neither)."""
+    from delta.exceptions import (
+        ConcurrentAppendException, ConcurrentDeleteDeleteException, ConcurrentDeleteReadException,
+        ConcurrentTransactionException, DeltaConcurrentModificationException, MetadataChangedException,
+        ProtocolChangedException,
+    )
+
+    # Delta's Python conflict classes share no common base class: name each one.
+    conflicts = (DeltaConcurrentModificationException, MetadataChangedException, ProtocolChangedException,
+                 ConcurrentAppendException, ConcurrentDeleteReadException, ConcurrentDeleteDeleteException,
+                 ConcurrentTransactionException)
+    for attempt in range(1, attempts + 1):
+        try:
+            write()
+            return
+        except conflicts as conflict:
+            if attempt == attempts:
+                raise
+            log.warning("%s lost a commit race (%s); attempt %s of %s", what, type(conflict).__name__,
+                        attempt + 1, attempts)
+            time.sleep(attempt)
 
 
 @contextmanager
