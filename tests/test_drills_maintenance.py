@@ -9,7 +9,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import threading
-import time
 
 import pytest
 from kafka import KafkaProducer
@@ -48,7 +47,7 @@ def test_optimize_and_vacuum_beside_the_stream(spark, tmp_path, kafka_topic):
 
     maintenance_runs, maintenance_errors, stop = [], [], threading.Event()
 
-    def silver_ids() -> set[str]:
+    def landed_ids() -> set[str]:
         return {row["event_id"] for row in lake_table(settings, "silver.events", ["event_id"])}
 
     def maintain() -> None:
@@ -71,7 +70,7 @@ def test_optimize_and_vacuum_beside_the_stream(spark, tmp_path, kafka_topic):
             # delete in a later batch, never a dedup inside one batch).
             producer.send(kafka_topic, order(f"drill-late-{pair}", f"DRILL-{pair}", 40))
             producer.flush()
-            wait_for(lambda: f"drill-late-{pair}" in silver_ids() or not query.isActive, timeout=600,
+            wait_for(lambda: f"drill-late-{pair}" in landed_ids() or not query.isActive, timeout=600,
                      what=f"order pair {pair} landing")
             producer.send(kafka_topic, order(f"drill-early-{pair}", f"DRILL-{pair}", 10))
             producer.flush()
