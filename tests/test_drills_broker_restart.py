@@ -13,8 +13,8 @@ import time
 import pytest
 
 from bench.faults import (
-    JARS, BackgroundGenerator, broker_pid, committed_batches, lake_table, private_broker, reconciliation_totals,
-    valid_event_ids, wait_for,
+    JARS, BackgroundGenerator, broker_pid, committed_batches, ingested_all, lake_table, private_broker,
+    reconciliation_totals, valid_event_ids, wait_for,
 )
 from touchpoint.core.config import load_settings
 from touchpoint.generator import GeneratorConfig
@@ -58,7 +58,7 @@ def test_broker_restart_loses_and_doubles_nothing(spark, tmp_path):
             time.sleep(AFTER_RESTART_SECONDS)
             generator.stop()
             report = generator.result(timeout=600)  # raises if any record was not delivered
-            wait_for(lambda: reconciliation_totals(settings)["bronze"] >= report["lines"] or not stream.isActive,
+            wait_for(lambda: ingested_all(settings, report["lines"]) or not stream.isActive,
                      timeout=600, what="the stream catching up after the restart")
             assert stream.isActive, f"the stream did not survive the broker restart: {stream.exception()}"
         finally:

@@ -13,7 +13,9 @@ import threading
 import pytest
 from kafka import KafkaProducer
 
-from bench.faults import BackgroundGenerator, JARS, lake_table, reconciliation_totals, valid_event_ids, wait_for
+from bench.faults import (
+    BackgroundGenerator, JARS, ingested_all, lake_table, reconciliation_totals, valid_event_ids, wait_for,
+)
 from touchpoint.core.catalog import table_path
 from touchpoint.core.config import load_settings
 from touchpoint.generator import GeneratorConfig
@@ -77,7 +79,7 @@ def test_optimize_and_vacuum_beside_the_stream(spark, tmp_path, kafka_topic):
         generator.stop()
         report = generator.result(timeout=120)
         expected_lines = report["lines"] + 2 * ORDER_PAIRS
-        wait_for(lambda: reconciliation_totals(settings)["bronze"] >= expected_lines or not query.isActive,
+        wait_for(lambda: ingested_all(settings, expected_lines) or not query.isActive,
                  timeout=600, what="the stream catching up")
         wait_for(lambda: len(maintenance_runs) >= 2 or maintenance_errors, timeout=600, what="two maintenance runs")
     finally:
