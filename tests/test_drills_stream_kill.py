@@ -46,9 +46,9 @@ def serving_totals(settings) -> list[tuple]:
                   key=lambda r: (r[0], r[1] or ""))
 
 
-def kill_after_next_commit(process: ChildProcess, progress, moments: random.Random, what: str) -> None:
-    """SIGKILL `process` at a random moment (0-4 s) after it committed one more batch."""
-    before = progress()
+def kill_after_next_commit(process: ChildProcess, progress, before: int, moments: random.Random, what: str) -> None:
+    """SIGKILL `process` at a random moment (0-4 s) once its progress passed `before` (counted when
+    it started: a batch it committed meanwhile counts too)."""
     wait_for(lambda: progress() > before or not process.alive(), timeout=900, what=what)
     time.sleep(moments.uniform(0, 4))
     assert process.alive(), f"{what}: the process died on its own:\n{process.log_tail()}"
@@ -85,9 +85,10 @@ def test_sigkilled_ingest_and_speed_lose_nothing_and_serve_the_batch_totals(spar
             assert process.alive(), f"{process.args} died on its own:\n{process.log_tail()}"
             process.kill()
         # Round 2: each is killed at a random moment after it committed a batch.
+        ingested, sped = committed_batches(settings), speed_batches(settings)
         ingest, speed = start(ingest_args(kafka_topic), "ingest-2"), start(speed_args(), "speed-2")
-        kill_after_next_commit(ingest, lambda: committed_batches(settings), moments, "an ingest batch")
-        kill_after_next_commit(speed, lambda: speed_batches(settings), moments, "a speed batch")
+        kill_after_next_commit(ingest, lambda: committed_batches(settings), ingested, moments, "an ingest batch")
+        kill_after_next_commit(speed, lambda: speed_batches(settings), sped, moments, "a speed batch")
     finally:
         generator.stop()
         for process in processes:
