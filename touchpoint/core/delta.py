@@ -53,8 +53,9 @@ def ensure_table(spark: SparkSession, path: str, schema: StructType, partition_b
 def retry_on_conflict(write: Callable[[], None], what: str, attempts: int = CONFLICT_ATTEMPTS) -> None:
     """Run an idempotent Delta write, again when it lost Delta's optimistic commit race: a refused
     commit wrote nothing, and the write re-reads the table each time. Only for writes that are
-    idempotent (txnAppId/txnVersion) and whose outcome does not depend on the rows a conflicting
-    commit rewrote (OPTIMIZE changes files, not rows; a metadata change, neither)."""
+    idempotent (by txnAppId/txnVersion, or by nature, like OPTIMIZE) and whose outcome does not
+    depend on the rows a conflicting commit rewrote (OPTIMIZE changes files, not rows; a metadata
+    change, neither)."""
     from delta.exceptions import (
         ConcurrentAppendException, ConcurrentDeleteDeleteException, ConcurrentDeleteReadException,
         ConcurrentTransactionException, DeltaConcurrentModificationException, MetadataChangedException,
