@@ -35,7 +35,7 @@ def optimize(spark: SparkSession, settings: Settings, logical_date: dt.date) -> 
     for name in STREAM_WRITTEN:
         path = table_path(name, settings)
         if _exists(spark, path):
-            def compact(path: str = path, name: str = name) -> None:
+            def compact() -> None:  # called at once, inside this iteration
                 metrics = spark.sql(f"OPTIMIZE delta.`{path}`").select("metrics.numFilesRemoved").first()
                 done[name] = int(metrics[0] or 0)
 
