@@ -92,15 +92,21 @@ def render_table() -> str:
     fresh = _load("freshness")
     if fresh:
         machine = machine or fresh["machine"]
-        lags = fresh["lag_seconds"]
         p = fresh["parameters"]
-        for phase in ("steady", "burst"):
-            lag = lags[phase]
-            rows.append(f"| freshness, {phase} (requested {_fmt(p['rate'] * (p['burst_factor'] if phase == 'burst' else 1))}/s, "
-                        f"trigger {p['trigger_seconds']} s) | p50 / p95 / p99 lag s | "
-                        f"{_fmt(lag.get('p50'), 2)} / {_fmt(lag.get('p95'), 2)} / {_fmt(lag.get('p99'), 2)} "
-                        f"| p95 10 / 3 | {_memory(fresh) if phase == 'steady' else ''} | "
-                        f"{_when(fresh) if phase == 'steady' else ''} |")
+        # Older results have one query's lags at the top level.
+        per_query = fresh["lag_seconds"] if "steady" not in fresh["lag_seconds"] else {"speed": fresh["lag_seconds"]}
+        first = True
+        for query, lags in per_query.items():
+            views = "customer views" if query.endswith("_customers") else "campaign views"
+            trigger = p.get("customer_trigger_seconds") if query.endswith("_customers") else p["trigger_seconds"]
+            for phase in ("steady", "burst"):
+                lag = lags[phase]
+                rows.append(f"| freshness of {views}, {phase} (requested "
+                            f"{_fmt(p['rate'] * (p['burst_factor'] if phase == 'burst' else 1))}/s, "
+                            f"speed trigger {trigger} s) | p50 / p95 / p99 lag s | "
+                            f"{_fmt(lag.get('p50'), 2)} / {_fmt(lag.get('p95'), 2)} / {_fmt(lag.get('p99'), 2)} "
+                            f"| p95 10 / 3 | {_memory(fresh) if first else ''} | {_when(fresh) if first else ''} |")
+                first = False
     batch = _load("batch_pipeline")
     if batch:
         machine = machine or batch["machine"]

@@ -140,13 +140,20 @@ def main(argv: list[str] | None = None) -> dict:
             if code not in (0, None):
                 raise RuntimeError(f"speed layer failed ({code}); see {workdir / 'speed.log'}")
             batches = lake_table(settings, "speed.freshness")
-            per_batch = {r["batch_id"]: r["rows"] for r in batches}
-            sustained_speed = sustained_rate(per_batch, checkpoint_commit_times(lake / "_checkpoints" / "speed"))
+            # One query per group of views (streaming.speed.start_queries); the slower one bounds the drain.
+            per_query = {}
+            for query in sorted({r["query"] for r in batches}):
+                per_batch = {r["batch_id"]: r["rows"] for r in batches if r["query"] == query}
+                per_query[query] = {"sustained": sustained_rate(per_batch, checkpoint_commit_times(
+                    lake / "_checkpoints" / query)), "change_rows": sum(per_batch.values())}
+            rates = [q["sustained"].get("events_per_second") for q in per_query.values()]
+            sustained_speed = ({"events_per_second": min(rates), "basis": "the slowest speed query"}
+                               if rates and all(rates) else {"events_per_second": None})
             drained = code == 0
             result["speed"] = {"wall_seconds": round(wall_speed, 1), "drained": drained,
                                "wall_events_per_second": (round(result["preload"]["expected_silver"] / wall_speed, 1)
                                                           if drained else None),
-                               "sustained": sustained_speed, "change_rows": sum(per_batch.values()),
+                               "sustained": sustained_speed, "queries": per_query,
                                "peak_rss_mb": memory}
             # A stopped drain has no speed wall time: its sustained rate stands in for the rest of it.
             speed_rate = sustained_speed.get("events_per_second")

@@ -11,6 +11,13 @@ Event time: a watermark of `stream.watermark_minutes` on event_ts and deduplicat
 within it (dropDuplicatesWithinWatermark). A change later than the watermark is dropped here and
 reaches serving through the next batch run, which reads it from silver.
 
+Two queries by default (`start_queries`), one application: `speed` keeps the campaign measures
+(campaign_minute, campaign_daily: sums of the changed rows, seconds per micro-batch) at
+`stream.trigger_seconds`; `speed_customers` keeps the views that need the customer (identity
+extension, last touch, activity, real-time segments: tens of seconds per micro-batch on a small
+machine) at `stream.customer_trigger_seconds`. The split keeps the campaign views' lag at the ingest
+cadence instead of the customer work's. With `customer_trigger_seconds` unset one query keeps all.
+
 One foreachBatch sink, `SpeedSink`, testable on a static DataFrame of change rows. Each of its
 writes is idempotent with Delta's txnAppId/txnVersion = (query:table, batch_id), so a micro-batch
 replayed after a crash neither loses nor doubles anything.
@@ -32,7 +39,7 @@ from touchpoint.core.campaign_metrics import (
 )
 from touchpoint.core.catalog import table_path
 from touchpoint.core.config import Settings
-from touchpoint.core.delta import committed_txn_version, ensure_table
+from touchpoint.core.delta import committed_txn_version, ensure_table, retry_on_conflict
 from touchpoint.core.identity_lookup import attach_customer_id
 from touchpoint.core.segments import (
     behaviours_of, compile_segments, load_segments, longest_window_days, segment_members, with_behaviour_counts,
@@ -49,6 +56,11 @@ IDENTIFIERS = ("anonymous_id", "user_id", "email", "phone")
 EVENT_COLUMNS = ("event_id", "event_type", "event_ts", "event_date", "channel", "campaign_name", "order_id",
                  "revenue_reporting", "price", "quantity", *IDENTIFIERS)
 _MIN_TS = dt.datetime(1, 1, 1, tzinfo=dt.timezone.utc)
+# What each speed query keeps; "all" is both, in one query.
+VIEWS = {"campaigns": ("speed.campaign_minute", "speed.campaign_daily"),
+         "customers": ("speed.campaign_conversions", "speed.customer_activity", "speed.segment_membership")}
+VIEWS["all"] = VIEWS["campaigns"] + VIEWS["customers"]
+CUSTOMER_QUERY_SUFFIX = "_customers"
 
 
 def _instant(epoch_micros: int | None) -> dt.datetime | None:
@@ -105,9 +117,13 @@ def realtime_members(definitions, base: DataFrame, events: DataFrame,
 class SpeedSink:
     """foreachBatch sink: silver change rows -> speed.* tables, each write exactly once."""
 
-    def __init__(self, settings: Settings, query_name: str = "speed", fail_after: str | None = None):
+    def __init__(self, settings: Settings, query_name: str = "speed", fail_after: str | None = None,
+                 views: str = "all"):
+        if views not in VIEWS:
+            raise ValueError(f"views={views!r}: expected one of {', '.join(VIEWS)}")
         self.settings = settings
         self.query_name = query_name
+        self.views = views
         self.fail_after = fail_after  # fault injection for the crash test: raise after this write
         self.paths = {name: table_path(name, settings) for name in SPEED_TABLES + (
             "silver.events", "gold.identity_map", "gold.identity_guardrails", "gold.customer_profiles",
@@ -148,6 +164,9 @@ class SpeedSink:
         if not self._ready:
             self.ensure_tables(spark)
             self._ready = True
+        # One FAIR pool per query (when the application schedules FAIR, as `touchpoint stream speed`
+        # does): the customer query's long jobs do not queue the campaign query's short ones.
+        spark.sparkContext.setLocalProperty("spark.scheduler.pool", self.query_name)
         if self.already_processed(batch_id):
             return {"skipped": 1}
         signed = changes.transform(signed_changes).persist()
@@ -168,9 +187,11 @@ class SpeedSink:
                  "oldest_arrival": _instant(row["oldest_arrival"])}
         result = {"rows": stats["rows"]}
         clock = self._clock(spark, stats["max_ts"])
-        if stats["rows"]:  # an empty micro-batch changes nothing: the clock only moves with events
+        if stats["rows"] and self.views in ("all", "campaigns"):
             self._campaign_measures(spark, signed, batch_id)
             self._step("campaign_measures")
+        # An empty micro-batch changes nothing: the clock only moves with events.
+        if stats["rows"] and self.views in ("all", "customers"):
             silver = self._silver_snapshot(spark)
             # Cached for this micro-batch only and freed at its end: a stream runs for weeks.
             resolved_map = self._identity(spark, silver).persist()
@@ -193,13 +214,18 @@ class SpeedSink:
 
     # -- writes
 
+    # Retried when they lose a commit race (the other speed query's freshness append, lake
+    # maintenance expiring speed rows): txnAppId/txnVersion make a repeated write a no-op.
     def _append(self, frame: DataFrame, table: str, batch_id: int) -> None:
-        (frame.write.format("delta").mode("append").option("txnAppId", self._app(table))
-         .option("txnVersion", batch_id).save(self.paths[table]))
+        self._write(frame, table, batch_id, "append")
 
     def _overwrite(self, frame: DataFrame, table: str, batch_id: int) -> None:
-        (frame.write.format("delta").mode("overwrite").option("txnAppId", self._app(table))
-         .option("txnVersion", batch_id).save(self.paths[table]))
+        self._write(frame, table, batch_id, "overwrite")
+
+    def _write(self, frame: DataFrame, table: str, batch_id: int, mode: str) -> None:
+        retry_on_conflict(lambda: (frame.write.format("delta").mode(mode).option("txnAppId", self._app(table))
+                                   .option("txnVersion", batch_id).save(self.paths[table])),
+                          f"speed {self.query_name} {mode} to {table}")
 
     # -- the views
 
@@ -359,7 +385,8 @@ def enable_change_feed(spark: SparkSession, settings: Settings) -> int:
     return start
 
 
-def bootstrap(spark: SparkSession, settings: Settings, start_version: int, query_name: str = "speed") -> dict:
+def bootstrap(spark: SparkSession, settings: Settings, start_version: int, query_name: str = "speed",
+              views: str = "all") -> dict:
     """Feed the rows silver held before its change feed was switched on through the sink, once.
     Rows the published batch already read keep that batch's silver version, so serving keeps them
     below H out of the speed side; the others count as arrived at `start_version`."""
@@ -368,7 +395,7 @@ def bootstrap(spark: SparkSession, settings: Settings, start_version: int, query
     if start_version == 0:
         return {"bootstrap": "not needed"}
     path = table_path("silver.events", settings)
-    sink = SpeedSink(settings, f"{query_name}:bootstrap")
+    sink = SpeedSink(settings, f"{query_name}:bootstrap", views=views)
     sink.ensure_tables(spark)
     if sink.already_processed(0):
         return {"bootstrap": "done before"}
@@ -391,18 +418,35 @@ def bootstrap(spark: SparkSession, settings: Settings, start_version: int, query
 
 def change_stream(spark: SparkSession, settings: Settings, start_version: int) -> DataFrame:
     return (spark.readStream.format("delta").option("readChangeFeed", "true")
-            .option("startingVersion", start_version).load(table_path("silver.events", settings))
+            .option("startingVersion", start_version)
+            # A backlog (a restart, a burst) is read in bounded steps, not in one batch that the
+            # customer views' joins cannot hold in memory (found by bench/freshness at 5,000/s).
+            .option("maxBytesPerTrigger", str(settings.stream.speed_max_bytes_per_trigger))
+            .load(table_path("silver.events", settings))
             .transform(deduplicated_changes(settings.stream.watermark_minutes)))
 
 
+def start_queries(spark: SparkSession, settings: Settings, query_name: str = "speed", trigger_once: bool = False):
+    """Start the speed layer as configured: the campaign-views query `query_name` and the
+    customer-views query `<query_name>_customers` (or, with `stream.customer_trigger_seconds` unset,
+    one query for all views). Returns the started queries."""
+    customer_trigger = settings.stream.customer_trigger_seconds
+    if customer_trigger is None:
+        return [start_stream(spark, settings, query_name, trigger_once)]
+    return [start_stream(spark, settings, query_name, trigger_once, views="campaigns"),
+            start_stream(spark, settings, query_name + CUSTOMER_QUERY_SUFFIX, trigger_once, views="customers",
+                         trigger_seconds=customer_trigger)]
+
+
 def start_stream(spark: SparkSession, settings: Settings, query_name: str = "speed", trigger_once: bool = False,
-                 sink: SpeedSink | None = None):
-    """Start the silver change feed -> speed.* query. `trigger_once` drains what is there and stops."""
+                 sink: SpeedSink | None = None, views: str = "all", trigger_seconds: float | None = None):
+    """Start one silver change feed -> speed.* query keeping `views` (VIEWS). `trigger_once` drains
+    what is there and stops."""
     start_version = enable_change_feed(spark, settings)
     checkpoint = f"{settings.checkpoint_root}/{query_name}"
     if start_version > 0 and not _has_checkpoint(spark, checkpoint):
-        bootstrap(spark, settings, start_version, query_name)
-    sink = sink or SpeedSink(settings, query_name)
+        bootstrap(spark, settings, start_version, query_name, views)
+    sink = sink or SpeedSink(settings, query_name, views=views)
     sink.ensure_tables(spark)
     # No micro-batch without data: the sink has nothing to do when only the watermark moved.
     spark.conf.set("spark.sql.streaming.noDataMicroBatches.enabled", "false")
@@ -412,7 +456,7 @@ def start_stream(spark: SparkSession, settings: Settings, query_name: str = "spe
     if trigger_once:
         writer = writer.trigger(availableNow=True)
     else:
-        writer = writer.trigger(processingTime=f"{settings.stream.trigger_seconds} seconds")
+        writer = writer.trigger(processingTime=f"{trigger_seconds or settings.stream.trigger_seconds} seconds")
     return writer.start()
 
 

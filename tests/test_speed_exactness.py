@@ -32,7 +32,7 @@ def test_serving_equals_full_recomputation_at_every_cut_point(spark, settings, t
     from touchpoint.jobs.campaign_metrics import run as campaign_metrics
     from touchpoint.jobs.identity import run as identity
     from touchpoint.streaming.ingest import ingest_files
-    from touchpoint.streaming.speed import enable_change_feed, start_stream
+    from touchpoint.streaming.speed import enable_change_feed, start_queries
 
     # Allowed lateness above the generator's (≤ 3 days): every late event is within it here.
     settings = settings.model_copy(update={"stream": settings.stream.model_copy(update={"watermark_minutes": 5 * 1440})})
@@ -47,10 +47,12 @@ def test_serving_equals_full_recomputation_at_every_cut_point(spark, settings, t
         chunks.append(path)
     enable_change_feed(spark, settings)
 
-    def speed():
-        query = start_stream(spark, settings, trigger_once=True)
-        query.awaitTermination()
-        query.stop()
+    def speed():  # as `touchpoint stream speed` runs it: the campaign-views and customer-views queries
+        queries = start_queries(spark, settings, trigger_once=True)
+        assert [q.name for q in queries] == ["speed", "speed_customers"]
+        for query in queries:
+            query.awaitTermination()
+            query.stop()
 
     def serving():
         return daily_rows(serving_frame(spark, settings, "serving.campaign_daily"))

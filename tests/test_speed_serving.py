@@ -241,3 +241,40 @@ def test_batch_segment_and_its_realtime_counterpart_agree(spark, settings, tmp_p
                                                           dt.datetime(2026, 3, 2, tzinfo=UTC)).collect())
     assert batch == realtime == [("active_now", "cus_1"), ("active_now", "cus_2"), ("active_now", "cus_3"),
                                  ("cart_abandoners", "cus_1")]
+
+
+def test_split_queries_read_bounded_batches_and_write_only_their_views(spark, settings, lake):
+    from touchpoint.core.delta import committed_txn_version
+    from touchpoint.streaming.speed import start_queries
+
+    lake.arrive(event("e1", "ad_click", at(1, 10), "u1", "spring"))
+    lake.arrive(event("e2", "ad_click", at(1, 10, 20), "u1", "summer", channel="email"),
+                event("e3", "order", at(1, 10, 30), "u1", None, channel="direct", order_id="o1", revenue=100.0))
+    # A one-byte bound: each micro-batch of either query takes one silver file (the second commit
+    # wrote two: one per partition of the two-row frame).
+    bounded = lake.settings.model_copy(update={"stream": lake.settings.stream.model_copy(
+        update={"speed_max_bytes_per_trigger": 1, "customer_trigger_seconds": 30.0})})
+    queries = start_queries(spark, bounded, trigger_once=True)
+    for query in queries:
+        query.awaitTermination()
+        query.stop()
+    assert [q.name for q in queries] == ["speed", "speed_customers"]
+    assert all(q.exception() is None for q in queries)
+
+    freshness = spark.read.format("delta").load(lake.path("speed.freshness")).where("rows > 0").collect()
+    for name in ("speed", "speed_customers"):
+        assert sorted((r["first_version"], r["last_version"], r["rows"]) for r in freshness if r["query"] == name) == [
+            (1, 1, 1), (2, 2, 1), (2, 2, 1)]
+    # Each query wrote its own views only (Delta's txn app ids name the writer).
+    campaign_tables = ("speed.campaign_minute", "speed.campaign_daily")
+    customer_tables = ("speed.campaign_conversions", "speed.customer_activity")
+    for table in campaign_tables + customer_tables:
+        writer = "speed" if table in campaign_tables else "speed_customers"
+        other = "speed_customers" if writer == "speed" else "speed"
+        assert committed_txn_version(lake.path(table), f"{writer}:{table}") is not None, table
+        assert committed_txn_version(lake.path(table), f"{other}:{table}") is None, table
+    assert daily(lake.serving()) == [
+        (D, None, 0, 0, 1, Decimal("100.000000000"), 0, Decimal("0E-9")),
+        (D, "spring", 0, 1, 0, Decimal("0E-9"), 0, Decimal("0E-9")),
+        (D, "summer", 0, 1, 0, Decimal("0E-9"), 1, Decimal("100.000000000")),
+    ]

@@ -168,12 +168,29 @@ def stream_ingest(
 
 def _await_query(query, label: str, checkpoint: str) -> None:
     """Run a streaming query in the foreground until it ends or Ctrl-C; exit 1 if it failed."""
-    console.print(f"{label} query {query.id} running; checkpoint {checkpoint}")
+    _await_queries([query], label, checkpoint.rsplit("/", 1)[0])
+
+
+def _await_queries(queries: list, label: str, checkpoint_root: str) -> None:
+    """Run streaming queries in the foreground until all end, one fails (the others are then
+    stopped: a supervisor restarts the whole process) or Ctrl-C; exit 1 if any failed."""
+    for query in queries:
+        console.print(f"{label} query {query.name} ({query.id}) running; checkpoint {checkpoint_root}/{query.name}")
     try:
-        query.awaitTermination()
+        while any(query.isActive for query in queries):
+            for query in queries:
+                if query.isActive:
+                    query.awaitTermination(1)  # seconds
+            if any(query.exception() is not None for query in queries):
+                break
     except KeyboardInterrupt:
-        query.stop()
-    if query.exception() is not None:
+        pass
+    for query in queries:
+        if query.isActive:
+            query.stop()
+    failed = [query.name for query in queries if query.exception() is not None]
+    if failed:
+        err_console.print(f"[red]error:[/red] {label} query failed: {', '.join(failed)}")
         raise typer.Exit(1)
 
 
@@ -182,14 +199,16 @@ def stream_speed(
     available_now: bool = typer.Option(False, "--available-now", help="process silver's pending changes, then stop"),
     query_name: str = typer.Option("speed", help="query name; also names its checkpoint"),
 ) -> None:
-    """silver.events change feed -> speed.* real-time views, exactly once (docs/SERVING.md)."""
+    """silver.events change feed -> speed.* real-time views, exactly once (docs/SERVING.md): the
+    campaign-views query QUERY_NAME and the customer-views query QUERY_NAME_customers."""
     from touchpoint.core.spark import get_spark
-    from touchpoint.streaming.speed import start_stream as start_speed
+    from touchpoint.streaming.speed import start_queries
 
     settings = _settings()
-    spark = get_spark("touchpoint-stream-speed", settings=settings)
-    query = start_speed(spark, settings, query_name=query_name, trigger_once=available_now)
-    _await_query(query, "speed", f"{settings.checkpoint_root}/{query_name}")
+    # FAIR: each query's micro-batches run in its own pool (see SpeedSink).
+    spark = get_spark("touchpoint-stream-speed", settings=settings, **{"spark.scheduler.mode": "FAIR"})
+    queries = start_queries(spark, settings, query_name=query_name, trigger_once=available_now)
+    _await_queries(queries, "speed", settings.checkpoint_root)
 
 
 @app.command("query")

@@ -57,7 +57,13 @@ class IdentitySettings(_Section):
 
 class StreamSettings(_Section):
     trigger_seconds: float = Field(2.0, gt=0)
+    customer_trigger_seconds: float | None = Field(
+        30.0, gt=0, description="trigger of the speed layer's customer-views query (identity, last touch, activity, "
+                                "segments); unset = one speed query for every view at trigger_seconds")
     max_offsets_per_trigger: int = Field(200_000, gt=0)
+    speed_max_bytes_per_trigger: int = Field(
+        32 * 2**20, gt=0, description="soft bound on the silver bytes one speed micro-batch reads (Delta's "
+                                      "maxBytesPerTrigger; at least one file): bounds its memory after a backlog")
     watermark_minutes: float = Field(60, ge=0, description="allowed lateness of the speed layer")
     starting_offsets: Literal["earliest", "latest"] = "earliest"
     realtime_segments: tuple[str, ...] = Field(("active_now", "cart_abandoners"),
