@@ -42,7 +42,7 @@ from touchpoint.core.config import Settings
 from touchpoint.core.delta import committed_txn_version, ensure_table, retry_on_conflict
 from touchpoint.core.identity_lookup import attach_customer_id
 from touchpoint.core.segments import (
-    behaviours_of, compile_segments, load_segments, longest_window_days, segment_members, with_behaviour_counts,
+    behaviours_of, compile_segments, load_segments, segment_members, with_behaviour_counts,
 )
 from touchpoint.core.serving import SCHEMAS
 from touchpoint.core.stream_identity import extend_identity_map
@@ -242,8 +242,6 @@ class SpeedSink:
             self._append(totals, table, batch_id)
 
     def _silver_snapshot(self, spark: SparkSession) -> tuple[int, DataFrame]:
-        from delta.tables import DeltaTable
-
         from touchpoint.core.delta import delta_rs_uri
         from deltalake import DeltaTable as RsDeltaTable
 

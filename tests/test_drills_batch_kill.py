@@ -20,9 +20,9 @@ from touchpoint.core.catalog import table_path
 from touchpoint.core.config import load_settings
 from touchpoint.generator import GeneratorConfig, generate_jsonl
 
-pytestmark = [pytest.mark.timeout(1800), pytest.mark.drill, pytest.mark.long_drill]
+pytestmark = [pytest.mark.timeout(1800), pytest.mark.drill]
 
-HISTORY = GeneratorConfig(seed=5, customers=120, days=2, start_date="2026-03-02", events_per_customer=14,
+HISTORY = GeneratorConfig(seed=5, customers=60, days=2, start_date="2026-03-02", events_per_customer=14,
                           late_rate=0.05, duplicate_rate=0.02, malformed_rate=0.01)
 DAY_1, DAY_2 = dt.date(2026, 3, 2), dt.date(2026, 3, 3)
 IDENTITY_TABLES = ("gold.identity_map", "gold.identity_edges", "gold.identity_guardrails", "gold.identity_merges",

@@ -23,7 +23,7 @@ from bench.faults import (
 from touchpoint.core.config import load_settings
 from touchpoint.generator import GeneratorConfig
 
-pytestmark = [pytest.mark.timeout(1800), pytest.mark.drill, pytest.mark.long_drill, pytest.mark.kafka]
+pytestmark = [pytest.mark.timeout(1800), pytest.mark.drill, pytest.mark.kafka]
 
 # More simulated traffic than a run ever sends: the generator produces in real time until the
 # last kill, then stops (what it sent is a prefix of this seeded sequence).
@@ -66,7 +66,8 @@ def test_sigkilled_ingest_and_speed_lose_nothing_and_serve_the_batch_totals(spar
     ingest_stream.IngestSink(settings, source_id="stream:ingest").ensure_tables(spark)
     speed_stream.enable_change_feed(spark, settings)
     # Small micro-batches so that a kill lands between, inside and before batches.
-    env = subprocess_env(lake, STREAM__MAX_OFFSETS_PER_TRIGGER="250", STREAM__TRIGGER_SECONDS="0.5")
+    env = subprocess_env(lake, STREAM__MAX_OFFSETS_PER_TRIGGER="250", STREAM__TRIGGER_SECONDS="0.5",
+                         STREAM__CUSTOMER_TRIGGER_SECONDS="2")
     generator = BackgroundGenerator(kafka_topic, settings.kafka_bootstrap, TRAFFIC, rate=RATE)
     generator.start()
     moments = random.Random(KILL_SEED)
