@@ -48,6 +48,9 @@ def subprocess_env(lake_root: Path | str, **overrides: str) -> dict[str, str]:
     """Environment of a touchpoint child process: a private lake plus TOUCHPOINT_* overrides
     (keys as in Settings, nested with '__', e.g. STREAM__TRIGGER_SECONDS)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("TOUCHPOINT_")}
+    # ...except the broker: it is the run's, and a child must reach the topics the run made.
+    if "TOUCHPOINT_KAFKA_BOOTSTRAP" in os.environ:
+        env["TOUCHPOINT_KAFKA_BOOTSTRAP"] = os.environ["TOUCHPOINT_KAFKA_BOOTSTRAP"]
     env.update({"TOUCHPOINT_LAKE_ROOT": str(lake_root), "TOUCHPOINT_JARS_DIR": str(JARS),
                 "TOUCHPOINT_SPARK_SHUFFLE_PARTITIONS": "2", "PYTHONUNBUFFERED": "1"})
     env.update({f"TOUCHPOINT_{key.upper()}": str(value) for key, value in overrides.items()})

@@ -20,7 +20,7 @@ from touchpoint.core.catalog import table_path
 from touchpoint.core.config import load_settings
 from touchpoint.generator import GeneratorConfig, generate_jsonl
 
-pytestmark = [pytest.mark.timeout(1800), pytest.mark.drill]
+pytestmark = [pytest.mark.timeout(1800), pytest.mark.drill, pytest.mark.long_drill]
 
 HISTORY = GeneratorConfig(seed=5, customers=60, days=2, start_date="2026-03-02", events_per_customer=14,
                           late_rate=0.05, duplicate_rate=0.02, malformed_rate=0.01)

@@ -23,7 +23,7 @@ from bench.faults import (
 from touchpoint.core.config import load_settings
 from touchpoint.generator import GeneratorConfig
 
-pytestmark = [pytest.mark.timeout(1800), pytest.mark.drill, pytest.mark.kafka]
+pytestmark = [pytest.mark.timeout(1800), pytest.mark.drill, pytest.mark.long_drill, pytest.mark.kafka]
 
 # More simulated traffic than a run ever sends: the generator produces in real time until the
 # last kill, then stops (what it sent is a prefix of this seeded sequence).
