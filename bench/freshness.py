@@ -157,7 +157,9 @@ def main(argv: list[str] | None = None) -> dict:
                      >= report["lines"], timeout=1800, interval=2, what="ingestion catching up")
             deadline = time.monotonic() + 1800
             lags = visible_lags(settings, burst)
-            while (len(lags) < 2 or any(q["not_visible"] for q in lags.values())) and time.monotonic() < deadline:
+            # Both speed queries (campaign views, customer views) must have caught up.
+            while ((set(lags) != {"speed", "speed_customers"} or any(q["not_visible"] for q in lags.values()))
+                   and time.monotonic() < deadline):
                 time.sleep(10)
                 lags = visible_lags(settings, burst)
         result["peak_rss_mb"] = dict(memory.peaks_mb)

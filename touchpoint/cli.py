@@ -174,13 +174,18 @@ def _await_query(query, label: str, checkpoint: str) -> None:
 def _await_queries(queries: list, label: str, checkpoint_root: str) -> None:
     """Run streaming queries in the foreground until all end, one fails (the others are then
     stopped: a supervisor restarts the whole process) or Ctrl-C; exit 1 if any failed."""
+    from pyspark.errors import StreamingQueryException
+
     for query in queries:
         console.print(f"{label} query {query.name} ({query.id}) running; checkpoint {checkpoint_root}/{query.name}")
     try:
         while any(query.isActive for query in queries):
             for query in queries:
                 if query.isActive:
-                    query.awaitTermination(1)  # seconds
+                    try:
+                        query.awaitTermination(1)  # seconds
+                    except StreamingQueryException:
+                        pass  # reported below, after the other queries are stopped
             if any(query.exception() is not None for query in queries):
                 break
     except KeyboardInterrupt:
@@ -188,9 +193,10 @@ def _await_queries(queries: list, label: str, checkpoint_root: str) -> None:
     for query in queries:
         if query.isActive:
             query.stop()
-    failed = [query.name for query in queries if query.exception() is not None]
+    failed = [query for query in queries if query.exception() is not None]
+    for query in failed:
+        err_console.print(f"[red]error:[/red] {label} query {query.name} failed: {query.exception()}")
     if failed:
-        err_console.print(f"[red]error:[/red] {label} query failed: {', '.join(failed)}")
         raise typer.Exit(1)
 
 
