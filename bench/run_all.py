@@ -94,10 +94,12 @@ def render_table() -> str:
         machine = machine or fresh["machine"]
         p = fresh["parameters"]
         # Older results have one query's lags at the top level.
-        per_query = fresh["lag_seconds"] if "steady" not in fresh["lag_seconds"] else {"speed": fresh["lag_seconds"]}
+        legacy = "steady" in fresh["lag_seconds"]
+        per_query = {"speed": fresh["lag_seconds"]} if legacy else fresh["lag_seconds"]
         first = True
         for query, lags in per_query.items():
-            views = "customer views" if query.endswith("_customers") else "campaign views"
+            views = ("all views (one speed query)" if legacy else
+                     "customer views" if query.endswith("_customers") else "campaign views")
             trigger = p.get("customer_trigger_seconds") if query.endswith("_customers") else p["trigger_seconds"]
             for phase in ("steady", "burst"):
                 lag = lags[phase]
