@@ -56,10 +56,9 @@ IDENTIFIERS = ("anonymous_id", "user_id", "email", "phone")
 EVENT_COLUMNS = ("event_id", "event_type", "event_ts", "event_date", "channel", "campaign_name", "order_id",
                  "revenue_reporting", "price", "quantity", *IDENTIFIERS)
 _MIN_TS = dt.datetime(1, 1, 1, tzinfo=dt.timezone.utc)
-# What each speed query keeps; "all" is both, in one query.
-VIEWS = {"campaigns": ("speed.campaign_minute", "speed.campaign_daily"),
-         "customers": ("speed.campaign_conversions", "speed.customer_activity", "speed.segment_membership")}
-VIEWS["all"] = VIEWS["campaigns"] + VIEWS["customers"]
+# What a speed query keeps: "campaigns" (campaign_minute, campaign_daily), "customers"
+# (campaign_conversions, customer_activity, segment_membership) or "all" of them.
+VIEWS = ("all", "campaigns", "customers")
 CUSTOMER_QUERY_SUFFIX = "_customers"
 
 
@@ -438,7 +437,7 @@ def start_queries(spark: SparkSession, settings: Settings, query_name: str = "sp
 
 def start_stream(spark: SparkSession, settings: Settings, query_name: str = "speed", trigger_once: bool = False,
                  sink: SpeedSink | None = None, views: str = "all", trigger_seconds: float | None = None):
-    """Start one silver change feed -> speed.* query keeping `views` (VIEWS). `trigger_once` drains
+    """Start one silver change feed -> speed.* query keeping `views` (one of VIEWS). `trigger_once` drains
     what is there and stops."""
     start_version = enable_change_feed(spark, settings)
     checkpoint = f"{settings.checkpoint_root}/{query_name}"

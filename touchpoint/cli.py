@@ -163,12 +163,7 @@ def stream_ingest(
     require_kafka(settings)
     spark = get_spark("touchpoint-stream-ingest", settings=settings)
     query = start_stream(spark, settings, topic=topic, query_name=query_name, trigger_once=available_now)
-    _await_query(query, "ingest", f"{settings.checkpoint_root}/{query_name}")
-
-
-def _await_query(query, label: str, checkpoint: str) -> None:
-    """Run a streaming query in the foreground until it ends or Ctrl-C; exit 1 if it failed."""
-    _await_queries([query], label, checkpoint.rsplit("/", 1)[0])
+    _await_queries([query], "ingest", settings.checkpoint_root)
 
 
 def _await_queries(queries: list, label: str, checkpoint_root: str) -> None:
