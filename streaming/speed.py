@@ -168,11 +168,12 @@ class SpeedSink:
         spark.sparkContext.setLocalProperty("spark.scheduler.pool", self.query_name)
         if self.already_processed(batch_id):
             return {"skipped": 1}
-        signed = changes.transform(signed_changes).persist()
-        try:
-            return self._process(spark, signed, batch_id)
-        finally:
-            signed.unpersist()
+        # Frames reused within a batch are local checkpoints, not persisted: a persisted frame keeps
+        # its plan, and Spark prints every nested cached plan again at each adaptive re-plan (about
+        # a third of a customer batch). Their blocks are freed when the driver collects the batch's
+        # frames (spark.cleaner.periodicGC.interval bounds the wait).
+        signed = changes.transform(signed_changes).localCheckpoint(eager=False)
+        return self._process(spark, signed, batch_id)
 
     def _process(self, spark: SparkSession, signed: DataFrame, batch_id: int) -> dict:
         started = self._t0 = time.monotonic()
@@ -192,16 +193,12 @@ class SpeedSink:
         # An empty micro-batch changes nothing: the clock only moves with events.
         if stats["rows"] and self.views in ("all", "customers"):
             silver = self._silver_snapshot(spark)
-            # Cached for this micro-batch only and freed at its end: a stream runs for weeks.
-            resolved_map = self._identity(spark, silver).persist()
-            try:
-                self._step("identity")
-                self._last_touch(spark, signed, silver, resolved_map, stats["min_ts"], batch_id)
-                self._step("last_touch")
-                self._activity_and_segments(spark, silver, resolved_map, clock, batch_id)
-                self._step("activity_and_segments")
-            finally:
-                resolved_map.unpersist()
+            resolved_map = self._identity(spark, silver).localCheckpoint(eager=False)
+            self._step("identity")
+            self._last_touch(spark, signed, silver, resolved_map, stats["min_ts"], batch_id)
+            self._step("last_touch")
+            self._activity_and_segments(spark, silver, resolved_map, clock, batch_id)
+            self._step("activity_and_segments")
         processed_at = dt.datetime.now(dt.timezone.utc)
         lag = (processed_at - stats["oldest_arrival"]).total_seconds() if stats["oldest_arrival"] else None
         row = spark.createDataFrame(
@@ -300,7 +297,7 @@ class SpeedSink:
         recent = (events.where(F.col("event_date") >= F.lit(start.date()))
                   .where(F.col("event_ts") >= F.lit(start))
                   .transform(attach_customer_id(identity)))
-        recent = recent.persist()
+        recent = recent.localCheckpoint(eager=False)
         of_affected = recent.join(affected, "customer_id", "left_semi")
         changed_orders = recent.join(order_ids.withColumnRenamed("conversion_id", "_oid"),
                                      F.trim("order_id") == F.col("_oid"), "left_semi")
@@ -323,7 +320,6 @@ class SpeedSink:
                   .select(*[F.col(f.name).cast(f.dataType) for f in SCHEMAS["speed.campaign_conversions"].fields]))
         # Appended: serving takes each conversion's latest recomputation (silver_version, batch_id).
         self._append(source, "speed.campaign_conversions", batch_id)
-        recent.unpersist()
 
     def _activity_and_segments(self, spark: SparkSession, silver: tuple[int, DataFrame], identity: DataFrame,
                                clock: dt.datetime, batch_id: int) -> None:
@@ -332,7 +328,7 @@ class SpeedSink:
         horizon = clock - dt.timedelta(days=self.settings.stream.activity_horizon_days)
         window = (events.where(F.col("event_date") >= F.lit(horizon.date()))
                   .where((F.col("event_ts") >= F.lit(horizon)) & (F.col("event_ts") <= F.lit(clock)))
-                  .transform(attach_customer_id(identity))).persist()
+                  .transform(attach_customer_id(identity))).localCheckpoint(eager=False)
         recent_customers = window.where(F.col("customer_id").isNotNull())
         if high_water_mark is not None:
             recent_customers = recent_customers.where(F.col("event_ts") >= F.lit(high_water_mark))
@@ -346,7 +342,6 @@ class SpeedSink:
         wanted = set(self.settings.stream.realtime_segments)
         definitions = [d for d in load_segments(self.settings.segments_dir) if d.name in wanted] if wanted else []
         if not definitions:
-            window.unpersist()
             return
         base = window.where(F.col("customer_id").isNotNull()).select("customer_id").distinct()
         if self._exists(spark, "gold.customer_profiles"):
@@ -357,7 +352,6 @@ class SpeedSink:
                    .withColumn("silver_version", F.lit(version).cast("long")))
         self._overwrite(members.select(*SCHEMAS["speed.segment_membership"].fieldNames()),
                         "speed.segment_membership", batch_id)
-        window.unpersist()
 
 
 # ---- change feed and entry points ------------------------------------------------------------------
