@@ -27,7 +27,7 @@ from pyspark.sql.types import (
 
 from touchpoint.core.catalog import table_path
 from touchpoint.core.config import Settings
-from touchpoint.jobs.identity_graph import Checkpoint, LakeCheckpointer
+from touchpoint.jobs.identity_graph import Checkpoint, LakeCheckpointer, local_checkpoints
 from touchpoint.jobs.identity_rules import (
     DEVICE_TYPE, REASON_SHARED_DEVICE, Guardrails, assign_customer_ids, blocked_from_facts, components_by_key,
     customer_key, edges_from_facts, id_changes, identifier_key, identity_facts, linking_edges, linking_events,
@@ -240,7 +240,7 @@ def run(spark: SparkSession, settings: Settings, logical_date: dt.date, full_reb
 
     events = silver if increment.full else silver.where(F.col("event_date").isin(increment.dates))
     scratch = f"{settings.lake_uri}/_scratch/identity"
-    with LakeCheckpointer(spark, scratch, local=settings.identity.checkpoint == "local") as checkpoint:
+    with LakeCheckpointer(spark, scratch, local=local_checkpoints(spark, settings.identity.checkpoint)) as checkpoint:
         result = resolve(events, None if increment.full else previous_state, guardrails, checkpoint)
         guardrail_rows = result.guardrails.withColumn("as_of", F.lit(as_of))
         this_run = f"as_of = TIMESTAMP'{as_of:%Y-%m-%d %H:%M:%S}'"

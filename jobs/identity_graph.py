@@ -26,6 +26,12 @@ MAX_ROUNDS = 100
 Checkpoint = Callable[[DataFrame], DataFrame]
 
 
+def local_checkpoints(spark: SparkSession, mode: str) -> bool:
+    """Whether `identity.checkpoint = mode` means localCheckpoint for this session. `auto` picks it on
+    a local master, where the executor is the driver: scratch files would survive nothing more."""
+    return mode == "local" or (mode == "auto" and spark.sparkContext.master.startswith("local"))
+
+
 class LakeCheckpointer:
     """Cuts lineage by writing to a scratch folder and reading back (survives executor loss).
 

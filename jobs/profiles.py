@@ -23,7 +23,7 @@ from touchpoint.core.config import Settings
 from touchpoint.core.hashing import hashed_email, hashed_phone_e164
 from touchpoint.core.identity_lookup import attach_customer_id
 from touchpoint.core.rfm import rfm_scores, rfm_segment
-from touchpoint.jobs.identity_graph import LakeCheckpointer
+from touchpoint.jobs.identity_graph import LakeCheckpointer, local_checkpoints
 from touchpoint.core.dates import as_of_for
 from touchpoint.jobs.identity_state import locate_version, read_version, run_log, write_snapshot
 
@@ -177,7 +177,7 @@ def run(spark: SparkSession, settings: Settings, logical_date: dt.date) -> dict:
         F.col("event_ts") < F.lit(as_of))
     path = table_path("gold.customer_profiles", settings)
     scratch = f"{settings.lake_uri}/_scratch/profiles"
-    with LakeCheckpointer(spark, scratch, local=settings.identity.checkpoint == "local") as checkpoint:
+    with LakeCheckpointer(spark, scratch, local=local_checkpoints(spark, settings.identity.checkpoint)) as checkpoint:
         profiles = build_profiles(events, identity_map, as_of, checkpoint, settings.spark_shuffle_partitions)
         written = write_snapshot(profiles, path, PROFILE_SCHEMA, "gold.customer_profiles")
     return {"as_of": as_of.isoformat(), "customers": written.rows, "customer_profiles_version": written.version,

@@ -50,8 +50,9 @@ class IdentitySettings(_Section):
         "null", "undefined", "none", "nil", "nan", "n/a", "unknown", "test@example.com",
     )
     shared_device_max_user_ids: int = Field(3, ge=1)
-    checkpoint: Literal["lake", "local"] = Field(
-        "lake", description="how connected components cut lineage: scratch files under the lake, or localCheckpoint")
+    checkpoint: Literal["auto", "lake", "local"] = Field(
+        "auto", description="how connected components cut lineage: scratch files under the lake, or "
+                            "localCheckpoint; auto = localCheckpoint on a local master, the lake otherwise")
     full_rebuild: bool = Field(False, description="identity: rebuild from all of silver, not incrementally")
 
 
