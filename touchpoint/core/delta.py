@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import time
 from contextlib import contextmanager
 from typing import Callable, Iterator, Sequence
@@ -15,6 +16,11 @@ from touchpoint.core.catalog import TABLES
 
 log = logging.getLogger(__name__)
 CONFLICT_ATTEMPTS = 3
+# A live table creation commits within seconds; a `_delta_log` without a commit this old was abandoned.
+ABANDONED_CREATE_SECONDS = 15.0
+# Files that make a `_delta_log` a table's log: commits, checksums, checkpoints, compactions (all
+# named from a version) and the checkpoint pointer. Unfinished writes are hidden `.<name>.tmp` files.
+_LOG_FILE = re.compile(r"^(\d{20}\..+|_last_checkpoint)$")
 
 # Types Delta can collect min/max statistics for.
 _STATS_TYPES = {"string", "long", "integer", "double", "float", "date", "timestamp", "timestamp_ntz", "decimal",
@@ -42,12 +48,36 @@ def ensure_table(spark: SparkSession, path: str, schema: StructType, partition_b
 
     if DeltaTable.isDeltaTable(spark, path):
         return
+    _clear_abandoned_creation(spark, path)
     builder = DeltaTable.createIfNotExists(spark).location(path).addColumns(schema)
     if partition_by:
         builder = builder.partitionedBy(*partition_by)
     for key, value in _table_properties(schema, catalog_name, partition_by).items():
         builder = builder.property(key, value)
     builder.execute()
+
+
+def _clear_abandoned_creation(spark: SparkSession, path: str) -> None:
+    """Remove the `_delta_log` of a creation that never committed (its process was killed between
+    writing commit 0's temporary file and renaming it): Delta refuses to create a table over it
+    (DELTA_TABLE_NOT_FOUND), and nothing was ever written there. Leftovers younger than
+    ABANDONED_CREATE_SECONDS may belong to a creation still running: wait out the rest first."""
+    jvm = spark.sparkContext._jvm
+    log_dir = jvm.org.apache.hadoop.fs.Path(f"{path.rstrip('/')}/_delta_log")
+    filesystem = log_dir.getFileSystem(spark._jsparkSession.sessionState().newHadoopConf())
+    while filesystem.exists(log_dir):
+        entries = list(filesystem.listStatus(log_dir))
+        if any(_LOG_FILE.match(entry.getPath().getName()) for entry in entries):
+            return  # a table's log (or one that committed meanwhile): Delta's to judge
+        newest = max((entry.getModificationTime() / 1000 for entry in entries), default=0.0)
+        wait = newest + ABANDONED_CREATE_SECONDS - time.time()
+        if wait > 0:
+            time.sleep(wait)
+            continue
+        log.warning("%s: removing the log of a table creation that never committed: %s", path,
+                    sorted(entry.getPath().getName() for entry in entries))
+        filesystem.delete(log_dir, True)
+        return
 
 
 def retry_on_conflict(write: Callable[[], None], what: str, attempts: int = CONFLICT_ATTEMPTS) -> None:
