@@ -45,6 +45,7 @@ from touchpoint.core.segments import (
     behaviours_of, compile_segments, load_segments, segment_members, with_behaviour_counts,
 )
 from touchpoint.core.serving import SCHEMAS
+from touchpoint.core.spark import release_checkpoint
 from touchpoint.core.stream_identity import extend_identity_map
 from touchpoint.schemas.lake import SILVER_SCHEMA
 
@@ -170,10 +171,12 @@ class SpeedSink:
             return {"skipped": 1}
         # Frames reused within a batch are local checkpoints, not persisted: a persisted frame keeps
         # its plan, and Spark prints every nested cached plan again at each adaptive re-plan (about
-        # a third of a customer batch). Their blocks are freed when the driver collects the batch's
-        # frames (spark.cleaner.periodicGC.interval bounds the wait).
+        # a third of a customer batch). Each is released at the end of its batch: a stream runs for weeks.
         signed = changes.transform(signed_changes).localCheckpoint(eager=False)
-        return self._process(spark, signed, batch_id)
+        try:
+            return self._process(spark, signed, batch_id)
+        finally:
+            release_checkpoint(signed)
 
     def _process(self, spark: SparkSession, signed: DataFrame, batch_id: int) -> dict:
         started = self._t0 = time.monotonic()
@@ -194,11 +197,14 @@ class SpeedSink:
         if stats["rows"] and self.views in ("all", "customers"):
             silver = self._silver_snapshot(spark)
             resolved_map = self._identity(spark, silver).localCheckpoint(eager=False)
-            self._step("identity")
-            self._last_touch(spark, signed, silver, resolved_map, stats["min_ts"], batch_id)
-            self._step("last_touch")
-            self._activity_and_segments(spark, silver, resolved_map, clock, batch_id)
-            self._step("activity_and_segments")
+            try:
+                self._step("identity")
+                self._last_touch(spark, signed, silver, resolved_map, stats["min_ts"], batch_id)
+                self._step("last_touch")
+                self._activity_and_segments(spark, silver, resolved_map, clock, batch_id)
+                self._step("activity_and_segments")
+            finally:
+                release_checkpoint(resolved_map)
         processed_at = dt.datetime.now(dt.timezone.utc)
         lag = (processed_at - stats["oldest_arrival"]).total_seconds() if stats["oldest_arrival"] else None
         row = spark.createDataFrame(
@@ -319,7 +325,10 @@ class SpeedSink:
                   .withColumn("batch_id", F.lit(batch_id).cast("long"))
                   .select(*[F.col(f.name).cast(f.dataType) for f in SCHEMAS["speed.campaign_conversions"].fields]))
         # Appended: serving takes each conversion's latest recomputation (silver_version, batch_id).
-        self._append(source, "speed.campaign_conversions", batch_id)
+        try:
+            self._append(source, "speed.campaign_conversions", batch_id)
+        finally:
+            release_checkpoint(recent)
 
     def _activity_and_segments(self, spark: SparkSession, silver: tuple[int, DataFrame], identity: DataFrame,
                                clock: dt.datetime, batch_id: int) -> None:
@@ -329,29 +338,32 @@ class SpeedSink:
         window = (events.where(F.col("event_date") >= F.lit(horizon.date()))
                   .where((F.col("event_ts") >= F.lit(horizon)) & (F.col("event_ts") <= F.lit(clock)))
                   .transform(attach_customer_id(identity))).localCheckpoint(eager=False)
-        recent_customers = window.where(F.col("customer_id").isNotNull())
-        if high_water_mark is not None:
-            recent_customers = recent_customers.where(F.col("event_ts") >= F.lit(high_water_mark))
-        activity = (window.join(recent_customers.select("customer_id").distinct(), "customer_id", "left_semi")
-                    .transform(customer_activity(clock))
-                    .withColumn("silver_version", F.lit(version).cast("long")))
-        self._overwrite(activity.select(*SCHEMAS["speed.customer_activity"].fieldNames()),
-                        "speed.customer_activity", batch_id)
-        # Real-time segments are evaluated at the instant right after the latest event seen.
-        as_of = clock + dt.timedelta(microseconds=1)
-        wanted = set(self.settings.stream.realtime_segments)
-        definitions = [d for d in load_segments(self.settings.segments_dir) if d.name in wanted] if wanted else []
-        if not definitions:
-            return
-        base = window.where(F.col("customer_id").isNotNull()).select("customer_id").distinct()
-        if self._exists(spark, "gold.customer_profiles"):
-            profiles = spark.read.format("delta").load(self.paths["gold.customer_profiles"])
-            base = base.join(profiles, "customer_id", "left")
-        members = (realtime_members(definitions, base, window, as_of)
-                   .withColumn("as_of", F.lit(as_of).cast("timestamp"))
-                   .withColumn("silver_version", F.lit(version).cast("long")))
-        self._overwrite(members.select(*SCHEMAS["speed.segment_membership"].fieldNames()),
-                        "speed.segment_membership", batch_id)
+        try:
+            recent_customers = window.where(F.col("customer_id").isNotNull())
+            if high_water_mark is not None:
+                recent_customers = recent_customers.where(F.col("event_ts") >= F.lit(high_water_mark))
+            activity = (window.join(recent_customers.select("customer_id").distinct(), "customer_id", "left_semi")
+                        .transform(customer_activity(clock))
+                        .withColumn("silver_version", F.lit(version).cast("long")))
+            self._overwrite(activity.select(*SCHEMAS["speed.customer_activity"].fieldNames()),
+                            "speed.customer_activity", batch_id)
+            # Real-time segments are evaluated at the instant right after the latest event seen.
+            as_of = clock + dt.timedelta(microseconds=1)
+            wanted = set(self.settings.stream.realtime_segments)
+            definitions = [d for d in load_segments(self.settings.segments_dir) if d.name in wanted] if wanted else []
+            if not definitions:
+                return
+            base = window.where(F.col("customer_id").isNotNull()).select("customer_id").distinct()
+            if self._exists(spark, "gold.customer_profiles"):
+                profiles = spark.read.format("delta").load(self.paths["gold.customer_profiles"])
+                base = base.join(profiles, "customer_id", "left")
+            members = (realtime_members(definitions, base, window, as_of)
+                       .withColumn("as_of", F.lit(as_of).cast("timestamp"))
+                       .withColumn("silver_version", F.lit(version).cast("long")))
+            self._overwrite(members.select(*SCHEMAS["speed.segment_membership"].fieldNames()),
+                            "speed.segment_membership", batch_id)
+        finally:
+            release_checkpoint(window)
 
 
 # ---- change feed and entry points ------------------------------------------------------------------

@@ -160,3 +160,13 @@ def _python() -> str:
     import sys
 
     return sys.executable
+
+
+def release_checkpoint(frame) -> None:
+    """Free the blocks of a frame made by `localCheckpoint()` now. Otherwise they go only when the
+    driver garbage-collects the frame, and a stream that checkpoints every micro-batch would hold
+    many batches' worth (spark.cleaner.periodicGC.interval bounds that wait)."""
+    plan = frame._jdf.logicalPlan()
+    if plan.getClass().getSimpleName() != "LogicalRDD":
+        raise ValueError("release_checkpoint takes the frame that localCheckpoint() returned")
+    plan.rdd().unpersist(False)

@@ -1,0 +1,27 @@
+"""`core.spark.release_checkpoint`: the speed sink frees each micro-batch's local checkpoints at
+the batch's end instead of when the driver next collects garbage."""
+
+import pytest
+
+
+def _cached_rdds(spark) -> dict[int, int]:
+    return {info.id(): info.numCachedPartitions() for info in spark.sparkContext._jsc.sc().getRDDStorageInfo()}
+
+
+def test_release_frees_the_checkpointed_blocks_now(spark):
+    from touchpoint.core.spark import release_checkpoint
+
+    before = set(_cached_rdds(spark))
+    doubled = spark.range(10).selectExpr("id * 2 AS doubled").localCheckpoint(eager=False)
+    assert sorted(r["doubled"] for r in doubled.collect()) == list(range(0, 20, 2))
+    held = {rdd: parts for rdd, parts in _cached_rdds(spark).items() if rdd not in before}
+    assert list(held.values()) == [2]  # one RDD, both partitions of local[2]
+    release_checkpoint(doubled)
+    assert not set(_cached_rdds(spark)) - before
+
+
+def test_release_refuses_a_frame_that_is_not_a_checkpoint(spark):
+    from touchpoint.core.spark import release_checkpoint
+
+    with pytest.raises(ValueError, match="localCheckpoint"):
+        release_checkpoint(spark.range(3).localCheckpoint(eager=False).where("id > 0"))
