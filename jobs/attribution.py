@@ -29,6 +29,7 @@ from touchpoint.core.catalog import table_path
 from touchpoint.core.config import AttributionSettings, Settings
 from touchpoint.core.dates import as_of_for, epoch_micros
 from touchpoint.core.identity_lookup import attach_customer_id
+from touchpoint.core.spark import release_checkpoint
 from touchpoint.jobs.attribution_checks import assert_attribution_invariants
 from touchpoint.jobs.attribution_models import (
     CLICK_TYPES, CONVERSION_COLUMNS, CREDIT_COLUMNS, HEURISTIC_MODELS, MODELS, TOUCHPOINT_COLUMNS, conversions,
@@ -249,6 +250,7 @@ def run(spark: SparkSession, settings: Settings, logical_date: dt.date, mode: st
     previous, full_reason = _previous_run(spark, settings)
     if mode == "full":
         full_reason = "full recompute requested"
+    checkpoints: list[DataFrame] = []
     started = [time.monotonic()]
 
     def keep(frame: DataFrame) -> DataFrame:
@@ -256,112 +258,117 @@ def run(spark: SparkSession, settings: Settings, logical_date: dt.date, mode: st
         # every nested cached plan again at each adaptive re-plan, which was most of an incremental
         # run (44 s of driver time against 12 s of jobs over 17 events). Blocks live on the
         # executors: losing one fails the run, which the DAG's retries repeat.
-        return frame.localCheckpoint(eager=False)
+        checkpoints.append(frame.localCheckpoint(eager=False))
+        return checkpoints[-1]
 
     def step(name: str) -> None:
         now = time.monotonic()
         log.info("attribution %s: %s took %.1fs", logical_date, name, now - started[0])
         started[0] = now
 
-    events = keep(
-        inputs["silver.events"]
-        .transform(relevant_events(cfg, as_of))
-        .transform(attach_customer_id(inputs["gold.identity_map"]))
-    )
-    touches = keep(events.transform(touchpoints(cfg)))
-    convs = keep(events.transform(conversions))
+    try:
+        events = keep(
+            inputs["silver.events"]
+            .transform(relevant_events(cfg, as_of))
+            .transform(attach_customer_id(inputs["gold.identity_map"]))
+        )
+        touches = keep(events.transform(touchpoints(cfg)))
+        convs = keep(events.transform(conversions))
 
-    # 1. Touchpoints and conversions with paths: all of them, or only what changed.
-    if full_reason:
-        rebuilt = keep(convs.transform(with_paths(touches, cfg)))
-        all_convs, all_touches = rebuilt, touches
-        touch_changes = removed = affected = previous_credits = None
-    else:
-        previous_touches = _read(spark, paths["attribution_touchpoints"], previous["touchpoints_version"])
-        previous_convs = _read(spark, paths["attribution_conversions"], previous["conversions_version"])
-        previous_credits = _read(spark, paths["attribution_credits"], previous["credits_version"])
-        touch_changes = keep(touchpoint_changes(previous_touches, touches))
-        to_rebuild = keep(conversions_to_rebuild(
-            previous_convs.select(*CONVERSION_COLUMNS), convs, touch_changes, cfg))
-        removed = keep(removed_conversions(previous_convs, convs))
-        affected = to_rebuild.unionByName(removed)
-        rebuilt = keep(convs.join(to_rebuild, "conversion_id", "left_semi").transform(with_paths(touches, cfg)))
-        all_convs = keep(previous_convs.join(affected, "conversion_id", "left_anti").unionByName(rebuilt))
-        all_touches = touches
-    recomputed = rebuilt.count()
-    removed_count = removed.count() if removed is not None else 0
-    step(f"paths ({'full: ' + full_reason if full_reason else 'incremental'})")
+        # 1. Touchpoints and conversions with paths: all of them, or only what changed.
+        if full_reason:
+            rebuilt = keep(convs.transform(with_paths(touches, cfg)))
+            all_convs, all_touches = rebuilt, touches
+            touch_changes = removed = affected = previous_credits = None
+        else:
+            previous_touches = _read(spark, paths["attribution_touchpoints"], previous["touchpoints_version"])
+            previous_convs = _read(spark, paths["attribution_conversions"], previous["conversions_version"])
+            previous_credits = _read(spark, paths["attribution_credits"], previous["credits_version"])
+            touch_changes = keep(touchpoint_changes(previous_touches, touches))
+            to_rebuild = keep(conversions_to_rebuild(
+                previous_convs.select(*CONVERSION_COLUMNS), convs, touch_changes, cfg))
+            removed = keep(removed_conversions(previous_convs, convs))
+            affected = to_rebuild.unionByName(removed)
+            rebuilt = keep(convs.join(to_rebuild, "conversion_id", "left_semi").transform(with_paths(touches, cfg)))
+            all_convs = keep(previous_convs.join(affected, "conversion_id", "left_anti").unionByName(rebuilt))
+            all_touches = touches
+        recomputed = rebuilt.count()
+        removed_count = removed.count() if removed is not None else 0
+        step(f"paths ({'full: ' + full_reason if full_reason else 'incremental'})")
 
-    # 2. The Markov chain, trained on the paths table of this as-of.
-    training = keep(training_paths(all_convs, all_touches, as_of_us, cfg))
-    chain = fit_chain(training, cfg.markov_order)
-    removal_effects = chain.removal_effects()
-    effects_rows = spark.createDataFrame(
-        [(as_of, cfg.markov_order, c, re) for c, re in sorted(removal_effects.items())],
-        REMOVAL_EFFECTS_SCHEMA)
-    step("markov chain")
+        # 2. The Markov chain, trained on the paths table of this as-of.
+        training = keep(training_paths(all_convs, all_touches, as_of_us, cfg))
+        chain = fit_chain(training, cfg.markov_order)
+        removal_effects = chain.removal_effects()
+        effects_rows = spark.createDataFrame(
+            [(as_of, cfg.markov_order, c, re) for c, re in sorted(removal_effects.items())],
+            REMOVAL_EFFECTS_SCHEMA)
+        step("markov chain")
 
-    # 3. Credits: every model for rebuilt conversions, Markov for all (it follows the latest chain).
-    if affected is None:
-        new_rows = keep(all_convs.transform(credits(cfg, removal_effects, MODELS)))
-        final_credits = new_rows
-    else:
-        markov_rows = all_convs.transform(credits(cfg, removal_effects, ["markov"]))
-        new_rows = keep(rebuilt.transform(credits(cfg, removal_effects, HEURISTIC_MODELS))
-                        .unionByName(markov_rows))
-        kept = previous_credits.where(F.col("model") != "markov").join(affected, "conversion_id", "left_anti")
-        final_credits = kept.select(*CREDIT_COLUMNS).unionByName(new_rows)
-    assert_attribution_invariants(final_credits, all_convs, lookback_us)
-    step("credits and invariants")
+        # 3. Credits: every model for rebuilt conversions, Markov for all (it follows the latest chain).
+        if affected is None:
+            new_rows = keep(all_convs.transform(credits(cfg, removal_effects, MODELS)))
+            final_credits = new_rows
+        else:
+            markov_rows = all_convs.transform(credits(cfg, removal_effects, ["markov"]))
+            new_rows = keep(rebuilt.transform(credits(cfg, removal_effects, HEURISTIC_MODELS))
+                            .unionByName(markov_rows))
+            kept = previous_credits.where(F.col("model") != "markov").join(affected, "conversion_id", "left_anti")
+            final_credits = kept.select(*CREDIT_COLUMNS).unionByName(new_rows)
+        assert_attribution_invariants(final_credits, all_convs, lookback_us)
+        step("credits and invariants")
 
-    # 4. Publish. Versions are recorded last: a run that dies half way leaves them stale, and
-    # the next run then recomputes everything.
-    if affected is None:
-        _overwrite(rebuilt, paths["attribution_conversions"])
-        _overwrite(touches, paths["attribution_touchpoints"])
-        _overwrite(new_rows, paths["attribution_credits"], partition_by=("model",))
-    else:
-        conversion_source = rebuilt.withColumn("deleted", F.lit(False)).unionByName(
-            removed.withColumn("deleted", F.lit(True)), allowMissingColumns=True)
-        _merge(spark, paths["attribution_conversions"], conversion_source,
-               "t.conversion_id = s.conversion_id", list(CONVERSION_COLUMNS) + ["path"])
-        _merge(spark, paths["attribution_touchpoints"], touch_changes,
-               "t.touch_event_id = s.touch_event_id", TOUCHPOINT_COLUMNS)
-        stale = previous_credits.where(F.col("model") == "markov").unionByName(
-            previous_credits.where(F.col("model") != "markov").join(affected, "conversion_id", "left_semi")
-            .select(*CREDIT_COLUMNS))
-        _merge(spark, paths["attribution_credits"], credit_merge_source(new_rows, stale),
-               "t.model = s.model AND t.conversion_id = s.conversion_id "
-               "AND t.touch_event_id <=> s.touch_event_id", CREDIT_COLUMNS)
-    step("state tables and credits written")
-    _overwrite(daily(final_credits), paths["attribution_daily"])
-    _overwrite(training, paths["attribution_paths"])
-    _write_removal_effects(spark, effects_rows, paths["markov_removal_effects"], as_of)
+        # 4. Publish. Versions are recorded last: a run that dies half way leaves them stale, and
+        # the next run then recomputes everything.
+        if affected is None:
+            _overwrite(rebuilt, paths["attribution_conversions"])
+            _overwrite(touches, paths["attribution_touchpoints"])
+            _overwrite(new_rows, paths["attribution_credits"], partition_by=("model",))
+        else:
+            conversion_source = rebuilt.withColumn("deleted", F.lit(False)).unionByName(
+                removed.withColumn("deleted", F.lit(True)), allowMissingColumns=True)
+            _merge(spark, paths["attribution_conversions"], conversion_source,
+                   "t.conversion_id = s.conversion_id", list(CONVERSION_COLUMNS) + ["path"])
+            _merge(spark, paths["attribution_touchpoints"], touch_changes,
+                   "t.touch_event_id = s.touch_event_id", TOUCHPOINT_COLUMNS)
+            stale = previous_credits.where(F.col("model") == "markov").unionByName(
+                previous_credits.where(F.col("model") != "markov").join(affected, "conversion_id", "left_semi")
+                .select(*CREDIT_COLUMNS))
+            _merge(spark, paths["attribution_credits"], credit_merge_source(new_rows, stale),
+                   "t.model = s.model AND t.conversion_id = s.conversion_id "
+                   "AND t.touch_event_id <=> s.touch_event_id", CREDIT_COLUMNS)
+        step("state tables and credits written")
+        _overwrite(daily(final_credits), paths["attribution_daily"])
+        _overwrite(training, paths["attribution_paths"])
+        _write_removal_effects(spark, effects_rows, paths["markov_removal_effects"], as_of)
 
-    step("daily, paths and removal effects written")
-    versions = {column: _version(spark, table_path(name, settings)) for column, name in STATE_TABLES.items()}
-    state_rows = {STATE_ROWS[column]: snapshot_rows(table_path(name, settings), versions[column])
-                  for column, name in STATE_TABLES.items()}
-    run_mode = "full" if full_reason else "incremental"
-    record = (
-        (previous["run_id"] + 1) if previous else 1, logical_date, as_of, run_mode,
-        settings_fingerprint(cfg), versions["conversions_version"], versions["touchpoints_version"],
-        versions["credits_version"], recomputed, removed_count,
-        state_rows["conversions_rows"], state_rows["touchpoints_rows"], state_rows["credits_rows"],
-    )
-    (spark.createDataFrame([record], RUNS_SCHEMA).write.format("delta").mode("append")
-     .option("mergeSchema", "true").save(paths["attribution_runs"]))
-    step("run recorded")
-    return {
-        "as_of": as_of.isoformat(),
-        "mode": run_mode,
-        "full_reason": full_reason,
-        "conversions_recomputed": recomputed,
-        "conversions_removed": removed_count,
-        "markov_order": cfg.markov_order,
-        "conversion_probability": chain.conversion_probability(),
-        "removal_effects": removal_effects,
-    }
+        step("daily, paths and removal effects written")
+        versions = {column: _version(spark, table_path(name, settings)) for column, name in STATE_TABLES.items()}
+        state_rows = {STATE_ROWS[column]: snapshot_rows(table_path(name, settings), versions[column])
+                      for column, name in STATE_TABLES.items()}
+        run_mode = "full" if full_reason else "incremental"
+        record = (
+            (previous["run_id"] + 1) if previous else 1, logical_date, as_of, run_mode,
+            settings_fingerprint(cfg), versions["conversions_version"], versions["touchpoints_version"],
+            versions["credits_version"], recomputed, removed_count,
+            state_rows["conversions_rows"], state_rows["touchpoints_rows"], state_rows["credits_rows"],
+        )
+        (spark.createDataFrame([record], RUNS_SCHEMA).write.format("delta").mode("append")
+         .option("mergeSchema", "true").save(paths["attribution_runs"]))
+        step("run recorded")
+        return {
+            "as_of": as_of.isoformat(),
+            "mode": run_mode,
+            "full_reason": full_reason,
+            "conversions_recomputed": recomputed,
+            "conversions_removed": removed_count,
+            "markov_order": cfg.markov_order,
+            "conversion_probability": chain.conversion_probability(),
+            "removal_effects": removal_effects,
+        }
+    finally:
+        for frame in checkpoints:
+            release_checkpoint(frame)
 
 
 def _write_removal_effects(spark: SparkSession, rows: DataFrame, path: str, as_of: dt.datetime) -> None:

@@ -18,7 +18,8 @@ def abandoned_creation(path, age_seconds: float):
                  log_dir / "..00000000000000000000.json.0c2b54d5-2349-4cf3-8c34-cbc3fa9c645d.tmp.crc"]
     for leftover in leftovers:
         leftover.write_text('{"commitInfo":{}}\n')
-        os.utime(leftover, (time.time() - age_seconds,) * 2)
+    for made in (*leftovers, log_dir / "_staged_commits", log_dir):
+        os.utime(made, (time.time() - age_seconds,) * 2)
 
 
 def test_an_abandoned_creation_is_cleared_and_the_table_created(spark, tmp_path):

@@ -65,14 +65,18 @@ def _clear_abandoned_creation(spark: SparkSession, path: str) -> None:
     jvm = spark.sparkContext._jvm
     log_dir = jvm.org.apache.hadoop.fs.Path(f"{path.rstrip('/')}/_delta_log")
     filesystem = log_dir.getFileSystem(spark._jsparkSession.sessionState().newHadoopConf())
-    while filesystem.exists(log_dir):
+    for attempt in (1, 2):  # a second look after waiting; then what is left is abandoned
+        if not filesystem.exists(log_dir):
+            return
         entries = list(filesystem.listStatus(log_dir))
         if any(_LOG_FILE.match(entry.getPath().getName()) for entry in entries):
             return  # a table's log (or one that committed meanwhile): Delta's to judge
-        newest = max((entry.getModificationTime() / 1000 for entry in entries), default=0.0)
+        # The folder's own time counts too: a creation that has only made the folder is fresh.
+        newest = max(entry.getModificationTime() / 1000
+                     for entry in [filesystem.getFileStatus(log_dir), *entries])
         wait = newest + ABANDONED_CREATE_SECONDS - time.time()
-        if wait > 0:
-            time.sleep(wait)
+        if attempt == 1 and wait > 0:
+            time.sleep(min(wait, ABANDONED_CREATE_SECONDS))
             continue
         log.warning("%s: removing the log of a table creation that never committed: %s", path,
                     sorted(entry.getPath().getName() for entry in entries))
