@@ -310,7 +310,6 @@ def test_guardrail_reasons(spark):
     assert got == expected
 
 
-@pytest.mark.slow
 def test_checkpoint_auto_is_local_on_a_local_master_only(spark):
     """`identity.checkpoint = auto`: the test session's master is local, so local checkpoints; the
     spark-submitted pipeline in tests/test_cluster_submit.py runs on spark:// and so on scratch files."""
@@ -321,6 +320,7 @@ def test_checkpoint_auto_is_local_on_a_local_master_only(spark):
     assert [local_checkpoints(spark, mode) for mode in ("auto", "local", "lake")] == [True, True, False]
 
 
+@pytest.mark.slow
 def test_scale_smoke_chain_of_1000_and_many_components(spark):
     """The in-suite size of bench/identity_scale.py (which runs >= 1M identifiers): 5,000 customers
     of 4 identifiers and a chain of 1,000 devices and users with far-apart labels."""
