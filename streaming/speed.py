@@ -45,7 +45,7 @@ from touchpoint.core.segments import (
     behaviours_of, compile_segments, load_segments, segment_members, with_behaviour_counts,
 )
 from touchpoint.core.serving import SCHEMAS
-from touchpoint.core.spark import release_checkpoint
+from touchpoint.core.spark import local_checkpoint
 from touchpoint.core.stream_identity import extend_identity_map
 from touchpoint.schemas.lake import SILVER_SCHEMA
 
@@ -169,14 +169,10 @@ class SpeedSink:
         spark.sparkContext.setLocalProperty("spark.scheduler.pool", self.query_name)
         if self.already_processed(batch_id):
             return {"skipped": 1}
-        # Frames reused within a batch are local checkpoints, not persisted: a persisted frame keeps
-        # its plan, and Spark prints every nested cached plan again at each adaptive re-plan (about
-        # a third of a customer batch). Each is released at the end of its batch: a stream runs for weeks.
-        signed = changes.transform(signed_changes).localCheckpoint(eager=False)
-        try:
+        # Frames reused within a batch are local checkpoints (core.spark.local_checkpoint), freed at
+        # the end of their batch: a stream runs for weeks.
+        with local_checkpoint(changes.transform(signed_changes)) as signed:
             return self._process(spark, signed, batch_id)
-        finally:
-            release_checkpoint(signed)
 
     def _process(self, spark: SparkSession, signed: DataFrame, batch_id: int) -> dict:
         started = self._t0 = time.monotonic()
@@ -196,15 +192,12 @@ class SpeedSink:
         # An empty micro-batch changes nothing: the clock only moves with events.
         if stats["rows"] and self.views in ("all", "customers"):
             silver = self._silver_snapshot(spark)
-            resolved_map = self._identity(spark, silver).localCheckpoint(eager=False)
-            try:
+            with local_checkpoint(self._identity(spark, silver)) as resolved_map:
                 self._step("identity")
                 self._last_touch(spark, signed, silver, resolved_map, stats["min_ts"], batch_id)
                 self._step("last_touch")
                 self._activity_and_segments(spark, silver, resolved_map, clock, batch_id)
                 self._step("activity_and_segments")
-            finally:
-                release_checkpoint(resolved_map)
         processed_at = dt.datetime.now(dt.timezone.utc)
         lag = (processed_at - stats["oldest_arrival"]).total_seconds() if stats["oldest_arrival"] else None
         row = spark.createDataFrame(
@@ -303,32 +296,29 @@ class SpeedSink:
         recent = (events.where(F.col("event_date") >= F.lit(start.date()))
                   .where(F.col("event_ts") >= F.lit(start))
                   .transform(attach_customer_id(identity)))
-        recent = recent.localCheckpoint(eager=False)
-        of_affected = recent.join(affected, "customer_id", "left_semi")
-        changed_orders = recent.join(order_ids.withColumnRenamed("conversion_id", "_oid"),
-                                     F.trim("order_id") == F.col("_oid"), "left_semi")
-        candidate_orders = (changed_orders.unionByName(of_affected).where(F.col("event_type") == "order")
-                            .dropDuplicates(["event_id"]))
-        convs = candidate_orders.transform(conversions)
-        in_scope = (convs.join(affected, "customer_id", "left")
-                    .join(order_ids.withColumn("_changed", F.lit(True)), "conversion_id", "left")
-                    .where(F.col("_changed").isNotNull() | (micros("conversion_ts") >= F.col("from_us")))
-                    .drop("from_us", "_changed"))
-        attributed = in_scope.transform(last_touch(of_affected.transform(touchpoints(cfg)), cfg))
-        rows = attributed.withColumn("removed", F.lit(False))
-        gone = order_ids.join(attributed.select("conversion_id"), "conversion_id", "left_anti")
-        tombstones = gone.select("conversion_id", *[F.lit(None).cast(f.dataType).alias(f.name)
-                                                    for f in SCHEMAS["speed.campaign_conversions"].fields
-                                                    if f.name not in ("conversion_id", "removed", "silver_version", "batch_id")],
-                                 F.lit(True).alias("removed"))
-        source = (rows.unionByName(tombstones).withColumn("silver_version", F.lit(version).cast("long"))
-                  .withColumn("batch_id", F.lit(batch_id).cast("long"))
-                  .select(*[F.col(f.name).cast(f.dataType) for f in SCHEMAS["speed.campaign_conversions"].fields]))
-        # Appended: serving takes each conversion's latest recomputation (silver_version, batch_id).
-        try:
+        with local_checkpoint(recent) as recent:
+            of_affected = recent.join(affected, "customer_id", "left_semi")
+            changed_orders = recent.join(order_ids.withColumnRenamed("conversion_id", "_oid"),
+                                         F.trim("order_id") == F.col("_oid"), "left_semi")
+            candidate_orders = (changed_orders.unionByName(of_affected).where(F.col("event_type") == "order")
+                                .dropDuplicates(["event_id"]))
+            convs = candidate_orders.transform(conversions)
+            in_scope = (convs.join(affected, "customer_id", "left")
+                        .join(order_ids.withColumn("_changed", F.lit(True)), "conversion_id", "left")
+                        .where(F.col("_changed").isNotNull() | (micros("conversion_ts") >= F.col("from_us")))
+                        .drop("from_us", "_changed"))
+            attributed = in_scope.transform(last_touch(of_affected.transform(touchpoints(cfg)), cfg))
+            rows = attributed.withColumn("removed", F.lit(False))
+            gone = order_ids.join(attributed.select("conversion_id"), "conversion_id", "left_anti")
+            tombstones = gone.select("conversion_id", *[F.lit(None).cast(f.dataType).alias(f.name)
+                                                        for f in SCHEMAS["speed.campaign_conversions"].fields
+                                                        if f.name not in ("conversion_id", "removed", "silver_version", "batch_id")],
+                                     F.lit(True).alias("removed"))
+            source = (rows.unionByName(tombstones).withColumn("silver_version", F.lit(version).cast("long"))
+                      .withColumn("batch_id", F.lit(batch_id).cast("long"))
+                      .select(*[F.col(f.name).cast(f.dataType) for f in SCHEMAS["speed.campaign_conversions"].fields]))
+            # Appended: serving takes each conversion's latest recomputation (silver_version, batch_id).
             self._append(source, "speed.campaign_conversions", batch_id)
-        finally:
-            release_checkpoint(recent)
 
     def _activity_and_segments(self, spark: SparkSession, silver: tuple[int, DataFrame], identity: DataFrame,
                                clock: dt.datetime, batch_id: int) -> None:
@@ -337,8 +327,8 @@ class SpeedSink:
         horizon = clock - dt.timedelta(days=self.settings.stream.activity_horizon_days)
         window = (events.where(F.col("event_date") >= F.lit(horizon.date()))
                   .where((F.col("event_ts") >= F.lit(horizon)) & (F.col("event_ts") <= F.lit(clock)))
-                  .transform(attach_customer_id(identity))).localCheckpoint(eager=False)
-        try:
+                  .transform(attach_customer_id(identity)))
+        with local_checkpoint(window) as window:
             recent_customers = window.where(F.col("customer_id").isNotNull())
             if high_water_mark is not None:
                 recent_customers = recent_customers.where(F.col("event_ts") >= F.lit(high_water_mark))
@@ -362,8 +352,6 @@ class SpeedSink:
                        .withColumn("silver_version", F.lit(version).cast("long")))
             self._overwrite(members.select(*SCHEMAS["speed.segment_membership"].fieldNames()),
                             "speed.segment_membership", batch_id)
-        finally:
-            release_checkpoint(window)
 
 
 # ---- change feed and entry points ------------------------------------------------------------------

@@ -1,5 +1,5 @@
-"""`core.spark.release_checkpoint`: the speed sink frees each micro-batch's local checkpoints at
-the batch's end instead of when the driver next collects garbage."""
+"""`core.spark.local_checkpoint` / `release_checkpoint`: attribution and the speed sink free their
+local checkpoints when a run or micro-batch ends, not when the driver next collects garbage."""
 
 import pytest
 
@@ -25,3 +25,15 @@ def test_release_refuses_a_frame_that_is_not_a_checkpoint(spark):
 
     with pytest.raises(ValueError, match="localCheckpoint"):
         release_checkpoint(spark.range(3).localCheckpoint(eager=False).where("id > 0"))
+
+
+def test_local_checkpoint_block_computes_once_and_frees_on_exit_even_after_an_error(spark):
+    from touchpoint.core.spark import local_checkpoint
+
+    before = set(_cached_rdds(spark))
+    with pytest.raises(RuntimeError, match="the batch failed"):
+        with local_checkpoint(spark.range(4).selectExpr("id + 1 AS n")) as numbers:
+            assert sorted(r["n"] for r in numbers.collect()) == [1, 2, 3, 4]
+            assert len(set(_cached_rdds(spark)) - before) == 1
+            raise RuntimeError("the batch failed")
+    assert not set(_cached_rdds(spark)) - before
