@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -101,7 +102,7 @@ def publish(spark: SparkSession, settings: Settings, logical_date: dt.date) -> d
 
     def publish_table(name: str) -> str | None:
         source, target = TABLES[name].path(staged), TABLES[name].path(settings)
-        if not _is_delta(spark, source) or _same_last_commit(spark, source, target):
+        if not _is_delta(spark, source) or _same_last_commit(source, target):
             return None  # nothing staged, or the jobs left the staged copy as it was published
         # One atomic overwrite per table: readers see the previous version or exactly the audited one.
         (spark.read.format("delta").load(source).write.format("delta").mode("overwrite")
@@ -127,19 +128,29 @@ def publish(spark: SparkSession, settings: Settings, logical_date: dt.date) -> d
 PUBLISH_THREADS = 4
 
 
-def _same_last_commit(spark: SparkSession, staged: str, published: str) -> bool:
+def _same_last_commit(staged: str, published: str) -> bool:
     """True when the staged table still ends on the published table's last commit.
 
-    A local staging copy carries the published log byte for byte, so an equal (version, timestamp)
-    means no job committed to it and nobody wrote the published table since. A Spark-made copy
-    has its own history and never matches: it is always published."""
-    from delta.tables import DeltaTable
-
-    if not _is_delta(spark, published):
+    A local staging copy carries the published log byte for byte, so an equal last commit file (name
+    and bytes) means no job committed to it and nobody wrote the published table since. Read from
+    the files: asking Delta costs a snapshot of each table (Spark jobs) for every table published.
+    A Spark-made copy (a lake that is not a local folder) has its own history: always published."""
+    if "://" in published:
         return False
-    last = [DeltaTable.forPath(spark, path).history(1).select("version", "timestamp").first()
-            for path in (staged, published)]
-    return tuple(last[0]) == tuple(last[1])
+    last = [_last_commit(Path(path) / "_delta_log") for path in (staged, published)]
+    return last[0] is not None and last[0] == last[1]
+
+
+def _last_commit(log: Path) -> tuple[str, bytes] | None:
+    """(file name, bytes) of the newest commit in a Delta log folder; None when it has none."""
+    commits = [p for p in log.glob("*.json") if _COMMIT_FILE.match(p.name)]
+    if not commits:
+        return None
+    newest = max(commits, key=lambda p: p.name)  # zero-padded versions: name order is version order
+    return newest.name, newest.read_bytes()
+
+
+_COMMIT_FILE = re.compile(r"^\d{20}\.json$")
 
 
 def record_high_water_mark(spark: SparkSession, settings: Settings, logical_date: dt.date) -> None:

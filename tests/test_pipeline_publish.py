@@ -33,3 +33,13 @@ def test_publish_rewrites_changed_tables_and_leaves_untouched_copies_alone(spark
     prepare_staging(spark, settings, D)
     assert publish(spark, settings, D)["published"] == []
     assert versions(spark, sizes, daily) == [1, 0]
+
+    # The staged copy and the published table each got a commit of the same version number: their
+    # last commits differ in content, so the audited staged table is what gets published.
+    prepare_staging(spark, settings, D)
+    staged_daily = TABLES["gold.attribution_daily"].path(staging_settings(settings, D))
+    spark.createDataFrame([("any", 2)], SCHEMA).write.format("delta").mode("overwrite").save(staged_daily)
+    spark.createDataFrame([("other", 5)], SCHEMA).write.format("delta").mode("overwrite").save(daily)
+    assert versions(spark, staged_daily, daily) == [1, 1]
+    assert publish(spark, settings, D)["published"] == ["gold.attribution_daily"]
+    assert [tuple(r) for r in spark.read.format("delta").load(daily).collect()] == [("any", 2)]
