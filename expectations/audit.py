@@ -258,12 +258,21 @@ def _validate(context, datasource, gx_suite, suite: TableSuite, view: str | None
     name = suite.gx_suite_name(view)
     batch = datasource.add_dataframe_asset(name=name).add_batch_definition_whole_dataframe("whole")
     definition = context.validation_definitions.add(gx.ValidationDefinition(name=name, data=batch, suite=gx_suite))
-    validation = definition.run(
-        batch_parameters={"dataframe": frame},
-        expectation_parameters=dict(parameters),
-        result_format={"result_format": "BASIC", "partial_unexpected_count": suite.unexpected_samples},
-        run_id=run_identifier,
-    )
+
+    def run(samples: int):
+        return definition.run(
+            batch_parameters={"dataframe": frame},
+            expectation_parameters=dict(parameters),
+            result_format={"result_format": "BASIC", "partial_unexpected_count": samples},
+            run_id=run_identifier,
+        )
+
+    # Sampling unexpected values costs GX a Spark job per expectation even when there are none, so
+    # samples are asked for only when some expectation found unexpected values. The second run
+    # stores its result under the same key: the kept result is exactly a sampled run's.
+    validation = run(0)
+    if suite.unexpected_samples and any(_has_unexpected(item.result) for item in validation.results):
+        validation = run(suite.unexpected_samples)
     by_index = {s.index: s for s in specs}
     outcomes = []
     for item in validation.results:
@@ -276,6 +285,11 @@ def _validate(context, datasource, gx_suite, suite: TableSuite, view: str | None
             bool(item.success) and exception is None, json.loads(to_json(item.result or {})), exception,
         ))
     return sorted(outcomes, key=lambda o: o.index)
+
+
+def _has_unexpected(result: Mapping[str, Any] | None) -> bool:
+    count = (result or {}).get("unexpected_count")
+    return isinstance(count, (int, float)) and count > 0
 
 
 # ---------------------------------------------------------------- the runner

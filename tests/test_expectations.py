@@ -284,6 +284,10 @@ def test_injected_defects_fail_exactly_their_expectations_and_reruns_replace_row
     assert observed[credit_sum_check]["unexpected_count"] == 1  # only (linear, o1)
     assert observed[("exports", "erasure_flags", "expect_column_values_to_be_in_set", ("erased",))][
         "partial_unexpected_list"] == [True]
+    # a suite with unexpected values is validated again to sample them: its stored result is replaced
+    suite_views = {s.gx_suite_name(v) for s in load_suites().values() for v in s.views}
+    stored_results = list((audit_settings.reports_dir / "gx_validations").glob("**/bad-run/**/*.json"))
+    assert len(stored_results) == len(suite_views)
     # restricted tables keep no sample values, not even on failure
     assert observed[("gold.identity_map", None, "expect_compound_columns_to_be_unique",
                      ("identifier_type", "identifier_value"))]["partial_unexpected_list"] == []
