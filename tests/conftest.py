@@ -58,7 +58,7 @@ def kafka_topic(kafka_broker, settings):
 
 
 # ---- one generated history, ingested and published once for the end-to-end tests ---------------
-# Pipeline runs cost a minute or more each; tests that only need *a* published lake share this one
+# Pipeline runs cost a minute or more each; tests that only need *a* published lake share these
 # and work on their own copies (tests/test_pipeline_dag.py, tests/test_cluster_submit.py).
 
 @pytest.fixture(scope="session")
@@ -76,20 +76,37 @@ def ingested_history(spark, tmp_path_factory) -> Path:
     return root
 
 
-@pytest.fixture(scope="session")
-def published_history(spark, ingested_history, tmp_path_factory) -> Path:
-    """A copy of the ingested history with the daily pipeline run and published for HISTORY_DAY.
-    Read-only for tests: copy it (shutil.copytree) before changing anything."""
+def _publish(spark, source: Path, root: Path, day: str) -> Path:
+    """<root>/lake: a copy of <source>/lake with the daily pipeline run for `day`; <root>/runs.json: the
+    attribution mode of each date published into it so far ({date: "full" | "incremental"})."""
     import datetime as dt
+    import json
     import shutil
-
-    from shared_history import HISTORY_DAY
 
     from touchpoint.core.config import load_settings
     from touchpoint.jobs.pipeline import run
 
-    root = tmp_path_factory.mktemp("published_history")
-    shutil.copytree(ingested_history / "lake", root / "lake")
-    run(spark, load_settings(lake_root=str(root / "lake"), spark_shuffle_partitions=2),
-        dt.date.fromisoformat(HISTORY_DAY))
+    shutil.copytree(source / "lake", root / "lake")
+    result = run(spark, load_settings(lake_root=str(root / "lake"), spark_shuffle_partitions=2),
+                 dt.date.fromisoformat(day))
+    runs = json.loads((source / "runs.json").read_text()) if (source / "runs.json").exists() else {}
+    (root / "runs.json").write_text(json.dumps({**runs, day: result["attribution"]["mode"]}))
     return root
+
+
+@pytest.fixture(scope="session")
+def published_first_day(spark, ingested_history, tmp_path_factory) -> Path:
+    """The ingested history published for FIRST_DAY (the backfill's first date). Read-only for tests:
+    copy it (shutil.copytree) before changing anything."""
+    from shared_history import FIRST_DAY
+
+    return _publish(spark, ingested_history, tmp_path_factory.mktemp("published_first_day"), FIRST_DAY)
+
+
+@pytest.fixture(scope="session")
+def published_history(spark, published_first_day, tmp_path_factory) -> Path:
+    """published_first_day's lake published for HISTORY_DAY as well: the ingested history backfilled
+    date by date. Read-only for tests: copy it (shutil.copytree) before changing anything."""
+    from shared_history import HISTORY_DAY
+
+    return _publish(spark, published_first_day, tmp_path_factory.mktemp("published_history"), HISTORY_DAY)

@@ -1,7 +1,11 @@
-"""The generated history behind the shared lakes of tests/conftest.py (ingested_history, published_history)."""
+"""The generated history behind the shared lakes of tests/conftest.py (ingested_history,
+published_first_day, published_history)."""
 
 HISTORY_START = "2026-03-02"
-HISTORY_DAY = "2026-03-04"  # the last generated day: the date the shared lake is published for
+# The shared lakes are backfilled with all the history ingested: the pipeline runs for FIRST_DAY
+# (published_first_day), then for HISTORY_DAY, the last generated day (published_history).
+FIRST_DAY = "2026-03-03"
+HISTORY_DAY = "2026-03-04"
 
 
 def history_config():

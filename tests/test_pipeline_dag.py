@@ -12,9 +12,10 @@ import pytest
 
 from touchpoint.core.catalog import table_path
 from touchpoint.core.config import get_settings, load_settings
-from shared_history import HISTORY_DAY, HISTORY_START
+from shared_history import FIRST_DAY, HISTORY_DAY, HISTORY_START
 
-# four pipeline runs in the backfill test: past the default per-test timeout on a busy machine
+# two pipeline runs in the backfill test, and the shared lakes' two when it runs first: past the
+# default per-test timeout on a busy machine
 pytestmark = pytest.mark.timeout(2400)
 
 START = dt.date.fromisoformat(HISTORY_START)
@@ -36,13 +37,6 @@ def _own_lake(source, tmp_path, monkeypatch):
     monkeypatch.setenv("TOUCHPOINT_SPARK_SHUFFLE_PARTITIONS", "2")
     get_settings.cache_clear()
     return get_settings()
-
-
-@pytest.fixture
-def lake(ingested_history, tmp_path, monkeypatch):
-    shutil.copy(ingested_history / "events.jsonl", tmp_path / "events.jsonl")
-    yield _own_lake(ingested_history, tmp_path, monkeypatch)
-    get_settings.cache_clear()
 
 
 @pytest.fixture
@@ -98,21 +92,22 @@ def test_injected_defect_fails_the_audit_and_publishes_nothing(spark, published_
     assert current_high_water_mark(spark, published_lake) == dt.datetime(2026, 3, 5)
 
 
-def test_backfill_equals_daily_runs_as_data_arrives(spark, tmp_path, lake):
+def test_backfill_equals_daily_runs_as_data_arrives(spark, tmp_path, ingested_history, published_history):
     from touchpoint.jobs.pipeline import run as run_pipeline
     from touchpoint.streaming.ingest import ingest_files
 
-    # The last two dates: the first run covers two days of history, the second is incremental.
-    days = [START + dt.timedelta(days=i) for i in (1, 2)]
-    # backfill: all data is there, dates run one by one
-    modes = [run_pipeline(spark, lake, day)["attribution"]["mode"] for day in days]
-    backfilled = snapshot(spark, lake)
+    # The backfill is the shared published lake (conftest): all the history ingested, then the last
+    # two dates run one by one; the first run covers two days of history, the second is incremental.
+    days = [dt.date.fromisoformat(FIRST_DAY), dt.date.fromisoformat(HISTORY_DAY)]
+    assert days == [START + dt.timedelta(days=1), START + dt.timedelta(days=2)]
     # attribution finds its published state again through staging copies and publishing
-    assert modes == ["full", "incremental"]
+    assert json.loads((published_history / "runs.json").read_text()) == {
+        FIRST_DAY: "full", HISTORY_DAY: "incremental"}
+    backfilled = snapshot(spark, load_settings(lake_root=str(published_history / "lake")))
 
     # the same dates, each run right after its own day's lines arrived
     daily = load_settings(lake_root=str(tmp_path / "daily_lake"), spark_shuffle_partitions=2)
-    lines = (tmp_path / "events.jsonl").read_bytes().splitlines(keepends=True)
+    lines = (ingested_history / "events.jsonl").read_bytes().splitlines(keepends=True)
     for day in days:
         chunk = tmp_path / f"arrived-{day}.jsonl"
         # lines arriving by `day` (the first chunk) or on it; the last chunk also takes what arrives
