@@ -52,8 +52,6 @@ def test_suppression_matches_by_type_and_hash_only():
 
 
 def test_ingest_validation_quarantines_erased_subjects_before_any_other_check(spark):
-    from pyspark.sql import functions as F
-
     from touchpoint.schemas.lake import BRONZE_SCHEMA
     from touchpoint.streaming.ingest import validate
 
