@@ -130,6 +130,7 @@ def main(argv: list[str] | None = None) -> dict:
     config = GeneratorConfig(seed=args.seed, customers=args.customers, days=2,
                              start_date=dt.date.today() - dt.timedelta(days=2), events_per_customer=20)
     ingest = speed = None
+    failed = False
     try:
         ingest = ChildProcess(ingest_args(topic), env, workdir / "ingest.log")
         progress("waiting for the ingest stream to create silver")
@@ -168,12 +169,17 @@ def main(argv: list[str] | None = None) -> dict:
         result["lag_seconds"] = lags
         result["floor_p95_seconds"], result["target_p95_seconds"] = 10, 3
         progress(f"lags: {result['lag_seconds']}")
+    except BaseException:
+        progress(f"failed: {workdir} is kept (the lake, ingest.log and speed.log)")
+        failed = True
+        raise
     finally:
         for child in (speed, ingest):
             if child is not None:
                 child.kill()
         kafka.delete_topic(topic, settings=settings)
-        shutil.rmtree(workdir, ignore_errors=True)
+        if not failed:
+            shutil.rmtree(workdir, ignore_errors=True)
     write_result("freshness", result)
     return result
 

@@ -107,6 +107,7 @@ def main(argv: list[str] | None = None) -> dict:
     result: dict = {"parameters": {**vars(args), "topic": topic, "trigger": "availableNow",
                                    "spark_master": settings.spark_master, "shuffle_partitions": 2,
                                    "driver_memory": settings.spark_driver_memory}}
+    failed = False
     try:
         progress(f"preloading {args.events:,} events into {topic}")
         result["preload"] = preload(topic, settings.kafka_bootstrap, args.events, args.seed)
@@ -173,10 +174,14 @@ def main(argv: list[str] | None = None) -> dict:
                                 "floor": 20_000, "target": 50_000,
                                 "meets_floor": end_to_end >= 20_000}
         progress(f"end to end {end_to_end:,.0f} events/s = {result['end_to_end']['ratio_to_ceiling']} of the ceiling")
+    except BaseException:
+        progress(f"failed: {workdir} is kept (the lake, ingest.log and speed.log)")
+        failed = True
+        raise
     finally:
         if not args.keep:
             kafka.delete_topic(topic, settings=settings)
-            if args.workdir is None:
+            if args.workdir is None and not failed:
                 shutil.rmtree(workdir, ignore_errors=True)
     write_result("streaming_drain", result)
     return result

@@ -16,6 +16,7 @@ shared with the speed layer.
 from __future__ import annotations
 
 import datetime as dt
+from contextlib import ExitStack
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -29,6 +30,7 @@ from touchpoint.core.config import Settings
 from touchpoint.core.dates import as_of_for
 from touchpoint.core.identity_lookup import attach_customer_id
 from touchpoint.core.serving import SCHEMAS
+from touchpoint.core.spark import local_checkpoint
 
 EVENT_COLUMNS = ("event_id", "event_type", "event_ts", "event_date", "channel", "campaign_name", "order_id",
                  "revenue_reporting", "price", "quantity", "anonymous_id", "user_id", "email", "phone")
@@ -91,11 +93,13 @@ def run(spark: SparkSession, settings: Settings, logical_date: dt.date) -> dict:
               .where(F.col("event_date") <= F.lit((as_of - dt.timedelta(microseconds=1)).date()))
               .where(F.col("event_ts") < F.lit(as_of))
               .select(*EVENT_COLUMNS))
-    resolved = events.transform(attach_customer_id(spark.read.format("delta").load(map_path))).persist()
-    try:
+    # Reused frames are local checkpoints, not persisted frames (core.spark.local_checkpoint says why).
+    with ExitStack() as checkpoints:
+        resolved = checkpoints.enter_context(local_checkpoint(
+            events.transform(attach_customer_id(spark.read.format("delta").load(map_path)))))
         cfg = settings.attribution
-        convs = (resolved.transform(conversions)
-                 .transform(last_touch(resolved.transform(touchpoints(cfg)), cfg))).persist()
+        convs = checkpoints.enter_context(local_checkpoint(
+            resolved.transform(conversions).transform(last_touch(resolved.transform(touchpoints(cfg)), cfg))))
         measured = measure_rows(resolved)
         cut = with_cut(as_of, version)
         _write(convs.transform(cut), "gold.campaign_conversions", settings)
@@ -106,7 +110,4 @@ def run(spark: SparkSession, settings: Settings, logical_date: dt.date) -> dict:
                     .transform(customer_activity(as_of)))
         _write(activity.transform(cut), "gold.customer_activity", settings)
         conversions_count = convs.count()
-        convs.unpersist()
-    finally:
-        resolved.unpersist()
     return {"as_of": as_of.isoformat(), "silver_version": version, "conversions": conversions_count}

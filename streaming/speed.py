@@ -28,6 +28,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
+from contextlib import ExitStack
 from typing import Callable
 
 from pyspark.sql import DataFrame, SparkSession
@@ -192,7 +193,8 @@ class SpeedSink:
         # An empty micro-batch changes nothing: the clock only moves with events.
         if stats["rows"] and self.views in ("all", "customers"):
             silver = self._silver_snapshot(spark)
-            with local_checkpoint(self._identity(spark, silver)) as resolved_map:
+            with ExitStack() as checkpoints:  # the map's own checkpoints go after it (last in, first out)
+                resolved_map = checkpoints.enter_context(local_checkpoint(self._identity(spark, silver, checkpoints)))
                 self._step("identity")
                 self._last_touch(spark, signed, silver, resolved_map, stats["min_ts"], batch_id)
                 self._step("last_touch")
@@ -254,8 +256,9 @@ class SpeedSink:
         self._last_clock = max(candidates) if candidates else None
         return self._last_clock
 
-    def _identity(self, spark: SparkSession, silver: tuple[int, DataFrame]) -> DataFrame:
-        """The published identity map extended with the links of the events it does not cover."""
+    def _identity(self, spark: SparkSession, silver: tuple[int, DataFrame], checkpoints: ExitStack) -> DataFrame:
+        """The published identity map extended with the links of the events it does not cover (its
+        local checkpoints are freed when `checkpoints` closes)."""
         version, events = silver
         high_water_mark, read_version = self._cut(spark, "gold.campaign_conversions")
         if self._exists(spark, "gold.identity_map"):
@@ -277,7 +280,7 @@ class SpeedSink:
             if late is not None:
                 uncovered = uncovered.unionByName(late)
         return extend_identity_map(published, uncovered.select("event_id", *IDENTIFIERS).distinct(),
-                                   self.settings.identity.blocklist, held_back)
+                                   self.settings.identity.blocklist, held_back, checkpoints)
 
     def _last_touch(self, spark: SparkSession, signed: DataFrame, silver: tuple[int, DataFrame],
                     identity: DataFrame, earliest: dt.datetime, batch_id: int) -> None:

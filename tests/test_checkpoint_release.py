@@ -37,3 +37,30 @@ def test_local_checkpoint_block_computes_once_and_frees_on_exit_even_after_an_er
             assert len(set(_cached_rdds(spark)) - before) == 1
             raise RuntimeError("the batch failed")
     assert not set(_cached_rdds(spark)) - before
+
+
+def test_speed_identity_frees_its_round_checkpoints_and_the_stack_frees_the_rest(spark):
+    """A chain of links that takes three groups of propagation rounds: the labels a group started
+    from are freed once the next labels exist; the two checkpoints the result reads go with the stack."""
+    import hashlib
+    from contextlib import ExitStack
+
+    from touchpoint.core.stream_identity import extend_identity_map
+
+    published = spark.createDataFrame([("user_id", "u-known", "c-known"), ("email", "k@x.io", "c-known")],
+                                      "identifier_type string, identifier_value string, customer_id string")
+    events = spark.createDataFrame([
+        ("e1", "a1", "u1", None, None), ("e2", None, "u1", "m@x.io", None), ("e3", None, None, "m@x.io", "555"),
+        ("e4", "a2", None, None, "555"), ("e5", "a2", "u-known", None, None), ("e6", "a9", None, None, None),
+    ], "event_id string, anonymous_id string, user_id string, email string, phone string")
+    lone = "p-" + hashlib.sha256(b"touchpoint-provisional-v1:anonymous_id:a9").hexdigest()[:32]
+
+    before = set(_cached_rdds(spark))
+    with ExitStack() as checkpoints:
+        extended = extend_identity_map(published, events, [], checkpoints=checkpoints)
+        assert sorted(tuple(r) for r in extended.collect()) == [
+            ("anonymous_id", "a1", "c-known"), ("anonymous_id", "a2", "c-known"), ("anonymous_id", "a9", lone),
+            ("email", "k@x.io", "c-known"), ("email", "m@x.io", "c-known"), ("phone", "555", "c-known"),
+            ("user_id", "u-known", "c-known"), ("user_id", "u1", "c-known")]
+        assert len(set(_cached_rdds(spark)) - before) == 2  # the nodes and the last labels
+    assert not set(_cached_rdds(spark)) - before

@@ -13,12 +13,14 @@ a device that becomes shared inside the stream is not detected until then).
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from typing import Iterable
 
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from touchpoint.core.identity_lookup import event_identifiers
+from touchpoint.core.spark import release_checkpoint
 
 # Same rule as the batch guardrails (BRIEF §5): only 0 - + _ and spaces, with at least one 0.
 ALL_ZERO_PATTERN = r"^[0\-+_ ]*0[0\-+_ ]*$"
@@ -40,19 +42,29 @@ def provisional_id(identifier_type: Column, identifier_value: Column) -> Column:
 
 
 def extend_identity_map(identity_map: DataFrame, events: DataFrame, blocklist: Iterable[str],
-                        held_back: DataFrame | None = None) -> DataFrame:
+                        held_back: DataFrame | None = None, checkpoints: ExitStack | None = None) -> DataFrame:
     """(identifier_type, identifier_value, customer_id) for every identifier of the published map and
     of `events`, with customers linked by `events` merged. `held_back`: (identifier_type,
-    identifier_value) pairs that must not link (shared devices)."""
+    identifier_value) pairs that must not link (shared devices).
+
+    The returned frame reads two local checkpoints. With `checkpoints`, they are freed when that
+    stack closes (after the caller is done with the frame); otherwise when the driver collects them."""
     lookup = identity_map.select("identifier_type", "identifier_value", "customer_id")
     ids = event_identifiers(events).where(~is_blocklisted(F.col("identifier_value"), blocklist))
     if held_back is not None:
         ids = ids.join(held_back.select("identifier_type", "identifier_value"),
                        ["identifier_type", "identifier_value"], "left_anti")
-    nodes = (ids.join(lookup, ["identifier_type", "identifier_value"], "left")
-             .select("event_id", "identifier_type", "identifier_value",
-                     F.coalesce("customer_id", provisional_id(F.col("identifier_type"), F.col("identifier_value")))
-                     .alias("node"))).localCheckpoint()
+
+    def kept(frame: DataFrame) -> DataFrame:
+        frame = frame.localCheckpoint()
+        if checkpoints is not None:
+            checkpoints.callback(release_checkpoint, frame)
+        return frame
+
+    nodes = kept(ids.join(lookup, ["identifier_type", "identifier_value"], "left")
+                 .select("event_id", "identifier_type", "identifier_value",
+                         F.coalesce("customer_id", provisional_id(F.col("identifier_type"), F.col("identifier_value")))
+                         .alias("node")))
     membership = nodes.select("event_id", "node").distinct()
     labels = membership.select("node").distinct().withColumn("label", F.col("node"))
 
@@ -61,14 +73,22 @@ def extend_identity_map(identity_map: DataFrame, events: DataFrame, blocklist: I
         return membership.join(per_event, "event_id").groupBy("node").agg(F.min("label").alias("label"))
 
     # A few rounds per Spark action, then one convergence check: most micro-batches need one check.
+    started_from = None  # the checkpoint a group of rounds starts from; the first group has none
     for _ in range(MAX_ITERATIONS // ROUNDS_PER_CHECK):
         previous = labels
         for _ in range(ROUNDS_PER_CHECK - 1):
             previous = propagate(previous)
         labels = propagate(previous).localCheckpoint()
         # converged when the last round changed nothing
-        if labels.alias("u").join(previous.alias("l"), "node").where(F.col("u.label") != F.col("l.label")).isEmpty():
+        converged = labels.alias("u").join(previous.alias("l"), "node").where(
+            F.col("u.label") != F.col("l.label")).isEmpty()
+        if started_from is not None:  # only the check read it; the new labels are computed
+            release_checkpoint(started_from)
+        started_from = labels
+        if converged:
             break
+    if checkpoints is not None:
+        checkpoints.callback(release_checkpoint, labels)
     # Published identifiers whose customer joined a component keep the component's label.
     published = (lookup.join(labels.withColumnRenamed("node", "customer_id"), "customer_id", "left")
                  .select("identifier_type", "identifier_value", F.coalesce("label", "customer_id").alias("customer_id")))
