@@ -100,12 +100,15 @@ def main(argv: list[str] | None = None) -> dict:
     from touchpoint.core.config import load_settings, require_kafka
     from touchpoint.infra import kafka
 
+    # The broker is checked and the topic made before the work folder exists: a missing broker
+    # leaves no empty temp folder behind.
+    broker = load_settings(jars_dir=str(JARS))
+    require_kafka(broker)
+    topic = f"bench.drain.{args.seed}.{args.events}.{uuid.uuid4().hex[:6]}"
+    kafka.ensure_topic(topic, partitions=args.partitions, settings=broker)
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="bench-drain-"))
     lake = workdir / "lake"
     settings = load_settings(lake_root=str(lake), jars_dir=str(JARS))
-    require_kafka(settings)
-    topic = f"bench.drain.{args.seed}.{args.events}.{uuid.uuid4().hex[:6]}"
-    kafka.ensure_topic(topic, partitions=args.partitions, settings=settings)
     result: dict = {"parameters": {**vars(args), "topic": topic, "trigger": "availableNow",
                                    "spark_master": settings.spark_master, "shuffle_partitions": 2,
                                    "driver_memory": settings.spark_driver_memory}}
