@@ -1,6 +1,6 @@
-"""On a local standalone cluster (master + 2 workers): the daily pipeline spark-submitted with the
-packaged project publishes exactly the gold tables that a local-mode run publishes. (The CLI's
-`ingest --file` is tested in local mode, tests/test_ingest_generated.py.)"""
+"""On a local standalone cluster (master + 2 workers): the CLI's ingest in client mode lands what a
+local ingest lands, and the daily pipeline spark-submitted with the packaged project publishes
+exactly the gold tables that a local-mode run publishes."""
 
 import datetime as dt
 import json
@@ -8,6 +8,7 @@ import math
 import os
 import shutil
 import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -36,6 +37,12 @@ def _settings(root: Path, **overrides):
                          cluster_master_port=MASTER_PORT, **overrides)
 
 
+def _env(settings) -> dict[str, str]:
+    return {**os.environ, "TOUCHPOINT_LAKE_ROOT": settings.lake_uri, "TOUCHPOINT_STATE_DIR": str(settings.state_path),
+            "TOUCHPOINT_JARS_DIR": str(settings.jars_dir), "TOUCHPOINT_SPARK_SHUFFLE_PARTITIONS": "2",
+            "TOUCHPOINT_SPARK_MASTER": settings.spark_master}
+
+
 def _check(result: subprocess.CompletedProcess) -> None:
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
 
@@ -60,14 +67,24 @@ def _gold_tables(settings) -> set[str]:
     return {f"gold.{p.name}" for p in gold.iterdir() if (p / "_delta_log").is_dir()}
 
 
+def _silver(settings) -> list[tuple]:
+    """Silver's content without what differs between two ingests of the same file (ingest times)."""
+    rows = DeltaTable(table_path("silver.events", settings)).to_pyarrow_table(
+        columns=["event_id", "event_type", "event_ts", "channel", "event_date", "anonymous_id"]).to_pylist()
+    return sorted(tuple(r.values()) for r in rows)
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(5400)  # a few minutes alone; far longer on a machine shared with other Spark apps
-def test_pipeline_on_a_standalone_cluster_equals_local_mode(tmp_path, ingested_history, published_first_day):
-    """On a master with 2 workers, the spark-submitted pipeline publishes exactly the gold tables of a
-    local-mode run (the shared lake published for FIRST_DAY: same history, same date)."""
+def test_ingest_and_pipeline_on_a_standalone_cluster_equal_local_mode(tmp_path, ingested_history,
+                                                                      published_first_day):
+    """On a master with 2 workers: `touchpoint ingest` in client mode lands the same silver as a local
+    ingest, and the spark-submitted pipeline publishes exactly the gold tables of a local-mode run
+    (the shared lake published for FIRST_DAY: same history, same date)."""
     local_ingest = _settings(ingested_history)
     local = _settings(published_first_day)
     master = cluster.master_url(_settings(tmp_path / "cluster"))
+    ingest_lake = _settings(tmp_path / "ingest", spark_master=master)
     on_cluster = _settings(tmp_path / "cluster", spark_master=master)
     # The pipeline starts from a byte copy of the ingested lake: the comparison isolates the batch layer.
     shutil.copytree(Path(local_ingest.lake_uri), Path(on_cluster.lake_uri))
@@ -79,10 +96,16 @@ def test_pipeline_on_a_standalone_cluster_equals_local_mode(tmp_path, ingested_h
     state = cluster.start(on_cluster, workers=2)
     try:
         assert state.workers_registered == 2
+        ingested = subprocess.run([sys.executable, "-m", "touchpoint", "ingest", "--file",
+                                   str(ingested_history / "events.jsonl")], env=_env(ingest_lake),
+                                  capture_output=True, text=True, timeout=1200)
         result = submit.run(command, timeout=2400, capture=True)
     finally:
         cluster.stop(on_cluster)
+    _check(ingested)
     _check(result)
+    expected_silver = _silver(local_ingest)
+    assert _silver(ingest_lake) == expected_silver and len(expected_silver) > 200
     # the work ran on the workers' executors, with the project unpacked from the archive
     work = on_cluster.state_path / "spark-cluster"
     unpacked = sorted(work.glob("work-*/app-*/*/touchpoint/jobs/runner.py"))
