@@ -6,6 +6,8 @@ PY := $(VENV)/bin/python
 TP := $(VENV)/bin/touchpoint
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml requirements.lock | sha256sum | cut -c1-16)
 PYTEST_ARGS ?=
+# The suite in two pytest-xdist workers (tests/conftest.py groups and orders the test files).
+TEST_WORKERS ?= 2
 
 .PHONY: setup jars chromium demo test drills bench up down airflow clean
 
@@ -39,7 +41,7 @@ chromium:
 test: setup chromium
 	@was_up=$$($(TP) status --json | $(PY) -c 'import json,sys; print(json.load(sys.stdin)["kafka"]["answering"])'); \
 	$(TP) up || exit 1; \
-	$(PY) -m pytest -m "not long_drill" $(PYTEST_ARGS); rc=$$?; \
+	$(PY) -m pytest -m "not long_drill" -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder $(PYTEST_ARGS); rc=$$?; \
 	if [ "$$was_up" != "True" ]; then $(TP) down; fi; \
 	exit $$rc
 

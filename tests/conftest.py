@@ -11,10 +11,42 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 os.chdir(REPO)  # relative defaults (.state/jars) resolve against the repository
+# `make test` runs the suite in two pytest-xdist workers (gw0, gw1); each keeps its own Airflow
+# metadata database and data-quality reports, which two processes cannot share.
+WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
 os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
-os.environ.setdefault("AIRFLOW_HOME", str(REPO / ".state" / "airflow-test"))
+os.environ.setdefault("AIRFLOW_HOME", str(REPO / ".state" / f"airflow-test{'-' + WORKER if WORKER else ''}"))
+if WORKER:
+    os.environ.setdefault("TOUCHPOINT_REPORTS_DIR", str(REPO / ".state" / f"reports-{WORKER}"))
 os.environ.setdefault("AIRFLOW__CORE__DAGS_FOLDER", str(REPO / "dags"))
 logging.getLogger("py4j").setLevel(logging.WARNING)
+
+
+# ---- scheduling over two workers (`make test`: pytest -n 2 --dist loadgroup --no-loadscope-reorder) ----
+# Each test file runs whole on one worker, in one unit; the files that share the published lakes
+# below form one unit, so the lakes are built once. Units holding a `slow` test are handed out first,
+# the largest (the shared lakes) first of all: the long ones start early and short files fill in.
+SHARED_LAKE_FILES = ("test_cluster_submit.py", "test_pipeline_dag.py", "test_report.py")
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the xdist_group marks
+def pytest_collection_modifyitems(config, items):
+    def unit(item) -> str:
+        name = item.path.name
+        return "shared_lakes" if name in SHARED_LAKE_FILES else name.removesuffix(".py")
+
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group(unit(item)))
+    slow_units = {unit(item) for item in items if item.get_closest_marker("slow")}
+    position = {}
+    for index, item in enumerate(items):
+        position.setdefault(unit(item), index)
+
+    def rank(item) -> tuple:
+        name = unit(item)
+        return (name != "shared_lakes", name not in slow_units, position[name])
+
+    items.sort(key=rank)  # stable: tests keep their order within a unit
 
 
 @pytest.fixture(scope="session")
@@ -40,10 +72,16 @@ def settings(tmp_path):
 
 @pytest.fixture(scope="session")
 def kafka_broker():
+    import fcntl
+
     from touchpoint.core.config import get_settings
     from touchpoint.infra import kafka
 
-    return kafka.start(get_settings())
+    settings = get_settings()
+    settings.state_path.mkdir(parents=True, exist_ok=True)
+    with open(settings.state_path / "kafka-start.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # two workers: one starts the broker, the other finds it up
+        return kafka.start(settings)
 
 
 @pytest.fixture

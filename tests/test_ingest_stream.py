@@ -78,6 +78,7 @@ def test_stream_dedups_across_batches_and_reconciles(spark, tmp_path, kafka_topi
 
 # The SIGKILL drill (tests/test_drills_stream_kill.py, `make drills`) kills ingest and speed at
 # random moments under live traffic; this smaller kill keeps a restart check inside `make test`.
+@pytest.mark.slow
 def test_killed_stream_restarts_without_loss_or_doubles(tmp_path, kafka_topic):
     lake = tmp_path / "lake"
     env = {**os.environ, "TOUCHPOINT_LAKE_ROOT": str(lake), "TOUCHPOINT_STREAM__MAX_OFFSETS_PER_TRIGGER": "40",

@@ -32,7 +32,7 @@ CONFIG = GeneratorConfig(seed=5, customers=30, days=3, start_date=START, events_
 SEGMENT = "known_visitors"
 DESTINATIONS = ("jsonl", "google_customer_match", "esp")
 # the module builds a lake once; on a machine shared with other test runs that can take a while
-pytestmark = pytest.mark.timeout(3000)
+pytestmark = [pytest.mark.timeout(3000), pytest.mark.slow]
 HEURISTIC = ("first_touch", "last_touch", "linear", "position_based", "time_decay", "shapley")
 
 

@@ -23,6 +23,7 @@ def daily_rows(frame):
                   key=lambda r: (r[0], r[1] or ""))
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(3600)  # three identity runs and a dozen micro-batches on a shared 2-core machine
 def test_serving_equals_full_recomputation_at_every_cut_point(spark, settings, tmp_path):
     from pyspark.sql import functions as F

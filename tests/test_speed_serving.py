@@ -79,7 +79,7 @@ class Lake:
 
 
 # This machine is shared: a micro-batch is a dozen small Spark jobs, slow under load.
-pytestmark = pytest.mark.timeout(2400)
+pytestmark = [pytest.mark.timeout(2400), pytest.mark.slow]
 
 
 @pytest.fixture
