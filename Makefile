@@ -41,7 +41,7 @@ chromium:
 test: setup chromium
 	@was_up=$$($(TP) status --json | $(PY) -c 'import json,sys; print(json.load(sys.stdin)["kafka"]["answering"])'); \
 	$(TP) up || exit 1; \
-	$(PY) -m pytest -m "not long_drill" -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder $(PYTEST_ARGS); rc=$$?; \
+	$(PY) -m pytest -m "not long_drill" -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS); rc=$$?; \
 	if [ "$$was_up" != "True" ]; then $(TP) down; fi; \
 	exit $$rc
 

@@ -22,29 +22,41 @@ os.environ.setdefault("AIRFLOW__CORE__DAGS_FOLDER", str(REPO / "dags"))
 logging.getLogger("py4j").setLevel(logging.WARNING)
 
 
-# ---- scheduling over two workers (`make test`: pytest -n 2 --dist loadgroup --no-loadscope-reorder) ----
-# Each test file runs whole on one worker, in one unit; the files that share the published lakes
+# ---- scheduling over two workers (`make test`: pytest -n 2 --dist loadfile --no-loadscope-reorder) ----
+# Each test file runs whole on one worker, as one unit; the files that share the published lakes
 # below form one unit, so the lakes are built once. Units holding a `slow` test are handed out first,
 # the largest (the shared lakes) first of all: the long ones start early and short files fill in.
+# (Not `--dist loadgroup`: xdist 3.8 marks groups through an attribute pytest 9 no longer has.)
 SHARED_LAKE_FILES = ("test_cluster_submit.py", "test_pipeline_dag.py", "test_report.py")
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the xdist_group marks
-def pytest_collection_modifyitems(config, items):
-    def unit(item) -> str:
-        name = item.path.name
-        return "shared_lakes" if name in SHARED_LAKE_FILES else name.removesuffix(".py")
+def _unit(nodeid: str) -> str:
+    file = nodeid.split("::", 1)[0]
+    return "shared_lakes" if Path(file).name in SHARED_LAKE_FILES else file
 
-    for item in items:
-        item.add_marker(pytest.mark.xdist_group(unit(item)))
-    slow_units = {unit(item) for item in items if item.get_closest_marker("slow")}
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_xdist_make_scheduler(config, log):
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class SharedLakeUnits(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return _unit(nodeid)
+
+    return SharedLakeUnits(config, log)
+
+
+def pytest_collection_modifyitems(config, items):
+    slow_units = {_unit(item.nodeid) for item in items if item.get_closest_marker("slow")}
     position = {}
     for index, item in enumerate(items):
-        position.setdefault(unit(item), index)
+        position.setdefault(_unit(item.nodeid), index)
 
     def rank(item) -> tuple:
-        name = unit(item)
-        return (name != "shared_lakes", name not in slow_units, position[name])
+        unit = _unit(item.nodeid)
+        return (unit != "shared_lakes", unit not in slow_units, position[unit])
 
     items.sort(key=rank)  # stable: tests keep their order within a unit
 
