@@ -106,7 +106,11 @@ def main(argv: list[str] | None = None) -> dict:
     require_kafka(broker)
     topic = f"bench.drain.{args.seed}.{args.events}.{uuid.uuid4().hex[:6]}"
     kafka.ensure_topic(topic, partitions=args.partitions, settings=broker)
-    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="bench-drain-"))
+    try:
+        workdir = Path(args.workdir or tempfile.mkdtemp(prefix="bench-drain-"))
+    except OSError:  # no work folder: nothing ran, so the topic goes too
+        kafka.delete_topic(topic, settings=broker)
+        raise
     lake = workdir / "lake"
     settings = load_settings(lake_root=str(lake), jars_dir=str(JARS))
     result: dict = {"parameters": {**vars(args), "topic": topic, "trigger": "availableNow",
