@@ -48,7 +48,17 @@ def pytest_xdist_make_scheduler(config, log):
     return SharedLakeUnits(config, log)
 
 
+SHARED_LAKE_FIXTURES = ("ingested_history", "published_first_day", "published_history")
+
+
 def pytest_collection_modifyitems(config, items):
+    # The scheduler sees node ids only, so the unit is named by file: a file that starts using the
+    # shared lakes must join SHARED_LAKE_FILES, or another worker would build them a second time.
+    strays = sorted({item.path.name for item in items if item.path.name not in SHARED_LAKE_FILES
+                     and set(SHARED_LAKE_FIXTURES) & set(item.fixturenames)})
+    if strays:
+        raise pytest.UsageError(f"{', '.join(strays)} use the shared lakes ({', '.join(SHARED_LAKE_FIXTURES)}): "
+                                "add them to SHARED_LAKE_FILES in tests/conftest.py")
     slow_units = {_unit(item.nodeid) for item in items if item.get_closest_marker("slow")}
     position = {}
     for index, item in enumerate(items):
