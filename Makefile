@@ -37,7 +37,7 @@ chromium:
 	@command -v chromium >/dev/null || (apt-get update -q && apt-get install -y -q chromium)
 
 # Starts the broker for the suite and stops it afterwards unless it was already running.
-# The suite includes the fault drills that fit its 30-minute budget; `make drills` runs all of them.
+# The suite includes every fault drill at its `make test` size; `make drills` also runs the larger sizes.
 test: setup chromium
 	@was_up=$$($(TP) status --json | $(PY) -c 'import json,sys; print(json.load(sys.stdin)["kafka"]["answering"])'); \
 	$(TP) up || exit 1; \

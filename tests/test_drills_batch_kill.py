@@ -20,10 +20,17 @@ from touchpoint.core.catalog import table_path
 from touchpoint.core.config import load_settings
 from touchpoint.generator import GeneratorConfig, generate_jsonl
 
-pytestmark = [pytest.mark.timeout(1800), pytest.mark.drill, pytest.mark.long_drill]
+pytestmark = [pytest.mark.timeout(1800), pytest.mark.drill, pytest.mark.slow]
 
-HISTORY = GeneratorConfig(seed=5, customers=60, days=2, start_date="2026-03-02", events_per_customer=14,
-                          late_rate=0.05, duplicate_rate=0.02, malformed_rate=0.01)
+
+def history(customers: int) -> GeneratorConfig:
+    return GeneratorConfig(seed=5, customers=customers, days=2, start_date="2026-03-02", events_per_customer=14,
+                           late_rate=0.05, duplicate_rate=0.02, malformed_rate=0.01)
+
+
+# `make test` size, and the larger one of `make drills`.
+SIZES = [pytest.param(history(60), id="60-customers"),
+         pytest.param(history(3000), id="3000-customers", marks=pytest.mark.long_drill)]
 DAY_1, DAY_2 = dt.date(2026, 3, 2), dt.date(2026, 3, 3)
 IDENTITY_TABLES = ("gold.identity_map", "gold.identity_edges", "gold.identity_guardrails", "gold.identity_merges",
                    "gold.identity_splits", "gold.identity_runs")
@@ -44,7 +51,8 @@ def content(settings, name) -> list[tuple]:
     return sorted(tuple(sorted((k, repr(v)) for k, v in row.items() if k not in VERSION_COLUMNS)) for row in rows)
 
 
-def test_identity_killed_mid_write_then_rerun_equals_uninterrupted_run(spark, tmp_path):
+@pytest.mark.parametrize("traffic", SIZES)
+def test_identity_killed_mid_write_then_rerun_equals_uninterrupted_run(spark, tmp_path, traffic):
     from touchpoint.jobs.runner import run_job
     from touchpoint.streaming.ingest import ingest_files
 
@@ -52,7 +60,7 @@ def test_identity_killed_mid_write_then_rerun_equals_uninterrupted_run(spark, tm
     killed = load_settings(lake_root=str(lake_a), jars_dir=str(JARS), spark_shuffle_partitions=2)
     clean = load_settings(lake_root=str(lake_b), jars_dir=str(JARS), spark_shuffle_partitions=2)
     file = tmp_path / "history.jsonl"
-    generate_jsonl(str(file), HISTORY)
+    generate_jsonl(str(file), traffic)
     ingest_files(spark, killed, file)
     run_job("identity", DAY_1, settings=killed, spark=spark)
     shutil.copytree(lake_a, lake_b)

@@ -20,13 +20,15 @@ from touchpoint.core.catalog import table_path
 from touchpoint.core.config import load_settings
 from touchpoint.generator import GeneratorConfig
 
-pytestmark = [pytest.mark.timeout(1800), pytest.mark.drill, pytest.mark.long_drill, pytest.mark.kafka]
+pytestmark = [pytest.mark.timeout(1800), pytest.mark.drill, pytest.mark.slow, pytest.mark.kafka]
 
 # Produced in real time while the order pairs go in, then stopped (a prefix of this seeded sequence).
 TRAFFIC = GeneratorConfig(seed=31, customers=3000, days=2, start_date="2026-03-02", events_per_customer=14,
                           late_rate=0.05, duplicate_rate=0.05, malformed_rate=0.03)
 RATE = 5  # lines/s: the stream keeps up even while maintenance takes most of the 2 cores
-ORDER_PAIRS = 2  # each: a later order, then an earlier order with the same order_id that displaces it
+# Order pairs (each: a later order, then an earlier order with the same order_id that displaces it)
+# and the maintenance runs to wait for: `make test` size, and the larger one of `make drills`.
+SIZES = [pytest.param(2, 2, id="2-pairs"), pytest.param(6, 5, id="6-pairs", marks=pytest.mark.long_drill)]
 
 
 def order(event_id: str, order_id: str, minute: int) -> bytes:
@@ -35,7 +37,8 @@ def order(event_id: str, order_id: str, minute: int) -> bytes:
                        "properties": {"order_id": order_id, "revenue": 12.5, "currency": "USD"}}).encode()
 
 
-def test_optimize_and_vacuum_beside_the_stream(spark, tmp_path, kafka_topic):
+@pytest.mark.parametrize(("order_pairs", "maintenance_rounds"), SIZES)
+def test_optimize_and_vacuum_beside_the_stream(spark, tmp_path, kafka_topic, order_pairs, maintenance_rounds):
     from delta.tables import DeltaTable
 
     from touchpoint.jobs import maintenance
@@ -67,7 +70,7 @@ def test_optimize_and_vacuum_beside_the_stream(spark, tmp_path, kafka_topic):
         wait_for(lambda: reconciliation_totals(settings)["bronze"] > 0, timeout=600, what="the first batch")
         worker = threading.Thread(target=maintain, daemon=True)
         worker.start()
-        for pair in range(ORDER_PAIRS):
+        for pair in range(order_pairs):
             # The later order first; once it is in silver, the earlier one displaces it (a MERGE
             # delete in a later batch, never a dedup inside one batch).
             producer.send(kafka_topic, order(f"drill-late-{pair}", f"DRILL-{pair}", 40))
@@ -78,10 +81,11 @@ def test_optimize_and_vacuum_beside_the_stream(spark, tmp_path, kafka_topic):
             producer.flush()
         generator.stop()
         report = generator.result(timeout=120)
-        expected_lines = report["lines"] + 2 * ORDER_PAIRS
+        expected_lines = report["lines"] + 2 * order_pairs
         wait_for(lambda: ingested_all(settings, expected_lines) or not query.isActive,
                  timeout=600, what="the stream catching up")
-        wait_for(lambda: len(maintenance_runs) >= 2 or maintenance_errors, timeout=600, what="two maintenance runs")
+        wait_for(lambda: len(maintenance_runs) >= maintenance_rounds or maintenance_errors, timeout=600,
+                 what=f"{maintenance_rounds} maintenance runs")
     finally:
         stop.set()
         producer.close()
@@ -90,13 +94,13 @@ def test_optimize_and_vacuum_beside_the_stream(spark, tmp_path, kafka_topic):
     query.stop()
     assert maintenance_errors == []
 
-    expected_ids = valid_event_ids(TRAFFIC, report["lines"]) + [f"drill-early-{pair}" for pair in range(ORDER_PAIRS)]
+    expected_ids = valid_event_ids(TRAFFIC, report["lines"]) + [f"drill-early-{pair}" for pair in range(order_pairs)]
     silver_ids = [row["event_id"] for row in lake_table(settings, "silver.events", ["event_id"])]
     assert len(silver_ids) == len(set(silver_ids))
     assert sorted(silver_ids) == sorted(expected_ids)
     assert reconciliation_totals(settings) == {
-        "bronze": expected_lines, "silver": report["expected_silver"] + ORDER_PAIRS,
-        "quarantine": report["expected_quarantine"], "duplicates": report["expected_duplicates"] + ORDER_PAIRS,
+        "bronze": expected_lines, "silver": report["expected_silver"] + order_pairs,
+        "quarantine": report["expected_quarantine"], "duplicates": report["expected_duplicates"] + order_pairs,
     }
     # Compaction really ran against the live table, and never changed data.
     history = DeltaTable.forPath(spark, table_path("silver.events", settings)).history().collect()

@@ -1,5 +1,7 @@
-"""Drill: the ingest stream and the speed query are each SIGKILLed twice at seeded random moments
-(once in start-up or the first batch, once after a committed batch) while the generator produces. After both have drained what Kafka holds:
+"""Drill: the ingest stream and the speed query are SIGKILLed at seeded random moments while the
+generator produces. `make test` kills each once, at a random moment after it committed a batch; the
+larger version (`make drills`) first also kills both in start-up or their first batch. After both
+have drained what Kafka holds:
 - silver holds every valid event_id of the generator exactly once, bronze every Kafka record once,
   quarantine every malformed line, and the per-batch reconciliation adds up to what was sent;
 - every serving total (per campaign per day: impressions, clicks, orders, revenue, last-touch
@@ -23,7 +25,10 @@ from bench.faults import (
 from touchpoint.core.config import load_settings
 from touchpoint.generator import GeneratorConfig
 
-pytestmark = [pytest.mark.timeout(1800), pytest.mark.drill, pytest.mark.long_drill, pytest.mark.kafka]
+pytestmark = [pytest.mark.timeout(1800), pytest.mark.drill, pytest.mark.slow, pytest.mark.kafka]
+# The `make test` size kills each process once; the larger one adds a round of start-up kills.
+ROUNDS = [pytest.param(False, id="one-kill-each"),
+          pytest.param(True, id="with-start-up-kills", marks=pytest.mark.long_drill)]
 
 # More simulated traffic than a run ever sends: the generator produces in real time until the
 # last kill, then stops (what it sent is a prefix of this seeded sequence).
@@ -55,7 +60,9 @@ def kill_after_next_commit(process: ChildProcess, progress, before: int, moments
     process.kill()
 
 
-def test_sigkilled_ingest_and_speed_lose_nothing_and_serve_the_batch_totals(spark, tmp_path, kafka_topic):
+@pytest.mark.parametrize("start_up_kills", ROUNDS)
+def test_sigkilled_ingest_and_speed_lose_nothing_and_serve_the_batch_totals(spark, tmp_path, kafka_topic,
+                                                                             start_up_kills):
     from touchpoint.jobs.runner import run_job
     from touchpoint.streaming import ingest as ingest_stream
     from touchpoint.streaming import speed as speed_stream
@@ -78,13 +85,13 @@ def test_sigkilled_ingest_and_speed_lose_nothing_and_serve_the_batch_totals(spar
         return processes[-1]
 
     try:
-        # Round 1: both are killed at random moments of their start-up or first batch.
-        ingest, speed = start(ingest_args(kafka_topic), "ingest-1"), start(speed_args(), "speed-1")
-        for process, moment in sorted(((ingest, moments.uniform(3, 20)), (speed, moments.uniform(3, 30))),
-                                      key=lambda pair: pair[1]):
-            time.sleep(max(0.0, moment - (time.monotonic() - process.started)))
-            assert process.alive(), f"{process.args} died on its own:\n{process.log_tail()}"
-            process.kill()
+        if start_up_kills:  # round 1: both are killed at random moments of their start-up or first batch
+            ingest, speed = start(ingest_args(kafka_topic), "ingest-1"), start(speed_args(), "speed-1")
+            for process, moment in sorted(((ingest, moments.uniform(3, 20)), (speed, moments.uniform(3, 30))),
+                                          key=lambda pair: pair[1]):
+                time.sleep(max(0.0, moment - (time.monotonic() - process.started)))
+                assert process.alive(), f"{process.args} died on its own:\n{process.log_tail()}"
+                process.kill()
         # Round 2: each is killed at a random moment after it committed a batch.
         ingested, sped = committed_batches(settings), speed_batches(settings)
         ingest, speed = start(ingest_args(kafka_topic), "ingest-2"), start(speed_args(), "speed-2")
