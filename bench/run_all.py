@@ -30,6 +30,7 @@ BENCHMARKS = {
     "freshness": ([], ["--rate", "500", "--steady-seconds", "30", "--burst-seconds", "10", "--tail-seconds", "20"]),
     "batch_pipeline": (["--events", "10300000", "--days", "90"], ["--events", "60000", "--days", "30"]),
     "attribution_peers": (["--events", "3000000", "--days", "90"], ["--events", "60000", "--days", "30"]),
+    "lake_maintenance": ([], ["--appends", "8", "--repeat", "1"]),
     "collector_load": ([], ["--duration", "5"]),  # the collector engineer's script; run when present
 }
 
@@ -128,6 +129,14 @@ def render_table() -> str:
                     f"max relative RE / total difference | {_fmt(m['ours_exact_seconds'], 2)} vs "
                     f"{_fmt(m['channelattribution_seconds'], 2)}; {m['max_relative_removal_effect_difference']} / "
                     f"{m['max_relative_channel_total_difference']} | | | |")
+    upkeep = _load("lake_maintenance")
+    if upkeep:
+        machine = machine or upkeep["machine"]
+        v, p = upkeep["vacuum_seconds"], upkeep["parameters"]
+        rows.append(f"| lake maintenance ({p['tables']} stream-written tables, {p['appends']} appends each) | VACUUM s "
+                    f"with {v['platform_listing_tasks']} listing tasks vs Spark's default {v['spark_default_listing_tasks']:,}; "
+                    f"ratio | {_fmt(v['platform'], 1)} vs {_fmt(v['spark_default'], 1)}; {_fmt(v['ratio_default_to_platform'], 1)} "
+                    f"| | {_memory(upkeep)} | {_when(upkeep)} |")
     if machine is None:
         return "(no results yet: run `make bench`)"
     if machine:
