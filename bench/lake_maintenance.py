@@ -17,6 +17,7 @@ import argparse
 import datetime as dt
 import os
 import random
+import shutil
 import statistics
 import tempfile
 import time
@@ -81,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         optimize_seconds = time.monotonic() - started
         progress(f"OPTIMIZE of {args.tables} tables: {optimize_seconds:.1f}s, files removed {compacted}")
     spark.stop()
+    shutil.rmtree(workdir, ignore_errors=True)
     median = {listing: statistics.median(values) for listing, values in seconds.items()}
     write_result("lake_maintenance", {
         "parameters": vars(args),
