@@ -93,6 +93,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--speed-seconds", type=float, default=None,
                         help="stop the speed layer's drain after this long; its rate is then that of the "
                              "batches it committed, and the end-to-end rate is not computed")
+    parser.add_argument("--driver-memory", default=None,
+                        help="spark.driver.memory of the ingest and speed processes (default: the settings')")
     parser.add_argument("--workdir", default=None, help="lake and logs (default: a temp folder, removed after)")
     parser.add_argument("--keep", action="store_true", help="keep the topic and the lake")
     args = parser.parse_args(argv)
@@ -112,7 +114,8 @@ def main(argv: list[str] | None = None) -> dict:
         kafka.delete_topic(topic, settings=broker)
         raise
     lake = workdir / "lake"
-    settings = load_settings(lake_root=str(lake), jars_dir=str(JARS))
+    settings = load_settings(lake_root=str(lake), jars_dir=str(JARS),
+                             **({"spark_driver_memory": args.driver_memory} if args.driver_memory else {}))
     result: dict = {"parameters": {**vars(args), "topic": topic, "trigger": "availableNow",
                                    "spark_master": settings.spark_master, "shuffle_partitions": 2,
                                    "driver_memory": settings.spark_driver_memory}}
@@ -127,7 +130,8 @@ def main(argv: list[str] | None = None) -> dict:
         result["ceiling"] = consumer_perf(settings.kafka_bootstrap, topic, lines)
         progress(f"ceiling {result['ceiling']['events_per_second']:,.0f} events/s")
 
-        env = subprocess_env(lake, STREAM__MAX_OFFSETS_PER_TRIGGER=str(args.max_offsets))
+        env = subprocess_env(lake, STREAM__MAX_OFFSETS_PER_TRIGGER=str(args.max_offsets),
+                             SPARK_DRIVER_MEMORY=settings.spark_driver_memory)
         progress("ingestion: touchpoint stream ingest --available-now")
         code, wall, memory = run_stream(ingest_args(topic, available_now=True), env, workdir / "ingest.log", settings)
         if code != 0:
