@@ -132,10 +132,11 @@ def render_table() -> str:
     upkeep = _load("lake_maintenance")
     if upkeep:
         machine = machine or upkeep["machine"]
-        v, p = upkeep["vacuum_seconds"], upkeep["parameters"]
-        rows.append(f"| lake maintenance ({p['tables']} stream-written tables, {p['appends']} appends each) | VACUUM s "
-                    f"with {v['platform_listing_tasks']} listing tasks vs Spark's default {v['spark_default_listing_tasks']:,}; "
-                    f"ratio | {_fmt(v['platform'], 1)} vs {_fmt(v['spark_default'], 1)}; {_fmt(v['ratio_default_to_platform'], 1)} "
+        vacuum, sizes = upkeep["vacuum_seconds"], upkeep["parameters"]
+        rows.append(f"| lake maintenance ({sizes['tables']} stream-written tables, {sizes['appends']} appends each) "
+                    f"| VACUUM s with {vacuum['platform_listing_tasks']} listing tasks vs Spark's default "
+                    f"{vacuum['spark_default_listing_tasks']:,}; ratio | {_fmt(vacuum['platform'], 1)} vs "
+                    f"{_fmt(vacuum['spark_default'], 1)}; {_fmt(vacuum['ratio_default_to_platform'], 1)} "
                     f"| | {_memory(upkeep)} | {_when(upkeep)} |")
     if machine is None:
         return "(no results yet: run `make bench`)"
