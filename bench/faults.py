@@ -57,6 +57,15 @@ def subprocess_env(lake_root: Path | str, **overrides: str) -> dict[str, str]:
     return env
 
 
+def lake_settings(lake_root: Path | str, **overrides):
+    """In-process settings of a drill or benchmark on a private lake, as `subprocess_env` gives a child:
+    the project's jars and 2 shuffle partitions, plus overrides (Settings fields)."""
+    from touchpoint.core.config import load_settings
+
+    return load_settings(**{"lake_root": str(lake_root), "jars_dir": str(JARS), "spark_shuffle_partitions": 2,
+                            **overrides})
+
+
 # ---- child processes --------------------------------------------------------------------------------
 
 class ChildProcess:

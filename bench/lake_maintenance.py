@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 from bench.common import progress, write_result
-from bench.faults import JARS, RssSampler
+from bench.faults import RssSampler, lake_settings
 from touchpoint.jobs.maintenance import STREAM_WRITTEN
 
 LISTING_KEY = "spark.sql.sources.parallelPartitionDiscovery.parallelism"
@@ -55,13 +55,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=42)
     args = parser.parse_args(argv)
 
-    from touchpoint.core.config import load_settings
     from touchpoint.core.spark import get_spark
     from touchpoint.jobs import maintenance
 
     workdir = Path(tempfile.mkdtemp(prefix="bench-maintenance-"))
-    settings = load_settings(lake_root=str(workdir / "lake"), state_dir=str(workdir / "state"), jars_dir=str(JARS),
-                             spark_shuffle_partitions=2)
+    settings = lake_settings(workdir / "lake", state_dir=str(workdir / "state"))
     spark = get_spark("bench-lake-maintenance", settings=settings)
     ours = spark.conf.get(LISTING_KEY)
     logical_date = dt.date(2026, 3, 1) + dt.timedelta(days=args.days)

@@ -15,9 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.faults import ChildProcess, JARS, read_table, subprocess_env, wait_for
+from bench.faults import ChildProcess, lake_settings, read_table, subprocess_env, wait_for
 from touchpoint.core.catalog import table_path
-from touchpoint.core.config import load_settings
 from touchpoint.generator import GeneratorConfig, generate_jsonl
 
 pytestmark = [pytest.mark.timeout(1800), pytest.mark.drill, pytest.mark.slow]
@@ -57,8 +56,8 @@ def test_identity_killed_mid_write_then_rerun_equals_uninterrupted_run(spark, tm
     from touchpoint.streaming.ingest import ingest_files
 
     lake_a, lake_b = tmp_path / "killed" / "lake", tmp_path / "clean" / "lake"
-    killed = load_settings(lake_root=str(lake_a), jars_dir=str(JARS), spark_shuffle_partitions=2)
-    clean = load_settings(lake_root=str(lake_b), jars_dir=str(JARS), spark_shuffle_partitions=2)
+    killed = lake_settings(lake_a)
+    clean = lake_settings(lake_b)
     file = tmp_path / "history.jsonl"
     generate_jsonl(str(file), traffic)
     ingest_files(spark, killed, file)

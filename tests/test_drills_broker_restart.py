@@ -13,10 +13,9 @@ import time
 import pytest
 
 from bench.faults import (
-    JARS, BackgroundGenerator, broker_pid, committed_batches, ingested_all, lake_table, private_broker,
+    BackgroundGenerator, broker_pid, committed_batches, ingested_all, lake_settings, lake_table, private_broker,
     reconciliation_totals, valid_event_ids, wait_for,
 )
-from touchpoint.core.config import load_settings
 from touchpoint.generator import GeneratorConfig
 from touchpoint.infra import kafka
 
@@ -37,8 +36,7 @@ def test_broker_restart_loses_and_doubles_nothing(spark, tmp_path):
     lake = tmp_path / "lake"
     with private_broker(tmp_path / "broker-state") as broker:
         kafka.ensure_topic(TOPIC, partitions=2, settings=broker)
-        settings = load_settings(lake_root=str(lake), kafka_bootstrap=broker.kafka_bootstrap, jars_dir=str(JARS),
-                                 spark_shuffle_partitions=2,
+        settings = lake_settings(lake, kafka_bootstrap=broker.kafka_bootstrap,
                                  stream={"max_offsets_per_trigger": 400, "trigger_seconds": 0.5})
         generator = BackgroundGenerator(TOPIC, broker.kafka_bootstrap, TRAFFIC, rate=RATE)
         generator.start()

@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 
 from bench.faults import (
-    BackgroundGenerator, JARS, committed_batches, lake_table, reconciliation_totals, valid_event_ids, wait_for,
+    BackgroundGenerator, committed_batches, lake_settings, lake_table, reconciliation_totals, valid_event_ids,
+    wait_for,
 )
-from touchpoint.core.config import load_settings
 from touchpoint.generator import GeneratorConfig
 
 pytestmark = [pytest.mark.drill, pytest.mark.kafka]
@@ -76,8 +76,7 @@ def test_permission_denied_then_disk_full_stop_the_stream_safely(spark, tmp_path
     from touchpoint.streaming.ingest import start_stream
 
     lake = small_filesystem / "lake"
-    settings = load_settings(lake_root=str(lake), jars_dir=str(JARS), spark_shuffle_partitions=2,
-                             stream={"max_offsets_per_trigger": 200, "trigger_seconds": 0.5})
+    settings = lake_settings(lake, stream={"max_offsets_per_trigger": 200, "trigger_seconds": 0.5})
     generator = BackgroundGenerator(kafka_topic, settings.kafka_bootstrap, TRAFFIC, rate=RATE)
     generator.start()
     filler = small_filesystem / "filler"
@@ -110,8 +109,7 @@ def test_permission_denied_then_disk_full_stop_the_stream_safely(spark, tmp_path
     generator.stop()
     report = generator.result(timeout=120)
     expected_ids = valid_event_ids(TRAFFIC, report["lines"])
-    drain_settings = load_settings(lake_root=str(lake), jars_dir=str(JARS), spark_shuffle_partitions=2,
-                                   stream={"max_offsets_per_trigger": 100_000})
+    drain_settings = lake_settings(lake, stream={"max_offsets_per_trigger": 100_000})
     drain = start_stream(spark, drain_settings, topic=kafka_topic, query_name="ingest", trigger_once=True)
     drain.awaitTermination(900)
     assert drain.exception() is None, drain.exception()

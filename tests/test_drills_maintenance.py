@@ -14,10 +14,9 @@ import pytest
 from kafka import KafkaProducer
 
 from bench.faults import (
-    BackgroundGenerator, JARS, ingested_all, lake_table, reconciliation_totals, valid_event_ids, wait_for,
+    BackgroundGenerator, ingested_all, lake_settings, lake_table, reconciliation_totals, valid_event_ids, wait_for,
 )
 from touchpoint.core.catalog import table_path
-from touchpoint.core.config import load_settings
 from touchpoint.generator import GeneratorConfig
 
 pytestmark = [pytest.mark.timeout(1800), pytest.mark.drill, pytest.mark.slow, pytest.mark.kafka]
@@ -44,8 +43,7 @@ def test_optimize_and_vacuum_beside_the_stream(spark, tmp_path, kafka_topic, ord
     from touchpoint.jobs import maintenance
     from touchpoint.streaming.ingest import start_stream
 
-    settings = load_settings(lake_root=str(tmp_path / "lake"), jars_dir=str(JARS), spark_shuffle_partitions=2,
-                             stream={"max_offsets_per_trigger": 1000, "trigger_seconds": 0.5})
+    settings = lake_settings(tmp_path / "lake", stream={"max_offsets_per_trigger": 1000, "trigger_seconds": 0.5})
     generator = BackgroundGenerator(kafka_topic, settings.kafka_bootstrap, TRAFFIC, rate=RATE)
     generator.start()
     query = start_stream(spark, settings, topic=kafka_topic, query_name="ingest")

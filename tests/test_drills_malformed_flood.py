@@ -9,8 +9,7 @@ from collections import Counter
 
 import pytest
 
-from bench.faults import JARS, lake_table, reconciliation_totals, valid_event_ids
-from touchpoint.core.config import load_settings
+from bench.faults import lake_settings, lake_table, reconciliation_totals, valid_event_ids
 from touchpoint.generator import GeneratorConfig, generate_kafka
 
 pytestmark = [pytest.mark.drill, pytest.mark.kafka]
@@ -23,8 +22,7 @@ FLOOD = GeneratorConfig(seed=59, customers=90, days=2, start_date="2026-03-02", 
 def test_half_garbage_flood_is_quarantined_and_reconciles(spark, tmp_path, kafka_topic):
     from touchpoint.streaming.ingest import start_stream
 
-    settings = load_settings(lake_root=str(tmp_path / "lake"), jars_dir=str(JARS), spark_shuffle_partitions=2,
-                             stream={"max_offsets_per_trigger": 1500})
+    settings = lake_settings(tmp_path / "lake", stream={"max_offsets_per_trigger": 1500})
     report = generate_kafka(kafka_topic, settings.kafka_bootstrap, FLOOD)  # unpaced: full producer speed
     malformed = {code: n for code, n in report["malformed"].items() if n}
     assert report["malformed_total"] == report["valid_unique_events"]

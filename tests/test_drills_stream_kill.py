@@ -19,10 +19,9 @@ import time
 import pytest
 
 from bench.faults import (
-    BackgroundGenerator, ChildProcess, JARS, committed_batches, ingest_args, lake_table, reconciliation_totals,
-    speed_args, subprocess_env, valid_event_ids, wait_for,
+    BackgroundGenerator, ChildProcess, committed_batches, ingest_args, lake_settings, lake_table,
+    reconciliation_totals, speed_args, subprocess_env, valid_event_ids, wait_for,
 )
-from touchpoint.core.config import load_settings
 from touchpoint.generator import GeneratorConfig
 
 pytestmark = [pytest.mark.timeout(1800), pytest.mark.drill, pytest.mark.slow, pytest.mark.kafka]
@@ -68,7 +67,7 @@ def test_sigkilled_ingest_and_speed_lose_nothing_and_serve_the_batch_totals(spar
     from touchpoint.streaming import speed as speed_stream
 
     lake = tmp_path / "lake"
-    settings = load_settings(lake_root=str(lake), jars_dir=str(JARS), spark_shuffle_partitions=2)
+    settings = lake_settings(lake)
     # The lake's tables exist before two processes race to create them.
     ingest_stream.IngestSink(settings, source_id="stream:ingest").ensure_tables(spark)
     speed_stream.enable_change_feed(spark, settings)
@@ -138,7 +137,7 @@ def test_sigkilled_ingest_and_speed_lose_nothing_and_serve_the_batch_totals(spar
     # last event day, so every event is below the high-water mark and read by the batch.
     copy = tmp_path / "recomputed" / "lake"
     shutil.copytree(lake, copy)
-    recomputed_settings = load_settings(lake_root=str(copy), jars_dir=str(JARS), spark_shuffle_partitions=2)
+    recomputed_settings = lake_settings(copy)
     last_day = max(row["event_date"] for row in silver)
     assert isinstance(last_day, dt.date)
     run_job("identity", last_day, settings=recomputed_settings, spark=spark)
