@@ -35,7 +35,7 @@ def _unit(nodeid: str) -> str:
     return "shared_lakes" if Path(file).name in SHARED_LAKE_FILES else file
 
 
-@pytest.hookimpl(tryfirst=True)
+@pytest.hookimpl(tryfirst=True, optionalhook=True)  # pytest -p no:xdist still runs
 def pytest_xdist_make_scheduler(config, log):
     if config.getvalue("dist") != "loadfile":
         return None

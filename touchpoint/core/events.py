@@ -77,30 +77,54 @@ def currencies(rates_file: str = str(FX_RATES_FILE)) -> Currencies:
 
 # ---- structure, derived from the JSON Schema -------------------------------------------------
 
-def _json_type_ok(value: Any, json_type: str) -> bool:
-    if json_type == "null":
-        return value is None
-    if json_type == "string":
-        return isinstance(value, str)
-    if json_type == "boolean":
-        return isinstance(value, bool)
-    if json_type == "integer":
-        return isinstance(value, int) and not isinstance(value, bool)
-    if json_type == "number":
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if json_type == "object":
-        return isinstance(value, dict)
-    raise ValueError(json_type)
+# JSON Schema type -> the Python types json.loads gives for it (bool is checked apart: it is an int).
+_PYTHON_TYPES = {"string": (str,), "integer": (int,), "number": (int, float), "object": (dict,), "boolean": (),
+                 "null": ()}
+
+
+@dataclass(frozen=True)
+class JsonTypes:
+    """A value check for a JSON Schema `type` (one name or a list), built once per field: checking
+    ~30 fields of every event is most of the validator's time."""
+
+    python_types: tuple[type, ...]
+    allows_null: bool
+    allows_bool: bool
+    expected: str  # for messages, e.g. "string"
+
+    @classmethod
+    @lru_cache(maxsize=None)
+    def of(cls, json_types: tuple[str, ...]) -> "JsonTypes":
+        unknown = [t for t in json_types if t not in _PYTHON_TYPES]
+        if unknown:
+            raise ValueError(f"unsupported JSON Schema type {unknown[0]!r}")
+        python_types = tuple(dict.fromkeys(python_type for t in json_types for python_type in _PYTHON_TYPES[t]))
+        return cls(python_types, "null" in json_types, "boolean" in json_types,
+                   " or ".join(t for t in json_types if t != "null"))
+
+    def accepts(self, value: Any) -> bool:
+        if value is None:
+            return self.allows_null
+        if isinstance(value, bool):  # JSON true/false is never an integer or a number
+            return self.allows_bool
+        return isinstance(value, self.python_types)
+
+
+def _types_of(spec: dict) -> tuple[str, ...]:
+    return tuple(spec["type"]) if isinstance(spec["type"], list) else (spec["type"],)
 
 
 @lru_cache(maxsize=1)
-def _object_specs() -> tuple[tuple[str, tuple[str, ...]], ...]:
-    schema = envelope_schema()["properties"]
-    return tuple(
-        (name, tuple(spec["type"]) if isinstance(spec["type"], list) else (spec["type"],))
-        for name, spec in schema.items()
-        if "object" in (spec["type"] if isinstance(spec["type"], list) else [spec["type"]])
-    )
+def _object_checks() -> tuple[tuple[str, JsonTypes], ...]:
+    """(name, check) of the envelope's top-level object fields (context, properties, ...)."""
+    return tuple((name, JsonTypes.of(_types_of(spec))) for name, spec in envelope_schema()["properties"].items()
+                 if "object" in _types_of(spec))
+
+
+@lru_cache(maxsize=1)
+def _leaf_checks() -> tuple[tuple[tuple[str, ...], JsonTypes, bool], ...]:
+    """(path, check, absent allowed) of every envelope leaf: an optional field may be null or missing."""
+    return tuple((field.path, JsonTypes.of(field.json_types), not field.required) for field in envelope_fields())
 
 
 def _describe(value: Any) -> str:
@@ -115,16 +139,13 @@ def check_structure(event: dict) -> None:
     for name in envelope_schema()["required"]:
         if event.get(name) is None:
             raise Rejected(f"missing_{name}", f"required field '{name}' is missing or null", event_id)
-    for name, types in _object_specs():
-        if name in event and not any(_json_type_ok(event[name], t) for t in types):
+    for name, check in _object_checks():
+        if name in event and not check.accepts(event[name]):
             raise Rejected("wrong_type", f"'{name}' must be an object, got {_describe(event[name])}", event_id)
-    for field in envelope_fields():
-        value = _lookup(event, field.path)
-        if not any(_json_type_ok(value, t) for t in field.json_types) and not (
-            value is None and not field.required
-        ):
-            expected = " or ".join(t for t in field.json_types if t != "null")
-            raise Rejected("wrong_type", f"'{'.'.join(field.path)}' must be {expected}, got {_describe(value)}",
+    for path, check, optional in _leaf_checks():
+        value = _lookup(event, path)
+        if not check.accepts(value) and not (value is None and optional):
+            raise Rejected("wrong_type", f"'{'.'.join(path)}' must be {check.expected}, got {_describe(value)}",
                            event_id)
     if event["event_type"] not in event_types():
         raise Rejected("unknown_event_type", f"event_type {event['event_type']!r} is not one of "
