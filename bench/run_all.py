@@ -31,6 +31,7 @@ BENCHMARKS = {
     "batch_pipeline": (["--events", "10300000", "--days", "90"], ["--events", "60000", "--days", "30"]),
     "attribution_peers": (["--events", "3000000", "--days", "90"], ["--events", "60000", "--days", "30"]),
     "lake_maintenance": ([], ["--appends", "8", "--repeat", "1"]),
+    "validation": ([], ["--lines", "10000", "--repeat", "1"]),
     "collector_load": ([], ["--duration", "5"]),  # the collector engineer's script; run when present
 }
 
@@ -138,6 +139,12 @@ def render_table() -> str:
                     f"{vacuum['spark_default_listing_tasks']:,}; ratio | {_fmt(vacuum['platform'], 1)} vs "
                     f"{_fmt(vacuum['spark_default'], 1)}; {_fmt(vacuum['ratio_default_to_platform'], 1)} "
                     f"| | {_memory(upkeep)} | {_when(upkeep)} |")
+    validation = _load("validation")
+    if validation:
+        machine = machine or validation["machine"]
+        rows.append(f"| validator ({validation['lines']:,} generated lines, one core, no Spark) | lines/s; share in "
+                    f"check_structure | {_fmt(validation['lines_per_second'])}; "
+                    f"{validation['check_structure_share']:.0%} | | {_memory(validation)} | {_when(validation)} |")
     if machine is None:
         return "(no results yet: run `make bench`)"
     if machine:
