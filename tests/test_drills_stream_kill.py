@@ -104,11 +104,12 @@ def test_sigkilled_ingest_and_speed_lose_nothing_and_serve_the_batch_totals(spar
     report = generator.result(timeout=120)
     landed_before_drain = len(lake_table(settings, "silver.events", ["event_id"]))
 
-    # Both drain in restarted child processes, as production restarts them: `touchpoint stream ingest
-    # --available-now` (in larger batches), then `touchpoint stream speed --available-now`.
-    drain_env = {**env, "TOUCHPOINT_STREAM__MAX_OFFSETS_PER_TRIGGER": "100000"}
-    ingest_drain = ChildProcess(ingest_args(kafka_topic, available_now=True), drain_env, tmp_path / "ingest-drain.log")
-    assert ingest_drain.wait(900) == 0, ingest_drain.log_tail()
+    # Ingestion drains in this test's Spark application (a child process here cost 50 s of the suite's
+    # budget), the speed layer as one more child process (a restarted `touchpoint stream speed`).
+    drain = ingest_stream.start_stream(spark, lake_settings(lake, stream={"max_offsets_per_trigger": 100_000}),
+                                       topic=kafka_topic, trigger_once=True)
+    drain.awaitTermination(900)
+    assert drain.exception() is None, drain.exception()
     speed_drain = ChildProcess(speed_args(available_now=True), env, tmp_path / "speed-drain.log")
     assert speed_drain.wait(900) == 0, speed_drain.log_tail()
 
