@@ -53,12 +53,12 @@ def silver_versions(settings):
     from deltalake import DeltaTable
 
     from touchpoint.core.catalog import table_path
+    from touchpoint.streaming.speed import change_feed_start
 
     import pyarrow as pa
 
     silver = DeltaTable(table_path("silver.events", settings))
-    # The feed exists from silver's creation (ingest), or from the commit that switched it on in older lakes.
-    start = max((h["version"] for h in silver.history() if h.get("operation") == "SET TBLPROPERTIES"), default=0)
+    start = change_feed_start(silver.history())
     # delta-rs hands back an arro3 table (string_view columns, which few pyarrow kernels take):
     # pyarrow reads it over the Arrow C stream interface, and the filter runs in Python.
     table = pa.table(silver.load_cdf(starting_version=start).read_all())

@@ -29,7 +29,7 @@ import datetime as dt
 import logging
 import time
 from contextlib import ExitStack
-from typing import Callable
+from typing import Callable, Iterable, Mapping
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -370,10 +370,16 @@ def enable_change_feed(spark: SparkSession, settings: Settings) -> int:
     properties = table.detail().select("properties").first()[0] or {}
     if properties.get("delta.enableChangeDataFeed", "false").lower() != "true":
         spark.sql(f"ALTER TABLE delta.`{path}` SET TBLPROPERTIES (delta.enableChangeDataFeed = true)")
-    history = table.history().select("version", "operation", "operationParameters").orderBy("version").collect()
+    return change_feed_start(row.asDict() for row in table.history().select("version", "operationParameters").collect())
+
+
+def change_feed_start(history: Iterable[Mapping]) -> int:
+    """The first version of silver's change feed, from the table history (Delta's commit infos, as
+    Spark's `DeltaTable.history()` rows or delta-rs's `history()` dicts): the last commit that
+    switched the feed on, or 0 when it was on from the table's creation."""
     start = 0
-    for commit in history:  # the last commit that switched the feed on (a small log scan)
-        parameters = commit["operationParameters"] or {}
+    for commit in sorted(history, key=lambda c: c["version"]):
+        parameters = commit.get("operationParameters") or {}
         if "enableChangeDataFeed" in " ".join(f"{k}={v}" for k, v in parameters.items()):
             start = commit["version"]
     return start

@@ -73,7 +73,7 @@ def test_stream_dedups_across_batches_and_reconciles(spark, tmp_path, kafka_topi
 
 
 def test_silver_has_its_change_feed_from_creation_so_the_speed_layer_commits_nothing(spark, tmp_path, kafka_topic):
-    from touchpoint.streaming.speed import enable_change_feed
+    from touchpoint.streaming.speed import change_feed_start, enable_change_feed
 
     settings = load_settings(lake_root=str(tmp_path / "lake"), spark_shuffle_partitions=2)
     produce(settings, kafka_topic, [page_view(i) for i in range(3)])
@@ -84,6 +84,21 @@ def test_silver_has_its_change_feed_from_creation_so_the_speed_layer_commits_not
     # Switching the feed on later would be a metadata commit racing the stream's appends.
     assert enable_change_feed(spark, settings) == 0
     assert DeltaTable(table_path("silver.events", settings)).version() == before
+    assert change_feed_start(silver.history()) == 0  # what bench/freshness reads through delta-rs
+
+
+def test_an_older_silver_gets_its_change_feed_from_the_commit_that_switched_it_on(spark, tmp_path):
+    from touchpoint.schemas.lake import SILVER_SCHEMA
+    from touchpoint.streaming.speed import change_feed_start, enable_change_feed
+
+    settings = load_settings(lake_root=str(tmp_path / "lake"), spark_shuffle_partitions=2)
+    path = table_path("silver.events", settings)
+    spark.createDataFrame([], SILVER_SCHEMA).write.format("delta").partitionBy("event_date").save(path)  # no feed
+    before = DeltaTable(path).version()
+    assert enable_change_feed(spark, settings) == before + 1  # the commit that switched it on
+    assert enable_change_feed(spark, settings) == before + 1  # already on: no new commit, the same start
+    assert DeltaTable(path).version() == before + 1
+    assert change_feed_start(DeltaTable(path).history()) == before + 1
 
 
 def test_an_append_that_loses_a_race_to_a_metadata_commit_is_written_again_once(spark, tmp_path):
