@@ -74,11 +74,14 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="session")
 def spark():
     from touchpoint.core.config import load_settings
-    from touchpoint.core.spark import get_spark
+    from touchpoint.core.spark import get_spark, spark_conf
 
     # One driver runs the whole suite (pipelines, streams, GX, Airflow tasks): more heap than a job needs.
     settings = load_settings(spark_shuffle_partitions=2, spark_master="local[2]", spark_driver_memory="4g")
-    session = get_spark("touchpoint-tests", settings=settings)
+    # The throughput collector for this long, CPU-bound driver: with G1, the platform's default, its
+    # concurrent marking took a fifth of the test JVMs' CPU (docs/DRILLS.md, session 11).
+    java_options = spark_conf(settings)["spark.driver.extraJavaOptions"] + " -XX:+UseParallelGC"
+    session = get_spark("touchpoint-tests", settings=settings, **{"spark.driver.extraJavaOptions": java_options})
     yield session
     session.stop()
 
