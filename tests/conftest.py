@@ -104,6 +104,7 @@ def kafka_broker():
 
     from touchpoint.core.config import get_settings
     from touchpoint.infra import kafka
+    from touchpoint.infra.process import pid_alive
 
     settings = get_settings()
     settings.state_path.mkdir(parents=True, exist_ok=True)
@@ -113,7 +114,7 @@ def kafka_broker():
         with open(settings.state_path / "kafka-start.lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)  # workers take turns: one starts the broker, the others find it up
             users = json.loads(users_file.read_text()) if users_file.exists() else {"started": False, "pids": []}
-            users["pids"] = [pid for pid in users["pids"] if _alive(pid)]  # a killed run leaves its pid
+            users["pids"] = [pid for pid in users["pids"] if pid_alive(pid)]  # a killed run leaves its pid
             result = change(users)
             users_file.write_text(json.dumps(users))
             return result
@@ -132,16 +133,6 @@ def kafka_broker():
 
     yield update(join)
     update(leave)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 @pytest.fixture
