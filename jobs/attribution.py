@@ -36,7 +36,7 @@ from touchpoint.jobs.attribution_models import (
     CLICK_TYPES, CONVERSION_COLUMNS, CREDIT_COLUMNS, HEURISTIC_MODELS, MODELS, TOUCHPOINT_COLUMNS, conversions,
     credits, daily, lookback_micros, micros, touchpoint_types, touchpoints, training_paths, with_paths,
 )
-from touchpoint.jobs.identity_state import snapshot_rows
+from touchpoint.jobs.identity_state import is_delta, latest_version, read_version, snapshot_rows
 from touchpoint.jobs.markov import fit_chain
 
 EVENT_COLUMNS = ("event_id", "event_type", "event_ts", "event_date", "channel", "campaign_name", "order_id",
@@ -170,14 +170,6 @@ def credit_merge_source(new_rows: DataFrame, stale_rows: DataFrame) -> DataFrame
 # ---------------------------------------------------------------- lake edge
 
 
-def _is_table(spark: SparkSession, path: str) -> bool:
-    return DeltaTable.isDeltaTable(spark, path)
-
-
-def _version(spark: SparkSession, path: str) -> int:
-    return DeltaTable.forPath(spark, path).history(1).select("version").first()["version"]
-
-
 def _overwrite(frame: DataFrame, path: str, partition_by: tuple[str, ...] = ()) -> None:
     writer = frame.write.format("delta").mode("overwrite").option("overwriteSchema", "true")
     if partition_by:
@@ -202,7 +194,7 @@ def _merge(spark: SparkSession, path: str, source: DataFrame, keys: str, columns
 def _previous_run(spark: SparkSession, settings: Settings) -> tuple[dict | None, str | None]:
     """The last run's record when its state can seed an incremental run, else (record, reason)."""
     runs_path = table_path("gold.attribution_runs", settings)
-    if not _is_table(spark, runs_path):
+    if not is_delta(spark, runs_path):
         return None, "first run"
     last = spark.read.format("delta").load(runs_path).orderBy(F.col("run_id").desc()).first()
     if last is None:
@@ -213,19 +205,13 @@ def _previous_run(spark: SparkSession, settings: Settings) -> tuple[dict | None,
     for column, name in STATE_TABLES.items():
         path = table_path(name, settings)
         rows = record.get(STATE_ROWS[column])
-        if rows is None or not _is_table(spark, path):
+        if rows is None or not is_delta(spark, path):
             return record, f"{name} has no state recorded by the last run"
-        current = _version(spark, path)
+        current = latest_version(spark, path)
         if current != record[column] and snapshot_rows(path, current) != rows:
             return record, f"{name} changed since the last run"
         record[column] = current
     return record, None
-
-
-def _read(spark: SparkSession, path: str, version: int) -> DataFrame:
-    """A table pinned at one version: a run sees one consistent snapshot of each input, however
-    often Spark re-evaluates a plan and whoever appends meanwhile."""
-    return spark.read.format("delta").option("versionAsOf", version).load(path)
 
 
 def run(spark: SparkSession, settings: Settings, logical_date: dt.date, mode: str = "auto") -> dict:
@@ -244,9 +230,10 @@ def run(spark: SparkSession, settings: Settings, logical_date: dt.date, mode: st
     inputs = {}
     for name in ("silver.events", "gold.identity_map"):
         path = table_path(name, settings)
-        if not _is_table(spark, path):
+        if not is_delta(spark, path):
             raise FileNotFoundError(f"attribution needs {name}, which has no Delta table at {path}")
-        inputs[name] = _read(spark, path, _version(spark, path))
+        # pinned: one consistent snapshot of each input, however often Spark re-evaluates a plan
+        inputs[name] = read_version(spark, path, latest_version(spark, path))
 
     previous, full_reason = _previous_run(spark, settings)
     if mode == "full":
@@ -277,9 +264,9 @@ def run(spark: SparkSession, settings: Settings, logical_date: dt.date, mode: st
             all_convs, all_touches = rebuilt, touches
             touch_changes = removed = affected = previous_credits = None
         else:
-            previous_touches = _read(spark, paths["attribution_touchpoints"], previous["touchpoints_version"])
-            previous_convs = _read(spark, paths["attribution_conversions"], previous["conversions_version"])
-            previous_credits = _read(spark, paths["attribution_credits"], previous["credits_version"])
+            previous_touches = read_version(spark, paths["attribution_touchpoints"], previous["touchpoints_version"])
+            previous_convs = read_version(spark, paths["attribution_conversions"], previous["conversions_version"])
+            previous_credits = read_version(spark, paths["attribution_credits"], previous["credits_version"])
             touch_changes = keep(touchpoint_changes(previous_touches, touches))
             to_rebuild = keep(conversions_to_rebuild(
                 previous_convs.select(*CONVERSION_COLUMNS), convs, touch_changes, cfg))
@@ -339,7 +326,7 @@ def run(spark: SparkSession, settings: Settings, logical_date: dt.date, mode: st
         _write_removal_effects(spark, effects_rows, paths["markov_removal_effects"], as_of)
 
         step("daily, paths and removal effects written")
-        versions = {column: _version(spark, table_path(name, settings)) for column, name in STATE_TABLES.items()}
+        versions = {column: latest_version(spark, table_path(name, settings)) for column, name in STATE_TABLES.items()}
         state_rows = {STATE_ROWS[column]: snapshot_rows(table_path(name, settings), versions[column])
                       for column, name in STATE_TABLES.items()}
         run_mode = "full" if full_reason else "incremental"
@@ -367,7 +354,7 @@ def run(spark: SparkSession, settings: Settings, logical_date: dt.date, mode: st
 def _write_removal_effects(spark: SparkSession, rows: DataFrame, path: str, as_of: dt.datetime) -> None:
     """Replace this as-of's rows; the removal effects of other as-ofs are history."""
     writer = rows.write.format("delta")
-    if _is_table(spark, path):
+    if is_delta(spark, path):
         literal = as_of.strftime("%Y-%m-%d %H:%M:%S")
         writer.mode("overwrite").option("replaceWhere", f"as_of = TIMESTAMP '{literal}'").save(path)
     else:
