@@ -112,9 +112,9 @@ def spark_conf(settings: Settings | None = None, app_name: str = "touchpoint") -
         # empty tasks made a VACUUM of a small table take 30-37 s on 2 cores, against 2.5 s with 2.
         "spark.sql.sources.parallelPartitionDiscovery.parallelism": str(settings.spark_shuffle_partitions),
         # Generated code is compiled once per distinct plan and kept in a cache of 100 classes by
-        # default. A pipeline run or a speed micro-batch cycle plans more than that, so the same
-        # classes were compiled again and again: 9,922 compilations against 1,989 with this size in
-        # one run of the speed tests, 10 % less time (docs/DRILLS.md, session 12).
+        # default. A driver that plans many queries (the test session: 9,922 compilations against
+        # 1,989 with this size for the speed tests, 10 % less time) compiled the same classes again
+        # and again (docs/DRILLS.md, session 12).
         "spark.sql.codegen.cache.maxEntries": "2000",
         "spark.sql.streaming.stopGracefullyOnShutdown": "true",
         # A long-lived driver (stream, test session) frees the cached and checkpointed blocks of
