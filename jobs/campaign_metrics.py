@@ -62,16 +62,15 @@ def with_cut(as_of: dt.datetime, silver_version: int):
 
 def _silver_version(spark: SparkSession, settings: Settings, logical_date: dt.date) -> int:
     """The silver version the identity run of D read, else the latest."""
-    from delta.tables import DeltaTable
+    from touchpoint.jobs.identity_state import is_delta, latest_version
 
     runs = table_path("gold.identity_runs", settings)
-    if DeltaTable.isDeltaTable(spark, runs):
+    if is_delta(spark, runs):
         row = (spark.read.format("delta").load(runs).where(F.col("logical_date") == F.lit(logical_date))
                .agg(F.max("silver_version")).first())
         if row and row[0] is not None:
             return int(row[0])
-    silver = table_path("silver.events", settings)
-    return DeltaTable.forPath(spark, silver).history(1).select("version").first()["version"]
+    return latest_version(spark, table_path("silver.events", settings))
 
 
 def _write(frame: DataFrame, name: str, settings: Settings) -> None:
