@@ -36,7 +36,8 @@ from touchpoint.jobs.attribution_models import (
     CLICK_TYPES, CONVERSION_COLUMNS, CREDIT_COLUMNS, HEURISTIC_MODELS, MODELS, TOUCHPOINT_COLUMNS, conversions,
     credits, daily, lookback_micros, micros, touchpoint_types, touchpoints, training_paths, with_paths,
 )
-from touchpoint.jobs.identity_state import is_delta, latest_version, read_version, snapshot_rows
+from touchpoint.core.delta import is_delta, latest_version, read_version
+from touchpoint.jobs.identity_state import snapshot_rows
 from touchpoint.jobs.markov import fit_chain
 
 EVENT_COLUMNS = ("event_id", "event_type", "event_ts", "event_date", "channel", "campaign_name", "order_id",

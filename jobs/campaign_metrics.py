@@ -28,6 +28,7 @@ from touchpoint.core.campaign_metrics import (
 from touchpoint.core.catalog import table_path
 from touchpoint.core.config import Settings
 from touchpoint.core.dates import as_of_for
+from touchpoint.core.delta import is_delta, latest_version
 from touchpoint.core.identity_lookup import attach_customer_id
 from touchpoint.core.serving import SCHEMAS
 from touchpoint.core.spark import local_checkpoint
@@ -62,8 +63,6 @@ def with_cut(as_of: dt.datetime, silver_version: int):
 
 def _silver_version(spark: SparkSession, settings: Settings, logical_date: dt.date) -> int:
     """The silver version the identity run of D read, else the latest."""
-    from touchpoint.jobs.identity_state import is_delta, latest_version
-
     runs = table_path("gold.identity_runs", settings)
     if is_delta(spark, runs):
         row = (spark.read.format("delta").load(runs).where(F.col("logical_date") == F.lit(logical_date))
@@ -80,12 +79,10 @@ def _write(frame: DataFrame, name: str, settings: Settings) -> None:
 
 
 def run(spark: SparkSession, settings: Settings, logical_date: dt.date) -> dict:
-    from delta.tables import DeltaTable
-
     as_of = as_of_for(logical_date)
     silver_path, map_path = table_path("silver.events", settings), table_path("gold.identity_map", settings)
     for name, path in (("silver.events", silver_path), ("gold.identity_map", map_path)):
-        if not DeltaTable.isDeltaTable(spark, path):
+        if not is_delta(spark, path):
             raise FileNotFoundError(f"campaign_metrics needs {name}, which has no Delta table at {path}")
     version = _silver_version(spark, settings, logical_date)
     events = (spark.read.format("delta").option("versionAsOf", version).load(silver_path)

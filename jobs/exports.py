@@ -23,12 +23,11 @@ from pyspark.sql.types import DateType, IntegerType, LongType, StringType, Struc
 
 from touchpoint.core.catalog import TABLES, table_path
 from touchpoint.core.config import ConfigError, Settings
-from touchpoint.core.delta import ensure_table
+from touchpoint.core.delta import ensure_table, is_delta, latest_version, read_version
 from touchpoint.core.segments import NAME_PATTERN
 from touchpoint.jobs import export_files as files
 from touchpoint.jobs.export_destinations import Destination, destination, destination_rows, eligible
 from touchpoint.core.dates import as_of_for
-from touchpoint.jobs.identity_state import is_delta, latest_version, read_version
 from touchpoint.jobs.segments import members_at
 
 STAGED = "_staged"

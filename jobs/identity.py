@@ -34,9 +34,10 @@ from touchpoint.jobs.identity_rules import (
     merge_edges, merge_seen, nodes_from_facts, shared_devices,
 )
 from touchpoint.core.dates import as_of_for
+from touchpoint.core.delta import is_delta, latest_version, read_version
 from touchpoint.jobs.identity_state import (
-    BaseRun, Increment, config_fingerprint, is_delta, latest_version, locate_state, plan_increment,
-    previous_run, read_version, write_slice, write_snapshot,
+    BaseRun, Increment, config_fingerprint, locate_state, plan_increment, previous_run, write_slice,
+    write_snapshot,
 )
 
 

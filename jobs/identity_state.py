@@ -22,7 +22,7 @@ from pyspark.sql import functions as F
 from pyspark.sql.types import StructType, TimestampType
 
 from touchpoint.core.dates import EPOCH, as_of_for
-from touchpoint.core.delta import delta_rs_uri, ensure_table
+from touchpoint.core.delta import ensure_table, is_delta, latest_version, read_version, rs_table
 
 # Bump when the meaning of the state tables changes: older state then triggers a full rebuild.
 STATE_VERSION = 1
@@ -37,32 +37,11 @@ def config_fingerprint(guardrails) -> str:
 # Table metadata (versions, file lists, the small run log) is read with delta-rs straight from the
 # Delta log: no Spark job for bookkeeping.
 
-def _rs_table(path: str, version: int | None = None):
-    from deltalake import DeltaTable as RsDeltaTable
-
-    return RsDeltaTable(delta_rs_uri(path), version=version)
-
-
-def is_delta(spark: SparkSession, path: str) -> bool:
-    from delta.tables import DeltaTable
-
-    return DeltaTable.isDeltaTable(spark, path)
-
-
-def latest_version(spark: SparkSession, path: str) -> int:
-    """The table's current Delta version (`spark` is unused: kept for the callers' signature)."""
-    return _rs_table(path).version()
-
-
-def read_version(spark: SparkSession, path: str, version: int) -> DataFrame:
-    return spark.read.format("delta").option("versionAsOf", version).load(path)
-
-
 def snapshot_files(path: str, version: int) -> dict[str, dt.date | None]:
     """Data files of a Delta snapshot with their event_date partition value (from the log only)."""
     import pyarrow as pa
 
-    actions = pa.table(_rs_table(path, version).get_add_actions(flatten=True))
+    actions = pa.table(rs_table(path, version).get_add_actions(flatten=True))
     dates = (actions.column("partition.event_date").to_pylist() if "partition.event_date" in actions.column_names
              else [None] * actions.num_rows)
     return dict(zip(actions.column("path").to_pylist(), dates))
@@ -75,7 +54,7 @@ class Written:
 
 
 def _last_commit(path: str) -> Written:
-    table = _rs_table(path)
+    table = rs_table(path)
     metrics = table.history(1)[0].get("operationMetrics") or {}
     return Written(table.version(), int(metrics.get("numOutputRows", 0)))
 
@@ -142,7 +121,7 @@ def _snapshot_stats(path: str, version: int) -> tuple[int | None, object, object
     """(rows, min as_of, max as_of) of a Delta snapshot from its file statistics (metadata only)."""
     import pyarrow as pa
 
-    actions = pa.table(_rs_table(path, version).get_add_actions(flatten=True))
+    actions = pa.table(rs_table(path, version).get_add_actions(flatten=True))
     if actions.num_rows == 0:
         return 0, None, None
     rows = actions.column("num_records").to_pylist()
@@ -223,7 +202,7 @@ def deletion_vectors_changed(path: str, after_version: int, up_to_version: int) 
     Such a delete keeps the file's path, so comparing file lists cannot see it; the commits'
     operation metrics can. None when the log no longer holds every one of those commits.
     """
-    table = _rs_table(path)
+    table = rs_table(path)
     commits = {c["version"]: c for c in table.history(max(table.version() - after_version, 1))
                if after_version < c.get("version", -1) <= up_to_version}
     if set(commits) != set(range(after_version + 1, up_to_version + 1)):

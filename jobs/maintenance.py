@@ -13,28 +13,21 @@ from pyspark.sql import SparkSession
 
 from touchpoint.core.catalog import table_path
 from touchpoint.core.config import Settings
+from touchpoint.core.delta import is_delta, retry_on_conflict
 
 STREAM_WRITTEN = ("bronze.events", "silver.events", "silver.quarantine", "silver.reconciliation")
 # table -> (date column, settings.retention field)
 RETENTION = {"bronze.events": ("ingest_date", "bronze_days"), "silver.quarantine": ("ingest_date", "quarantine_days")}
 
 
-def _exists(spark: SparkSession, path: str) -> bool:
-    from delta.tables import DeltaTable
-
-    return DeltaTable.isDeltaTable(spark, path)
-
-
 def optimize(spark: SparkSession, settings: Settings, logical_date: dt.date) -> dict:
     """Bin-pack the small files streaming writes. OPTIMIZE commutes with the stream's appends, not
     with its MERGE that deletes displaced orders from files being compacted: a compaction that loses
     that race wrote nothing and runs again (the stream's side retries the same way)."""
-    from touchpoint.core.delta import retry_on_conflict
-
     done = {}
     for name in STREAM_WRITTEN:
         path = table_path(name, settings)
-        if _exists(spark, path):
+        if is_delta(spark, path):
             def compact() -> None:  # called at once, inside this iteration
                 metrics = spark.sql(f"OPTIMIZE delta.`{path}`").select("metrics.numFilesRemoved").first()
                 done[name] = int(metrics[0] or 0)
@@ -50,7 +43,7 @@ def enforce_retention(spark: SparkSession, settings: Settings, logical_date: dt.
     deleted = {}
     for name, (column, setting) in RETENTION.items():
         path = table_path(name, settings)
-        if not _exists(spark, path):
+        if not is_delta(spark, path):
             continue
         cutoff = logical_date - dt.timedelta(days=getattr(settings.retention, setting))
         table = DeltaTable.forPath(spark, path)
@@ -71,7 +64,7 @@ def vacuum(spark: SparkSession, settings: Settings, logical_date: dt.date) -> di
     vacuumed = []
     for name in (*STREAM_WRITTEN, *[n for n in _gold_names()]):
         path = table_path(name, settings)
-        if _exists(spark, path):
+        if is_delta(spark, path):
             DeltaTable.forPath(spark, path).vacuum(hours)
             vacuumed.append(name)
     return {"vacuumed": vacuumed, "retention_hours": hours}

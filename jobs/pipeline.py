@@ -23,6 +23,7 @@ from pyspark.sql import SparkSession
 from touchpoint.core.catalog import TABLES
 from touchpoint.core.config import Settings
 from touchpoint.core.dates import as_of_for, calendar_date
+from touchpoint.core.delta import ensure_table, is_delta
 
 PIPELINE_JOBS = ("identity", "profiles", "attribution", "segments", "campaign_metrics", "exports")
 
@@ -38,12 +39,6 @@ def gold_tables() -> list[str]:
     return [name for name, table in TABLES.items() if table.layer == "gold" and table.owner in owners]
 
 
-def _is_delta(spark: SparkSession, path: str) -> bool:
-    from delta.tables import DeltaTable
-
-    return DeltaTable.isDeltaTable(spark, path)
-
-
 def prepare_staging(spark: SparkSession, settings: Settings, logical_date: dt.date) -> dict:
     """Seed staging with copies of the published gold tables (hard links on a local lake).
     Staging is dropped first, so a retried or re-run date starts from what is published."""
@@ -55,7 +50,7 @@ def prepare_staging(spark: SparkSession, settings: Settings, logical_date: dt.da
     cloned = []
     for name in gold_tables():
         published = TABLES[name].path(settings)
-        if _is_delta(spark, published):
+        if is_delta(spark, published):
             _stage_copy(spark, published, TABLES[name].path(staged), name)
             cloned.append(name)
     return {"staging": staged.gold_namespace, "cloned": cloned}
@@ -84,7 +79,6 @@ def _stage_copy(spark: SparkSession, published: str, staged: str, name: str) -> 
         return
     from delta.tables import DeltaTable
 
-    from touchpoint.core.delta import ensure_table
 
     rows = spark.read.format("delta").load(published)
     partitions = DeltaTable.forPath(spark, published).detail().first()["partitionColumns"]
@@ -102,7 +96,7 @@ def publish(spark: SparkSession, settings: Settings, logical_date: dt.date) -> d
 
     def publish_table(name: str) -> str | None:
         source, target = TABLES[name].path(staged), TABLES[name].path(settings)
-        if not _is_delta(spark, source) or _same_last_commit(source, target):
+        if not is_delta(spark, source) or _same_last_commit(source, target):
             return None  # nothing staged, or the jobs left the staged copy as it was published
         # One atomic overwrite per table: readers see the previous version or exactly the audited one.
         (spark.read.format("delta").load(source).write.format("delta").mode("overwrite")
@@ -157,7 +151,6 @@ def record_high_water_mark(spark: SparkSession, settings: Settings, logical_date
     """gold.high_water_mark: one row per published logical date (MERGE: re-publishing D changes nothing)."""
     from delta.tables import DeltaTable
 
-    from touchpoint.core.delta import ensure_table
     from touchpoint.schemas.lake import HIGH_WATER_MARK_SCHEMA
 
     path = TABLES["gold.high_water_mark"].path(settings)
@@ -169,7 +162,7 @@ def record_high_water_mark(spark: SparkSession, settings: Settings, logical_date
 
 def current_high_water_mark(spark: SparkSession, settings: Settings) -> dt.datetime | None:
     path = TABLES["gold.high_water_mark"].path(settings)
-    if not _is_delta(spark, path):
+    if not is_delta(spark, path):
         return None
     return spark.read.format("delta").load(path).agg({"high_water_mark": "max"}).first()[0]
 
@@ -186,7 +179,7 @@ def optimize_silver(spark: SparkSession, settings: Settings, logical_date: dt.da
     from touchpoint.core.catalog import table_path
 
     path = table_path("silver.events", settings)
-    if not _is_delta(spark, path):
+    if not is_delta(spark, path):
         return {"optimized": False}
     spark.sql(f"OPTIMIZE delta.`{path}` WHERE event_date = DATE'{logical_date.isoformat()}'")
     return {"optimized": True}
@@ -214,7 +207,7 @@ def audit_staging(spark: SparkSession, settings: Settings, logical_date: dt.date
     for name in sorted(wanted):
         source = settings if TABLES[name].layer != "gold" else staged
         path = table_path(name, source)
-        if _is_delta(spark, path):
+        if is_delta(spark, path):
             frame = spark.read.format("delta").load(path)
             if name == "silver.events":
                 frame = frame.where(F.col("event_date") == F.lit(logical_date))

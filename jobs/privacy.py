@@ -46,7 +46,7 @@ from pyspark.sql.types import (
 
 from touchpoint.core.catalog import TABLES, Table, table_path
 from touchpoint.core.config import Settings
-from touchpoint.core.delta import delta_rs_uri, ensure_table
+from touchpoint.core.delta import ensure_table, is_delta, rs_table
 from touchpoint.core.privacy import (
     IDENTIFIER_TYPES, REQUEST_TYPES, Suppression, hashed_value_in, load_suppression, payload_identifiers,
     request_identifier, sha256_hex,
@@ -118,9 +118,7 @@ class Subject:
 
 
 def _read_latest(spark: SparkSession, path: str) -> DataFrame | None:
-    from delta.tables import DeltaTable
-
-    return spark.read.format("delta").load(path) if DeltaTable.isDeltaTable(spark, path) else None
+    return spark.read.format("delta").load(path) if is_delta(spark, path) else None
 
 
 def resolve_subject(spark: SparkSession, settings: Settings, identifier_type: str, identifier_sha256: str) -> Subject:
@@ -294,9 +292,7 @@ def with_retries(action, what: str, attempts: int = DELETE_ATTEMPTS):
 
 def _deleted_rows(path: str, after_version: int, tag: str) -> int:
     """Rows deleted by the commits tagged `tag` after `after_version` (from the Delta log)."""
-    from deltalake import DeltaTable as RsDeltaTable
-
-    table = RsDeltaTable(delta_rs_uri(path))
+    table = rs_table(path)
     total = 0
     for commit in table.history(max(table.version() - after_version, 1)):
         if commit.get("version", -1) > after_version and commit.get("userMetadata") == tag:
@@ -307,9 +303,8 @@ def _deleted_rows(path: str, after_version: int, tag: str) -> int:
 def delete_rows(spark: SparkSession, path: str, predicate: Column, tag: str) -> int:
     """DELETE the matching rows; the commit is tagged with the request id (its userMetadata)."""
     from delta.tables import DeltaTable
-    from deltalake import DeltaTable as RsDeltaTable
 
-    before = RsDeltaTable(delta_rs_uri(path)).version()
+    before = rs_table(path).version()
     spark.conf.set("spark.databricks.delta.commitInfo.userMetadata", tag)
     try:
         with_retries(lambda: DeltaTable.forPath(spark, path).delete(predicate), f"DELETE on {path}")
@@ -352,13 +347,11 @@ def namespace_paths(table: Table, settings: Settings) -> list[str]:
 
 def _erase_from_tables(spark: SparkSession, settings: Settings, subject: Subject, tag: str,
                        names: Iterable[str]) -> dict[str, int]:
-    from delta.tables import DeltaTable
-
     removed: dict[str, int] = {}
     for name in names:
         table = TABLES[name]
         for path in namespace_paths(table, settings):
-            if not DeltaTable.isDeltaTable(spark, path):
+            if not is_delta(spark, path):
                 continue
             predicate = subject_predicate(table, spark.read.format("delta").load(path).columns, subject)
             if predicate is None:
@@ -372,14 +365,12 @@ def _erase_from_tables(spark: SparkSession, settings: Settings, subject: Subject
 
 def remaining_rows(spark: SparkSession, settings: Settings, subject: Subject) -> dict[str, int]:
     """Rows still referring to the subject, per table path (for operators and tests: {} after an erasure)."""
-    from delta.tables import DeltaTable
-
     left = {}
     for name, table in TABLES.items():
         if not table.subject_columns:
             continue
         for path in namespace_paths(table, settings):
-            if DeltaTable.isDeltaTable(spark, path):
+            if is_delta(spark, path):
                 frame = spark.read.format("delta").load(path)
                 predicate = subject_predicate(table, frame.columns, subject)
                 count = frame.where(predicate).count() if predicate is not None else 0
@@ -395,11 +386,8 @@ def reconcile_identity_runs(spark: SparkSession, settings: Settings) -> None:
     purge, so: the latest run's row takes the current versions and row counts of the identity tables
     (profiles of that date still find their map), and every row's config fingerprint is marked so the
     next identity run rebuilds from silver rather than building on a state that lost rows."""
-    from delta.tables import DeltaTable
-    from deltalake import DeltaTable as RsDeltaTable
-
     runs_path = table_path("gold.identity_runs", settings)
-    if not DeltaTable.isDeltaTable(spark, runs_path):
+    if not is_delta(spark, runs_path):
         return
     runs = spark.read.format("delta").load(runs_path)
     latest = runs.agg(F.max("logical_date")).first()[0]
@@ -407,14 +395,14 @@ def reconcile_identity_runs(spark: SparkSession, settings: Settings) -> None:
         return
 
     def current(name: str) -> tuple[int, int]:
-        table = RsDeltaTable(delta_rs_uri(table_path(name, settings)))
+        table = rs_table(table_path(name, settings))
         rows = table.to_pyarrow_table(columns=[]).num_rows
         return table.version(), rows
 
     map_version, identifiers = current("gold.identity_map")
     edges_version, edges = current("gold.identity_edges")
     guardrails_version, guardrail_rows = current("gold.identity_guardrails")
-    silver_version = RsDeltaTable(delta_rs_uri(table_path("silver.events", settings))).version()
+    silver_version = rs_table(table_path("silver.events", settings)).version()
     is_latest = F.col("logical_date") == F.lit(latest)
     updated = runs.select(
         *[c for c in runs.columns if c not in ("identity_map_version", "identity_edges_version",
@@ -601,11 +589,10 @@ def erase(spark: SparkSession, settings: Settings, identifier_type: str, identif
     to_purge = ([*ordered, *bookkeeping, "gold.identity_runs"] if subject.known
                 else [*{key.split("@")[0] for key in removed}, *bookkeeping])
     purged = []
-    from delta.tables import DeltaTable
 
     for name in to_purge:
         for path in namespace_paths(TABLES[name], settings):
-            if DeltaTable.isDeltaTable(spark, path):
+            if is_delta(spark, path):
                 purge_files(spark, path, settings.retention.erasure_vacuum_hours)
                 purged.append(name if path == TABLES[name].path(settings) else path)
 
@@ -651,11 +638,10 @@ def enqueue(spark: SparkSession, settings: Settings, identifier_type: str, value
 
 
 def queued_requests(settings: Settings) -> list[dict]:
-    from deltalake import DeltaTable as RsDeltaTable
     from deltalake.exceptions import TableNotFoundError
 
     try:
-        table = RsDeltaTable(delta_rs_uri(table_path("privacy.erasure_requests", settings)))
+        table = rs_table(table_path("privacy.erasure_requests", settings))
     except TableNotFoundError:
         return []
     return sorted(table.to_pyarrow_table().to_pylist(), key=lambda r: (r["requested_at"], r["request_id"]))
@@ -691,11 +677,10 @@ def run(spark: SparkSession, settings: Settings, logical_date: dt.date) -> dict:
 def verify_erasure_log(settings: Settings) -> dict:
     """Every hashed identifier of every logged erasure is on the suppression list (read with
     delta-rs: no Spark job). Raises when one is missing, which would let the person come back."""
-    from deltalake import DeltaTable as RsDeltaTable
     from deltalake.exceptions import TableNotFoundError
 
     try:
-        logged = RsDeltaTable(delta_rs_uri(table_path("gold.erasure_log", settings))).to_pyarrow_table(
+        logged = rs_table(table_path("gold.erasure_log", settings)).to_pyarrow_table(
             columns=["request_id", "identifiers"]).to_pylist()
     except TableNotFoundError:
         return {"erasures": 0, "suppressed": 0}

@@ -25,7 +25,8 @@ from touchpoint.core.identity_lookup import attach_customer_id
 from touchpoint.core.rfm import rfm_scores, rfm_segment
 from touchpoint.jobs.identity_graph import LakeCheckpointer, local_checkpoints
 from touchpoint.core.dates import as_of_for
-from touchpoint.jobs.identity_state import locate_version, read_version, run_log, write_snapshot
+from touchpoint.core.delta import read_version
+from touchpoint.jobs.identity_state import locate_version, run_log, write_snapshot
 
 CONSENT_FLAGS = ("email_marketing", "ads_personalization", "analytics")
 MICROS_PER_DAY = 86_400 * 1_000_000

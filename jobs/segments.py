@@ -26,14 +26,13 @@ from pyspark.sql.types import ArrayType, DateType, LongType, StringType, StructF
 
 from touchpoint.core.catalog import table_path
 from touchpoint.core.config import Settings
-from touchpoint.core.delta import ensure_table
+from touchpoint.core.delta import ensure_table, is_delta
 from touchpoint.core.identity_lookup import attach_customer_id
 from touchpoint.core.segments import (
     EVENT_COLUMNS, behaviours_of, compile_segments, load_segments, longest_window_days, segment_members,
     window_start, with_behaviour_counts,
 )
 from touchpoint.core.dates import as_of_for
-from touchpoint.jobs.identity_state import is_delta
 
 _S, _TS, _L = StringType(), TimestampType(), LongType()
 

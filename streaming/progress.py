@@ -13,15 +13,14 @@ from pathlib import Path
 
 from touchpoint.core.catalog import table_path
 from touchpoint.core.config import Settings
-from touchpoint.core.delta import delta_rs_uri
+from touchpoint.core.delta import rs_table
 
 
 def last_speed_batch(settings: Settings) -> dict | None:
-    from deltalake import DeltaTable
     from deltalake.exceptions import TableNotFoundError
 
     try:
-        rows = DeltaTable(delta_rs_uri(table_path("speed.freshness", settings))).to_pyarrow_table().to_pylist()
+        rows = rs_table(table_path("speed.freshness", settings)).to_pyarrow_table().to_pylist()
     except TableNotFoundError:
         return None
     if not rows:

@@ -40,7 +40,7 @@ from touchpoint.core.campaign_metrics import (
 )
 from touchpoint.core.catalog import table_path
 from touchpoint.core.config import Settings
-from touchpoint.core.delta import committed_txn_version, ensure_table, retry_on_conflict
+from touchpoint.core.delta import committed_txn_version, ensure_table, is_delta, retry_on_conflict, rs_table
 from touchpoint.core.identity_lookup import attach_customer_id
 from touchpoint.core.segments import (
     behaviours_of, compile_segments, load_segments, segment_members, with_behaviour_counts,
@@ -143,9 +143,7 @@ class SpeedSink:
         return version is not None and version >= batch_id
 
     def _exists(self, spark: SparkSession, name: str) -> bool:
-        from delta.tables import DeltaTable
-
-        return DeltaTable.isDeltaTable(spark, self.paths[name])
+        return is_delta(spark, self.paths[name])
 
     def _cut(self, spark: SparkSession, gold: str) -> tuple[dt.datetime | None, int]:
         """(H, V) of a published gold table, read with delta-rs (no Spark job per micro-batch)."""
@@ -239,10 +237,8 @@ class SpeedSink:
             self._append(totals, table, batch_id)
 
     def _silver_snapshot(self, spark: SparkSession) -> tuple[int, DataFrame]:
-        from touchpoint.core.delta import delta_rs_uri
-        from deltalake import DeltaTable as RsDeltaTable
 
-        version = RsDeltaTable(delta_rs_uri(self.paths["silver.events"])).version()
+        version = rs_table(self.paths["silver.events"]).version()
         frame = spark.read.format("delta").option("versionAsOf", version).load(self.paths["silver.events"])
         return version, frame.select(*EVENT_COLUMNS, "source_ts")
 
@@ -390,8 +386,6 @@ def bootstrap(spark: SparkSession, settings: Settings, start_version: int, query
     """Feed the rows silver held before its change feed was switched on through the sink, once.
     Rows the published batch already read keep that batch's silver version, so serving keeps them
     below H out of the speed side; the others count as arrived at `start_version`."""
-    from delta.tables import DeltaTable
-
     if start_version == 0:
         return {"bootstrap": "not needed"}
     path = table_path("silver.events", settings)
@@ -404,7 +398,7 @@ def bootstrap(spark: SparkSession, settings: Settings, start_version: int, query
         return {"bootstrap": "silver was empty"}
     gold = table_path("gold.campaign_daily", settings)
     version = -1
-    if DeltaTable.isDeltaTable(spark, gold):
+    if is_delta(spark, gold):
         version = spark.read.format("delta").load(gold).agg(F.max("batch_silver_version")).first()[0] or -1
     tagged = snapshot.withColumn("_commit_version", F.lit(start_version).cast("long"))
     if 0 <= version < start_version:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from touchpoint.core.catalog import table_path
 from touchpoint.core.config import Settings
-from touchpoint.core.delta import delta_rs_uri
+from touchpoint.core.delta import rs_table
 
 # query name -> (CLI arguments, table with one row per committed micro-batch, its timestamp column)
 QUERIES = {"ingest": (["stream", "ingest"], "silver.reconciliation", "ingest_ts"),
@@ -39,11 +39,10 @@ def _pid_file(settings: Settings, name: str):
 
 
 def last_batch_at(settings: Settings, name: str) -> dt.datetime | None:
-    from deltalake import DeltaTable
     from deltalake.exceptions import TableNotFoundError
 
     try:
-        table = DeltaTable(delta_rs_uri(table_path(QUERIES[name][1], settings)))
+        table = rs_table(table_path(QUERIES[name][1], settings))
     except TableNotFoundError:
         return None
     column = QUERIES[name][2]

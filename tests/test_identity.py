@@ -341,7 +341,8 @@ def test_increment_plan_finds_late_rows_and_falls_back_on_deletes(spark, setting
     from delta.tables import DeltaTable
 
     from touchpoint.core.dates import as_of_for
-    from touchpoint.jobs.identity_state import BaseRun, latest_version, plan_increment
+    from touchpoint.core.delta import latest_version
+    from touchpoint.jobs.identity_state import BaseRun, plan_increment
 
     path = table_path("silver.events", settings)
 

@@ -19,10 +19,9 @@ DEMO_DAYS = 4
 
 
 def run_demo(console: Console, customers: int = 300, seed: int = 42) -> dict:
-    from deltalake import DeltaTable
-
     from touchpoint.core.catalog import table_path
     from touchpoint.core.config import get_settings, require_kafka
+    from touchpoint.core.delta import rs_table
     from touchpoint.core.spark import get_spark
     from touchpoint.generator import GeneratorConfig, generate_kafka
     from touchpoint.infra import kafka
@@ -47,7 +46,7 @@ def run_demo(console: Console, customers: int = 300, seed: int = 42) -> dict:
     spark = get_spark("touchpoint-demo", settings=settings)
     query = start_stream(spark, settings, topic=settings.kafka_topic, query_name="demo-ingest", trigger_once=True)
     query.awaitTermination()
-    batches = DeltaTable(table_path("silver.reconciliation", settings)).to_pyarrow_table().to_pylist()
+    batches = rs_table(table_path("silver.reconciliation", settings)).to_pyarrow_table().to_pylist()
     totals = {k: sum(b[k] for b in batches) for k in ("bronze", "silver", "quarantine", "duplicates")}
     grid = Table("", "generator", "lake", title="reconciliation")
     grid.add_row("records", str(report["lines"]), str(totals["bronze"]))

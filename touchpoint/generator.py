@@ -693,7 +693,6 @@ class _Simulation:
         rng = self.rng
         dev = c.devices[dev_i]
         self.entry_stats[entry] += 1
-        country = c.country
         # Decide the outcome first so the closing touch of an ordering session is never late.
         if entry == "display":
             p = 0.0

@@ -20,7 +20,7 @@ import pyarrow as pa
 
 from touchpoint.core.catalog import TABLES
 from touchpoint.core.config import Settings
-from touchpoint.core.delta import delta_rs_uri
+from touchpoint.core.delta import rs_table
 
 PALETTE = ("#4269d0", "#efb118", "#ff725c", "#6cc5b0", "#3ca951", "#ff8ab7", "#a463f2", "#97bbf5", "#9c6b4e",
            "#9498a0")
@@ -35,13 +35,11 @@ FRESHNESS_TABLE = "speed.freshness"
 
 def read_table(name: str, settings: Settings) -> pa.Table | None:
     """The table's current snapshot, or None when the catalog does not know it or it was never written."""
-    from deltalake import DeltaTable
-
     table = TABLES.get(name)
     if table is None:
         return None
     try:
-        return DeltaTable(delta_rs_uri(table.path(settings))).to_pyarrow_table()
+        return rs_table(table.path(settings)).to_pyarrow_table()
     except Exception:  # missing folder or not a Delta table yet: the panel says so
         return None
 

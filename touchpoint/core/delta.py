@@ -8,7 +8,7 @@ import time
 from contextlib import contextmanager
 from typing import Callable, Iterator, Sequence
 
-from pyspark.sql import SparkSession
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql.types import StructType
 
 from touchpoint.core.catalog import TABLES
@@ -129,8 +129,29 @@ def delta_rs_uri(path: str) -> str:
     return "s3://" + path[len("s3a://"):] if path.startswith("s3a://") else path
 
 
-def committed_txn_version(path: str, app_id: str) -> int | None:
-    """The last txnVersion committed to a table under `app_id` (None if never), read with delta-rs."""
+def rs_table(path: str, version: int | None = None):
+    """The table (at `version`, else the latest) as delta-rs reads it: metadata straight from the
+    Delta log, no Spark job for bookkeeping."""
     from deltalake import DeltaTable as RsDeltaTable
 
-    return RsDeltaTable(delta_rs_uri(path)).transaction_version(app_id)
+    return RsDeltaTable(delta_rs_uri(path), version=version)
+
+
+def is_delta(spark: SparkSession, path: str) -> bool:
+    from delta.tables import DeltaTable
+
+    return DeltaTable.isDeltaTable(spark, path)
+
+
+def latest_version(spark: SparkSession | None, path: str) -> int:
+    """The table's current Delta version (`spark` is unused: kept for the callers' signature)."""
+    return rs_table(path).version()
+
+
+def read_version(spark: SparkSession, path: str, version: int) -> DataFrame:
+    return spark.read.format("delta").option("versionAsOf", version).load(path)
+
+
+def committed_txn_version(path: str, app_id: str) -> int | None:
+    """The last txnVersion committed to a table under `app_id` (None if never), read with delta-rs."""
+    return rs_table(path).transaction_version(app_id)

@@ -114,13 +114,12 @@ def erased_reason(payload: bytes | None) -> str:
 def load_suppression(path: str) -> Suppression:
     """The suppression list at `path` (a Delta table, read with delta-rs on the driver: it holds one
     row per identifier of an erased person, so it stays small). Empty when the table does not exist."""
-    from deltalake import DeltaTable as RsDeltaTable
     from deltalake.exceptions import TableNotFoundError
 
-    from touchpoint.core.delta import delta_rs_uri
+    from touchpoint.core.delta import rs_table
 
     try:
-        table = RsDeltaTable(delta_rs_uri(path))
+        table = rs_table(path)
     except TableNotFoundError:
         return Suppression()
     rows = table.to_pyarrow_table(columns=["identifier_type", "identifier_sha256"]).to_pylist()

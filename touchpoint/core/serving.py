@@ -78,13 +78,12 @@ SPEED_CUTS = {
 def read_cut(settings: Settings, gold: str) -> tuple[dt.datetime | None, int | None]:
     """(H, V) of a gold table from its own rows, with delta-rs; (None, None) when absent or empty."""
     import pyarrow.compute as pc
-    from deltalake import DeltaTable
     from deltalake.exceptions import TableNotFoundError
 
-    from touchpoint.core.delta import delta_rs_uri
+    from touchpoint.core.delta import rs_table
 
     try:
-        rows = DeltaTable(delta_rs_uri(table_path(gold, settings))).to_pyarrow_table(
+        rows = rs_table(table_path(gold, settings)).to_pyarrow_table(
             columns=["batch_as_of", "batch_silver_version"])
     except TableNotFoundError:
         return None, None
@@ -236,17 +235,16 @@ def register_spark_views(spark, settings: Settings) -> list[str]:
 def expire_speed_rows(spark, settings: Settings) -> dict[str, int]:
     """Delete the speed rows a published batch holds (BRIEF §7): those with event_ts < H that
     arrived no later than the silver version V the batch read. Safe at any time and repeatable."""
-    from delta.tables import DeltaTable
     from pyspark.sql import functions as F
 
-    from touchpoint.core.delta import ensure_table
+    from touchpoint.core.delta import ensure_table, is_delta
 
     removed: dict[str, int] = {}
 
     for speed, (gold, column, kind) in SPEED_CUTS.items():
         high_water_mark, version = read_cut(settings, gold)
         path = table_path(speed, settings)
-        if high_water_mark is None or not DeltaTable.isDeltaTable(spark, path):
+        if high_water_mark is None or not is_delta(spark, path):
             continue
         below = F.col(column) < (F.lit(high_water_mark).cast("date") if kind == "date" else F.lit(high_water_mark))
         condition = below & (F.col("silver_version") <= F.lit(version))
@@ -286,10 +284,9 @@ def duckdb_connection(settings: Settings):
     read with delta-rs; a table that does not exist yet is an empty table of its schema (when known)."""
     import duckdb
     import pyarrow as pa
-    from deltalake import DeltaTable
     from deltalake.exceptions import TableNotFoundError
 
-    from touchpoint.core.delta import delta_rs_uri
+    from touchpoint.core.delta import rs_table
 
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
@@ -299,7 +296,7 @@ def duckdb_connection(settings: Settings):
         con.execute(f'CREATE SCHEMA IF NOT EXISTS "{layer}"')
         source = None
         try:
-            source = DeltaTable(delta_rs_uri(table_path(name, settings))).to_pyarrow_dataset()
+            source = rs_table(table_path(name, settings)).to_pyarrow_dataset()
         except (TableNotFoundError, OSError, Exception):  # absent or not a Delta table yet
             if name in SCHEMAS:
                 source = pa.Table.from_batches([], schema=_arrow_schema(SCHEMAS[name]))
