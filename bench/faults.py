@@ -48,9 +48,11 @@ def subprocess_env(lake_root: Path | str, **overrides: str) -> dict[str, str]:
     """Environment of a touchpoint child process: a private lake plus TOUCHPOINT_* overrides
     (keys as in Settings, nested with '__', e.g. STREAM__TRIGGER_SECONDS)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("TOUCHPOINT_")}
-    # ...except the broker: it is the run's, and a child must reach the topics the run made.
-    if "TOUCHPOINT_KAFKA_BOOTSTRAP" in os.environ:
-        env["TOUCHPOINT_KAFKA_BOOTSTRAP"] = os.environ["TOUCHPOINT_KAFKA_BOOTSTRAP"]
+    # ...except the broker (it is the run's: a child must reach the topics the run made) and the
+    # JVM options the test suite chose for its children.
+    for key in ("TOUCHPOINT_KAFKA_BOOTSTRAP", "TOUCHPOINT_SPARK_JVM_OPTIONS"):
+        if key in os.environ:
+            env[key] = os.environ[key]
     env.update({"TOUCHPOINT_LAKE_ROOT": str(lake_root), "TOUCHPOINT_JARS_DIR": str(JARS),
                 "TOUCHPOINT_SPARK_SHUFFLE_PARTITIONS": "2", "PYTHONUNBUFFERED": "1"})
     env.update({f"TOUCHPOINT_{key.upper()}": str(value) for key, value in overrides.items()})

@@ -19,6 +19,11 @@ os.environ.setdefault("AIRFLOW_HOME", str(REPO / ".state" / f"airflow-test{'-' +
 if WORKER:
     os.environ.setdefault("TOUCHPOINT_REPORTS_DIR", str(REPO / ".state" / f"reports-{WORKER}"))
 os.environ.setdefault("AIRFLOW__CORE__DAGS_FOLDER", str(REPO / "dags"))
+# The Spark JVMs the tests start as child processes (jobs, streams, a cluster's executors) live for
+# seconds to minutes: the C1 compiler alone halves the CPU their start-up costs (docs/DRILLS.md,
+# session 13). The suite's own long-lived driver keeps the full JIT (see the `spark` fixture).
+CHILD_JVM_OPTIONS = "-XX:TieredStopAtLevel=1"
+os.environ.setdefault("TOUCHPOINT_SPARK_JVM_OPTIONS", CHILD_JVM_OPTIONS)
 logging.getLogger("py4j").setLevel(logging.WARNING)
 
 
@@ -77,7 +82,8 @@ def spark():
     from touchpoint.core.spark import get_spark, spark_conf
 
     # One driver runs the whole suite (pipelines, streams, GX, Airflow tasks): more heap than a job needs.
-    settings = load_settings(spark_shuffle_partitions=2, spark_master="local[2]", spark_driver_memory="4g")
+    settings = load_settings(spark_shuffle_partitions=2, spark_master="local[2]", spark_driver_memory="4g",
+                             spark_jvm_options="")
     # The throughput collector for this long, CPU-bound driver: with G1, the platform's default, its
     # concurrent marking took a fifth of the test JVMs' CPU (docs/DRILLS.md, session 11).
     java_options = spark_conf(settings)["spark.driver.extraJavaOptions"] + " -XX:+UseParallelGC"

@@ -89,6 +89,7 @@ def s3a_conf(settings: Settings) -> dict[str, str]:
 def spark_conf(settings: Settings | None = None, app_name: str = "touchpoint") -> dict[str, str]:
     """Every Spark setting the platform relies on, as a plain dict (also fed to spark-submit)."""
     settings = settings or get_settings()
+    java_options = " ".join(["-Duser.timezone=UTC", *settings.spark_jvm_options.split()])
     conf = {
         "spark.app.name": app_name,
         "spark.master": settings.spark_master,
@@ -96,8 +97,8 @@ def spark_conf(settings: Settings | None = None, app_name: str = "touchpoint") -
         "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
         "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
         "spark.sql.session.timeZone": "UTC",
-        "spark.driver.extraJavaOptions": "-Duser.timezone=UTC",
-        "spark.executor.extraJavaOptions": "-Duser.timezone=UTC",
+        "spark.driver.extraJavaOptions": java_options,
+        "spark.executor.extraJavaOptions": java_options,
         "spark.sql.shuffle.partitions": str(settings.spark_shuffle_partitions),
         "spark.default.parallelism": str(settings.spark_shuffle_partitions),
         "spark.driver.memory": settings.spark_driver_memory,
