@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,13 +35,17 @@ def master_url(settings: Settings | None = None) -> str:
 
 
 def _env(settings: Settings) -> dict[str, str]:
-    return {
+    env = {
         "SPARK_HOME": str(_spark_home()),
         "SPARK_LOCAL_IP": "127.0.0.1",
         "SPARK_LOG_DIR": str(_home(settings) / "logs"),
         "PYSPARK_PYTHON": sys.executable,
         "SPARK_NO_DAEMONIZE": "1",
     }
+    if settings.spark_jvm_options:  # the master's and workers' JVMs, after any options of the caller's
+        env["SPARK_DAEMON_JAVA_OPTS"] = " ".join(
+            filter(None, [os.environ.get("SPARK_DAEMON_JAVA_OPTS", ""), settings.spark_jvm_options]))
+    return env
 
 
 def _spark_class(*args: str) -> list[str]:

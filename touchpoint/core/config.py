@@ -166,8 +166,8 @@ class Settings(BaseSettings):
     spark_driver_memory: str = "2g"
     spark_shuffle_partitions: int = Field(4, ge=1)
     spark_ui: bool = False
-    spark_jvm_options: str = Field("", description="more JVM options for Spark drivers and executors, after "
-                                   "-Duser.timezone=UTC (e.g. -XX:TieredStopAtLevel=1 for short-lived jobs)")
+    spark_jvm_options: str = Field("", description="more JVM options for Spark drivers, executors and the local "
+                                   "cluster's master and workers (e.g. -XX:TieredStopAtLevel=1 for short-lived jobs)")
     cluster_master_port: int = Field(7077, gt=0, lt=65536)
     cluster_workers: int = Field(2, ge=1)
     spark_driver_host: str = Field("127.0.0.1", description="address executors reach the driver at; '' leaves it "
