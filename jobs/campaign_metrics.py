@@ -28,7 +28,7 @@ from touchpoint.core.campaign_metrics import (
 from touchpoint.core.catalog import table_path
 from touchpoint.core.config import Settings
 from touchpoint.core.dates import as_of_for
-from touchpoint.core.delta import is_delta, latest_version
+from touchpoint.core.delta import is_delta, latest_version, read_version
 from touchpoint.core.identity_lookup import attach_customer_id
 from touchpoint.core.serving import SCHEMAS
 from touchpoint.core.spark import local_checkpoint
@@ -85,7 +85,7 @@ def run(spark: SparkSession, settings: Settings, logical_date: dt.date) -> dict:
         if not is_delta(spark, path):
             raise FileNotFoundError(f"campaign_metrics needs {name}, which has no Delta table at {path}")
     version = _silver_version(spark, settings, logical_date)
-    events = (spark.read.format("delta").option("versionAsOf", version).load(silver_path)
+    events = (read_version(spark, silver_path, version)
               .where(F.col("event_date") <= F.lit((as_of - dt.timedelta(microseconds=1)).date()))
               .where(F.col("event_ts") < F.lit(as_of))
               .select(*EVENT_COLUMNS))

@@ -40,7 +40,9 @@ from touchpoint.core.campaign_metrics import (
 )
 from touchpoint.core.catalog import table_path
 from touchpoint.core.config import Settings
-from touchpoint.core.delta import committed_txn_version, ensure_table, is_delta, retry_on_conflict, rs_table
+from touchpoint.core.delta import (
+    committed_txn_version, ensure_table, is_delta, latest_version, read_version, retry_on_conflict,
+)
 from touchpoint.core.identity_lookup import attach_customer_id
 from touchpoint.core.segments import (
     behaviours_of, compile_segments, load_segments, segment_members, with_behaviour_counts,
@@ -237,9 +239,8 @@ class SpeedSink:
             self._append(totals, table, batch_id)
 
     def _silver_snapshot(self, spark: SparkSession) -> tuple[int, DataFrame]:
-
-        version = rs_table(self.paths["silver.events"]).version()
-        frame = spark.read.format("delta").option("versionAsOf", version).load(self.paths["silver.events"])
+        version = latest_version(spark, self.paths["silver.events"])
+        frame = read_version(spark, self.paths["silver.events"], version)
         return version, frame.select(*EVENT_COLUMNS, "source_ts")
 
     def _clock(self, spark: SparkSession, batch_max_ts: dt.datetime | None) -> dt.datetime | None:
@@ -393,7 +394,7 @@ def bootstrap(spark: SparkSession, settings: Settings, start_version: int, query
     sink.ensure_tables(spark)
     if sink.already_processed(0):
         return {"bootstrap": "done before"}
-    snapshot = spark.read.format("delta").option("versionAsOf", start_version).load(path)
+    snapshot = read_version(spark, path, start_version)
     if snapshot.isEmpty():
         return {"bootstrap": "silver was empty"}
     gold = table_path("gold.campaign_daily", settings)
@@ -402,7 +403,7 @@ def bootstrap(spark: SparkSession, settings: Settings, start_version: int, query
         version = spark.read.format("delta").load(gold).agg(F.max("batch_silver_version")).first()[0] or -1
     tagged = snapshot.withColumn("_commit_version", F.lit(start_version).cast("long"))
     if 0 <= version < start_version:
-        read = spark.read.format("delta").option("versionAsOf", version).load(path).select("event_id")
+        read = read_version(spark, path, version).select("event_id")
         tagged = (tagged.join(read.withColumn("_seen", F.lit(True)), "event_id", "left")
                   .withColumn("_commit_version", F.when(F.col("_seen"), F.lit(version)).otherwise(
                       F.col("_commit_version")).cast("long")).drop("_seen"))

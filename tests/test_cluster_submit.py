@@ -146,7 +146,8 @@ def test_ingest_and_a_job_on_a_standalone_cluster_equal_local_mode(tmp_path, ing
 def test_submit_command_carries_master_jars_conf_archive_and_the_runner(tmp_path):
     from touchpoint.core.spark import spark_conf, spark_jars
 
-    settings = _settings(tmp_path, spark_master="spark://10.0.0.5:7077", stream={"min_partitions": 6})
+    settings = _settings(tmp_path, spark_master="spark://10.0.0.5:7077", stream={"min_partitions": 6},
+                         spark_jvm_options="-XX:+UseSerialGC  -Xss4m")
     wheel = submit.build_wheel(settings)
     assert submit.build_wheel(settings) == wheel  # cached by source digest: no second build
     assert wheel.parent.name == submit.source_digest()[:16]
@@ -163,6 +164,8 @@ def test_submit_command_carries_master_jars_conf_archive_and_the_runner(tmp_path
     expected = {k: v for k, v in spark_conf(settings).items() if k not in ("spark.master", "spark.app.name", "spark.jars")}
     assert confs == expected
     assert confs["spark.sql.shuffle.partitions"] == "2" and confs["spark.driver.host"] == "127.0.0.1"
+    assert confs["spark.driver.extraJavaOptions"] == "-Duser.timezone=UTC -XX:+UseSerialGC -Xss4m"
+    assert confs["spark.executor.extraJavaOptions"] == "-Duser.timezone=UTC -XX:+UseSerialGC -Xss4m"
     assert argv[-4:] == [str(REPO / "jobs" / "runner.py"), "identity", "--date", "2026-03-04"]
     # the driver re-reads the same settings from its environment
     assert command.env["TOUCHPOINT_SPARK_MASTER"] == "spark://10.0.0.5:7077"
