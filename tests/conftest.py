@@ -105,40 +105,13 @@ def settings(tmp_path):
 def kafka_broker():
     """The local broker, started if it is down. A broker the suite started is stopped by the last
     pytest process using it (`make test` starts it itself, so there it stays up until `make` stops it)."""
-    import fcntl
-    import json
-
     from touchpoint.core.config import get_settings
-    from touchpoint.infra import kafka
-    from touchpoint.infra.process import pid_alive
+
+    from broker_users import join, leave
 
     settings = get_settings()
-    settings.state_path.mkdir(parents=True, exist_ok=True)
-    users_file = settings.state_path / "kafka-suite-users.json"  # {"started": bool, "pids": [...]}
-
-    def update(change):
-        with open(settings.state_path / "kafka-start.lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)  # workers take turns: one starts the broker, the others find it up
-            users = json.loads(users_file.read_text()) if users_file.exists() else {"started": False, "pids": []}
-            users["pids"] = [pid for pid in users["pids"] if pid_alive(pid)]  # a killed run leaves its pid
-            result = change(users)
-            users_file.write_text(json.dumps(users))
-            return result
-
-    def join(users):
-        if not users["pids"]:
-            users["started"] = not kafka.status(settings).answering
-        users["pids"].append(os.getpid())
-        return kafka.start(settings)
-
-    def leave(users):
-        users["pids"] = [pid for pid in users["pids"] if pid != os.getpid()]
-        if not users["pids"] and users["started"]:
-            kafka.stop(settings)
-            users["started"] = False
-
-    yield update(join)
-    update(leave)
+    yield join(settings)
+    leave(settings)
 
 
 @pytest.fixture
