@@ -46,7 +46,7 @@ from pyspark.sql.types import (
 
 from touchpoint.core.catalog import TABLES, Table, table_path
 from touchpoint.core.config import Settings
-from touchpoint.core.delta import ensure_table, is_delta, rs_table
+from touchpoint.core.delta import ensure_table, is_delta, latest_version, rs_table
 from touchpoint.core.privacy import (
     IDENTIFIER_TYPES, REQUEST_TYPES, Suppression, hashed_value_in, load_suppression, payload_identifiers,
     request_identifier, sha256_hex,
@@ -304,7 +304,7 @@ def delete_rows(spark: SparkSession, path: str, predicate: Column, tag: str) -> 
     """DELETE the matching rows; the commit is tagged with the request id (its userMetadata)."""
     from delta.tables import DeltaTable
 
-    before = rs_table(path).version()
+    before = latest_version(spark, path)
     spark.conf.set("spark.databricks.delta.commitInfo.userMetadata", tag)
     try:
         with_retries(lambda: DeltaTable.forPath(spark, path).delete(predicate), f"DELETE on {path}")
@@ -402,7 +402,7 @@ def reconcile_identity_runs(spark: SparkSession, settings: Settings) -> None:
     map_version, identifiers = current("gold.identity_map")
     edges_version, edges = current("gold.identity_edges")
     guardrails_version, guardrail_rows = current("gold.identity_guardrails")
-    silver_version = rs_table(table_path("silver.events", settings)).version()
+    silver_version = latest_version(spark, table_path("silver.events", settings))
     is_latest = F.col("logical_date") == F.lit(latest)
     updated = runs.select(
         *[c for c in runs.columns if c not in ("identity_map_version", "identity_edges_version",
