@@ -41,6 +41,7 @@ _VALIDATED_SCHEMA = struct(
 )
 log = logging.getLogger(__name__)
 SILVER_COLUMNS = [f.name for f in SILVER_SCHEMA.fields]
+ACCEPTED_COLUMNS = [name for name in SILVER_COLUMNS if name != "channel"]
 
 
 # ---- pure transforms ---------------------------------------------------------------------------
@@ -103,9 +104,16 @@ def quarantine_rows(validated: DataFrame) -> DataFrame:
     )
 
 
-def accepted_rows(rules: ChannelRules) -> Callable[[DataFrame], DataFrame]:
-    def transform(validated: DataFrame) -> DataFrame:
-        return validated.where(F.col("error_code").isNull()).transform(with_channel(rules)).select(*SILVER_COLUMNS)
+def accepted_rows(validated: DataFrame) -> DataFrame:
+    """The validated rows silver takes, in silver's columns but for `channel` (see silver_rows)."""
+    return validated.where(F.col("error_code").isNull()).select(*ACCEPTED_COLUMNS)
+
+
+def silver_rows(rules: ChannelRules) -> Callable[[DataFrame], DataFrame]:
+    """Accepted rows -> silver rows. The channel is added last, to the rows that are inserted only:
+    its URL parsing is the costliest column of a batch."""
+    def transform(accepted: DataFrame) -> DataFrame:
+        return accepted.transform(with_channel(rules)).select(*SILVER_COLUMNS)
 
     return transform
 
@@ -130,7 +138,7 @@ def earliest_order_per_order_id(candidates: DataFrame) -> DataFrame:
 class SilverChanges:
     """What one batch does to silver: rows to insert and earlier orders they displace."""
 
-    inserts: DataFrame
+    inserts: DataFrame  # accepted columns: silver_rows adds the channel
     displaced: DataFrame  # (event_id, event_date) of silver orders beaten by an earlier order event
 
 
@@ -153,13 +161,13 @@ def plan_silver_changes(accepted_unique: DataFrame, silver: DataFrame, event_dat
         .withColumn("_in_silver", F.lit(True))
     )
     contenders = new_orders.withColumn("_in_silver", F.lit(False)).unionByName(silver_orders, allowMissingColumns=True)
-    winners = earliest_order_per_order_id(contenders)
-    order_inserts = winners.where(~F.col("_in_silver")).drop("_in_silver")
+    order_inserts = earliest_order_per_order_id(contenders).where(~F.col("_in_silver")).drop("_in_silver")
+    inserts = new_events.where(~is_order).unionByName(order_inserts.select(*accepted_unique.columns))
+    # Written over `inserts` so that, once the sink persists those, this reads them from the cache.
     displaced = (
-        silver_orders.join(winners.where(~F.col("_in_silver")).select("order_id"), "order_id", "left_semi")
+        silver.where(is_order).join(inserts.where(is_order).select("order_id"), "order_id", "left_semi")
         .select("event_id", "event_date")
     )
-    inserts = new_events.where(~is_order).unionByName(order_inserts.select(*SILVER_COLUMNS))
     return SilverChanges(inserts, displaced)
 
 
@@ -231,7 +239,7 @@ class IngestSink:
                 F.collect_set(F.when(F.col("error_code").isNull(), F.col("event_date"))).alias("event_dates"),
             ).first()
             log.debug("batch %s: validation and tally took %.2fs", batch_id, time.monotonic() - started)
-            unique = first_arrival_per_event_id(validated.transform(accepted_rows(self.rules)))
+            unique = first_arrival_per_event_id(validated.transform(accepted_rows))
             silver = spark.read.format("delta").load(self.paths["silver.events"])
             changes = plan_silver_changes(unique, silver, list(tally["event_dates"]), with_orders=tally["orders"] > 0)
             inserts = changes.inserts.persist()
@@ -261,7 +269,7 @@ class IngestSink:
             if counts["displaced"]:
                 self._delete_displaced(spark, displaced, batch_id)
             # The silver append is the batch's last write: already_processed() keys on it.
-            self._append(inserts, "silver.events", batch_id)
+            self._append(inserts.transform(silver_rows(self.rules)), "silver.events", batch_id)
             return counts
         finally:
             for frame in cached:

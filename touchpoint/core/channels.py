@@ -1,4 +1,4 @@
-"""Channel grouping (BRIEF §3) compiled from a rules file into one Spark Column.
+"""Channel grouping (BRIEF §3) compiled from a rules file into Spark Columns.
 
 Both layers call `with_channel(rules)`, so batch and speed views group alike.
 """
@@ -80,7 +80,16 @@ def normalised_name(value: Column) -> Column:
 
 def url_host(url: Column) -> Column:
     """Lowercased host of a URL without a leading 'www.'; null when there is none."""
-    host = F.lower(F.try_parse_url(url, F.lit("HOST")))
+    return bare_host(raw_host(url))
+
+
+def raw_host(url: Column) -> Column:
+    """Lowercased host of a URL as written; null when the URL has none or does not parse."""
+    return F.lower(F.try_parse_url(url, F.lit("HOST")))
+
+
+def bare_host(host: Column) -> Column:
+    """A lowercased host without a leading 'www.'; null when nothing is left."""
     stripped = F.regexp_replace(host, r"^www\.", "")
     return F.when(F.length(stripped) > 0, stripped)
 
@@ -96,44 +105,68 @@ def has_campaign(columns: tuple[str, ...] = CAMPAIGN_COLUMNS) -> Column:
     return reduce(lambda a, b: a | b, [F.coalesce(F.length(F.trim(F.col(c))) > 0, F.lit(False)) for c in columns])
 
 
-def _condition(rules: ChannelRules, key: str, value: Any) -> Column:
-    source, medium = normalised_name(F.col("campaign_source")), normalised_name(F.col("campaign_medium"))
-    referrer_host = F.lower(F.try_parse_url(F.col("referrer"), F.lit("HOST")))
+# Per-row facts the conditions test. with_channel computes each one it needs once per row, in a
+# projection before the rules: inline, a URL would be parsed again by every rule that looks at it
+# (five times per row with the default rules), and that was most of ingestion's channel cost.
+_FACT_PREFIX = "__channel_"
+_FACTS: dict[str, Callable[[], Column]] = {
+    "source": lambda: normalised_name(F.col("campaign_source")),
+    "medium": lambda: normalised_name(F.col("campaign_medium")),
+    "has_campaign": has_campaign,
+    "referrer_host": lambda: raw_host(F.col("referrer")),
+    "page_host": lambda: url_host(F.col("page_url")),
+}
+
+
+def _condition(rules: ChannelRules, key: str, value: Any, fact: Callable[[str], Column]) -> Column:
     if key == "medium_in":
-        return F.coalesce(medium.isin([str(v).lower() for v in value]), F.lit(False))
+        return F.coalesce(fact("medium").isin([str(v).lower() for v in value]), F.lit(False))
     if key == "source_in":
-        return F.coalesce(source.isin([str(v).lower() for v in value]), F.lit(False))
+        return F.coalesce(fact("source").isin([str(v).lower() for v in value]), F.lit(False))
     if key == "source_is":
         names = rules.search_engines if value == "search_engine" else rules.social_networks
-        return F.coalesce(source.isin(list(names)), F.lit(False))
+        return F.coalesce(fact("source").isin(list(names)), F.lit(False))
     if key == "event_type_in":
         return F.col("event_type").isin(list(value))
     if key == "no_campaign":
-        return ~has_campaign() if value else has_campaign()
+        return ~fact("has_campaign") if value else fact("has_campaign")
     if key == "referrer_is":
+        referrer_host = fact("referrer_host")
         if value == "external":
-            page_host = url_host(F.col("page_url"))
-            ref_host = url_host(F.col("referrer"))
-            return ref_host.isNotNull() & (page_host.isNull() | (ref_host != page_host))
+            ref_host = bare_host(referrer_host)
+            return ref_host.isNotNull() & (fact("page_host").isNull() | (ref_host != fact("page_host")))
         names = rules.search_engines if value == "search_engine" else rules.social_networks
         return referrer_host.isNotNull() & host_matches_any_label(referrer_host, names)
     raise ChannelRulesError(f"unknown condition {key}")
 
 
-def channel_column(rules: ChannelRules) -> Column:
-    """The channel of each row of a DataFrame holding silver's campaign, referrer, page_url, event_type."""
+def _channel_case(rules: ChannelRules, fact: Callable[[str], Column]) -> Column:
+    """The rules, first match wins, over the fact columns."""
     expression: Column | None = None
     for channel, alternatives in rules.rules:
         matched = reduce(
             lambda a, b: a | b,
-            [reduce(lambda x, y: x & y, [_condition(rules, k, v) for k, v in alt.items()]) for alt in alternatives],
+            [reduce(lambda x, y: x & y, [_condition(rules, k, v, fact) for k, v in alt.items()])
+             for alt in alternatives],
         )
         expression = F.when(matched, F.lit(channel)) if expression is None else expression.when(matched, F.lit(channel))
     return F.lit(rules.default) if expression is None else expression.otherwise(F.lit(rules.default))
 
 
 def with_channel(rules: ChannelRules) -> Callable[[DataFrame], DataFrame]:
+    """Adds `channel` to rows holding silver's campaign, referrer, page_url and event_type."""
+    used: list[str] = []
+
+    def fact(name: str) -> Column:
+        if name not in used:
+            used.append(name)
+        return F.col(_FACT_PREFIX + name)
+
+    channel = _channel_case(rules, fact)
+
     def transform(events: DataFrame) -> DataFrame:
-        return events.withColumn("channel", channel_column(rules))
+        facts = {_FACT_PREFIX + name: _FACTS[name]() for name in used}
+        # Spark keeps the two projections apart: a fact used by several rules is not cheap to inline.
+        return events.withColumns(facts).withColumn("channel", channel).drop(*facts)
 
     return transform
