@@ -51,7 +51,9 @@ def test_every_rule_in_order(spark):
     # a campaign with only a term set still counts as a campaign
     rows = [row if row[0] != "term alone is a campaign" else (*row[:5], "kw", None, *row[7:]) for row in rows]
     events = spark.createDataFrame(rows, COLUMNS)
-    actual = events.transform(with_channel(load_rules())).select("case", "channel")
+    with_channels = events.transform(with_channel(load_rules()))
+    assert with_channels.columns == [*events.columns, "channel"]  # the rules' helper columns are gone
+    actual = with_channels.select("case", "channel")
     expected = spark.createDataFrame(
         [(c, ch if c != "term alone is a campaign" else "direct") for c, *_, ch in CASES], "case string, channel string"
     )

@@ -71,6 +71,13 @@ def test_each_bad_input_has_its_own_code(payload, code):
     assert outcome.reason
 
 
+def test_of_two_wrong_fields_the_first_in_the_schema_is_named_whatever_the_payload_order():
+    payload = json.dumps({"properties": {"revenue": "x"}, "consent": {"analytics": 1}, "user_id": 5,
+                          "event_id": "e-1", "event_type": "page_view", "event_ts": "2026-03-01T10:00:00Z"}).encode()
+    outcome = validate_payload(payload, ARRIVAL)
+    assert (outcome.code, outcome.reason, outcome.event_id) == ("wrong_type", "'user_id' must be string, got 5", "e-1")
+
+
 def test_structural_rejections_agree_with_the_json_schema():
     """The hand-rolled structural checks must reject exactly what the published schema rejects."""
     validator = jsonschema.Draft202012Validator(envelope_schema())

@@ -142,14 +142,60 @@ def check_structure(event: dict) -> None:
     for name, check in _object_checks():
         if name in event and not check.accepts(event[name]):
             raise Rejected("wrong_type", f"'{name}' must be an object, got {_describe(event[name])}", event_id)
-    for path, check, optional in _leaf_checks():
-        value = _lookup(event, path)
-        if not check.accepts(value) and not (value is None and optional):
-            raise Rejected("wrong_type", f"'{'.'.join(path)}' must be {check.expected}, got {_describe(value)}",
-                           event_id)
+    if not _present_leaves_typed(event):
+        for path, check, optional in _leaf_checks():  # schema order: the first wrong field is reported
+            value = _lookup(event, path)
+            if not check.accepts(value) and not (value is None and optional):
+                raise Rejected("wrong_type", f"'{'.'.join(path)}' must be {check.expected}, got {_describe(value)}",
+                               event_id)
     if event["event_type"] not in event_types():
         raise Rejected("unknown_event_type", f"event_type {event['event_type']!r} is not one of "
                        f"{', '.join(event_types())}", event_id)
+
+
+@lru_cache(maxsize=1)
+def _leaf_types_by_key() -> tuple[dict[str, frozenset], dict[str, dict[str, frozenset]]] | None:
+    """The exact Python types each leaf takes, as {top-level key: types} and {object key: {key: types}};
+    None when the envelope nests deeper than that."""
+    top: dict[str, frozenset] = {}
+    nested: dict[str, dict[str, frozenset]] = {}
+    for path, check, _ in _leaf_checks():
+        types = frozenset(t for t in check.python_types if t is not bool) | ({bool} if check.allows_bool else set())
+        if len(path) > 2:
+            return None
+        if len(path) == 1:
+            top[path[0]] = types
+        else:
+            nested.setdefault(path[0], {})[path[1]] = types
+    return top, nested
+
+
+def _present_leaves_typed(event: dict) -> bool:
+    """True when every non-null leaf the event holds is of a JSON type its schema allows.
+
+    A fast path for check_structure: it visits the keys the event has, not every leaf of the schema
+    (most are absent), and compares exact types, as json.loads makes them. False sends the event to
+    the full check in schema order, which names the wrong field (or passes a subclass it accepts).
+    Null leaves pass: required ones were checked before, and optional ones may be null."""
+    by_key = _leaf_types_by_key()
+    if by_key is None:
+        return False
+    top, nested = by_key
+    for key, value in event.items():
+        if value is None:
+            continue
+        types = top.get(key)
+        if types is not None:
+            if type(value) not in types:
+                return False
+        elif key in nested:
+            if type(value) is not dict:
+                return False
+            children = nested[key]
+            for child_key, child_value in value.items():
+                if child_value is not None and child_key in children and type(child_value) not in children[child_key]:
+                    return False
+    return True
 
 
 def _lookup(event: dict, path: tuple[str, ...]) -> Any:
