@@ -32,6 +32,7 @@ BENCHMARKS = {
     "attribution_peers": (["--events", "3000000", "--days", "90"], ["--events", "60000", "--days", "30"]),
     "lake_maintenance": ([], ["--appends", "8", "--repeat", "1"]),
     "validation": ([], ["--lines", "10000", "--repeat", "1"]),
+    "ingest_steps": ([], ["--events", "100000", "--max-offsets", "20000"]),
     "collector_load": ([], ["--duration", "5"]),  # the collector engineer's script; run when present
 }
 
@@ -139,6 +140,15 @@ def render_table() -> str:
                     f"{vacuum['spark_default_listing_tasks']:,}; ratio | {_fmt(vacuum['platform'], 1)} vs "
                     f"{_fmt(vacuum['spark_default'], 1)}; {_fmt(vacuum['ratio_default_to_platform'], 1)} "
                     f"| | {_memory(upkeep)} | {_when(upkeep)} |")
+    steps = _load("ingest_steps")
+    if steps:
+        machine = machine or steps["machine"]
+        p = steps["parameters"]
+        rows.append(f"| ingestion steps ({p['events']:,} events, batches of {p['max_offsets']:,}) | steady events/s; "
+                    f"median batch s; median s per step | {_fmt(steps['steady_events_per_second'])}; "
+                    f"{steps['median_batch_seconds']}; "
+                    + ", ".join(f"{name} {s}" for name, s in steps["median_step_seconds"].items())
+                    + f" | | {_memory(steps)} | {_when(steps)} |")
     validation = _load("validation")
     if validation:
         machine = machine or validation["machine"]

@@ -230,7 +230,6 @@ class IngestSink:
             bronze.unpersist()
 
     def _process(self, spark: SparkSession, bronze: DataFrame, batch_id: int) -> dict[str, int]:
-        started = time.monotonic()
         # Read per batch: a subject erased while the stream runs is suppressed from the next batch on.
         suppression = load_suppression(self.paths["privacy.suppression"])
         validated = bronze.transform(validate(self.settings.reporting_currency, suppression)).persist()
@@ -240,6 +239,7 @@ class IngestSink:
                 # With erased subjects, bronze takes the validated payloads: theirs are withheld (hashed).
                 self._append(validated.select(*BRONZE_SCHEMA.fieldNames()) if suppression else bronze,
                              "bronze.events", batch_id)
+            started = time.monotonic()  # each step's debug line times that step alone
             tally = validated.agg(
                 F.count(F.lit(1)).alias("bronze"),
                 F.count("error_code").alias("quarantine"),
@@ -248,6 +248,7 @@ class IngestSink:
                 F.collect_set(F.when(F.col("error_code").isNull(), F.col("event_date"))).alias("event_dates"),
             ).first()
             log.debug("batch %s: validation and tally took %.2fs", batch_id, time.monotonic() - started)
+            started = time.monotonic()
             unique = first_arrival_per_event_id(validated.transform(accepted_rows))
             silver = spark.read.format("delta").load(self.paths["silver.events"])
             changes = plan_silver_changes(unique, silver, list(tally["event_dates"]), with_orders=tally["orders"] > 0)
