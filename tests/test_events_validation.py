@@ -78,6 +78,24 @@ def test_of_two_wrong_fields_the_first_in_the_schema_is_named_whatever_the_paylo
     assert (outcome.code, outcome.reason, outcome.event_id) == ("wrong_type", "'user_id' must be string, got 5", "e-1")
 
 
+@pytest.mark.parametrize("payload, code, reason", [
+    (encode(order(revenue=10**400)), "invalid_revenue", "'properties.revenue' is too large for a number: 1" + "0" * 56 + "..."),
+    (encode(event(properties={"revenue": 10**400})), "invalid_revenue",
+     "'properties.revenue' is too large for a number: 1" + "0" * 56 + "..."),
+    (encode(event(properties={"price": -(10**309)})), "wrong_type",
+     "'properties.price' is too large for a number: -1" + "0" * 55 + "..."),
+    (encode(event(properties={"quantity": 2**63})), "wrong_type",
+     "'properties.quantity' must fit a 64-bit integer, got 9223372036854775808"),
+], ids=["order revenue", "revenue of another event", "price", "quantity"])
+def test_numbers_json_allows_but_silver_cannot_hold_are_rejected_not_raised(payload, code, reason):
+    """JSON integers have no bound: one too large for a double or a long used to raise out of the
+    validator and fail the whole micro-batch, again at every restart."""
+    outcome = validate_payload(payload, ARRIVAL)
+    assert (type(outcome), outcome.code, outcome.reason, outcome.event_id) == (Rejected, code, reason, "e-1")
+    assert isinstance(validate_payload(encode(event(properties={"quantity": 2**63 - 1, "price": 10**300})), ARRIVAL),
+                      dict)
+
+
 def test_structural_rejections_agree_with_the_json_schema():
     """The hand-rolled structural checks must reject exactly what the published schema rejects."""
     validator = jsonschema.Draft202012Validator(envelope_schema())

@@ -29,6 +29,7 @@ from touchpoint.schemas.envelope import (
 MAX_PAYLOAD_BYTES = 1024 * 1024
 OLDEST_EVENT = dt.datetime(2000, 1, 1, tzinfo=dt.timezone.utc)
 MAX_FUTURE = dt.timedelta(days=1)
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1  # silver's quantity is a long
 FX_RATES_FILE = Path(__file__).parent / "fx_rates.csv"
 
 # Every rejection code, in the order they are checked; docs/INGESTION.md explains each.
@@ -389,7 +390,7 @@ def _normalise(event: dict, event_id: str, arrival: dt.datetime, reporting_curre
                                             ("currency", clean_id(properties.get("currency")))) if value is None]
         if missing:
             raise Rejected("order_missing_fields", f"order events need properties.{', properties.'.join(missing)}")
-        revenue = float(properties["revenue"])
+        revenue = _as_double(properties["revenue"], "properties.revenue", "invalid_revenue")
         if not math.isfinite(revenue):
             raise Rejected("invalid_revenue", f"properties.revenue must be a finite number, got {revenue}")
         if revenue < 0:
@@ -403,7 +404,7 @@ def _normalise(event: dict, event_id: str, arrival: dt.datetime, reporting_curre
             raise Rejected("fx_rate_missing", f"no exchange rate for {missing_rate} in the rates table")
         revenue_reporting = fx.to_reporting(revenue, currency, reporting_currency)
     elif properties.get("revenue") is not None:
-        revenue = float(properties["revenue"])
+        revenue = _as_double(properties["revenue"], "properties.revenue", "invalid_revenue")
         currency = clean_id(properties.get("currency"))
 
     if event_type == "consent" and not any(isinstance(consent.get(flag), bool) for flag in _CONSENT_FLAGS):
@@ -414,6 +415,11 @@ def _normalise(event: dict, event_id: str, arrival: dt.datetime, reporting_curre
     page_url = clean_id(context.get("page_url"))
     campaign, campaign_origin = campaign_fields(event.get("campaign"), page_url)
     user_agent = clean_id(context.get("user_agent"))
+    price = properties.get("price")
+    price = _as_double(price, "properties.price", "wrong_type") if price is not None else None
+    quantity = properties.get("quantity")
+    if quantity is not None and not _INT64_MIN <= quantity <= _INT64_MAX:
+        raise Rejected("wrong_type", f"'properties.quantity' must fit a 64-bit integer, got {_describe(quantity)}")
     device_type, browser, os_family = parse_user_agent(user_agent) if user_agent else (None, None, None)
     row = {
         "event_id": event_id,
@@ -434,8 +440,8 @@ def _normalise(event: dict, event_id: str, arrival: dt.datetime, reporting_curre
         "revenue": revenue,
         "currency": currency,
         "product_id": clean_id(properties.get("product_id")),
-        "price": float(properties["price"]) if properties.get("price") is not None else None,
-        "quantity": properties.get("quantity"),
+        "price": price,
+        "quantity": quantity,
         "consent_email_marketing": consent.get("email_marketing"),
         "consent_ads_personalization": consent.get("ads_personalization"),
         "consent_analytics": consent.get("analytics"),
@@ -450,6 +456,14 @@ def _normalise(event: dict, event_id: str, arrival: dt.datetime, reporting_curre
         "schema_version": schema_version(),
     }
     return row
+
+
+def _as_double(value: int | float, field: str, code: str) -> float:
+    """A JSON number as a double; an integer too large for one (JSON allows any) is rejected, not a crash."""
+    try:
+        return float(value)
+    except OverflowError:
+        raise Rejected(code, f"'{field}' is too large for a number: {_describe(value)}") from None
 
 
 def validate_payload(payload: bytes | None, arrival: dt.datetime,
