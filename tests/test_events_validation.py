@@ -35,6 +35,7 @@ BAD_INPUTS = [
     ("not an object", b"[1, 2, 3]", "not_object"),
     ("a number", b"42", "not_object"),
     ("invalid utf-8", b'{"event_id": "\xff\xfe"}', "invalid_utf8"),
+    ("integer of 5,000 digits", b'{"event_id": "e-1", "quantity": ' + b"9" * 5000 + b"}", "not_json"),
     ("missing event_id", encode(event(event_id=...)), "missing_event_id"),
     ("blank event_id", encode(event(event_id="   ")), "missing_event_id"),
     ("missing event_type", encode(event(event_type=...)), "missing_event_type"),
@@ -94,6 +95,14 @@ def test_numbers_json_allows_but_silver_cannot_hold_are_rejected_not_raised(payl
     assert (type(outcome), outcome.code, outcome.reason, outcome.event_id) == (Rejected, code, reason, "e-1")
     assert isinstance(validate_payload(encode(event(properties={"quantity": 2**63 - 1, "price": 10**300})), ARRIVAL),
                       dict)
+
+
+@pytest.mark.parametrize("field, text", [("event_ts", "9999-12-31T23:59:59-14:00"),
+                                         ("sent_ts", "0001-01-01T00:00:00+14:00")])
+def test_a_local_time_outside_years_1_to_9999_in_utc_is_a_bad_timestamp_not_a_crash(field, text):
+    outcome = validate_payload(encode(event(**{field: text})), ARRIVAL)
+    assert (type(outcome), outcome.code, outcome.reason, outcome.event_id) == (
+        Rejected, "bad_timestamp", f"'{field}' is outside years 1-9999 in UTC: \"{text}\"", "e-1")
 
 
 def test_structural_rejections_agree_with_the_json_schema():

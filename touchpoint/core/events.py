@@ -227,7 +227,10 @@ def parse_timestamp(text: str, field: str) -> dt.datetime:
                             int((fraction or "0").ljust(6, "0")[:6]), tzinfo=tz)
     except ValueError as error:
         raise Rejected("bad_timestamp", f"'{field}' is not a valid instant ({error}): {_describe(text)}") from None
-    return local.astimezone(dt.timezone.utc)
+    try:
+        return local.astimezone(dt.timezone.utc)
+    except OverflowError:  # e.g. 9999-12-31T23:59:59-14:00: a valid local time, but after year 9999 in UTC
+        raise Rejected("bad_timestamp", f"'{field}' is outside years 1-9999 in UTC: {_describe(text)}") from None
 
 
 def clean_id(value: Any) -> str | None:
@@ -321,6 +324,8 @@ def decode(payload: bytes | None) -> dict:
         raise Rejected("not_json", f"not JSON: {error.msg} at char {error.pos}") from None
     except RecursionError:  # a hostile `[[[[...` must be quarantined, not crash the batch
         raise Rejected("not_json", "JSON nests too deeply to parse") from None
+    except ValueError as error:  # an integer of more than 4,300 digits, which Python refuses to read
+        raise Rejected("not_json", f"JSON that cannot be read: {str(error).split(';')[0]}") from None
     if not isinstance(event, dict):
         raise Rejected("not_object", f"JSON is a {type(event).__name__}, not an object")
     return event
