@@ -105,6 +105,18 @@ def test_a_local_time_outside_years_1_to_9999_in_utc_is_a_bad_timestamp_not_a_cr
         Rejected, "bad_timestamp", f"'{field}' is outside years 1-9999 in UTC: \"{text}\"", "e-1")
 
 
+def test_a_payload_the_rules_did_not_foresee_is_quarantined_with_the_exception_not_raised(monkeypatch):
+    import touchpoint.core.events as events
+
+    def fails(user_agent):
+        raise RuntimeError(f"cannot read {user_agent}")
+
+    monkeypatch.setattr(events, "parse_user_agent", fails)  # fault injection into our own code
+    outcome = validate_payload(encode(event(context={"user_agent": "odd/1.0"})), ARRIVAL)
+    assert (type(outcome), outcome.code, outcome.reason) == (
+        Rejected, "validator_error", "the validator failed on this payload: RuntimeError: cannot read odd/1.0")
+
+
 def test_structural_rejections_agree_with_the_json_schema():
     """The hand-rolled structural checks must reject exactly what the published schema rejects."""
     validator = jsonschema.Draft202012Validator(envelope_schema())

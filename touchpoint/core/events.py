@@ -38,7 +38,7 @@ ERROR_CODES = (
     "missing_event_id", "missing_event_type", "missing_event_ts", "wrong_type", "unknown_event_type",
     "invalid_country", "bad_timestamp", "timestamp_without_offset", "timestamp_too_old", "timestamp_in_future",
     "no_identifier", "order_missing_fields", "invalid_revenue", "negative_revenue", "unknown_currency",
-    "fx_rate_missing", "consent_without_flags", "erased_subject",
+    "fx_rate_missing", "consent_without_flags", "erased_subject", "validator_error",
 )
 
 _TS_RE = re.compile(
@@ -478,3 +478,6 @@ def validate_payload(payload: bytes | None, arrival: dt.datetime,
         return normalise(decode(payload), arrival, reporting_currency)
     except Rejected as rejected:
         return rejected
+    except Exception as error:  # noqa: BLE001 - input no rule foresaw: quarantined, never a failed batch
+        return Rejected("validator_error", f"the validator failed on this payload: {type(error).__name__}: "
+                        f"{str(error)[:200]}")
