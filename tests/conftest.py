@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import uuid
@@ -24,6 +25,14 @@ os.environ.setdefault("AIRFLOW__CORE__DAGS_FOLDER", str(REPO / "dags"))
 # (docs/DRILLS.md, session 13). The suite's own long-lived driver keeps the full JIT (`spark` below).
 CHILD_JVM_OPTIONS = "-XX:TieredStopAtLevel=1"
 os.environ.setdefault("TOUCHPOINT_SPARK_JVM_OPTIONS", CHILD_JVM_OPTIONS)
+# Every Spark session of the suite (its own and its children's) runs queries interpreted, without
+# generated code, and without adaptive re-planning. On the suite's tiny frames, compiling a class per
+# operator and task took about half of the executors' CPU and re-planning much of the driver's; the
+# results are the same by Spark's contract (docs/DRILLS.md, session 16). `production_codegen` below
+# runs a test with the platform's defaults instead.
+TEST_SPARK_CONF = {"spark.sql.codegen.wholeStage": "false", "spark.sql.codegen.factoryMode": "NO_CODEGEN",
+                   "spark.sql.adaptive.enabled": "false"}
+os.environ.setdefault("TOUCHPOINT_SPARK_CONF", json.dumps(TEST_SPARK_CONF))
 logging.getLogger("py4j").setLevel(logging.WARNING)
 
 
@@ -90,6 +99,17 @@ def spark():
     session = get_spark("touchpoint-tests", settings=settings, **{"spark.driver.extraJavaOptions": java_options})
     yield session
     session.stop()
+
+
+@pytest.fixture
+def production_codegen(spark):
+    """The session with Spark's defaults for code generation and adaptive execution during one test."""
+    before = {key: spark.conf.get(key) for key in TEST_SPARK_CONF}
+    for key in TEST_SPARK_CONF:
+        spark.conf.unset(key)
+    yield spark
+    for key, value in before.items():
+        spark.conf.set(key, value)
 
 
 @pytest.fixture

@@ -15,6 +15,10 @@ from touchpoint.jobs.attribution_models import (
     training_paths, with_paths,
 )
 
+# Pure transforms on small frames: they run with Spark's generated code, as in production (the
+# rest of the suite runs interpreted, tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("production_codegen")
+
 UTC = dt.timezone.utc
 T0 = dt.datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 MICRO = dt.timedelta(microseconds=1)

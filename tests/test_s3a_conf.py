@@ -1,5 +1,6 @@
 """The Spark conf generated for an s3a:// lake root: S3A on, credentials never in it, MinIO-style
-endpoints, and hadoop-aws (+ its AWS SDK bundle) on the classpath only when the lake needs them."""
+endpoints, and hadoop-aws (+ its AWS SDK bundle) on the classpath only when the lake needs them;
+and the `spark_conf` setting for any other Spark setting."""
 
 import re
 from pathlib import Path
@@ -123,3 +124,26 @@ def test_spark_own_jars_are_found_from_spark_home_as_under_spark_submit(monkeypa
     monkeypatch.delenv("SPARK_HOME")  # nothing leads to the jars: fail rather than filter nothing
     with pytest.raises(RuntimeError, match="no Spark jars"):
         _pyspark_jar_names()
+
+
+def test_spark_conf_setting_adds_spark_settings_from_toml_and_env(monkeypatch, tmp_path):
+    config = tmp_path / "touchpoint.toml"
+    config.write_text('[spark_conf]\n"spark.sql.adaptive.enabled" = "false"\n')
+    monkeypatch.setenv("TOUCHPOINT_CONFIG", str(config))
+    monkeypatch.delenv("TOUCHPOINT_SPARK_CONF", raising=False)
+    from_toml = spark_conf(load_settings(jars_dir=JARS))
+    assert from_toml["spark.sql.adaptive.enabled"] == "false"
+    monkeypatch.setenv("TOUCHPOINT_SPARK_CONF", '{"spark.sql.codegen.wholeStage": "false", "spark.sql.adaptive.enabled": "true"}')
+    merged = spark_conf(load_settings(jars_dir=JARS))  # key by key, the environment wins over the file
+    assert (merged["spark.sql.codegen.wholeStage"], merged["spark.sql.adaptive.enabled"]) == ("false", "true")
+
+
+def test_spark_conf_setting_refuses_what_the_platform_sets_and_names_the_fix(monkeypatch):
+    monkeypatch.delenv("TOUCHPOINT_SPARK_CONF", raising=False)
+    settings = load_settings(jars_dir=JARS, spark_conf={"spark.master": "local[8]", "spark.sql.session.timeZone": "CET"})
+    with pytest.raises(ConfigError, match=r"key 'spark_conf' \(env TOUCHPOINT_SPARK_CONF\): spark.master, "
+                                          r"spark.sql.session.timeZone are set by touchpoint itself; .*spark_master"):
+        spark_conf(settings)
+    with pytest.raises(ConfigError, match=r"key 'spark_conf' .*expected Spark setting names starting with 'spark.', "
+                                          r"got 'sql.adaptive.enabled'"):
+        load_settings(spark_conf={"sql.adaptive.enabled": "false"})

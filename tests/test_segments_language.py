@@ -20,6 +20,10 @@ from touchpoint.core.segments import (
     SegmentDefinition, SegmentDefinitionError, compile_segment, compile_segments, load_segments, parse_segment,
 )
 
+# Segment rules compile to Spark expressions: these run with Spark's generated code, as in
+# production (the rest of the suite runs interpreted, tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("production_codegen")
+
 UTC = dt.timezone.utc
 AS_OF = dt.datetime(2024, 5, 2, tzinfo=UTC)  # the run for 2024-05-01
 

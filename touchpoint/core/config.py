@@ -168,6 +168,9 @@ class Settings(BaseSettings):
     spark_ui: bool = False
     spark_jvm_options: str = Field("", description="more JVM options for Spark drivers, executors and the local "
                                    "cluster's master and workers (e.g. -XX:TieredStopAtLevel=1 for short-lived jobs)")
+    spark_conf: dict[str, str] = Field({}, description="more Spark settings (spark.* keys) for every session and "
+                                       "spark-submit, e.g. {\"spark.sql.adaptive.enabled\" = \"false\"}; keys the "
+                                       "platform sets itself are refused (use their own settings)")
     cluster_master_port: int = Field(7077, gt=0, lt=65536)
     cluster_workers: int = Field(2, ge=1)
     spark_driver_host: str = Field("127.0.0.1", description="address executors reach the driver at; '' leaves it "
@@ -199,6 +202,14 @@ class Settings(BaseSettings):
     def _lake_root_scheme(cls, value: str) -> str:
         if "://" in value and not value.startswith(("s3a://", "file://")):
             raise ValueError(f"expected a local path, file:// or s3a:// URI, got {value!r}")
+        return value
+
+    @field_validator("spark_conf")
+    @classmethod
+    def _spark_conf_keys(cls, value: dict[str, str]) -> dict[str, str]:
+        for key in value:
+            if not re.match(r"^spark\.[A-Za-z0-9_.\-]+$", key):
+                raise ValueError(f"expected Spark setting names starting with 'spark.', got {key!r}")
         return value
 
     @field_validator("spark_master")

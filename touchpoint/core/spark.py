@@ -6,7 +6,7 @@ import os
 from contextlib import contextmanager
 from pathlib import Path
 
-from touchpoint.core.config import Settings, get_settings
+from touchpoint.core.config import ConfigError, Settings, get_settings
 
 
 def _pyspark_jar_names() -> set[str]:
@@ -129,6 +129,12 @@ def spark_conf(settings: Settings | None = None, app_name: str = "touchpoint") -
         conf["spark.driver.bindAddress"] = settings.spark_driver_host
     if uses_s3a(settings):
         conf.update(s3a_conf(settings))
+    owned = sorted(set(settings.spark_conf) & set(conf))
+    if owned:
+        raise ConfigError(f"key 'spark_conf' (env TOUCHPOINT_SPARK_CONF): {', '.join(owned)} are set by touchpoint itself; "
+                          "remove them and use the matching setting in docs/CONFIG.md (spark_master, "
+                          "spark_shuffle_partitions, spark_jvm_options, ...)")
+    conf.update(settings.spark_conf)
     return conf
 
 
