@@ -80,6 +80,8 @@ def main(argv: list[str] | None = None) -> dict:
             batches = {p["batchId"]: {"rows": p["numInputRows"], "seconds": p["durationMs"]["triggerExecution"] / 1000}
                        for p in query.recentProgress if p["numInputRows"]}
             spark.stop()
+        if not batches:
+            raise SystemExit(f"no micro-batch read any record from {topic}: preload it or pass a --topic with events")
         # Full batches after the cold first one (the two partitions' offset ranges round, so "full" is 90 %).
         steady = [b for b, info in batches.items() if b > min(batches) and info["rows"] >= 0.9 * args.max_offsets]
         for batch_id in sorted(batches):
