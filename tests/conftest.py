@@ -107,6 +107,10 @@ def production_codegen(spark):
     before = {key: spark.conf.get(key) for key in TEST_SPARK_CONF}
     for key in TEST_SPARK_CONF:
         spark.conf.unset(key)
+    # Unset must mean Spark's defaults again: generated code on, adaptive execution on.
+    assert {key: spark.conf.get(key) for key in TEST_SPARK_CONF} == {
+        "spark.sql.codegen.wholeStage": "true", "spark.sql.codegen.factoryMode": "FALLBACK",
+        "spark.sql.adaptive.enabled": "true"}
     yield spark
     for key, value in before.items():
         spark.conf.set(key, value)
