@@ -95,6 +95,15 @@ def query_lags(batches: list[dict], rows: list[dict], burst: tuple[float, float]
             "speed_batches": len(batches)}
 
 
+def streams_alive(*streams: ChildProcess) -> bool:
+    """True while every stream runs; raises, with its log's tail, once one has exited: a catch-up
+    wait would otherwise run to its timeout (a speed query that ran out of heap ended its process)."""
+    for stream in streams:
+        if not stream.alive():
+            raise RuntimeError(f"{' '.join(stream.args)} exited with {stream.proc.returncode}:\n{stream.log_tail()}")
+    return True
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rate", type=float, default=5000)
@@ -154,13 +163,14 @@ def main(argv: list[str] | None = None) -> dict:
             progress(f"generator sent {report['lines']:,} lines at {report['lines_per_second']:,.0f}/s on average")
             burst = (started + args.steady_seconds, started + args.steady_seconds + args.burst_seconds)
 
-            wait_for(lambda: sum(r["bronze"] for r in lake_table(settings, "silver.reconciliation", ["bronze"]))
-                     >= report["lines"], timeout=1800, interval=2, what="ingestion catching up")
+            wait_for(lambda: streams_alive(ingest, speed) and sum(
+                r["bronze"] for r in lake_table(settings, "silver.reconciliation", ["bronze"])) >= report["lines"],
+                timeout=1800, interval=2, what="ingestion catching up")
             deadline = time.monotonic() + 1800
             lags = visible_lags(settings, burst)
             # Both speed queries (campaign views, customer views) must have caught up.
             while ((set(lags) != {"speed", "speed_customers"} or any(q["not_visible"] for q in lags.values()))
-                   and time.monotonic() < deadline):
+                   and time.monotonic() < deadline and streams_alive(ingest, speed)):
                 time.sleep(10)
                 lags = visible_lags(settings, burst)
         result["peak_rss_mb"] = dict(memory.peaks_mb)
