@@ -96,8 +96,9 @@ def query_lags(batches: list[dict], rows: list[dict], burst: tuple[float, float]
 
 
 def streams_alive(*streams: ChildProcess) -> bool:
-    """True while every stream runs; raises, with its log's tail, once one has exited: a catch-up
-    wait would otherwise run to its timeout (a speed query that ran out of heap ended its process)."""
+    """True while every stream runs; raises, with its log's tail, once one has exited: every wait on
+    the streams (start-up, catch-up) would otherwise run to its timeout (a speed query that ran out
+    of heap ended its process)."""
     for stream in streams:
         if not stream.alive():
             raise RuntimeError(f"{' '.join(stream.args)} exited with {stream.proc.returncode}:\n{stream.log_tail()}")
@@ -143,13 +144,11 @@ def main(argv: list[str] | None = None) -> dict:
     try:
         ingest = ChildProcess(ingest_args(topic), env, workdir / "ingest.log")
         progress("waiting for the ingest stream to create silver")
-        wait_for(lambda: (lake / "silver" / "events" / "_delta_log").is_dir() or not ingest.alive(), 900,
+        wait_for(lambda: streams_alive(ingest) and (lake / "silver" / "events" / "_delta_log").is_dir(), 900,
                  what="silver.events")
         speed = ChildProcess(speed_args(), env, workdir / "speed.log")
-        wait_for(lambda: (lake / "speed" / "freshness" / "_delta_log").is_dir() or not speed.alive(), 900,
-                 what="speed.freshness")
-        if not (ingest.alive() and speed.alive()):
-            raise RuntimeError(f"a stream died at start:\n{ingest.log_tail()}\n{speed.log_tail()}")
+        wait_for(lambda: streams_alive(ingest, speed) and (lake / "speed" / "freshness" / "_delta_log").is_dir(),
+                 900, what="speed.freshness")
         broker = broker_pid(settings)
         progress(f"producing {args.rate:,.0f}/s for {args.steady_seconds}s, {args.burst_factor}x for "
                  f"{args.burst_seconds}s, then {args.tail_seconds}s")
