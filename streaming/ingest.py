@@ -201,9 +201,13 @@ class IngestSink:
         ensure_table(spark, self.paths["silver.quarantine"], QUARANTINE_SCHEMA, ["ingest_date"], "silver.quarantine")
         ensure_table(spark, self.paths["silver.reconciliation"], RECONCILIATION_SCHEMA, [], "silver.reconciliation")
 
+    def committed_batch(self) -> int | None:
+        """The last batch id of this source that reached silver (its last write), None before the first."""
+        return committed_txn_version(self.paths["silver.events"], f"{self.source_id}:silver.events")
+
     def already_processed(self, batch_id: int) -> bool:
-        """True when this source's batch reached silver (its last write, so everything before it did too)."""
-        version = committed_txn_version(self.paths["silver.events"], f"{self.source_id}:silver.events")
+        """True when this source's batch reached silver (so everything before it did too)."""
+        version = self.committed_batch()
         return version is not None and version >= batch_id
 
     def _append(self, frame: DataFrame, table: str, batch_id: int) -> None:
@@ -332,41 +336,146 @@ def start_stream(spark: SparkSession, settings: Settings, topic: str | None = No
     return writer.start()
 
 
-def ingest_files(spark: SparkSession, settings: Settings, path: str | Path) -> list[dict[str, int]]:
-    """`touchpoint ingest --file`: each JSONL file runs through the same sink, keyed by its content hash
-    so that ingesting the same file again adds nothing."""
+# `touchpoint ingest --file` reads a file in line-aligned byte ranges, one Spark task per range, and
+# hands groups of ranges to the sink as batches: memory stays bounded whatever the file's size (a
+# whole-file read ran a 3M-line file out of heap). A batch's txnVersion is the byte offset where it
+# ends, so a re-run resumes after the last committed batch, whatever the range sizes were then.
+FILE_SPLIT_BYTES = 16 * 1024 * 1024
+FILE_BATCH_BYTES = 128 * 1024 * 1024
+_SCAN_BLOCK_BYTES = 8 * 1024 * 1024
+_ROWS_PER_ARROW_BATCH = 10_000
+
+
+@dataclass(frozen=True)
+class FileRange:
+    """Whole lines of a file: bytes [start, end), the first of them line number `first_line` (from 1)."""
+
+    start: int
+    end: int
+    first_line: int
+
+
+@dataclass(frozen=True)
+class FileScan:
+    """A file's content digest, size and line-aligned split points (byte offset, line number there)."""
+
+    digest: str
+    size: int
+    splits: tuple[tuple[int, int], ...]
+
+
+def scan_file(file: Path, split_bytes: int = FILE_SPLIT_BYTES) -> FileScan:
+    """One streaming pass: the SHA-256 of the content and a split point at the first line start at or
+    after every `split_bytes` since the previous one."""
+    sha = hashlib.sha256()
+    splits = [(0, 1)]
+    block_start, newlines_before_block = 0, 0
+    target = split_bytes
+    with open(file, "rb") as handle:
+        while block := handle.read(_SCAN_BLOCK_BYTES):
+            sha.update(block)
+            # the first newline at or after target - 1 ends the line that holds the target byte
+            while target - 1 < block_start + len(block):
+                newline = block.find(b"\n", max(target - 1 - block_start, 0))
+                if newline < 0:
+                    break
+                split = block_start + newline + 1
+                splits.append((split, newlines_before_block + block.count(b"\n", 0, newline + 1) + 1))
+                target = split + split_bytes
+            newlines_before_block += block.count(b"\n")
+            block_start += len(block)
+    size = block_start
+    return FileScan(sha.hexdigest()[:32], size, tuple(s for s in splits if s[0] < size or s[0] == 0))
+
+
+def _line_number_at(file: Path, scan: FileScan, offset: int) -> int:
+    """The line number that starts at byte `offset` (a line start)."""
+    split, line = max((s for s in scan.splits if s[0] <= offset), key=lambda s: s[0])
+    with open(file, "rb") as handle:
+        handle.seek(split)
+        remaining = offset - split
+        while remaining > 0:
+            block = handle.read(min(remaining, _SCAN_BLOCK_BYTES))
+            if not block:
+                break
+            line += block.count(b"\n")
+            remaining -= len(block)
+    return line
+
+
+def file_batches(file: Path, scan: FileScan, resume_at: int = 0,
+                 batch_bytes: int = FILE_BATCH_BYTES) -> list[list[FileRange]]:
+    """The ranges from byte `resume_at` (a line start) to the end, grouped into batches of at most
+    `batch_bytes` (or one range, when a range is larger)."""
+    points = [(resume_at, _line_number_at(file, scan, resume_at))]
+    points += [s for s in scan.splits if s[0] > resume_at]
+    ranges = [FileRange(start, end, line) for (start, line), (end, _) in zip(points, [*points[1:], (scan.size, 0)])
+              if start < end]
+    batches: list[list[FileRange]] = []
+    for file_range in ranges:
+        if batches and file_range.end - batches[-1][0].start <= batch_bytes:
+            batches[-1].append(file_range)
+        else:
+            batches.append([file_range])
+    return batches
+
+
+def ingest_files(spark: SparkSession, settings: Settings, path: str | Path, batch_bytes: int = FILE_BATCH_BYTES,
+                 split_bytes: int = FILE_SPLIT_BYTES) -> list[dict[str, int]]:
+    """`touchpoint ingest --file`: each JSONL file runs through the same sink as the stream, keyed by
+    its content hash, so that ingesting the same file again adds nothing and an interrupted ingest
+    goes on where it stopped."""
     path = Path(path)
     files = sorted(p for p in path.rglob("*.jsonl")) if path.is_dir() else [path]
     if not files:
         raise FileNotFoundError(f"no .jsonl files under {path}")
     results = []
     for file in files:
-        digest = hashlib.sha256(file.read_bytes()).hexdigest()[:32]
-        sink = IngestSink(settings, source_id=f"file:{digest}")
+        scan = scan_file(file, split_bytes)
+        sink = IngestSink(settings, source_id=f"file:{scan.digest}")
         sink.ensure_tables(spark)
-        if sink.already_processed(0):
+        ingested_to = sink.committed_batch()
+        if ingested_to is not None and ingested_to >= scan.size:
             results.append({"file": str(file), "skipped": "already ingested (same content)"})
             continue
-        results.append({"file": str(file), **sink(file_bronze_rows(spark, file), 0)})
+        resume_at = ingested_to or 0
+        totals: dict[str, int] = {"batches": 0}
+        # an empty file is one empty batch, recorded like any other
+        for batch in file_batches(file, scan, resume_at, batch_bytes) or [[]]:
+            end = batch[-1].end if batch else 0
+            counts = sink(file_bronze_rows(spark, file, batch), end)
+            totals["batches"] += 1
+            for key, value in counts.items():
+                totals[key] = totals.get(key, 0) + value
+            log.info("%s: ingested through byte %s of %s", file, end, scan.size)
+        results.append({"file": str(file), **({"resumed_at_byte": resume_at} if resume_at else {}), **totals})
     return results
 
 
-def file_bronze_rows(spark: SparkSession, file: Path) -> DataFrame:
-    """Bronze rows of a JSONL file: the raw bytes of each non-blank line (invalid UTF-8 kept as is),
-    the line number as offset. Split on executors, never collected to the driver."""
+def file_bronze_rows(spark: SparkSession, file: Path, ranges: list[FileRange]) -> DataFrame:
+    """Bronze rows of some ranges of a JSONL file: the raw bytes of each non-blank line (invalid UTF-8
+    kept as is, a trailing CR dropped), its line number as offset. Each range is read by one task."""
     ingest_ts = dt.datetime.now(dt.timezone.utc)
     arrow_schema = to_arrow_schema(BRONZE_SCHEMA, timezone="UTC", prefers_large_types=False)
+    location, topic = str(file.resolve()), f"file:{file.name}"
+    bounds = [(r.start, r.end, r.first_line) for r in ranges]
 
-    def split_lines(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    def read_ranges(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for batch in batches:
-            for content in batch.column("content").to_pylist():
-                rows = [
-                    {"payload": line.rstrip(b"\r"), "source_topic": f"file:{file.name}", "source_partition": 0,
-                     "source_offset": number, "source_ts": ingest_ts, "ingest_ts": ingest_ts,
-                     "ingest_date": ingest_ts.date()}
-                    for number, line in enumerate(content.split(b"\n"), start=1) if line.strip()
-                ]
-                yield pa.RecordBatch.from_pylist(rows, schema=arrow_schema)
+            for index in batch.column("id").to_pylist():
+                start, end, first_line = bounds[index]
+                with open(location, "rb") as handle:
+                    handle.seek(start)
+                    content = handle.read(end - start)
+                lines = [(number, line.rstrip(b"\r")) for number, line in enumerate(content.split(b"\n"), first_line)
+                         if line.strip()]
+                for at in range(0, len(lines), _ROWS_PER_ARROW_BATCH):
+                    part = lines[at:at + _ROWS_PER_ARROW_BATCH]
+                    columns = {"payload": [line for _, line in part], "source_topic": [topic] * len(part),
+                               "source_partition": [0] * len(part), "source_offset": [n for n, _ in part],
+                               "source_ts": [ingest_ts] * len(part), "ingest_ts": [ingest_ts] * len(part),
+                               "ingest_date": [ingest_ts.date()] * len(part)}
+                    yield pa.RecordBatch.from_arrays(
+                        [pa.array(columns[f.name], f.type) for f in arrow_schema], schema=arrow_schema)
 
-    raw = spark.read.format("binaryFile").load(str(file.resolve())).select("content")
-    return raw.mapInArrow(split_lines, BRONZE_SCHEMA)
+    return spark.range(0, len(bounds), 1, max(len(bounds), 1)).mapInArrow(read_ranges, BRONZE_SCHEMA)

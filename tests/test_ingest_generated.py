@@ -1,5 +1,6 @@
 """Generated traffic end to end: Kafka stream and file ingest both reconcile with the generator's report."""
 
+import hashlib
 from collections import Counter
 
 import pytest
@@ -26,7 +27,8 @@ def _silver_content(settings):
 
 
 def test_generated_traffic_reconciles_exactly_via_kafka_and_via_files(spark, tmp_path, kafka_topic):
-    from touchpoint.streaming.ingest import ingest_files, start_stream
+    from touchpoint.streaming.ingest import (IngestSink, file_batches, file_bronze_rows, ingest_files, scan_file,
+                                             start_stream)
 
     stream_settings = load_settings(lake_root=str(tmp_path / "stream_lake"), spark_shuffle_partitions=2)
     report = generate_kafka(kafka_topic, stream_settings.kafka_bootstrap, CONFIG)
@@ -50,15 +52,36 @@ def test_generated_traffic_reconciles_exactly_via_kafka_and_via_files(spark, tmp
     assert Counter(r["event_type"] for r in silver) == Counter(
         {t: n for t, n in report["events_by_type"].items() if n})
 
-    # The same lines through `touchpoint ingest --file` give the same silver rows.
+    # The same lines through `touchpoint ingest --file`, with a CRLF line and a blank line added, give
+    # the same silver rows; here in three batches, the first committed by a run that then died (what it
+    # leaves behind), the others by a run that resumes after it.
     file = tmp_path / "events.jsonl"
     generate_jsonl(str(file), CONFIG)
+    lines = file.read_bytes().split(b"\n")
+    content = b"\n".join([*lines[:5], lines[5] + b"\r", b"", *lines[6:]])
+    file.write_bytes(content)
     file_settings = load_settings(lake_root=str(tmp_path / "file_lake"), spark_shuffle_partitions=2)
-    [result] = ingest_files(spark, file_settings, file)
-    assert (result["silver"], result["quarantine"], result["duplicates"]) == (
+    # 20 KB ranges in batches of up to 200 KB; the generator's 1.1 MB payload (quarantined as too
+    # large) makes a range and a batch of its own
+    split_bytes, batch_bytes = 20_000, 200_000
+    batches = file_batches(file, scan_file(file, split_bytes), 0, batch_bytes)
+    assert len(batches) == 3 and len(batches[0]) > 1 and len(batches[2]) > 1
+    assert len(batches[1]) == 1 and batches[1][0].end - batches[1][0].start > 1_000_000
+    sink = IngestSink(file_settings, source_id=f"file:{hashlib.sha256(content).hexdigest()[:32]}")
+    first = sink(file_bronze_rows(spark, file, batches[0]), batches[0][-1].end)
+    [rest] = ingest_files(spark, file_settings, file, batch_bytes=batch_bytes, split_bytes=split_bytes)
+    assert (rest["resumed_at_byte"], rest["batches"]) == (batches[0][-1].end, len(batches) - 1)
+    assert tuple(first[k] + rest[k] for k in ("silver", "quarantine", "duplicates")) == (
         report["expected_silver"], report["expected_quarantine"], report["expected_duplicates"])
     assert _silver_content(file_settings) == _silver_content(stream_settings)
+    # every non-blank line once in bronze, under its line number, CR dropped
+    bronze = sorted((r["source_offset"], r["payload"]) for r in _table(file_settings, "bronze.events"))
+    assert bronze == [(n, line.rstrip(b"\r")) for n, line in enumerate(content.split(b"\n"), 1) if line.strip()]
+    assert len(bronze) == report["lines"] and bronze[5] == (6, lines[5])
+    # one reconciliation row per batch, keyed by the byte offset the batch ends at
+    assert sorted(b["batch_id"] for b in _table(file_settings, "silver.reconciliation")) == [
+        batch[-1].end for batch in batches]
     # Re-ingesting the same file adds nothing.
     [again] = ingest_files(spark, file_settings, file)
-    assert "skipped" in again
+    assert again == {"file": str(file), "skipped": "already ingested (same content)"}
     assert len(_table(file_settings, "bronze.events")) == report["lines"]
