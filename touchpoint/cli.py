@@ -255,8 +255,8 @@ def ingest(file: str = typer.Option(..., "--file", help="a JSONL file or a folde
         results = ingest_files(spark, settings, file)
     grid = RichTable("file", "bronze", "silver", "quarantine", "duplicates", "note")
     for r in results:
-        grid.add_row(r["file"], *(str(r.get(k, "")) for k in ("bronze", "silver", "quarantine", "duplicates")),
-                     r.get("skipped", ""))
+        note = r.get("skipped") or (f"resumed at byte {r['resumed_at_byte']:,}" if "resumed_at_byte" in r else "")
+        grid.add_row(r["file"], *(str(r.get(k, "")) for k in ("bronze", "silver", "quarantine", "duplicates")), note)
     console.print(grid)
 
 
