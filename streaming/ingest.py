@@ -420,6 +420,17 @@ def file_batches(file: Path, scan: FileScan, resume_at: int = 0,
     return batches
 
 
+def resume_offset(committed_batch: int | None, size: int) -> int | None:
+    """Where a file's ingest goes on, given the last batch id (end offset) of its source in silver:
+    the start, that offset, or None when the file is done. A batch 0 on a file that is not empty
+    is the whole-file batch of touchpoint before 2026-12-03, so that file is done too."""
+    if committed_batch is None:
+        return 0
+    if committed_batch >= size or committed_batch == 0:
+        return None
+    return committed_batch
+
+
 def ingest_files(spark: SparkSession, settings: Settings, path: str | Path, batch_bytes: int = FILE_BATCH_BYTES,
                  split_bytes: int = FILE_SPLIT_BYTES) -> list[dict[str, int]]:
     """`touchpoint ingest --file`: each JSONL file runs through the same sink as the stream, keyed by
@@ -434,11 +445,10 @@ def ingest_files(spark: SparkSession, settings: Settings, path: str | Path, batc
         scan = scan_file(file, split_bytes)
         sink = IngestSink(settings, source_id=f"file:{scan.digest}")
         sink.ensure_tables(spark)
-        ingested_to = sink.committed_batch()
-        if ingested_to is not None and ingested_to >= scan.size:
+        resume_at = resume_offset(sink.committed_batch(), scan.size)
+        if resume_at is None:
             results.append({"file": str(file), "skipped": "already ingested (same content)"})
             continue
-        resume_at = ingested_to or 0
         totals: dict[str, int] = {"batches": 0}
         # an empty file is one empty batch, recorded like any other
         for batch in file_batches(file, scan, resume_at, batch_bytes) or [[]]:

@@ -7,7 +7,7 @@ import hashlib
 import pytest
 
 from touchpoint.streaming import ingest
-from touchpoint.streaming.ingest import FileRange, FileScan, file_batches, scan_file
+from touchpoint.streaming.ingest import FileRange, FileScan, file_batches, resume_offset, scan_file
 
 # byte offsets: "aaaa\n" 0-4, "bb\n" 5-7, "\n" 8, "cccccc\n" 9-15, "d\n" 16-17 (lines 1-5)
 SMALL = b"aaaa\nbb\n\ncccccc\nd\n"
@@ -37,3 +37,15 @@ def test_batches_group_ranges_and_resume_at_any_line_start(tmp_path):
     # byte 9 starts line 4 ("cccccc"), which is not a split point
     assert file_batches(file, scan, 9, batch_bytes=100) == [[FileRange(9, 16, 4), FileRange(16, 18, 5)]]
     assert file_batches(file, scan, 18, batch_bytes=100) == []
+
+
+@pytest.mark.parametrize(("committed", "size", "resume_at"), [
+    (None, 100, 0),  # never ingested: from the start
+    (40, 100, 40),  # died after the batch that ended at byte 40
+    (100, 100, None),  # done
+    (0, 100, None),  # the whole-file batch 0 of earlier versions: done, not ingested twice
+    (None, 0, 0),  # an empty file is one empty batch
+    (0, 0, None),
+])
+def test_resume_offset(committed, size, resume_at):
+    assert resume_offset(committed, size) == resume_at
