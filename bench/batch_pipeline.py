@@ -10,12 +10,21 @@ increment file (late events of earlier days included), later arrivals are droppe
 ingested with `touchpoint ingest --file`'s code path (not timed as part of the pipeline). Then
 `pipeline` for the last history day (full) and for the next day (incremental), step by step, in
 one Spark application. `--lake DIR` keeps the lake (bench.attribution_peers can reuse it).
+
+At full size the history takes about 45 minutes to generate and ingest on 2 cores before the
+pipeline starts. `--workdir DIR` keeps the generated files and the lake there, so a run that was
+stopped goes on where it stopped: generation is skipped when DIR holds the files of the same
+parameters, the file ingest resumes after its last committed batch, and the full run starts from
+bronze and silver alone (every other table of the lake is dropped first, so it is a full rebuild;
+if the stopped run had ingested the increment file already, silver holds its late events too).
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
+import logging
 import math
 import os
 import shutil
@@ -74,6 +83,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--driver-memory", default="8g")
     parser.add_argument("--lake", default=None, help="keep the lake here (default: a temp folder, removed after)")
+    parser.add_argument("--workdir", default=None,
+                        help="keep the generated files and the lake here and reuse them in the next run")
     args = parser.parse_args(argv)
     os.chdir(REPO)  # segments/ and .state/ resolve against the repository
 
@@ -82,9 +93,19 @@ def main(argv: list[str] | None = None) -> dict:
     from touchpoint.generator import GeneratorConfig
     from touchpoint.streaming.ingest import ingest_files
 
-    workdir = Path(tempfile.mkdtemp(prefix="bench-batch-"))
+    reuse = args.workdir is not None
+    workdir = Path(args.workdir) if reuse else Path(tempfile.mkdtemp(prefix="bench-batch-"))
+    workdir.mkdir(parents=True, exist_ok=True)
     lake = Path(args.lake) if args.lake else workdir / "lake"
-    if lake.exists():
+    stamp = workdir / "generated.json"
+    wanted = {"events": args.events, "days": args.days, "seed": args.seed}
+    earlier = json.loads(stamp.read_text()) if reuse and stamp.exists() else None
+    generated = earlier["data"] if earlier is not None and earlier["parameters"] == wanted else None
+    if generated is not None:
+        keep_only_ingested(lake)
+        for folder in ("exports", "reports"):  # written by the pipeline, as the dropped tables were
+            shutil.rmtree(workdir / folder, ignore_errors=True)
+    elif lake.exists():  # a lake of other files
         shutil.rmtree(lake)
     settings = load_settings(lake_root=str(lake), jars_dir=str(JARS), spark_driver_memory=args.driver_memory,
                              exports_dir=str(workdir / "exports"), reports_dir=str(workdir / "reports"),
@@ -102,17 +123,26 @@ def main(argv: list[str] | None = None) -> dict:
                                    "spark_master": settings.spark_master, "exports": list(EXPORTS),
                                    "shuffle_partitions": settings.spark_shuffle_partitions}}
     try:
-        progress(f"generating {args.days + 1} days for {customers:,} customers")
-        started = time.monotonic()
-        result["data"] = split_history(config, cut_ms, cut_ms + 86_400_000, workdir / "history.jsonl",
-                                       workdir / "increment.jsonl")
-        result["data"]["generate_seconds"] = round(time.monotonic() - started, 1)
+        if generated is not None:
+            result["data"] = {**generated, "reused_from": str(workdir)}
+            progress(f"reusing the files generated in {workdir}")
+        else:
+            progress(f"generating {args.days + 1} days for {customers:,} customers")
+            stamp.unlink(missing_ok=True)
+            started = time.monotonic()
+            result["data"] = split_history(config, cut_ms, cut_ms + 86_400_000, workdir / "history.jsonl",
+                                           workdir / "increment.jsonl")
+            result["data"]["generate_seconds"] = round(time.monotonic() - started, 1)
+            stamp.write_text(json.dumps({"parameters": wanted, "data": result["data"]}))
         progress(f"history {result['data']['history']:,} lines, increment {result['data']['increment']:,}")
 
+        # the file ingest logs each committed batch: the history takes tens of minutes at full size
+        logging.basicConfig(format="[%(asctime)s] %(message)s", datefmt="%H:%M:%S")
+        logging.getLogger("touchpoint.streaming.ingest").setLevel(logging.INFO)
         spark = get_spark("bench-batch-pipeline", settings=settings)
         with RssSampler(lambda: [os.getpid()]) as memory:
             started = time.monotonic()
-            ingest_files(spark, settings, workdir / "history.jsonl")
+            [result["ingest_history"]] = ingest_files(spark, settings, workdir / "history.jsonl")
             result["ingest_history_seconds"] = round(time.monotonic() - started, 1)
             progress(f"history ingested in {result['ingest_history_seconds']}s; full pipeline for {last_day}")
             result["full"] = run_pipeline(spark, settings, last_day)
@@ -129,9 +159,22 @@ def main(argv: list[str] | None = None) -> dict:
         progress(f"full {result['full']['seconds']}s, incremental {result['incremental']['seconds']}s, "
                  f"ratio {result['ratio_incremental_to_full']}")
     finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+        if not reuse:
+            shutil.rmtree(workdir, ignore_errors=True)
     write_result("batch_pipeline", result)
     return result
+
+
+INGESTED_LAYERS = ("bronze", "silver")
+
+
+def keep_only_ingested(lake: Path) -> None:
+    """Drop every table of a kept lake but bronze and silver: the next pipeline run is a full rebuild."""
+    if not lake.exists():
+        return
+    for entry in lake.iterdir():
+        if entry.name not in INGESTED_LAYERS:
+            shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
 
 
 if __name__ == "__main__":
