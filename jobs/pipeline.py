@@ -3,7 +3,8 @@
 For logical date D the batch jobs run against a staging namespace of the gold layer
 (`<lake>/staging/<D>/...`), seeded from copies of the published tables. The audit
 validates the staged tables; only a passing run is published: each staged table replaces its
-published table (one atomic Delta commit per table), staged exports are moved into place, and the
+published table in one atomic step (on a local lake the folders are exchanged; elsewhere a Delta
+overwrite), staged exports are moved into place, and the
 batch high-water mark H = as_of_for(D) is recorded. A failing audit publishes nothing, so readers of
 `gold.*` keep seeing the previous state.
 
@@ -23,7 +24,7 @@ from pyspark.sql import SparkSession
 from touchpoint.core.catalog import TABLES
 from touchpoint.core.config import Settings
 from touchpoint.core.dates import as_of_for, calendar_date
-from touchpoint.core.delta import ensure_table, is_delta
+from touchpoint.core.delta import ensure_table, exchange_folders, gold_write_lock, is_delta
 
 PIPELINE_JOBS = ("identity", "profiles", "attribution", "segments", "campaign_metrics", "exports")
 
@@ -96,16 +97,25 @@ def publish(spark: SparkSession, settings: Settings, logical_date: dt.date) -> d
 
     def publish_table(name: str) -> str | None:
         source, target = TABLES[name].path(staged), TABLES[name].path(settings)
-        if not is_delta(spark, source) or _same_last_commit(source, target):
-            return None  # nothing staged, or the jobs left the staged copy as it was published
+        if not is_delta(spark, source):
+            return None  # nothing staged
+        history = _compare_histories(source, target)
+        if history in ("same", "behind"):
+            return None  # no job committed to the copy, or it is published already (a retried publish)
+        if history == "ahead" and _exchange_into_place(Path(source), Path(target)):
+            return name
+        if history == "new" and _move_into_place(Path(source), Path(target)):
+            return name
         # One atomic overwrite per table: readers see the previous version or exactly the audited one.
         (spark.read.format("delta").load(source).write.format("delta").mode("overwrite")
          .option("overwriteSchema", "true").save(target))
         return name
 
-    # Tables are independent; their small Spark jobs and Delta commits overlap well in threads.
-    with ThreadPoolExecutor(max_workers=PUBLISH_THREADS) as pool:
-        published = [name for name in pool.map(publish_table, gold_tables()) if name]
+    # The lock keeps an erasure from committing to a table while its folder is exchanged.
+    with gold_write_lock(settings.lake_uri):
+        # Tables are independent; their small Spark jobs and Delta commits overlap well in threads.
+        with ThreadPoolExecutor(max_workers=PUBLISH_THREADS) as pool:
+            published = [name for name in pool.map(publish_table, gold_tables()) if name]
     from touchpoint.jobs.exports import publish_staged_exports
 
     released = publish_staged_exports(settings, staged)
@@ -122,22 +132,68 @@ def publish(spark: SparkSession, settings: Settings, logical_date: dt.date) -> d
 PUBLISH_THREADS = 4
 
 
-def _same_last_commit(staged: str, published: str) -> bool:
-    """True when the staged table still ends on the published table's last commit.
+def _compare_histories(staged: str, published: str) -> str:
+    """How a staged table's Delta log relates to the published table's, read from the commit files.
 
-    A local staging copy carries the published log byte for byte, so an equal last commit file (name
-    and bytes) means no job committed to it and nobody wrote the published table since. Read from
-    the files: asking Delta costs a snapshot of each table (Spark jobs) for every table published.
-    A Spark-made copy (a lake that is not a local folder) has its own history: always published."""
+    A local staging copy starts as the published log byte for byte, so comparing commit files tells:
+    "same" (no job committed to the copy), "ahead" (the jobs' commits continue the published log),
+    "behind" (the published log already holds the copy's last commit: a retried publish after this
+    table was exchanged), "new" (nothing published yet) or "diverged" (the published table got a
+    commit of its own since staging, or the lake is not a local folder: a Spark-made copy has its
+    own history). Asking Delta instead costs a snapshot of each table (Spark jobs)."""
     if "://" in published:
+        return "diverged"
+    staged_log, published_log = Path(staged) / "_delta_log", Path(published) / "_delta_log"
+    staged_last, published_last = _last_commit(staged_log), _last_commit(published_log)
+    if published_last is None:
+        return "new" if not Path(published).exists() else "diverged"
+    if staged_last is None:
+        return "diverged"
+    if staged_last == published_last:
+        return "same"
+    if _holds_commit(published_log, staged_last):
+        return "behind"
+    if _holds_commit(staged_log, published_last):
+        return "ahead"
+    return "diverged"
+
+
+def _holds_commit(log: Path, commit: tuple[str, bytes]) -> bool:
+    name, content = commit
+    path = log / name
+    return path.is_file() and path.read_bytes() == content
+
+
+def _exchange_into_place(staged: Path, published: Path) -> bool:
+    """Publish a staged table whose log continues the published one by exchanging the two folders:
+    one atomic step, no data rewritten, and the published table keeps its history with the jobs'
+    commits on top. The folder that comes out is deleted: every file a reader of the old version
+    may still open is hard-linked in the new folder under the same name (staging never vacuums)."""
+    before = _last_commit(published / "_delta_log")
+    if not exchange_folders(staged, published):
         return False
-    last = [_last_commit(Path(path) / "_delta_log") for path in (staged, published)]
-    return last[0] is not None and last[0] == last[1]
+    if _last_commit(staged / "_delta_log") != before:
+        # A writer that ignores the lock committed between the check and the exchange: put the
+        # folders back, and the overwrite conflict-checks against that commit as Delta does.
+        exchange_folders(staged, published)
+        return False
+    shutil.rmtree(staged, ignore_errors=True)
+    return True
+
+
+def _move_into_place(staged: Path, published: Path) -> bool:
+    """Publish a table that has no published version yet by renaming its staged folder (atomic)."""
+    published.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.rename(staged, published)  # fails if a table appeared there meanwhile: then overwrite
+    except OSError:
+        return False
+    return True
 
 
 def _last_commit(log: Path) -> tuple[str, bytes] | None:
     """(file name, bytes) of the newest commit in a Delta log folder; None when it has none."""
-    commits = [p for p in log.glob("*.json") if _COMMIT_FILE.match(p.name)]
+    commits = [p for p in log.glob("*.json") if _COMMIT_FILE.match(p.name)] if log.is_dir() else []
     if not commits:
         return None
     newest = max(commits, key=lambda p: p.name)  # zero-padded versions: name order is version order

@@ -46,7 +46,7 @@ from pyspark.sql.types import (
 
 from touchpoint.core.catalog import TABLES, Table, table_path
 from touchpoint.core.config import Settings
-from touchpoint.core.delta import ensure_table, is_delta, latest_version, rs_table
+from touchpoint.core.delta import ensure_table, gold_write_lock, is_delta, latest_version, rs_table
 from touchpoint.core.privacy import (
     IDENTIFIER_TYPES, REQUEST_TYPES, Suppression, hashed_value_in, load_suppression, payload_identifiers,
     request_identifier, sha256_hex,
@@ -561,9 +561,16 @@ def _log_erasure(spark: SparkSession, settings: Settings, record: dict) -> None:
 
 def erase(spark: SparkSession, settings: Settings, identifier_type: str, identifier_sha256: str,
           request_id: str | None = None, requested_at: dt.datetime | None = None) -> dict:
-    """Forget the person named by (type, sha256 of the normalised value); see the module docstring."""
+    """Forget the person named by (type, sha256 of the normalised value); see the module docstring.
+    Holds the lake's gold write lock: a publish does not exchange a table this is deleting from."""
     if identifier_type not in REQUEST_TYPES:
         raise ValueError(f"unknown identifier type {identifier_type!r}; use one of {', '.join(REQUEST_TYPES)}")
+    with gold_write_lock(settings.lake_uri):
+        return _erase(spark, settings, identifier_type, identifier_sha256, request_id, requested_at)
+
+
+def _erase(spark: SparkSession, settings: Settings, identifier_type: str, identifier_sha256: str,
+           request_id: str | None, requested_at: dt.datetime | None) -> dict:
     started_at = _now()
     requested_at = requested_at or started_at
     request_id = request_id or new_request_id(identifier_type, identifier_sha256, requested_at)

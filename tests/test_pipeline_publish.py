@@ -1,11 +1,18 @@
 """publish: each staged gold table replaces its published table, except a staged copy that no job
-committed to (its last commit is still the published one), which is left as it is."""
+committed to (its last commit is still the published one), which is left as it is. On a local lake a
+staged table whose log continues the published one is exchanged into place, files and history
+included; a published table with a commit of its own since staging is overwritten."""
 
 import datetime as dt
+import threading
+import time
+from pathlib import Path
 
+import pytest
 from delta.tables import DeltaTable
 
 from touchpoint.core.catalog import TABLES
+from touchpoint.core.delta import exchange_folders, gold_write_lock
 from touchpoint.jobs.pipeline import prepare_staging, publish, staging_settings
 
 D = dt.date(2026, 3, 4)
@@ -14,6 +21,16 @@ SCHEMA = "segment string, members long"
 
 def versions(spark, *paths):
     return [DeltaTable.forPath(spark, p).history(1).first()["version"] for p in paths]
+
+
+def data_files(path) -> dict[str, int]:
+    """Parquet files of a table folder: relative name -> inode."""
+    return {str(f.relative_to(path)): f.stat().st_ino for f in Path(path).rglob("*.parquet")
+            if "_delta_log" not in f.parts}
+
+
+def rows(spark, path) -> list[tuple]:
+    return sorted(map(tuple, spark.read.format("delta").load(path).collect()))
 
 
 def test_publish_rewrites_changed_tables_and_leaves_untouched_copies_alone(spark, settings):
@@ -25,9 +42,13 @@ def test_publish_rewrites_changed_tables_and_leaves_untouched_copies_alone(spark
     staged_sizes = TABLES["gold.segment_sizes"].path(staging_settings(settings, D))
     spark.createDataFrame([("vip", 4), ("new", 1)], SCHEMA).write.format("delta").mode("overwrite").save(staged_sizes)
 
+    staged_files = data_files(staged_sizes)
     assert publish(spark, settings, D)["published"] == ["gold.segment_sizes"]
     assert sorted(map(tuple, spark.read.format("delta").load(sizes).collect())) == [("new", 1), ("vip", 4)]
     assert versions(spark, sizes, daily) == [1, 0]  # attribution_daily: no commit, same rows
+    # exchanged into place: the staged files themselves (same inodes), no rewrite; staging is gone
+    assert data_files(sizes) == staged_files and staged_files
+    assert not Path(settings.lake_uri, staging_settings(settings, D).gold_namespace).exists()
 
     # Re-running the date with nothing changed publishes nothing.
     prepare_staging(spark, settings, D)
@@ -41,5 +62,67 @@ def test_publish_rewrites_changed_tables_and_leaves_untouched_copies_alone(spark
     spark.createDataFrame([("any", 2)], SCHEMA).write.format("delta").mode("overwrite").save(staged_daily)
     spark.createDataFrame([("other", 5)], SCHEMA).write.format("delta").mode("overwrite").save(daily)
     assert versions(spark, staged_daily, daily) == [1, 1]
+    staged_files, published_files = data_files(staged_daily), data_files(daily)
     assert publish(spark, settings, D)["published"] == ["gold.attribution_daily"]
     assert [tuple(r) for r in spark.read.format("delta").load(daily).collect()] == [("any", 2)]
+    # not exchanged (that would drop the published commit from its history): overwritten by a commit
+    # of its own, which wrote one new file
+    new_files = set(data_files(daily)) - set(published_files)
+    assert versions(spark, daily) == [2] and len(new_files) == 1 and not new_files & set(staged_files)
+
+
+def test_a_table_published_for_the_first_time_is_moved_into_place(spark, settings):
+    prepare_staging(spark, settings, D)
+    staged_sizes = TABLES["gold.segment_sizes"].path(staging_settings(settings, D))
+    spark.createDataFrame([("vip", 7)], SCHEMA).write.format("delta").save(staged_sizes)
+    staged_files = data_files(staged_sizes)
+
+    assert publish(spark, settings, D)["published"] == ["gold.segment_sizes"]
+    published = TABLES["gold.segment_sizes"].path(settings)
+    assert rows(spark, published) == [("vip", 7)]
+    assert versions(spark, published) == [0] and data_files(published) == staged_files
+
+
+def test_a_publish_retried_after_an_exchange_publishes_nothing_twice(spark, settings):
+    sizes = TABLES["gold.segment_sizes"].path(settings)
+    spark.createDataFrame([("vip", 3)], SCHEMA).write.format("delta").save(sizes)
+    prepare_staging(spark, settings, D)
+    staged_sizes = TABLES["gold.segment_sizes"].path(staging_settings(settings, D))
+    spark.createDataFrame([("vip", 5)], SCHEMA).write.format("delta").mode("overwrite").save(staged_sizes)
+    # What a publish that died right after exchanging this table leaves: the old folder in staging.
+    assert exchange_folders(staged_sizes, sizes)
+    assert versions(spark, sizes) == [1]
+
+    assert publish(spark, settings, D)["published"] == []  # the staged (old) copy is behind: not published
+    assert rows(spark, sizes) == [("vip", 5)] and versions(spark, sizes) == [1]
+
+
+def test_exchange_folders_swaps_two_folders_in_one_step(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "x").write_text("from a")
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "y").write_text("from b")
+    assert exchange_folders(tmp_path / "a", tmp_path / "b")
+    assert [p.name for p in (tmp_path / "a").iterdir()] == ["y"] and [p.name for p in (tmp_path / "b").iterdir()] == ["x"]
+    with pytest.raises(FileNotFoundError):
+        exchange_folders(tmp_path / "a", tmp_path / "missing")
+
+
+def test_publish_waits_for_the_gold_write_lock(spark, settings):
+    sizes = TABLES["gold.segment_sizes"].path(settings)
+    spark.createDataFrame([("vip", 3)], SCHEMA).write.format("delta").save(sizes)
+    prepare_staging(spark, settings, D)
+    staged_sizes = TABLES["gold.segment_sizes"].path(staging_settings(settings, D))
+    spark.createDataFrame([("vip", 9)], SCHEMA).write.format("delta").mode("overwrite").save(staged_sizes)
+
+    results = []
+    with gold_write_lock(settings.lake_uri):  # as an erasure in another process would hold it
+        with pytest.raises(TimeoutError, match="another gold writer .* still holds .*gold.lock"):
+            with gold_write_lock(settings.lake_uri, timeout_seconds=0.3):
+                pass
+        waiting = threading.Thread(target=lambda: results.append(publish(spark, settings, D)))
+        waiting.start()
+        time.sleep(3)
+        assert waiting.is_alive() and rows(spark, sizes) == [("vip", 3)]
+    waiting.join(timeout=300)
+    assert [r["published"] for r in results] == [["gold.segment_sizes"]] and rows(spark, sizes) == [("vip", 9)]

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import ctypes
+import errno
+import fcntl
 import logging
+import os
 import re
 import time
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 from pyspark.sql import DataFrame, SparkSession
@@ -155,3 +160,59 @@ def read_version(spark: SparkSession, path: str, version: int) -> DataFrame:
 def committed_txn_version(path: str, app_id: str) -> int | None:
     """The last txnVersion committed to a table under `app_id` (None if never), read with delta-rs."""
     return rs_table(path).transaction_version(app_id)
+
+
+# ---- local lakes: one writer of published gold at a time, and folders exchanged in one step --------
+
+@contextmanager
+def gold_write_lock(lake_uri: str, timeout_seconds: float | None = None) -> Iterator[None]:
+    """Hold the lake's gold write lock: publish (which exchanges table folders) and an erasure (which
+    deletes rows from published gold) never overlap, so no commit lands in a folder being exchanged.
+    An advisory lock file under the lake root, for processes on one host (a local lake's readers and
+    writers all are); a no-op on an object store, where publish overwrites through Delta's own
+    conflict checks. Raises TimeoutError after `timeout_seconds` (None: wait as long as it takes)."""
+    if "://" in lake_uri:
+        yield
+        return
+    path = Path(lake_uri) / "_locks" / "gold.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    with open(path, "a+b") as handle:
+        waiting_logged = False
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                waited = time.monotonic() - started
+                if timeout_seconds is not None and waited >= timeout_seconds:
+                    raise TimeoutError(f"another gold writer (a publish or an erasure) still holds {path} after "
+                                       f"{waited:.1f} s; wait for it to finish, then run this again") from None
+                if not waiting_logged:
+                    log.info("waiting for %s: a publish or an erasure is running", path)
+                    waiting_logged = True
+                time.sleep(0.2)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+_RENAME_EXCHANGE = 2  # linux/fs.h
+_AT_FDCWD = -100
+
+
+def exchange_folders(first: str | Path, second: str | Path) -> bool:
+    """Swap two folders in one atomic step (Linux renameat2 with RENAME_EXCHANGE): a reader of either
+    path sees the old or the new folder, never neither. False, with nothing moved, where the system
+    or the file system cannot do it."""
+    renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    if renameat2 is None:
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    if renameat2(_AT_FDCWD, os.fsencode(first), _AT_FDCWD, os.fsencode(second), _RENAME_EXCHANGE) == 0:
+        return True
+    error = ctypes.get_errno()
+    if error in (errno.EINVAL, errno.ENOSYS, errno.EXDEV, errno.EOPNOTSUPP):
+        return False
+    raise OSError(error, os.strerror(error), str(first), str(second))
