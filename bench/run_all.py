@@ -31,6 +31,7 @@ BENCHMARKS = {
     "batch_pipeline": (["--events", "10300000", "--days", "90"], ["--events", "60000", "--days", "30"]),
     "attribution_peers": (["--events", "3000000", "--days", "90"], ["--events", "60000", "--days", "30"]),
     "lake_maintenance": ([], ["--appends", "8", "--repeat", "1"]),
+    "publish": ([], ["--rows", "100000", "--repeat", "1"]),
     "validation": ([], ["--lines", "10000", "--repeat", "1"]),
     "ingest_steps": ([], ["--events", "100000", "--max-offsets", "20000"]),
     "collector_load": ([], ["--duration", "5"]),  # the collector engineer's script; run when present
@@ -140,6 +141,14 @@ def render_table() -> str:
                     f"{vacuum['spark_default_listing_tasks']:,}; ratio | {_fmt(vacuum['platform'], 1)} vs "
                     f"{_fmt(vacuum['spark_default'], 1)}; {_fmt(vacuum['ratio_default_to_platform'], 1)} "
                     f"| | {_memory(upkeep)} | {_when(upkeep)} |")
+    publishing = _load("publish")
+    if publishing:
+        machine = machine or publishing["machine"]
+        timing, sizes = publishing["publish_seconds"], publishing["parameters"]
+        rows.append(f"| publish ({sizes['tables']} gold tables of {sizes['rows']:,} rows, {sizes['changed_rows']:,} "
+                    f"rows appended to each in staging) | folders exchanged s vs Delta overwrite s; ratio | "
+                    f"{_fmt(timing['exchange'], 2)} vs {_fmt(timing['overwrite'], 2)}; "
+                    f"{_fmt(timing['ratio_overwrite_to_exchange'], 1)} | | {_memory(publishing)} | {_when(publishing)} |")
     steps = _load("ingest_steps")
     if steps:
         machine = machine or steps["machine"]

@@ -168,9 +168,11 @@ def _exchange_into_place(staged: Path, published: Path) -> bool:
     """Publish a staged table whose log continues the published one by exchanging the two folders:
     one atomic step, no data rewritten, and the published table keeps its history with the jobs'
     commits on top. The folder that comes out is deleted: every file a reader of the old version
-    may still open is hard-linked in the new folder under the same name (staging never vacuums)."""
+    may still open is hard-linked in the new folder under the same name (no VACUUM runs on staging;
+    an erasure's purge does, and it holds the lock this runs under)."""
     before = _last_commit(published / "_delta_log")
-    if not exchange_folders(staged, published):
+    # read again here: a commit since the comparison is caught by this check, or by the one after
+    if before is None or not _holds_commit(staged / "_delta_log", before) or not exchange_folders(staged, published):
         return False
     if _last_commit(staged / "_delta_log") != before:
         # A writer that ignores the lock committed between the check and the exchange: put the

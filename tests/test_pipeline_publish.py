@@ -83,12 +83,18 @@ def test_a_table_published_for_the_first_time_is_moved_into_place(spark, setting
     assert versions(spark, published) == [0] and data_files(published) == staged_files
 
 
-def test_a_publish_retried_after_an_exchange_publishes_nothing_twice(spark, settings):
+def staged_change(spark, settings, published_members: int, staged_members: int) -> tuple[str, str]:
+    """gold.segment_sizes published with one row, staged, and changed by a commit in staging."""
     sizes = TABLES["gold.segment_sizes"].path(settings)
-    spark.createDataFrame([("vip", 3)], SCHEMA).write.format("delta").save(sizes)
+    spark.createDataFrame([("vip", published_members)], SCHEMA).write.format("delta").save(sizes)
     prepare_staging(spark, settings, D)
     staged_sizes = TABLES["gold.segment_sizes"].path(staging_settings(settings, D))
-    spark.createDataFrame([("vip", 5)], SCHEMA).write.format("delta").mode("overwrite").save(staged_sizes)
+    spark.createDataFrame([("vip", staged_members)], SCHEMA).write.format("delta").mode("overwrite").save(staged_sizes)
+    return sizes, staged_sizes
+
+
+def test_a_publish_retried_after_an_exchange_publishes_nothing_twice(spark, settings):
+    sizes, staged_sizes = staged_change(spark, settings, 3, 5)
     # What a publish that died right after exchanging this table leaves: the old folder in staging.
     assert exchange_folders(staged_sizes, sizes)
     assert versions(spark, sizes) == [1]
@@ -109,11 +115,7 @@ def test_exchange_folders_swaps_two_folders_in_one_step(tmp_path):
 
 
 def test_publish_waits_for_the_gold_write_lock(spark, settings):
-    sizes = TABLES["gold.segment_sizes"].path(settings)
-    spark.createDataFrame([("vip", 3)], SCHEMA).write.format("delta").save(sizes)
-    prepare_staging(spark, settings, D)
-    staged_sizes = TABLES["gold.segment_sizes"].path(staging_settings(settings, D))
-    spark.createDataFrame([("vip", 9)], SCHEMA).write.format("delta").mode("overwrite").save(staged_sizes)
+    sizes, _ = staged_change(spark, settings, 3, 9)
 
     results = []
     with gold_write_lock(settings.lake_uri):  # as an erasure in another process would hold it
@@ -126,3 +128,25 @@ def test_publish_waits_for_the_gold_write_lock(spark, settings):
         assert waiting.is_alive() and rows(spark, sizes) == [("vip", 3)]
     waiting.join(timeout=300)
     assert [r["published"] for r in results] == [["gold.segment_sizes"]] and rows(spark, sizes) == [("vip", 9)]
+
+
+def test_a_commit_that_slips_in_before_the_exchange_is_kept_in_history(spark, settings, monkeypatch):
+    from touchpoint.jobs import pipeline
+
+    sizes, _ = staged_change(spark, settings, 3, 5)
+    calls = []
+
+    def exchange_after_a_late_commit(first, second):
+        if not calls:  # a writer that ignores the lock commits right before the folders are exchanged
+            spark.createDataFrame([("late", 1)], SCHEMA).write.format("delta").mode("append").save(sizes)
+        calls.append((first, second))
+        return exchange_folders(first, second)
+
+    monkeypatch.setattr(pipeline, "exchange_folders", exchange_after_a_late_commit)
+    assert publish(spark, settings, D)["published"] == ["gold.segment_sizes"]
+    assert len(calls) == 2  # exchanged, found the late commit in the folder that came out, put back
+    # then overwritten by the audited staged rows, on top of the late commit (not dropped from history)
+    assert rows(spark, sizes) == [("vip", 5)]
+    operations = [(r["version"], r["operation"], r["operationParameters"]["mode"])
+                  for r in DeltaTable.forPath(spark, sizes).history().orderBy("version").collect()]
+    assert operations == [(0, "WRITE", "ErrorIfExists"), (1, "WRITE", "Append"), (2, "WRITE", "Overwrite")]
