@@ -61,8 +61,9 @@ RUNS_SCHEMA = StructType([
 log = logging.getLogger(__name__)
 
 # The state tables one run hands to the next: the run log records each one's Delta version and row
-# count. Write-audit-publish re-creates them (staging clone, published copy) under other version
-# numbers, so the state is also found at the current version when its row count still matches.
+# count. Write-audit-publish on an object store re-creates them (a copy in staging, an overwrite on
+# publish) under other version numbers, so the state is also found at the current version when its
+# row count still matches. (On a local lake publish exchanges folders: the versions stay.)
 STATE_TABLES = {
     "conversions_version": "gold.attribution_conversions",
     "touchpoints_version": "gold.attribution_touchpoints",

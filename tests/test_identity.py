@@ -275,7 +275,8 @@ def test_random_graph_matches_independent_union_find(spark, settings):
     assert partition_of(identity_rows(spark, settings)) == union_find_partition(early, BLOCKLIST, 3)
 
     # Replace the state tables by copies with other Delta versions, as the write-audit-publish
-    # pipeline does (shallow clone into staging, overwrite on publish): the state is still found.
+    # pipeline does on an object store (a Spark copy into staging, an overwrite on publish): the
+    # state is still found.
     for name in ("gold.identity_map", "gold.identity_edges", "gold.identity_guardrails"):
         path = table_path(name, settings)
         read_table(spark, settings, name).write.format("delta").save(path + "-copy")
