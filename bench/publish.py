@@ -27,7 +27,6 @@ from bench.common import progress, write_result
 from bench.faults import RssSampler, lake_settings
 
 LOGICAL_DATE = dt.date(2026, 3, 31)
-SCHEMA = "row_id long, customer_id string, value double, day date"
 
 
 def rows_frame(spark, first: int, count: int, seed: int):

@@ -4,8 +4,6 @@ staged table whose log continues the published one is exchanged into place, file
 included; a published table with a commit of its own since staging is overwritten."""
 
 import datetime as dt
-import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -14,6 +12,8 @@ from delta.tables import DeltaTable
 from touchpoint.core.catalog import TABLES
 from touchpoint.core.delta import exchange_folders, gold_write_lock
 from touchpoint.jobs.pipeline import prepare_staging, publish, staging_settings
+
+from lock_waiters import run_after_the_lock
 
 D = dt.date(2026, 3, 4)
 SCHEMA = "segment string, members long"
@@ -117,17 +117,13 @@ def test_exchange_folders_swaps_two_folders_in_one_step(tmp_path):
 def test_publish_waits_for_the_gold_write_lock(spark, settings):
     sizes, _ = staged_change(spark, settings, 3, 9)
 
-    results = []
-    with gold_write_lock(settings.lake_uri):  # as an erasure in another process would hold it
-        with pytest.raises(TimeoutError, match="another gold writer .* still holds .*gold.lock"):
-            with gold_write_lock(settings.lake_uri, timeout_seconds=0.3):
-                pass
-        waiting = threading.Thread(target=lambda: results.append(publish(spark, settings, D)))
-        waiting.start()
-        time.sleep(3)
-        assert waiting.is_alive() and rows(spark, sizes) == [("vip", 3)]
-    waiting.join(timeout=300)
-    assert [r["published"] for r in results] == [["gold.segment_sizes"]] and rows(spark, sizes) == [("vip", 9)]
+    with pytest.raises(TimeoutError, match="another gold writer .* still holds .*gold.lock"):
+        with gold_write_lock(settings.lake_uri), gold_write_lock(settings.lake_uri, timeout_seconds=0.3):
+            pass
+    # as an erasure in another process would hold it
+    result = run_after_the_lock(settings.lake_uri, lambda: publish(spark, settings, D),
+                                unchanged=lambda: rows(spark, sizes) == [("vip", 3)], held_seconds=3)
+    assert result["published"] == ["gold.segment_sizes"] and rows(spark, sizes) == [("vip", 9)]
 
 
 def test_a_commit_that_slips_in_before_the_exchange_is_kept_in_history(spark, settings, monkeypatch):

@@ -246,21 +246,18 @@ def test_e_their_later_events_are_quarantined_hashed(spark, world, erased):
 
 
 def test_forgetting_twice_and_forgetting_an_unknown_person(spark, world, erased):
-    import threading
-    import time
-
-    from touchpoint.core.delta import gold_write_lock
     from touchpoint.jobs.privacy import forget
 
-    results = []
-    with gold_write_lock(world["settings"].lake_uri):  # as a publish holds it: the erasure waits
-        waiting = threading.Thread(target=lambda: results.append(
-            forget(spark, world["settings"], "email", world["email"])))
-        waiting.start()
-        time.sleep(2)
-        assert waiting.is_alive() and not results
-    waiting.join(timeout=600)
-    again = results[0]
+    from lock_waiters import run_after_the_lock
+
+    def erasures() -> int:
+        return read(spark, world["settings"], "gold.erasure_log").count()
+
+    logged = erasures()
+    # a publish holds the lock: the erasure waits, and logs nothing meanwhile
+    again = run_after_the_lock(world["settings"].lake_uri,
+                               lambda: forget(spark, world["settings"], "email", world["email"]),
+                               unchanged=lambda: erasures() == logged)
     assert (again["status"], again["rows_removed"]) == ("already_erased", {})
     unknown = forget(spark, world["settings"], "user_id", "nobody-we-ever-saw")
     assert (unknown["status"], unknown["rows_removed"], unknown["customer_ids"]) == ("not_found", {}, [])
