@@ -32,6 +32,10 @@ from touchpoint.core.dates import as_of_for, epoch_micros
 from touchpoint.core.identity_lookup import attach_customer_id
 from touchpoint.core.spark import local_checkpoint
 from touchpoint.jobs.attribution_checks import assert_attribution_invariants
+from touchpoint.jobs.attribution_scope import (
+    CHANGED_EVENT_COLUMNS, changed_customers, conversions_in_scope, events_in_scope, identity_changes,
+    scope_identifiers, trimmed_order_ids,
+)
 from touchpoint.jobs.attribution_models import (
     CLICK_TYPES, CONVERSION_COLUMNS, CREDIT_COLUMNS, HEURISTIC_MODELS, MODELS, TOUCHPOINT_COLUMNS, conversions,
     credits, daily, lookback_micros, micros, touchpoint_types, touchpoints, training_paths, with_paths,
@@ -56,6 +60,9 @@ RUNS_SCHEMA = StructType([
     StructField("conversions_removed", LongType()),
     StructField("conversions_rows", LongType()), StructField("touchpoints_rows", LongType()),
     StructField("credits_rows", LongType()),
+    # The inputs a run read: the next run re-derives only what changed since (jobs.attribution_scope).
+    StructField("silver_version", LongType()), StructField("identity_map_version", LongType()),
+    StructField("identity_map_rows", LongType()), StructField("derivation", StringType()),
 ])
 
 log = logging.getLogger(__name__)
@@ -216,6 +223,52 @@ def _previous_run(spark: SparkSession, settings: Settings) -> tuple[dict | None,
     return record, None
 
 
+def _changes_since(spark: SparkSession, previous: dict, inputs: dict[str, DataFrame], versions: dict[str, int],
+                   paths: dict[str, str], as_of: dt.datetime) -> tuple[tuple[DataFrame, DataFrame] | None, str]:
+    """(changed events, identity changes) since the previous run, or (None, why they cannot be
+    known): then every customer is re-derived."""
+    silver_before, map_before = previous.get("silver_version"), previous.get("identity_map_version")
+    if silver_before is None or map_before is None:
+        return None, "the last run recorded no input versions"
+    if silver_before > versions["silver.events"]:
+        return None, "silver.events is at an older version than at the last run"
+    map_path = paths["gold.identity_map"]
+    if map_before != versions["gold.identity_map"]:
+        # Object-store publish re-creates gold tables, so an old version number there may name
+        # another table's snapshot; a local lake's publish keeps the history (docs/ATTRIBUTION.md).
+        if "://" in map_path and not map_path.startswith("file:"):
+            return None, "gold.identity_map was rewritten on an object store"
+        recorded_rows = previous.get("identity_map_rows")
+        try:
+            same_rows = recorded_rows is not None and snapshot_rows(map_path, map_before) == recorded_rows
+        except Exception as missing:  # the version was vacuumed or the table replaced
+            return None, f"gold.identity_map version {map_before} cannot be read ({type(missing).__name__})"
+        if not same_rows:
+            return None, f"gold.identity_map version {map_before} is not the one the last run read"
+    changes = identity_changes(read_version(spark, map_path, map_before), inputs["gold.identity_map"])
+
+    silver = inputs["silver.events"]
+    changed = silver.select(*CHANGED_EVENT_COLUMNS).limit(0)
+    if silver_before < versions["silver.events"]:
+        changed = (spark.read.format("delta").option("readChangeFeed", "true")
+                   .option("startingVersion", silver_before + 1).option("endingVersion", versions["silver.events"])
+                   .load(paths["silver.events"]).select(*CHANGED_EVENT_COLUMNS))
+    earlier, later = sorted((as_of_for(previous["logical_date"]), as_of))
+    if earlier < later:  # events that crossed the as-of, one way or the other
+        changed = changed.unionByName(
+            silver.where(F.col("event_date").between(earlier.date(), (later - dt.timedelta(microseconds=1)).date()))
+            .where((micros("event_ts") >= epoch_micros(earlier)) & (micros("event_ts") < epoch_micros(later)))
+            .select(*CHANGED_EVENT_COLUMNS))
+    try:  # the feed is read lazily: a gap in it (switched off, vacuumed) shows on the first read
+        changed.limit(1).collect()
+    except Exception as unreadable:
+        log.warning("attribution: silver's change data feed since version %s cannot be read: %s",
+                    silver_before + 1, unreadable)
+        return None, (f"silver.events' change data feed since version {silver_before + 1} cannot be read "
+                      f"({type(unreadable).__name__})")
+    return (changed, changes), ""
+
+
 def run(spark: SparkSession, settings: Settings, logical_date: dt.date, mode: str = "auto") -> dict:
     """Attribute every conversion before D+1 00:00Z. mode: 'auto' (incremental when the previous
     run's state is intact) or 'full'."""
@@ -229,13 +282,14 @@ def run(spark: SparkSession, settings: Settings, logical_date: dt.date, mode: st
         "attribution_touchpoints", "attribution_conversions", "attribution_credits", "attribution_daily",
         "attribution_paths", "markov_removal_effects", "attribution_runs")}
 
-    inputs = {}
+    inputs, input_versions, input_paths = {}, {}, {}
     for name in ("silver.events", "gold.identity_map"):
-        path = table_path(name, settings)
+        path = input_paths[name] = table_path(name, settings)
         if not is_delta(spark, path):
             raise FileNotFoundError(f"attribution needs {name}, which has no Delta table at {path}")
         # pinned: one consistent snapshot of each input, however often Spark re-evaluates a plan
-        inputs[name] = read_version(spark, path, latest_version(spark, path))
+        input_versions[name] = latest_version(spark, path)
+        inputs[name] = read_version(spark, path, input_versions[name])
 
     previous, full_reason = _previous_run(spark, settings)
     if mode == "full":
@@ -252,13 +306,29 @@ def run(spark: SparkSession, settings: Settings, logical_date: dt.date, mode: st
         started[0] = now
 
     with checkpoints:
-        events = keep(
-            inputs["silver.events"]
-            .transform(relevant_events(cfg, as_of))
-            .transform(attach_customer_id(inputs["gold.identity_map"]))
-        )
-        touches = keep(events.transform(touchpoints(cfg)))
-        convs = keep(events.transform(conversions))
+        current_map = inputs["gold.identity_map"]
+        relevant = inputs["silver.events"].transform(relevant_events(cfg, as_of))
+        scope, all_reason = (None, full_reason) if full_reason else _changes_since(
+            spark, previous, inputs, input_versions, input_paths, as_of)
+        if scope is None:
+            # every customer: the touchpoints and conversions of all of silver
+            events = keep(relevant.transform(attach_customer_id(current_map)))
+            touches = keep(events.transform(touchpoints(cfg)))
+            convs = keep(events.transform(conversions))
+            derivation = f"all customers: {all_reason}"
+        else:
+            changed_events, changes = keep(scope[0]), keep(scope[1])
+            customers = keep(changed_customers(
+                changes, changed_events.transform(attach_customer_id(current_map)).select("customer_id")))
+            events = keep(relevant.transform(events_in_scope(
+                scope_identifiers(current_map, customers, changes), changed_events))
+                .transform(attach_customer_id(current_map)))
+            # The changed customers' touchpoints; an order event in scope only for its order id
+            # may belong to a customer whose touchpoints did not change.
+            touches = keep(events.join(customers, "customer_id", "left_semi").transform(touchpoints(cfg)))
+            convs = keep(events.transform(conversions))
+            derivation = f"changed customers: {customers.count()}"
+        step(f"derivation ({derivation})")
 
         # 1. Touchpoints and conversions with paths: all of them, or only what changed.
         if full_reason:
@@ -269,14 +339,22 @@ def run(spark: SparkSession, settings: Settings, logical_date: dt.date, mode: st
             previous_touches = read_version(spark, paths["attribution_touchpoints"], previous["touchpoints_version"])
             previous_convs = read_version(spark, paths["attribution_conversions"], previous["conversions_version"])
             previous_credits = read_version(spark, paths["attribution_credits"], previous["credits_version"])
-            touch_changes = keep(touchpoint_changes(previous_touches, touches))
+            compared_touches, compared_convs, all_touches = previous_touches, previous_convs, touches
+            if scope is not None:
+                compared_touches = previous_touches.join(customers, "customer_id", "left_semi")
+                scope_ids = trimmed_order_ids(events).unionByName(trimmed_order_ids(changed_events)).distinct()
+                compared_convs = previous_convs.transform(conversions_in_scope(scope_ids, customers))
+                # Every other customer's touchpoints are those stored.
+                all_touches = keep(previous_touches.join(customers, "customer_id", "left_anti")
+                                   .select(*TOUCHPOINT_COLUMNS).unionByName(touches))
+            touch_changes = keep(touchpoint_changes(compared_touches, touches))
             to_rebuild = keep(conversions_to_rebuild(
-                previous_convs.select(*CONVERSION_COLUMNS), convs, touch_changes, cfg))
-            removed = keep(removed_conversions(previous_convs, convs))
+                compared_convs.select(*CONVERSION_COLUMNS), convs, touch_changes, cfg))
+            removed = keep(removed_conversions(compared_convs, convs))
             affected = to_rebuild.unionByName(removed)
-            rebuilt = keep(convs.join(to_rebuild, "conversion_id", "left_semi").transform(with_paths(touches, cfg)))
+            rebuilt = keep(convs.join(to_rebuild, "conversion_id", "left_semi")
+                           .transform(with_paths(all_touches, cfg)))
             all_convs = keep(previous_convs.join(affected, "conversion_id", "left_anti").unionByName(rebuilt))
-            all_touches = touches
         recomputed = rebuilt.count()
         removed_count = removed.count() if removed is not None else 0
         step(f"paths ({'full: ' + full_reason if full_reason else 'incremental'})")
@@ -337,6 +415,8 @@ def run(spark: SparkSession, settings: Settings, logical_date: dt.date, mode: st
             settings_fingerprint(cfg), versions["conversions_version"], versions["touchpoints_version"],
             versions["credits_version"], recomputed, removed_count,
             state_rows["conversions_rows"], state_rows["touchpoints_rows"], state_rows["credits_rows"],
+            input_versions["silver.events"], input_versions["gold.identity_map"],
+            snapshot_rows(input_paths["gold.identity_map"], input_versions["gold.identity_map"]), derivation,
         )
         (spark.createDataFrame([record], RUNS_SCHEMA).write.format("delta").mode("append")
          .option("mergeSchema", "true").save(paths["attribution_runs"]))
@@ -345,6 +425,7 @@ def run(spark: SparkSession, settings: Settings, logical_date: dt.date, mode: st
             "as_of": as_of.isoformat(),
             "mode": run_mode,
             "full_reason": full_reason,
+            "derivation": derivation,
             "conversions_recomputed": recomputed,
             "conversions_removed": removed_count,
             "markov_order": cfg.markov_order,

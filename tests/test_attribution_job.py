@@ -13,6 +13,7 @@ from pyspark.sql import functions as F
 
 from touchpoint.core.catalog import table_path
 from touchpoint.core.config import load_settings
+from touchpoint.core.delta import ensure_table
 from touchpoint.jobs import attribution
 from touchpoint.schemas.lake import SILVER_SCHEMA
 
@@ -46,12 +47,17 @@ def identity_rows(*links):
 
 
 class Lakes:
-    """The same inputs in two lakes: `incremental` runs daily, `full` recomputes from scratch."""
+    """The same inputs in two lakes: `incremental` runs daily, `full` recomputes from scratch.
+    Silver is created as ingestion creates it (change data feed on), unless `change_feed=False`."""
 
-    def __init__(self, spark, root):
+    def __init__(self, spark, root, change_feed=True):
         self.spark = spark
         self.incremental = load_settings(lake_root=str(root / "incremental"), spark_shuffle_partitions=2)
         self.full = load_settings(lake_root=str(root / "full"), spark_shuffle_partitions=2)
+        if change_feed:
+            for settings in (self.incremental, self.full):
+                ensure_table(spark, table_path("silver.events", settings), SILVER_SCHEMA, ["event_date"],
+                             "silver.events")
 
     def add_events(self, rows):
         frame = self.spark.createDataFrame(rows, SILVER_SCHEMA)
@@ -114,6 +120,7 @@ def test_daily_incremental_runs_equal_a_full_recompute(spark, tmp_path):
     ])
     first = attribution.run(spark, lakes.incremental, D1)
     assert (first["mode"], first["full_reason"], first["conversions_recomputed"]) == ("full", "first run", 2)
+    assert first["derivation"] == "all customers: first run"
     assert credits_of(lakes, "o1", "linear") == {"e02": 1.0}
     assert credits_of(lakes, "o2", "markov") == {None: 1.0}
 
@@ -128,6 +135,8 @@ def test_daily_incremental_runs_equal_a_full_recompute(spark, tmp_path):
     ])
     second = attribution.run(spark, lakes.incremental, D2)
     assert (second["mode"], second["conversions_recomputed"], second["conversions_removed"]) == ("incremental", 3, 0)
+    # customers 1 and 2 have new events; customer 3 is not re-derived
+    assert second["derivation"] == "changed customers: 2"
     assert credits_of(lakes, "o1", "linear") == {"e02": 0.5, "e08": 0.5}
     markov_o1_day_2 = credits_of(lakes, "o1", "markov")
 
@@ -146,6 +155,8 @@ def test_daily_incremental_runs_equal_a_full_recompute(spark, tmp_path):
     third = attribution.run(spark, lakes.incremental, D3)
     # o1 and o4 (merged device), o3 (landing), o5 and o6 (new); o2 is gone
     assert (third["mode"], third["conversions_recomputed"], third["conversions_removed"]) == ("incremental", 5, 1)
+    # a3 moved from customer 3 to 1, a4 is new (customer 4), customer 2 has a late click
+    assert third["derivation"] == "changed customers: 4"
     assert credits_of(lakes, "o1", "first_touch") == {"e01": 1.0}
     assert sorted(credits_of(lakes, "o3", "linear")) == ["e05", "e06", "e14"]
     assert credits_of(lakes, "o2", "linear") == {}
@@ -167,7 +178,40 @@ def test_daily_incremental_runs_equal_a_full_recompute(spark, tmp_path):
     # Re-running the same day changes nothing and recomputes nothing.
     again = attribution.run(spark, lakes.incremental, D3)
     assert (again["mode"], again["conversions_recomputed"], again["conversions_removed"]) == ("incremental", 0, 0)
+    assert again["derivation"] == "changed customers: 0"
     lakes.assert_same_tables(D3)
+
+    # Re-running an earlier day: the events of D3 leave the as-of again.
+    back = attribution.run(spark, lakes.incremental, D2)
+    assert (back["mode"], back["derivation"], back["conversions_removed"]) == (
+        "incremental", "changed customers: 3", 2)
+    attribution.run(spark, lakes.full, D2, mode="full")
+    lakes.assert_same_tables(D2)
+    runs = lakes.read(lakes.incremental, "gold.attribution_runs").orderBy("run_id").collect()
+    assert [r["derivation"] for r in runs] == [
+        "all customers: first run", "changed customers: 2", "changed customers: 4", "changed customers: 0",
+        "changed customers: 3"]
+
+
+@pytest.mark.slow
+def test_without_silver_change_feed_every_customer_is_re_derived(spark, tmp_path):
+    lakes = Lakes(spark, tmp_path, change_feed=False)
+    lakes.set_identity(IDENTITY_DAY_1)
+    lakes.add_events([
+        silver_row("e01", "ad_click", at(D1, 9), "paid_search", "brand", anon="a1"),
+        silver_row("e02", "order", at(D1, 12), anon="a1", order_id="o1", revenue=100.0),
+    ])
+    attribution.run(spark, lakes.incremental, D1)
+    lakes.add_events([
+        silver_row("e03", "email_click", at(D1, 11), "email", "promo", anon="a2"),
+        silver_row("e04", "order", at(D2, 10), anon="a2", order_id="o2", revenue=50.0),
+    ])
+    second = attribution.run(spark, lakes.incremental, D2)
+    assert (second["mode"], second["conversions_recomputed"]) == ("incremental", 1)
+    assert second["derivation"] == ("all customers: silver.events' change data feed since version 1 cannot be "
+                                    "read (AnalysisException)")
+    attribution.run(spark, lakes.full, D2, mode="full")
+    lakes.assert_same_tables(D2)
 
 
 def test_missing_inputs_fail_clearly(spark, settings):

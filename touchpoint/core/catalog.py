@@ -77,7 +77,7 @@ _TABLES = [
           subject_columns=(("customer_id", "customer_id"),)),
     Table("gold.attribution_conversions", "jobs.attribution", "conversions with their ordered paths", keys=("conversion_id",),
           subject_columns=(("customer_id", "customer_id"),)),
-    Table("gold.attribution_runs", "jobs.attribution", "one row per attribution run: mode, settings, state versions", keys=("run_id",)),
+    Table("gold.attribution_runs", "jobs.attribution", "one row per attribution run: mode, settings, state versions, input versions read, customers re-derived", keys=("run_id",)),
     Table("gold.segment_membership", "jobs.segments", "segment membership history", keys=("segment", "customer_id"),
           subject_columns=(("customer_id", "customer_id"),)),
     Table("gold.segment_sizes", "jobs.segments", "segment sizes per day"),

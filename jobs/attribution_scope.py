@@ -1,0 +1,95 @@
+"""Which customers an incremental attribution run has to re-derive, as pure transforms.
+
+Between two runs a customer's touchpoints, and a conversion, can change only through:
+- a silver event that was inserted, deleted or updated (silver's change data feed), or that crossed
+  the as-of (event_ts between the previous run's as-of and this one's): the *changed events*;
+- an identifier whose customer changed, appeared or disappeared in gold.identity_map.
+
+The *changed customers* are the customers of the changed events (under the current map) and the
+old and new customers of the changed identifiers. Every other customer has the same events and the
+same identifiers as at the last run, hence the same touchpoints, so the run re-derives only the
+*events in scope*: every event of a changed customer, every changed event, every event carrying a
+changed identifier, and every order event sharing an order id with one of those (a conversion is
+the earliest of all the events of its order id, whoever's they are). docs/ATTRIBUTION.md has the
+argument in full.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+
+from touchpoint.core.identity_lookup import IDENTIFIER_PRECEDENCE, event_identifiers
+
+IDENTIFIER_KEY = ["identifier_type", "identifier_value"]
+# What a changed event must carry to find its customer and its order id.
+CHANGED_EVENT_COLUMNS = ("event_id", "event_type", "order_id", *IDENTIFIER_PRECEDENCE)
+
+
+def identity_changes(previous_map: DataFrame, current_map: DataFrame) -> DataFrame:
+    """Identifiers whose customer differs between two versions of gold.identity_map (appeared and
+    disappeared identifiers included): identifier_type, identifier_value, previous_customer_id,
+    customer_id."""
+    previous = previous_map.select(*IDENTIFIER_KEY, F.col("customer_id").alias("previous_customer_id"))
+    current = current_map.select(*IDENTIFIER_KEY, "customer_id")
+    return (previous.join(current, IDENTIFIER_KEY, "full")
+            .where(~F.col("previous_customer_id").eqNullSafe(F.col("customer_id"))))
+
+
+def changed_customers(changes: DataFrame, changed_events_resolved: DataFrame) -> DataFrame:
+    """customer_id of every customer an identifier left or joined, or a changed event belongs to."""
+    return (
+        changes.select(F.col("previous_customer_id").alias("customer_id"))
+        .unionByName(changes.select("customer_id"))
+        .unionByName(changed_events_resolved.select("customer_id"))
+        .where(F.col("customer_id").isNotNull())
+        .distinct()
+    )
+
+
+def scope_identifiers(current_map: DataFrame, customers: DataFrame, changes: DataFrame) -> DataFrame:
+    """The identifiers whose events are in scope: all of the changed customers' (current map) and
+    the changed identifiers themselves (a disappeared one is in no customer's)."""
+    return (
+        current_map.join(customers, "customer_id", "left_semi").select(*IDENTIFIER_KEY)
+        .unionByName(changes.select(*IDENTIFIER_KEY))
+        .distinct()
+    )
+
+
+def trimmed_order_ids(events: DataFrame) -> DataFrame:
+    """conversion_id (the trimmed order id, as attribution_models.conversions keys them) of the order events."""
+    order_id = F.trim(F.col("order_id"))
+    return (events.where((F.col("event_type") == "order") & (F.length(order_id) > 0))
+            .select(order_id.alias("conversion_id")).distinct())
+
+
+def events_in_scope(identifiers: DataFrame, changed_events: DataFrame) -> Callable[[DataFrame], DataFrame]:
+    """Relevant silver events -> those in scope: carrying an identifier in `identifiers`, changed
+    themselves, or an order event of an order id one of those (or a deleted changed event) has."""
+
+    def transform(events: DataFrame) -> DataFrame:
+        by_identifier = (event_identifiers(events).join(F.broadcast(identifiers), IDENTIFIER_KEY, "left_semi")
+                         .select("event_id"))
+        direct = events.join(by_identifier.unionByName(changed_events.select("event_id")).distinct(),
+                             "event_id", "left_semi")
+        order_ids = trimmed_order_ids(direct).unionByName(trimmed_order_ids(changed_events)).distinct()
+        same_order = (events.where(F.col("event_type") == "order")
+                      .join(order_ids, F.trim(F.col("order_id")) == F.col("conversion_id"), "left_semi"))
+        return direct.unionByName(same_order).dropDuplicates(["event_id"])
+
+    return transform
+
+
+def conversions_in_scope(scope_conversion_ids: DataFrame, customers: DataFrame) -> Callable[[DataFrame], DataFrame]:
+    """Stored conversions -> those an incremental run compares: of an order id in scope (a deleted
+    order's included) or of a changed customer."""
+
+    def transform(stored: DataFrame) -> DataFrame:
+        ids = (stored.join(customers, "customer_id", "left_semi").select("conversion_id")
+               .unionByName(scope_conversion_ids.select("conversion_id")).distinct())
+        return stored.join(ids, "conversion_id", "left_semi")
+
+    return transform
