@@ -139,6 +139,7 @@ def main(argv: list[str] | None = None) -> dict:
         # the file ingest logs each committed batch: the history takes tens of minutes at full size
         logging.basicConfig(format="[%(asctime)s] %(message)s", datefmt="%H:%M:%S")
         logging.getLogger("touchpoint.streaming.ingest").setLevel(logging.INFO)
+        logging.getLogger("touchpoint.jobs.attribution").setLevel(logging.INFO)  # its steps' times
         spark = get_spark("bench-batch-pipeline", settings=settings)
         with RssSampler(lambda: [os.getpid()]) as memory:
             started = time.monotonic()

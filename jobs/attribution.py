@@ -34,13 +34,13 @@ from touchpoint.core.spark import local_checkpoint
 from touchpoint.jobs.attribution_checks import assert_attribution_invariants
 from touchpoint.jobs.attribution_scope import (
     CHANGED_EVENT_COLUMNS, changed_customers, conversions_in_scope, events_in_scope, identity_changes,
-    scope_identifiers, trimmed_order_ids,
+    scope_conversion_ids, scope_identifiers, scope_seeds,
 )
 from touchpoint.jobs.attribution_models import (
     CLICK_TYPES, CONVERSION_COLUMNS, CREDIT_COLUMNS, HEURISTIC_MODELS, MODELS, TOUCHPOINT_COLUMNS, conversions,
     credits, daily, lookback_micros, micros, touchpoint_types, touchpoints, training_paths, with_paths,
 )
-from touchpoint.core.delta import is_delta, latest_version, read_version
+from touchpoint.core.delta import is_delta, latest_version, read_version, snapshot_fingerprint
 from touchpoint.jobs.identity_state import snapshot_rows
 from touchpoint.jobs.markov import fit_chain
 
@@ -62,7 +62,7 @@ RUNS_SCHEMA = StructType([
     StructField("credits_rows", LongType()),
     # The inputs a run read: the next run re-derives only what changed since (jobs.attribution_scope).
     StructField("silver_version", LongType()), StructField("identity_map_version", LongType()),
-    StructField("identity_map_rows", LongType()), StructField("derivation", StringType()),
+    StructField("identity_map_fingerprint", StringType()), StructField("derivation", StringType()),
 ])
 
 log = logging.getLogger(__name__)
@@ -233,19 +233,19 @@ def _changes_since(spark: SparkSession, previous: dict, inputs: dict[str, DataFr
     if silver_before > versions["silver.events"]:
         return None, "silver.events is at an older version than at the last run"
     map_path = paths["gold.identity_map"]
-    if map_before != versions["gold.identity_map"]:
-        # Object-store publish re-creates gold tables, so an old version number there may name
-        # another table's snapshot; a local lake's publish keeps the history (docs/ATTRIBUTION.md).
-        if "://" in map_path and not map_path.startswith("file:"):
-            return None, "gold.identity_map was rewritten on an object store"
-        recorded_rows = previous.get("identity_map_rows")
-        try:
-            same_rows = recorded_rows is not None and snapshot_rows(map_path, map_before) == recorded_rows
-        except Exception as missing:  # the version was vacuumed or the table replaced
-            return None, f"gold.identity_map version {map_before} cannot be read ({type(missing).__name__})"
-        if not same_rows:
-            return None, f"gold.identity_map version {map_before} is not the one the last run read"
-    changes = identity_changes(read_version(spark, map_path, map_before), inputs["gold.identity_map"])
+    # Publish may re-create a gold table (an object store, a diverged table), and then an old version
+    # number names another snapshot: the one the last run read is recognised by its files.
+    try:
+        same_map = snapshot_fingerprint(map_path, map_before) == previous.get("identity_map_fingerprint")
+    except Exception as missing:  # the log of that version is gone, or the table was replaced
+        return None, f"gold.identity_map version {map_before} cannot be read ({type(missing).__name__})"
+    if not same_map:
+        return None, f"gold.identity_map version {map_before} is not the snapshot the last run read"
+    current_map = inputs["gold.identity_map"]
+    if map_before == versions["gold.identity_map"]:  # a rerun, or identity changed nothing: no diff
+        changes = identity_changes(current_map.limit(0), current_map.limit(0))
+    else:
+        changes = identity_changes(read_version(spark, map_path, map_before), current_map)
 
     silver = inputs["silver.events"]
     changed = silver.select(*CHANGED_EVENT_COLUMNS).limit(0)
@@ -310,6 +310,15 @@ def run(spark: SparkSession, settings: Settings, logical_date: dt.date, mode: st
         relevant = inputs["silver.events"].transform(relevant_events(cfg, as_of))
         scope, all_reason = (None, full_reason) if full_reason else _changes_since(
             spark, previous, inputs, input_versions, input_paths, as_of)
+        if scope is not None:
+            changed_events, changes = keep(scope[0]), keep(scope[1])
+            try:  # files a VACUUM removed (an old map version, change feed files) show on reading
+                changed_events.count(), changes.count()
+            except Exception as unreadable:
+                log.warning("attribution %s: the changes since the last run cannot be read: %s", logical_date,
+                            unreadable)
+                scope = None
+                all_reason = f"the changes since the last run cannot be read ({type(unreadable).__name__})"
         if scope is None:
             # every customer: the touchpoints and conversions of all of silver
             events = keep(relevant.transform(attach_customer_id(current_map)))
@@ -317,12 +326,11 @@ def run(spark: SparkSession, settings: Settings, logical_date: dt.date, mode: st
             convs = keep(events.transform(conversions))
             derivation = f"all customers: {all_reason}"
         else:
-            changed_events, changes = keep(scope[0]), keep(scope[1])
             customers = keep(changed_customers(
                 changes, changed_events.transform(attach_customer_id(current_map)).select("customer_id")))
-            events = keep(relevant.transform(events_in_scope(
-                scope_identifiers(current_map, customers, changes), changed_events))
-                .transform(attach_customer_id(current_map)))
+            seeds = keep(relevant.transform(scope_seeds(scope_identifiers(current_map, customers, changes),
+                                                        changed_events)))
+            events = keep(relevant.transform(events_in_scope(seeds)).transform(attach_customer_id(current_map)))
             # The changed customers' touchpoints; an order event in scope only for its order id
             # may belong to a customer whose touchpoints did not change.
             touches = keep(events.join(customers, "customer_id", "left_semi").transform(touchpoints(cfg)))
@@ -342,8 +350,7 @@ def run(spark: SparkSession, settings: Settings, logical_date: dt.date, mode: st
             compared_touches, compared_convs, all_touches = previous_touches, previous_convs, touches
             if scope is not None:
                 compared_touches = previous_touches.join(customers, "customer_id", "left_semi")
-                scope_ids = trimmed_order_ids(events).unionByName(trimmed_order_ids(changed_events)).distinct()
-                compared_convs = previous_convs.transform(conversions_in_scope(scope_ids, customers))
+                compared_convs = previous_convs.transform(conversions_in_scope(scope_conversion_ids(seeds), customers))
                 # Every other customer's touchpoints are those stored.
                 all_touches = keep(previous_touches.join(customers, "customer_id", "left_anti")
                                    .select(*TOUCHPOINT_COLUMNS).unionByName(touches))
@@ -416,7 +423,7 @@ def run(spark: SparkSession, settings: Settings, logical_date: dt.date, mode: st
             versions["credits_version"], recomputed, removed_count,
             state_rows["conversions_rows"], state_rows["touchpoints_rows"], state_rows["credits_rows"],
             input_versions["silver.events"], input_versions["gold.identity_map"],
-            snapshot_rows(input_paths["gold.identity_map"], input_versions["gold.identity_map"]), derivation,
+            snapshot_fingerprint(input_paths["gold.identity_map"], input_versions["gold.identity_map"]), derivation,
         )
         (spark.createDataFrame([record], RUNS_SCHEMA).write.format("delta").mode("append")
          .option("mergeSchema", "true").save(paths["attribution_runs"]))

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from pyspark.sql import DataFrame
+from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from touchpoint.core.identity_lookup import IDENTIFIER_PRECEDENCE, event_identifiers
@@ -59,26 +59,47 @@ def scope_identifiers(current_map: DataFrame, customers: DataFrame, changes: Dat
     )
 
 
-def trimmed_order_ids(events: DataFrame) -> DataFrame:
-    """conversion_id (the trimmed order id, as attribution_models.conversions keys them) of the order events."""
+def order_key() -> Column:
+    """The conversion_id an event is an order of (its trimmed order id, as
+    attribution_models.conversions keys them), null for any other event."""
     order_id = F.trim(F.col("order_id"))
-    return (events.where((F.col("event_type") == "order") & (F.length(order_id) > 0))
-            .select(order_id.alias("conversion_id")).distinct())
+    return F.when((F.col("event_type") == "order") & (F.length(order_id) > 0), order_id)
 
 
-def events_in_scope(identifiers: DataFrame, changed_events: DataFrame) -> Callable[[DataFrame], DataFrame]:
-    """Relevant silver events -> those in scope: carrying an identifier in `identifiers`, changed
-    themselves, or an order event of an order id one of those (or a deleted changed event) has."""
+def scope_seeds(identifiers: DataFrame, changed_events: DataFrame) -> Callable[[DataFrame], DataFrame]:
+    """Relevant silver events -> (event_id, conversion_id) of the events in scope by themselves: those
+    carrying an identifier in `identifiers`, and the changed events (deleted ones included).
+    One scan of the events; the result is small."""
 
     def transform(events: DataFrame) -> DataFrame:
-        by_identifier = (event_identifiers(events).join(F.broadcast(identifiers), IDENTIFIER_KEY, "left_semi")
-                         .select("event_id"))
-        direct = events.join(by_identifier.unionByName(changed_events.select("event_id")).distinct(),
-                             "event_id", "left_semi")
-        order_ids = trimmed_order_ids(direct).unionByName(trimmed_order_ids(changed_events)).distinct()
-        same_order = (events.where(F.col("event_type") == "order")
-                      .join(order_ids, F.trim(F.col("order_id")) == F.col("conversion_id"), "left_semi"))
-        return direct.unionByName(same_order).dropDuplicates(["event_id"])
+        keyed = events.select(F.struct("event_id", order_key().alias("conversion_id")).alias("_scope_key"),
+                              *IDENTIFIER_PRECEDENCE)
+        by_identifier = (event_identifiers(keyed, "_scope_key").join(F.broadcast(identifiers), IDENTIFIER_KEY, "left_semi")
+                         .select("_scope_key.*"))
+        return by_identifier.unionByName(
+            changed_events.select("event_id", order_key().alias("conversion_id"))).distinct()
+
+    return transform
+
+
+def scope_conversion_ids(seeds: DataFrame) -> DataFrame:
+    """conversion_id of every order id in scope."""
+    return seeds.where(F.col("conversion_id").isNotNull()).select("conversion_id").distinct()
+
+
+def events_in_scope(seeds: DataFrame) -> Callable[[DataFrame], DataFrame]:
+    """Relevant silver events -> those in scope: the seeds, and every order event of an order id in
+    scope (a conversion is the earliest of all its order id's events). One scan of the events."""
+
+    def transform(events: DataFrame) -> DataFrame:
+        seed_ids = seeds.select("event_id", F.lit(True).alias("_seed")).distinct()
+        order_ids = scope_conversion_ids(seeds).select(F.col("conversion_id").alias("_order_key"),
+                                                       F.lit(True).alias("_same_order"))
+        return (events.withColumn("_order_key", order_key())
+                .join(F.broadcast(seed_ids), "event_id", "left")
+                .join(F.broadcast(order_ids), "_order_key", "left")
+                .where(F.col("_seed") | F.col("_same_order"))
+                .select(*events.columns))
 
     return transform
 

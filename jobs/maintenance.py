@@ -13,7 +13,7 @@ from pyspark.sql import SparkSession
 
 from touchpoint.core.catalog import table_path
 from touchpoint.core.config import Settings
-from touchpoint.core.delta import is_delta, retry_on_conflict
+from touchpoint.core.delta import gold_write_lock, is_delta, retry_on_conflict
 
 STREAM_WRITTEN = ("bronze.events", "silver.events", "silver.quarantine", "silver.reconciliation")
 # table -> (date column, settings.retention field)
@@ -62,11 +62,19 @@ def vacuum(spark: SparkSession, settings: Settings, logical_date: dt.date) -> di
         # Delta refuses retention below 7 days unless this check is off; config says we mean it.
         spark.conf.set("spark.databricks.delta.retentionDurationCheck.enabled", "false")
     vacuumed = []
-    for name in (*STREAM_WRITTEN, *[n for n in _gold_names()]):
-        path = table_path(name, settings)
-        if is_delta(spark, path):
-            DeltaTable.forPath(spark, path).vacuum(hours)
-            vacuumed.append(name)
+
+    def vacuum_tables(names) -> None:
+        for name in names:
+            path = table_path(name, settings)
+            if is_delta(spark, path):
+                DeltaTable.forPath(spark, path).vacuum(hours)
+                vacuumed.append(name)
+
+    vacuum_tables(STREAM_WRITTEN)
+    # VACUUM commits to the table and deletes files its snapshot does not name: not while publish
+    # exchanges a gold table's folder for one with files it has never seen.
+    with gold_write_lock(settings.lake_uri):
+        vacuum_tables(_gold_names())
     return {"vacuumed": vacuumed, "retention_hours": hours}
 
 

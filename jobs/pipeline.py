@@ -29,9 +29,17 @@ from touchpoint.core.delta import ensure_table, exchange_folders, gold_write_loc
 PIPELINE_JOBS = ("identity", "profiles", "attribution", "segments", "campaign_metrics", "exports")
 
 
+STAGING_NAMESPACE = "staging/"
+
+
 def staging_settings(settings: Settings, logical_date: dt.date) -> Settings:
     """The same settings with gold tables redirected into the run's staging namespace."""
-    return settings.model_copy(update={"gold_namespace": f"staging/d{logical_date:%Y%m%d}"})
+    return settings.model_copy(update={"gold_namespace": f"{STAGING_NAMESPACE}d{logical_date:%Y%m%d}"})
+
+
+def is_staging(settings: Settings) -> bool:
+    """Do these settings write a pipeline run's staged gold (rather than published gold)?"""
+    return settings.gold_namespace.startswith(STAGING_NAMESPACE)
 
 
 def gold_tables() -> list[str]:

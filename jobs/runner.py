@@ -24,17 +24,28 @@ JOBS: dict[str, str] = {
     "campaign_metrics": "touchpoint.jobs.campaign_metrics",
 }
 
+# Jobs that commit to gold tables publish exchanges. Run on their own against published gold (not as
+# a pipeline step, which writes staging), they hold the lake's gold write lock, as publish and
+# erasures do, so none of their commits lands in a table folder while publish exchanges it. The
+# pipeline, privacy and maintenance jobs take the lock themselves, around the steps that need it.
+GOLD_WRITERS = frozenset({"identity", "profiles", "attribution", "segments", "exports", "campaign_metrics"})
+
 
 def run_job(name: str, logical_date: dt.date, settings=None, spark=None) -> dict:
     from touchpoint.core.config import get_settings
     from touchpoint.core.dates import calendar_date
+    from touchpoint.core.delta import gold_write_lock
     from touchpoint.core.spark import get_spark
+    from touchpoint.jobs.pipeline import is_staging
 
     if name not in JOBS:
         raise SystemExit(f"unknown job {name!r}; known jobs: {', '.join(sorted(JOBS))}")
     settings = settings or get_settings()
     spark = spark or get_spark(f"touchpoint-{name}", settings=settings)
     module = importlib.import_module(JOBS[name])
+    if name in GOLD_WRITERS and not is_staging(settings):
+        with gold_write_lock(settings.lake_uri):
+            return module.run(spark, settings, calendar_date(logical_date))
     return module.run(spark, settings, calendar_date(logical_date))
 
 

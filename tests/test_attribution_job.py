@@ -6,6 +6,8 @@ events, an identity merge, a late click that turns a page view into a landing, a
 """
 
 import datetime as dt
+import shutil
+from pathlib import Path
 
 import pytest
 from chispa import assert_df_equality
@@ -13,7 +15,7 @@ from pyspark.sql import functions as F
 
 from touchpoint.core.catalog import table_path
 from touchpoint.core.config import load_settings
-from touchpoint.core.delta import ensure_table
+from touchpoint.core.delta import ensure_table, latest_version
 from touchpoint.jobs import attribution
 from touchpoint.schemas.lake import SILVER_SCHEMA
 
@@ -194,24 +196,92 @@ def test_daily_incremental_runs_equal_a_full_recompute(spark, tmp_path):
 
 
 @pytest.mark.slow
-def test_without_silver_change_feed_every_customer_is_re_derived(spark, tmp_path):
-    lakes = Lakes(spark, tmp_path, change_feed=False)
+@pytest.mark.parametrize("case", ["no change feed", "map vacuumed", "map re-created"])
+def test_when_the_changes_cannot_be_read_every_customer_is_re_derived(spark, tmp_path, case):
+    lakes = Lakes(spark, tmp_path, change_feed=case != "no change feed")
+    lakes.set_identity(IDENTITY_DAY_1)
+    lakes.add_events([
+        silver_row("e01", "ad_click", at(D1, 9), "paid_search", "brand", anon="a1"),
+        silver_row("e02", "order", at(D1, 12), anon="a1", order_id="o1", revenue=100.0),
+        silver_row("e03", "order", at(D1, 13), anon="a3", order_id="o2", revenue=5.0),
+    ])
+    attribution.run(spark, lakes.incremental, D1)
+    lakes.add_events([
+        silver_row("e04", "email_click", at(D1, 11), "email", "promo", anon="a2"),
+        silver_row("e05", "order", at(D2, 10), anon="a2", order_id="o3", revenue=50.0),
+    ])
+    if case == "map vacuumed":
+        # A VACUUM with retention 0 (as an erasure's) removes the files of the map's old version.
+        from delta.tables import DeltaTable
+
+        lakes.delete_events("event_id = 'e03'")
+        lakes.set_identity([("anonymous_id", "a1", "cust-1"), ("anonymous_id", "a2", "cust-1")])
+        spark.conf.set("spark.databricks.delta.retentionDurationCheck.enabled", "false")
+        try:
+            DeltaTable.forPath(spark, table_path("gold.identity_map", lakes.incremental)).vacuum(0)
+        finally:
+            spark.conf.unset("spark.databricks.delta.retentionDurationCheck.enabled")
+    if case == "map re-created":
+        # The same version number (0) of a map written again from scratch: other rows, other files.
+        for settings in (lakes.incremental, lakes.full):
+            shutil.rmtree(table_path("gold.identity_map", settings))
+        lakes.set_identity([("anonymous_id", "a1", "cust-1"), ("anonymous_id", "a2", "cust-1")])
+    second = attribution.run(spark, lakes.incremental, D2)
+    assert second["mode"] == "incremental"
+    assert second["derivation"] == {
+        "no change feed": "all customers: silver.events' change data feed since version 1 cannot be read "
+                          "(AnalysisException)",
+        "map vacuumed": "all customers: the changes since the last run cannot be read (Py4JJavaError)",
+        "map re-created": "all customers: gold.identity_map version 0 is not the snapshot the last run read",
+    }[case]
+    if case == "no change feed":  # the other cases take the same path from here
+        attribution.run(spark, lakes.full, D2, mode="full")
+        lakes.assert_same_tables(D2)
+    else:  # a2 joined customer 1: o1's path gains e04, o3 is new; o2 was deleted, or lost its customer
+        assert (second["conversions_recomputed"], second["conversions_removed"]) == {
+            "map vacuumed": (2, 1), "map re-created": (3, 0)}[case]
+
+
+@pytest.mark.slow
+def test_run_on_its_own_a_job_waits_for_the_gold_write_lock_as_a_pipeline_step_it_does_not(spark, tmp_path):
+    import threading
+
+    from lock_waiters import run_after_the_lock
+    from touchpoint.core.delta import gold_write_lock
+    from touchpoint.jobs.pipeline import staging_settings
+    from touchpoint.jobs.runner import run_job
+
+    lakes = Lakes(spark, tmp_path)
     lakes.set_identity(IDENTITY_DAY_1)
     lakes.add_events([
         silver_row("e01", "ad_click", at(D1, 9), "paid_search", "brand", anon="a1"),
         silver_row("e02", "order", at(D1, 12), anon="a1", order_id="o1", revenue=100.0),
     ])
-    attribution.run(spark, lakes.incremental, D1)
-    lakes.add_events([
-        silver_row("e03", "email_click", at(D1, 11), "email", "promo", anon="a2"),
-        silver_row("e04", "order", at(D2, 10), anon="a2", order_id="o2", revenue=50.0),
-    ])
-    second = attribution.run(spark, lakes.incremental, D2)
-    assert (second["mode"], second["conversions_recomputed"]) == ("incremental", 1)
-    assert second["derivation"] == ("all customers: silver.events' change data feed since version 1 cannot be "
-                                    "read (AnalysisException)")
-    attribution.run(spark, lakes.full, D2, mode="full")
-    lakes.assert_same_tables(D2)
+    published = lakes.incremental
+    runs = table_path("gold.attribution_runs", published)
+    # a publish holds the lock: the job waits, and writes nothing meanwhile
+    alone = run_after_the_lock(published.lake_uri, lambda: run_job("attribution", D1, settings=published, spark=spark),
+                               unchanged=lambda: not Path(runs).exists())
+    assert (alone["mode"], alone["conversions_recomputed"]) == ("full", 1)
+    # so does lake maintenance's VACUUM of gold tables
+    from touchpoint.jobs import maintenance
+
+    credits = table_path("gold.attribution_credits", published)
+    credits_version = latest_version(spark, credits)
+    vacuumed = run_after_the_lock(published.lake_uri, lambda: maintenance.vacuum(spark, published, D1),
+                                  unchanged=lambda: latest_version(spark, credits) == credits_version)
+    assert "gold.attribution_credits" in vacuumed["vacuumed"]
+
+    # As a pipeline step it writes staging, which publish never exchanges mid-write: no lock.
+    staged = staging_settings(published, D1)
+    lakes.read(published, "gold.identity_map").write.format("delta").save(table_path("gold.identity_map", staged))
+    outcome = {}
+    with gold_write_lock(published.lake_uri):
+        step = threading.Thread(target=lambda: outcome.update(run_job("attribution", D1, settings=staged, spark=spark)))
+        step.start()
+        step.join(timeout=300)
+        assert not step.is_alive(), "a staged job waited for the gold write lock"
+    assert (outcome["mode"], outcome["conversions_recomputed"]) == ("full", 1)
 
 
 def test_missing_inputs_fail_clearly(spark, settings):

@@ -4,8 +4,8 @@ on hand-built frames with exact expected rows."""
 from chispa import assert_df_equality
 
 from touchpoint.jobs.attribution_scope import (
-    changed_customers, conversions_in_scope, events_in_scope, identity_changes, scope_identifiers,
-    trimmed_order_ids,
+    changed_customers, conversions_in_scope, events_in_scope, identity_changes, scope_conversion_ids,
+    scope_identifiers, scope_seeds,
 )
 
 MAP_SCHEMA = "identifier_type string, identifier_value string, customer_id string"
@@ -52,14 +52,21 @@ def test_events_in_scope_take_every_event_of_an_order_id_in_scope(spark):
         ("e5", "order", "o2", "b4", None, None, None),  # order id of a deleted changed event
         ("e6", "order", "o3", None, "u1", None, None),  # user_id in scope, anonymous id not
         ("e7", "order", "o4", "b5", None, None, None),  # out of scope
+        ("e8", "page_view", "o3", "b6", None, None, None),  # an order id, but not an order
+        ("e9", "order", "  ", "a1", None, None, None),  # in scope; a blank order id is no conversion
     ], EVENTS_SCHEMA)
     identifiers = spark.createDataFrame([("anonymous_id", "a1"), ("user_id", "u1")],
                                         "identifier_type string, identifier_value string")
     changed = spark.createDataFrame([("e2", "order", " o1 ", "b1", None, None, None),
-                                     ("e9", "order", "o2", "b9", None, None, None)], EVENTS_SCHEMA)
-    in_scope = events.transform(events_in_scope(identifiers, changed))
-    assert sorted(r["event_id"] for r in in_scope.collect()) == ["e1", "e2", "e3", "e5", "e6"]
-    assert sorted(r["conversion_id"] for r in trimmed_order_ids(in_scope).collect()) == ["o1", "o2", "o3"]
+                                     ("e10", "order", "o2", "b9", None, None, None)], EVENTS_SCHEMA)
+    seeds = events.transform(scope_seeds(identifiers, changed))
+    expected = spark.createDataFrame([("e1", None), ("e10", "o2"), ("e2", "o1"), ("e6", "o3"), ("e9", None)],
+                                     "event_id string, conversion_id string")
+    assert_df_equality(seeds.orderBy("event_id"), expected, ignore_nullable=True)
+    assert sorted(r["conversion_id"] for r in scope_conversion_ids(seeds).collect()) == ["o1", "o2", "o3"]
+    in_scope = events.transform(events_in_scope(seeds))
+    assert in_scope.columns == events.columns
+    assert sorted(r["event_id"] for r in in_scope.collect()) == ["e1", "e2", "e3", "e5", "e6", "e9"]
 
 
 def test_conversions_in_scope_by_order_id_or_customer(spark):

@@ -157,6 +157,21 @@ def read_version(spark: SparkSession, path: str, version: int) -> DataFrame:
     return spark.read.format("delta").option("versionAsOf", version).load(path)
 
 
+def snapshot_fingerprint(path: str, version: int) -> str:
+    """A digest of the data files (and deletion vectors) that make up a snapshot, from the log alone.
+    Equal fingerprints mean the same rows; a table re-created or overwritten with the same rows has
+    other files, hence another fingerprint, whatever its version numbers."""
+    import hashlib
+
+    import pyarrow as pa
+
+    actions = pa.table(rs_table(path, version).get_add_actions(flatten=True))
+    columns = ["path", *sorted(c for c in actions.column_names if c.lower().startswith(("deletionvector", "deletion_vector")))]
+    entries = sorted("\t".join("" if v is None else str(v) for v in row)
+                     for row in zip(*(actions.column(c).to_pylist() for c in columns)))
+    return hashlib.sha256("\n".join(entries).encode()).hexdigest()[:32]
+
+
 def committed_txn_version(path: str, app_id: str) -> int | None:
     """The last txnVersion committed to a table under `app_id` (None if never), read with delta-rs."""
     return rs_table(path).transaction_version(app_id)
