@@ -4,11 +4,12 @@ A run for D computes, as of D+1 00:00Z, the touchpoints and conversions of every
 of every conversion, the Markov chain of the training window and the credits under all seven
 models. After the run the attribution tables equal a full recompute as of D; see docs/ATTRIBUTION.md.
 
-Incremental by default: the touchpoints and conversions are re-derived from silver and compared
-with those of the previous run (gold.attribution_touchpoints / gold.attribution_conversions);
-only conversions that are new or changed, or whose lookback window holds a touchpoint that
-appeared, disappeared or moved (late events, identity merges, new landing clicks), get their path
-rebuilt. Markov credits of every conversion follow the latest removal effects.
+Incremental by default: the touchpoints and conversions of the customers that changed since the
+previous run (jobs.attribution_scope: silver's change feed, the identity map's changes, the as-of's
+move) are re-derived from silver and compared with the stored ones (gold.attribution_touchpoints /
+gold.attribution_conversions); only conversions that are new or changed, or whose lookback window
+holds a touchpoint that appeared, disappeared or moved (late events, identity merges, new landing
+clicks), get their path rebuilt. Markov credits of every conversion follow the latest removal effects.
 """
 
 from __future__ import annotations
