@@ -30,6 +30,8 @@ BENCHMARKS = {
     "freshness": ([], ["--rate", "500", "--steady-seconds", "30", "--burst-seconds", "10", "--tail-seconds", "20"]),
     "batch_pipeline": (["--events", "10300000", "--days", "90"], ["--events", "60000", "--days", "30"]),
     "attribution_peers": (["--events", "3000000", "--days", "90"], ["--events", "60000", "--days", "30"]),
+    "attribution_incremental": (["--events", "2000000", "--days", "90"],
+                                ["--events", "60000", "--days", "30", "--repeat", "1"]),
     "lake_maintenance": ([], ["--appends", "8", "--repeat", "1"]),
     "publish": ([], ["--rows", "100000", "--repeat", "1"]),
     "validation": ([], ["--lines", "10000", "--repeat", "1"]),
@@ -132,6 +134,15 @@ def render_table() -> str:
                     f"max relative RE / total difference | {_fmt(m['ours_exact_seconds'], 2)} vs "
                     f"{_fmt(m['channelattribution_seconds'], 2)}; {m['max_relative_removal_effect_difference']} / "
                     f"{m['max_relative_channel_total_difference']} | | | |")
+    incremental = _load("attribution_incremental")
+    if incremental:
+        machine = machine or incremental["machine"]
+        p, timing = incremental["parameters"], incremental["median_seconds"]
+        rows.append(f"| incremental attribution of one day ({p['silver_events']:,} silver events, "
+                    f"{incremental['conversions_recomputed']['changed']:,} conversions rebuilt) | changed customers "
+                    f"re-derived s vs every customer s; ratio | {_fmt(timing['changed'], 1)} vs "
+                    f"{_fmt(timing['all'], 1)}; {_fmt(incremental['ratio_all_to_changed'], 2)} | | "
+                    f"{_memory(incremental)} | {_when(incremental)} |")
     upkeep = _load("lake_maintenance")
     if upkeep:
         machine = machine or upkeep["machine"]
