@@ -127,12 +127,17 @@ def silver_rows(rules: ChannelRules) -> Callable[[DataFrame], DataFrame]:
     return transform
 
 
-def first_arrival_per_event_id(accepted: DataFrame) -> DataFrame:
-    """Within a batch the first copy to arrive wins (by source timestamp, partition, offset)."""
+# One bronze record: a Kafka topic, partition and offset, or a file and line.
+ARRIVAL = ["source_topic", "source_partition", "source_offset"]
+
+
+def later_arrivals(accepted: DataFrame) -> DataFrame:
+    """The ARRIVAL of every copy of an event_id but the first to arrive within a batch (by source
+    timestamp, partition, offset). Only these key columns are shuffled, never the rows."""
     order = Window.partitionBy("event_id").orderBy("source_ts", "source_partition", "source_offset")
-    return accepted.withColumn("_arrival_rank", F.row_number().over(order)).where("_arrival_rank = 1").drop(
-        "_arrival_rank"
-    )
+    return (accepted.select("event_id", "source_ts", *ARRIVAL)
+            .withColumn("_arrival_rank", F.row_number().over(order))
+            .where("_arrival_rank > 1").select(*ARRIVAL))
 
 
 def earliest_order_per_order_id(candidates: DataFrame) -> DataFrame:
@@ -151,12 +156,19 @@ class SilverChanges:
     displaced: DataFrame  # (event_id, event_date) of silver orders beaten by an earlier order event
 
 
-def plan_silver_changes(accepted_unique: DataFrame, silver: DataFrame, event_dates: list,
+def plan_silver_changes(accepted: DataFrame, silver: DataFrame, event_dates: list,
                         with_orders: bool = True) -> SilverChanges:
-    """Dedup a batch against silver: by event_id (pruned to the batch's event dates: copies are
-    identical, so a copy has the same event_date), and orders by order_id keeping the earliest."""
-    existing_ids = silver.where(F.col("event_date").isin(event_dates)).select("event_id")
-    new_events = accepted_unique.join(existing_ids, "event_id", "left_anti")
+    """Dedup a batch within itself (the first copy to arrive wins) and against silver: by event_id
+    (pruned to the batch's event dates: copies are identical, so a copy has the same event_date),
+    and orders by order_id keeping the earliest.
+
+    The rows are never shuffled: the batch's ids are broadcast to a scan of silver, and the few
+    records to drop (later copies, ids already in silver) back to the batch."""
+    silver_ids = silver.where(F.col("event_date").isin(event_dates)).select("event_id").join(
+        F.broadcast(accepted.select("event_id")), "event_id", "left_semi")
+    in_silver = accepted.join(F.broadcast(silver_ids), "event_id", "left_semi").select(*ARRIVAL)
+    dropped = F.broadcast(later_arrivals(accepted).unionByName(in_silver))
+    new_events = accepted.join(dropped, ARRIVAL, "left_anti").select(*accepted.columns)
     empty_displaced = silver.select("event_id", "event_date").limit(0)
     if not with_orders:
         return SilverChanges(new_events, empty_displaced)
@@ -165,16 +177,16 @@ def plan_silver_changes(accepted_unique: DataFrame, silver: DataFrame, event_dat
     new_orders = new_events.where(is_order)
     silver_orders = (
         silver.where(is_order)
-        .join(new_orders.select("order_id").distinct(), "order_id", "left_semi")
+        .join(F.broadcast(new_orders.select("order_id").distinct()), "order_id", "left_semi")
         .select("order_id", "event_ts", "event_id", "event_date")
         .withColumn("_in_silver", F.lit(True))
     )
     contenders = new_orders.withColumn("_in_silver", F.lit(False)).unionByName(silver_orders, allowMissingColumns=True)
     order_inserts = earliest_order_per_order_id(contenders).where(~F.col("_in_silver")).drop("_in_silver")
-    inserts = new_events.where(~is_order).unionByName(order_inserts.select(*accepted_unique.columns))
+    inserts = new_events.where(~is_order).unionByName(order_inserts.select(*accepted.columns))
     # Written over `inserts` so that, once the sink persists those, this reads them from the cache.
     displaced = (
-        silver.where(is_order).join(inserts.where(is_order).select("order_id"), "order_id", "left_semi")
+        silver.where(is_order).join(F.broadcast(inserts.where(is_order).select("order_id")), "order_id", "left_semi")
         .select("event_id", "event_date")
     )
     return SilverChanges(inserts, displaced)
@@ -253,9 +265,9 @@ class IngestSink:
             ).first()
             log.debug("batch %s: validation and tally took %.2fs", batch_id, time.monotonic() - started)
             started = time.monotonic()
-            unique = first_arrival_per_event_id(validated.transform(accepted_rows))
             silver = spark.read.format("delta").load(self.paths["silver.events"])
-            changes = plan_silver_changes(unique, silver, list(tally["event_dates"]), with_orders=tally["orders"] > 0)
+            changes = plan_silver_changes(validated.transform(accepted_rows), silver, list(tally["event_dates"]),
+                                          with_orders=tally["orders"] > 0)
             inserts = changes.inserts.persist()
             cached.append(inserts)
             displaced = changes.displaced.persist() if tally["orders"] else changes.displaced

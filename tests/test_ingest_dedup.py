@@ -1,0 +1,68 @@
+"""The sink's dedup plan on hand-built frames: the first copy to arrive wins within a batch, ids
+already in silver are dropped, and an order id keeps its earliest order event (BRIEF §2)."""
+
+import datetime as dt
+
+from chispa import assert_df_equality
+from pyspark.sql.types import StructType
+
+from touchpoint.schemas.lake import SILVER_SCHEMA
+from touchpoint.streaming.ingest import ACCEPTED_COLUMNS, plan_silver_changes
+
+ACCEPTED_SCHEMA = StructType([SILVER_SCHEMA[name] for name in ACCEPTED_COLUMNS])
+DAY = dt.date(2026, 3, 1)
+
+
+def at(hour, minute=0, second=0):
+    return dt.datetime(2026, 3, 1, hour, minute, second)
+
+
+def event(event_id, hour, partition=0, offset=0, arrived=None, order_id=None):
+    row = {name: None for name in ACCEPTED_COLUMNS}
+    row.update(event_id=event_id, event_type="order" if order_id else "page_view", event_ts=at(hour),
+               event_date=DAY, anonymous_id="a1", order_id=order_id, source_topic="events.raw",
+               source_partition=partition, source_offset=offset, source_ts=arrived or at(20))
+    return row
+
+
+def test_first_arrival_wins_silver_ids_are_dropped_and_orders_keep_the_earliest(spark):
+    silver = spark.createDataFrame([
+        {**event("in-silver", 8), "channel": "direct"},
+        {**event("order-late", 11, order_id="o1"), "channel": "direct"},
+        {**event("order-early", 9, order_id="o2"), "channel": "direct"},
+    ], SILVER_SCHEMA)
+    batch = spark.createDataFrame([
+        event("twice-by-time", 10, partition=0, offset=5, arrived=at(20, 0, 2)),
+        event("twice-by-time", 10, partition=1, offset=7, arrived=at(20, 0, 1)),  # arrived first
+        event("twice-by-offset", 10, partition=1, offset=3),
+        event("twice-by-offset", 10, partition=0, offset=9),  # same time: lower partition first
+        event("in-silver", 8, partition=0, offset=11),
+        event("new", 12, partition=0, offset=12),
+        event("order-new-earlier", 10, partition=0, offset=13, order_id="o1"),  # displaces order-late
+        event("order-new-later", 12, partition=0, offset=14, order_id="o2"),  # loses to order-early
+        event("order-b", 8, partition=1, offset=15, order_id="o3"),
+        event("order-a", 7, partition=1, offset=16, order_id="o3"),  # the earlier of the batch's two
+    ], ACCEPTED_SCHEMA)
+
+    changes = plan_silver_changes(batch, silver, [DAY])
+
+    expected = spark.createDataFrame([
+        event("new", 12, partition=0, offset=12),
+        event("order-a", 7, partition=1, offset=16, order_id="o3"),
+        event("order-new-earlier", 10, partition=0, offset=13, order_id="o1"),
+        event("twice-by-offset", 10, partition=0, offset=9),
+        event("twice-by-time", 10, partition=1, offset=7, arrived=at(20, 0, 1)),
+    ], ACCEPTED_SCHEMA)
+    assert_df_equality(changes.inserts.orderBy("event_id"), expected, ignore_nullable=True)
+    assert [tuple(r) for r in changes.displaced.collect()] == [("order-late", DAY)]
+
+
+def test_without_orders_only_ids_are_deduplicated(spark):
+    silver = spark.createDataFrame([{**event("old", 8), "channel": "direct"}], SILVER_SCHEMA)
+    batch = spark.createDataFrame([event("old", 8, offset=1), event("a", 9, offset=2), event("a", 9, offset=3),
+                                   event("b", 9, offset=4)], ACCEPTED_SCHEMA)
+
+    changes = plan_silver_changes(batch, silver, [DAY], with_orders=False)
+
+    assert sorted((r["event_id"], r["source_offset"]) for r in changes.inserts.collect()) == [("a", 2), ("b", 4)]
+    assert changes.displaced.count() == 0
