@@ -157,17 +157,20 @@ class SilverChanges:
 
 
 def plan_silver_changes(accepted: DataFrame, silver: DataFrame, event_dates: list,
-                        with_orders: bool = True) -> SilverChanges:
+                        with_orders: bool = True, broadcast: bool = True) -> SilverChanges:
     """Dedup a batch within itself (the first copy to arrive wins) and against silver: by event_id
     (pruned to the batch's event dates: copies are identical, so a copy has the same event_date),
     and orders by order_id keeping the earliest.
 
     The rows are never shuffled: the batch's ids are broadcast to a scan of silver, and the few
-    records to drop (later copies, ids already in silver) back to the batch."""
+    records to drop (later copies, ids already in silver) back to the batch. The hint bypasses
+    Spark's size threshold, so a batch too large to broadcast passes `broadcast=False` and leaves
+    the join strategy to Spark."""
+    small = F.broadcast if broadcast else (lambda frame: frame)
     silver_ids = silver.where(F.col("event_date").isin(event_dates)).select("event_id").join(
-        F.broadcast(accepted.select("event_id")), "event_id", "left_semi")
-    in_silver = accepted.join(F.broadcast(silver_ids), "event_id", "left_semi").select(*ARRIVAL)
-    dropped = F.broadcast(later_arrivals(accepted).unionByName(in_silver))
+        small(accepted.select("event_id")), "event_id", "left_semi")
+    in_silver = accepted.join(small(silver_ids), "event_id", "left_semi").select(*ARRIVAL)
+    dropped = small(later_arrivals(accepted).unionByName(in_silver))
     new_events = accepted.join(dropped, ARRIVAL, "left_anti").select(*accepted.columns)
     empty_displaced = silver.select("event_id", "event_date").limit(0)
     if not with_orders:
@@ -177,7 +180,7 @@ def plan_silver_changes(accepted: DataFrame, silver: DataFrame, event_dates: lis
     new_orders = new_events.where(is_order)
     silver_orders = (
         silver.where(is_order)
-        .join(F.broadcast(new_orders.select("order_id").distinct()), "order_id", "left_semi")
+        .join(small(new_orders.select("order_id").distinct()), "order_id", "left_semi")
         .select("order_id", "event_ts", "event_id", "event_date")
         .withColumn("_in_silver", F.lit(True))
     )
@@ -186,7 +189,7 @@ def plan_silver_changes(accepted: DataFrame, silver: DataFrame, event_dates: lis
     inserts = new_events.where(~is_order).unionByName(order_inserts.select(*accepted.columns))
     # Written over `inserts` so that, once the sink persists those, this reads them from the cache.
     displaced = (
-        silver.where(is_order).join(F.broadcast(inserts.where(is_order).select("order_id")), "order_id", "left_semi")
+        silver.where(is_order).join(small(inserts.where(is_order).select("order_id")), "order_id", "left_semi")
         .select("event_id", "event_date")
     )
     return SilverChanges(inserts, displaced)
@@ -196,6 +199,10 @@ def plan_silver_changes(accepted: DataFrame, silver: DataFrame, event_dates: lis
 
 class IngestSink:
     """foreachBatch sink: bronze append, validation, quarantine, silver MERGE, reconciliation."""
+
+    # Up to this many records a batch's event ids are broadcast for the dedup (tens of MB through
+    # the driver); a larger batch (a raised max_offsets_per_trigger) is joined the way Spark picks.
+    broadcast_records_max = 1_000_000
 
     def __init__(self, settings: Settings, source_id: str, write_bronze: bool = True):
         self.settings = settings
@@ -267,7 +274,8 @@ class IngestSink:
             started = time.monotonic()
             silver = spark.read.format("delta").load(self.paths["silver.events"])
             changes = plan_silver_changes(validated.transform(accepted_rows), silver, list(tally["event_dates"]),
-                                          with_orders=tally["orders"] > 0)
+                                          with_orders=tally["orders"] > 0,
+                                          broadcast=tally["bronze"] <= self.broadcast_records_max)
             inserts = changes.inserts.persist()
             cached.append(inserts)
             displaced = changes.displaced.persist() if tally["orders"] else changes.displaced

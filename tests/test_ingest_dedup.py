@@ -3,6 +3,7 @@ already in silver are dropped, and an order id keeps its earliest order event (B
 
 import datetime as dt
 
+import pytest
 from chispa import assert_df_equality
 from pyspark.sql.types import StructType
 
@@ -25,7 +26,13 @@ def event(event_id, hour, partition=0, offset=0, arrived=None, order_id=None):
     return row
 
 
-def test_first_arrival_wins_silver_ids_are_dropped_and_orders_keep_the_earliest(spark):
+def broadcast_hints(frame):
+    return frame._jdf.queryExecution().analyzed().toString().count("strategy=broadcast")
+
+
+# broadcast=False is the plan of a batch over the sink's broadcast bound: same rows, no hints.
+@pytest.mark.parametrize("broadcast", [True, False])
+def test_first_arrival_wins_silver_ids_are_dropped_and_orders_keep_the_earliest(spark, broadcast):
     silver = spark.createDataFrame([
         {**event("in-silver", 8), "channel": "direct"},
         {**event("order-late", 11, order_id="o1"), "channel": "direct"},
@@ -44,7 +51,7 @@ def test_first_arrival_wins_silver_ids_are_dropped_and_orders_keep_the_earliest(
         event("order-a", 7, partition=1, offset=16, order_id="o3"),  # the earlier of the batch's two
     ], ACCEPTED_SCHEMA)
 
-    changes = plan_silver_changes(batch, silver, [DAY])
+    changes = plan_silver_changes(batch, silver, [DAY], broadcast=broadcast)
 
     expected = spark.createDataFrame([
         event("new", 12, partition=0, offset=12),
@@ -55,14 +62,17 @@ def test_first_arrival_wins_silver_ids_are_dropped_and_orders_keep_the_earliest(
     ], ACCEPTED_SCHEMA)
     assert_df_equality(changes.inserts.orderBy("event_id"), expected, ignore_nullable=True)
     assert [tuple(r) for r in changes.displaced.collect()] == [("order-late", DAY)]
+    # the hints are there, or none at all
+    assert (broadcast_hints(changes.inserts) > 0, broadcast_hints(changes.displaced) > 0) == (broadcast, broadcast)
 
 
-def test_without_orders_only_ids_are_deduplicated(spark):
+@pytest.mark.parametrize("broadcast", [True, False])
+def test_without_orders_only_ids_are_deduplicated(spark, broadcast):
     silver = spark.createDataFrame([{**event("old", 8), "channel": "direct"}], SILVER_SCHEMA)
     batch = spark.createDataFrame([event("old", 8, offset=1), event("a", 9, offset=2), event("a", 9, offset=3),
                                    event("b", 9, offset=4)], ACCEPTED_SCHEMA)
 
-    changes = plan_silver_changes(batch, silver, [DAY], with_orders=False)
+    changes = plan_silver_changes(batch, silver, [DAY], with_orders=False, broadcast=broadcast)
 
     assert sorted((r["event_id"], r["source_offset"]) for r in changes.inserts.collect()) == [("a", 2), ("b", 4)]
     assert changes.displaced.count() == 0
