@@ -32,6 +32,8 @@ BENCHMARKS = {
     "attribution_peers": (["--events", "3000000", "--days", "90"], ["--events", "60000", "--days", "30"]),
     "attribution_incremental": (["--events", "2000000", "--days", "90"],
                                 ["--events", "60000", "--days", "30", "--repeat", "1"]),
+    "profiles_incremental": (["--events", "2000000", "--days", "90"],
+                             ["--events", "60000", "--days", "30", "--repeat", "1"]),
     "lake_maintenance": ([], ["--appends", "8", "--repeat", "1"]),
     "publish": ([], ["--rows", "100000", "--repeat", "1"]),
     "validation": ([], ["--lines", "10000", "--repeat", "1"]),
@@ -143,6 +145,15 @@ def render_table() -> str:
                     f"re-derived s vs every customer s; ratio | {_fmt(timing['changed'], 1)} vs "
                     f"{_fmt(timing['all'], 1)}; {_fmt(incremental['ratio_all_to_changed'], 2)} | | "
                     f"{_memory(incremental)} | {_when(incremental)} |")
+    profile_runs = _load("profiles_incremental")
+    if profile_runs:
+        machine = machine or profile_runs["machine"]
+        p, timing = profile_runs["parameters"], profile_runs["median_seconds"]
+        rows.append(f"| incremental profiles of one day ({p['silver_events']:,} silver events, "
+                    f"{profile_runs['derivation']['changed']}) | changed customers re-derived s vs every customer s; "
+                    f"ratio | {_fmt(timing['changed'], 1)} vs {_fmt(timing['all'], 1)}; "
+                    f"{_fmt(profile_runs['ratio_all_to_changed'], 2)} | | {_memory(profile_runs)} | "
+                    f"{_when(profile_runs)} |")
     upkeep = _load("lake_maintenance")
     if upkeep:
         machine = machine or upkeep["machine"]

@@ -34,8 +34,7 @@ from touchpoint.core.identity_lookup import attach_customer_id
 from touchpoint.core.spark import local_checkpoint
 from touchpoint.jobs.attribution_checks import assert_attribution_invariants
 from touchpoint.jobs.attribution_scope import (
-    CHANGED_EVENT_COLUMNS, changed_customers, conversions_in_scope, events_in_scope, identity_changes,
-    scope_conversion_ids, scope_identifiers, scope_seeds,
+    changed_customers, conversions_in_scope, events_in_scope, scope_conversion_ids, scope_identifiers, scope_seeds,
 )
 from touchpoint.jobs.attribution_models import (
     CLICK_TYPES, CONVERSION_COLUMNS, CREDIT_COLUMNS, HEURISTIC_MODELS, MODELS, TOUCHPOINT_COLUMNS, conversions,
@@ -43,6 +42,7 @@ from touchpoint.jobs.attribution_models import (
 )
 from touchpoint.core.delta import is_delta, latest_version, read_version, snapshot_fingerprint
 from touchpoint.jobs.identity_state import snapshot_rows
+from touchpoint.jobs.input_changes import changes_since
 from touchpoint.jobs.markov import fit_chain
 
 EVENT_COLUMNS = ("event_id", "event_type", "event_ts", "event_date", "channel", "campaign_name", "order_id",
@@ -224,52 +224,6 @@ def _previous_run(spark: SparkSession, settings: Settings) -> tuple[dict | None,
     return record, None
 
 
-def _changes_since(spark: SparkSession, previous: dict, inputs: dict[str, DataFrame], versions: dict[str, int],
-                   paths: dict[str, str], as_of: dt.datetime) -> tuple[tuple[DataFrame, DataFrame] | None, str]:
-    """(changed events, identity changes) since the previous run, or (None, why they cannot be
-    known): then every customer is re-derived."""
-    silver_before, map_before = previous.get("silver_version"), previous.get("identity_map_version")
-    if silver_before is None or map_before is None:
-        return None, "the last run recorded no input versions"
-    if silver_before > versions["silver.events"]:
-        return None, "silver.events is at an older version than at the last run"
-    map_path = paths["gold.identity_map"]
-    # Publish may re-create a gold table (an object store, a diverged table), and then an old version
-    # number names another snapshot: the one the last run read is recognised by its files.
-    try:
-        same_map = snapshot_fingerprint(map_path, map_before) == previous.get("identity_map_fingerprint")
-    except Exception as missing:  # the log of that version is gone, or the table was replaced
-        return None, f"gold.identity_map version {map_before} cannot be read ({type(missing).__name__})"
-    if not same_map:
-        return None, f"gold.identity_map version {map_before} is not the snapshot the last run read"
-    current_map = inputs["gold.identity_map"]
-    if map_before == versions["gold.identity_map"]:  # a rerun, or identity changed nothing: no diff
-        changes = identity_changes(current_map.limit(0), current_map.limit(0))
-    else:
-        changes = identity_changes(read_version(spark, map_path, map_before), current_map)
-
-    silver = inputs["silver.events"]
-    changed = silver.select(*CHANGED_EVENT_COLUMNS).limit(0)
-    if silver_before < versions["silver.events"]:
-        changed = (spark.read.format("delta").option("readChangeFeed", "true")
-                   .option("startingVersion", silver_before + 1).option("endingVersion", versions["silver.events"])
-                   .load(paths["silver.events"]).select(*CHANGED_EVENT_COLUMNS))
-    earlier, later = sorted((as_of_for(previous["logical_date"]), as_of))
-    if earlier < later:  # events that crossed the as-of, one way or the other
-        changed = changed.unionByName(
-            silver.where(F.col("event_date").between(earlier.date(), (later - dt.timedelta(microseconds=1)).date()))
-            .where((micros("event_ts") >= epoch_micros(earlier)) & (micros("event_ts") < epoch_micros(later)))
-            .select(*CHANGED_EVENT_COLUMNS))
-    try:  # the feed is read lazily: a gap in it (switched off, vacuumed) shows on the first read
-        changed.limit(1).collect()
-    except Exception as unreadable:
-        log.warning("attribution: silver's change data feed since version %s cannot be read: %s",
-                    silver_before + 1, unreadable)
-        return None, (f"silver.events' change data feed since version {silver_before + 1} cannot be read "
-                      f"({type(unreadable).__name__})")
-    return (changed, changes), ""
-
-
 def run(spark: SparkSession, settings: Settings, logical_date: dt.date, mode: str = "auto") -> dict:
     """Attribute every conversion before D+1 00:00Z. mode: 'auto' (incremental when the previous
     run's state is intact) or 'full'."""
@@ -309,8 +263,8 @@ def run(spark: SparkSession, settings: Settings, logical_date: dt.date, mode: st
     with checkpoints:
         current_map = inputs["gold.identity_map"]
         relevant = inputs["silver.events"].transform(relevant_events(cfg, as_of))
-        scope, all_reason = (None, full_reason) if full_reason else _changes_since(
-            spark, previous, inputs, input_versions, input_paths, as_of)
+        scope, all_reason = (None, full_reason) if full_reason else changes_since(
+            spark, "attribution", previous, inputs, input_versions, input_paths, as_of)
         if scope is not None:
             changed_events, changes = keep(scope[0]), keep(scope[1])
             try:  # files a VACUUM removed (an old map version, change feed files) show on reading

@@ -59,10 +59,14 @@ def _last_commit(path: str) -> Written:
     return Written(table.version(), int(metrics.get("numOutputRows", 0)))
 
 
-def write_snapshot(frame: DataFrame, path: str, schema: StructType, catalog_name: str) -> Written:
-    """Replace a whole state table."""
+def write_snapshot(frame: DataFrame, path: str, schema: StructType, catalog_name: str,
+                   user_metadata: str | None = None) -> Written:
+    """Replace a whole state table; `user_metadata` goes into the commit (Delta's userMetadata)."""
     ensure_table(frame.sparkSession, path, schema, catalog_name=catalog_name)
-    frame.select(*schema.fieldNames()).write.format("delta").mode("overwrite").save(path)
+    writer = frame.select(*schema.fieldNames()).write.format("delta").mode("overwrite")
+    if user_metadata is not None:
+        writer = writer.option("userMetadata", user_metadata)
+    writer.save(path)
     return _last_commit(path)
 
 

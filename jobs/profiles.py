@@ -1,9 +1,16 @@
 """`touchpoint run profiles --date D`: gold.customer_profiles, one row per customer (BRIEF §5).
 
-A full recompute per run, from the identity map the identity run of D published and the silver
-snapshot that run read: every column is then exact by construction (late events, merges and splits
-included) and the run is idempotent. It costs one scan of silver's narrow columns plus
-aggregations per customer; docs/IDENTITY.md has the measurements and the reasoning.
+Read from the identity map the identity run of D published and the silver snapshot that run read,
+so every column is exact (late events, merges and splits included) and a rerun writes the same rows.
+
+Incremental by default, like attribution: the per-customer event summaries (country, consent,
+channels) are re-derived only for the customers whose events or identifiers changed since the
+previous run (jobs.input_changes, jobs.attribution_scope), and the previous profiles' summaries are
+kept for every other customer. The rest is recomputed for everyone on every run, because it moves
+for everyone: the identifier summary (from the map), the orders (an order id is deduplicated across
+customers, and order events are few) and RFM (recency and the quintiles move daily). The previous
+run's inputs are recorded in the profiles commit itself (Delta userMetadata); a table without them,
+or `mode="full"`, gets a full recompute. docs/IDENTITY.md has the measurements.
 
 Analyst-facing: no raw email or phone, only their SHA-256 hex (BRIEF §8).
 """
@@ -11,6 +18,8 @@ Analyst-facing: no raw email or phone, only their SHA-256 hex (BRIEF §8).
 from __future__ import annotations
 
 import datetime as dt
+import json
+from typing import Callable
 
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -20,16 +29,26 @@ from pyspark.sql.types import (
 
 from touchpoint.core.catalog import table_path
 from touchpoint.core.config import Settings
+from touchpoint.core.dates import as_of_for
+from touchpoint.core.delta import read_version, rs_table, snapshot_fingerprint
 from touchpoint.core.hashing import hashed_email, hashed_phone_e164
 from touchpoint.core.identity_lookup import attach_customer_id
 from touchpoint.core.rfm import rfm_scores, rfm_segment
+from touchpoint.jobs.attribution_scope import changed_customers, scope_identifiers, scope_seeds
 from touchpoint.jobs.identity_graph import LakeCheckpointer, local_checkpoints
-from touchpoint.core.dates import as_of_for
-from touchpoint.core.delta import read_version
 from touchpoint.jobs.identity_state import locate_version, run_log, write_snapshot
+from touchpoint.jobs.input_changes import changes_since
 
 CONSENT_FLAGS = ("email_marketing", "ads_personalization", "analytics")
 MICROS_PER_DAY = 86_400 * 1_000_000
+# Recorded with each run; bump it when a column of event_summary changes meaning, so that the next
+# run derives every customer instead of keeping summaries computed the old way.
+PROFILE_STATE = 1
+PROFILE_EVENT_COLUMNS = ("event_id", "event_ts", "event_type", "anonymous_id", "user_id", "email", "phone",
+                         "country", "channel", "order_id", "revenue_reporting",
+                         *[f"consent_{flag}" for flag in CONSENT_FLAGS])
+EVENT_SUMMARY_COLUMNS = ("country", *[f"consent_{flag}" for flag in CONSENT_FLAGS], "consent_updated_at",
+                         "first_channel", "last_channel", "channels_engaged")
 
 _S, _TS, _L, _D, _I, _B = StringType(), TimestampType(), LongType(), DoubleType(), IntegerType(), BooleanType()
 PROFILE_SCHEMA = StructType([StructField(name, kind, True) for name, kind in (
@@ -122,15 +141,19 @@ def order_summary(orders: DataFrame, as_of: dt.datetime) -> DataFrame:
     ).withColumn("recency_micros", F.unix_micros(F.lit(as_of)) - F.unix_micros("last_order_ts"))
 
 
-def build_profiles(events: DataFrame, identity_map: DataFrame, as_of: dt.datetime, checkpoint,
-                   partitions: int) -> DataFrame:
-    """Silver events (event_ts < as_of) + identity map -> customer profiles."""
-    resolved = checkpoint(
-        events.select("event_id", "event_ts", "event_type", "anonymous_id", "user_id", "email", "phone", "country",
-                      "channel", "order_id", "revenue_reporting", *[f"consent_{flag}" for flag in CONSENT_FLAGS])
-        .transform(attach_customer_id(identity_map))
-    )
-    orders = order_summary(deduplicated_orders(resolved).where(F.col("customer_id").isNotNull()), as_of)
+def resolved_events(identity_map: DataFrame) -> Callable[[DataFrame], DataFrame]:
+    """Silver events -> the columns profiles read, with customer_id (null: nobody's)."""
+    def transform(events: DataFrame) -> DataFrame:
+        return events.select(*PROFILE_EVENT_COLUMNS).transform(attach_customer_id(identity_map))
+
+    return transform
+
+
+def assemble_profiles(identity_map: DataFrame, event_summaries: DataFrame, resolved_orders: DataFrame,
+                      as_of: dt.datetime, checkpoint, partitions: int) -> DataFrame:
+    """Identifier summaries (every customer of the map) + event summaries + resolved order events
+    (every one, deduplicated here across customers) -> customer profiles."""
+    orders = order_summary(deduplicated_orders(resolved_orders).where(F.col("customer_id").isNotNull()), as_of)
     scored = rfm_scores(
         checkpoint(orders).select("customer_id", F.col("recency_micros").alias("recency"),
                                   F.col("lifetime_orders").alias("orders"), F.col("lifetime_revenue").alias("revenue")),
@@ -138,7 +161,7 @@ def build_profiles(events: DataFrame, identity_map: DataFrame, as_of: dt.datetim
     ).select("customer_id", "rfm_recency", "rfm_frequency", "rfm_monetary")
     profiles = (
         identifier_summary(identity_map)
-        .join(event_summary(resolved.where(F.col("customer_id").isNotNull())), "customer_id", "left")
+        .join(event_summaries, "customer_id", "left")
         .join(orders, "customer_id", "left")
         .join(scored, "customer_id", "left")
     )
@@ -159,7 +182,55 @@ def build_profiles(events: DataFrame, identity_map: DataFrame, as_of: dt.datetim
     )
 
 
-def run(spark: SparkSession, settings: Settings, logical_date: dt.date) -> dict:
+def build_profiles(events: DataFrame, identity_map: DataFrame, as_of: dt.datetime, checkpoint,
+                   partitions: int) -> DataFrame:
+    """Silver events (event_ts < as_of) + identity map -> customer profiles, every customer derived."""
+    resolved = checkpoint(events.transform(resolved_events(identity_map)))
+    summaries = event_summary(resolved.where(F.col("customer_id").isNotNull()))
+    return assemble_profiles(identity_map, summaries, resolved, as_of, checkpoint, partitions)
+
+
+def update_profiles(events: DataFrame, identity_map: DataFrame, previous_profiles: DataFrame,
+                    customers: DataFrame, seeds: DataFrame, as_of: dt.datetime, checkpoint,
+                    partitions: int) -> DataFrame:
+    """Like build_profiles, but the event summaries of customers outside `customers` (the changed
+    customers, jobs.attribution_scope) are those of `previous_profiles`: they have the same events
+    as then. `seeds` (scope_seeds) holds every event of a changed customer, so only those events
+    are resolved and summarised."""
+    scoped = (events.join(seeds.select("event_id"), "event_id", "left_semi")
+              .transform(resolved_events(identity_map)).join(customers, "customer_id", "left_semi"))
+    summaries = (previous_profiles.join(customers, "customer_id", "left_anti")
+                 .select("customer_id", *EVENT_SUMMARY_COLUMNS)
+                 .unionByName(event_summary(scoped)))
+    is_order = (F.col("event_type") == "order") & F.col("order_id").isNotNull()
+    resolved_orders = checkpoint(events.where(is_order).transform(resolved_events(identity_map)))
+    return assemble_profiles(identity_map, summaries, resolved_orders, as_of, checkpoint, partitions)
+
+
+def _previous_state(path: str) -> tuple[dict | None, str | None]:
+    """What the last profiles run recorded in its commit, when it can seed an incremental run, else
+    (None, why not). Any later commit to the table (an erasure, a restore) hides it: a full run."""
+    try:
+        table = rs_table(path)
+        last_commit = table.history(1)[0]
+    except Exception:  # no table yet
+        return None, "first run"
+    try:
+        state = json.loads(last_commit.get("userMetadata") or "")
+    except ValueError:
+        return None, "the last commit of gold.customer_profiles is not a profiles run"
+    if state.get("state") != PROFILE_STATE:
+        return None, "the profiles of the last run were derived differently"
+    state["logical_date"] = dt.date.fromisoformat(state["logical_date"])
+    state["customer_profiles_version"] = table.version()
+    return state, None
+
+
+def run(spark: SparkSession, settings: Settings, logical_date: dt.date, mode: str = "auto") -> dict:
+    """Profiles as of D+1 00:00Z. mode: 'auto' (incremental when the previous run's state is
+    usable) or 'full'."""
+    if mode not in ("auto", "full"):
+        raise ValueError(f"mode must be 'auto' or 'full', got {mode!r}")
     as_of = as_of_for(logical_date)
     identity_runs = [row for row in run_log(spark, table_path("gold.identity_runs", settings))
                      if row["logical_date"] == logical_date]
@@ -174,13 +245,42 @@ def run(spark: SparkSession, settings: Settings, logical_date: dt.date) -> dict:
                            "run identity for that date again")
     identity_map = read_version(spark, map_path, map_version)
     # The silver snapshot the identity run read: every identifier of these events is in its map.
-    events = read_version(spark, table_path("silver.events", settings), identity_run["silver_version"]).where(
-        F.col("event_ts") < F.lit(as_of))
+    silver_path, silver_version = table_path("silver.events", settings), identity_run["silver_version"]
+    silver = read_version(spark, silver_path, silver_version)
+    events = silver.where(F.col("event_ts") < F.lit(as_of))
     path = table_path("gold.customer_profiles", settings)
+    previous, full_reason = _previous_state(path) if mode == "auto" else (None, "full recompute requested")
     scratch = f"{settings.lake_uri}/_scratch/profiles"
+    partitions = settings.spark_shuffle_partitions
     with LakeCheckpointer(spark, scratch, local=local_checkpoints(spark, settings.identity.checkpoint)) as checkpoint:
-        profiles = build_profiles(events, identity_map, as_of, checkpoint, settings.spark_shuffle_partitions)
-        written = write_snapshot(profiles, path, PROFILE_SCHEMA, "gold.customer_profiles")
+        scope = None
+        if previous is not None:
+            scope, full_reason = changes_since(
+                spark, "profiles", previous, {"silver.events": silver, "gold.identity_map": identity_map},
+                {"silver.events": silver_version, "gold.identity_map": map_version},
+                {"silver.events": silver_path, "gold.identity_map": map_path}, as_of)
+        if scope is not None:
+            changed_events, changes = scope
+            try:  # files a VACUUM removed (an old map version, change feed files) show on reading
+                customers = checkpoint(changed_customers(
+                    changes, changed_events.transform(attach_customer_id(identity_map)).select("customer_id")))
+            except Exception as unreadable:
+                scope, full_reason = None, f"the changes since the last run cannot be read ({type(unreadable).__name__})"
+        if scope is None:
+            profiles = build_profiles(events, identity_map, as_of, checkpoint, partitions)
+            derivation = f"all customers: {full_reason}"
+        else:
+            seeds = checkpoint(events.transform(scope_seeds(scope_identifiers(identity_map, customers, changes),
+                                                            changed_events)))
+            previous_profiles = read_version(spark, path, previous["customer_profiles_version"])
+            profiles = update_profiles(events, identity_map, previous_profiles, customers, seeds, as_of,
+                                       checkpoint, partitions)
+            derivation = f"changed customers: {customers.count()}"
+        state = {"state": PROFILE_STATE, "logical_date": logical_date.isoformat(), "silver_version": silver_version,
+                 "identity_map_version": map_version,
+                 "identity_map_fingerprint": snapshot_fingerprint(map_path, map_version)}
+        written = write_snapshot(profiles, path, PROFILE_SCHEMA, "gold.customer_profiles",
+                                 user_metadata=json.dumps(state, sort_keys=True))
     return {"as_of": as_of.isoformat(), "customers": written.rows, "customer_profiles_version": written.version,
-            "identity_map_version": map_version,
-            "silver_version": identity_run["silver_version"]}
+            "identity_map_version": map_version, "silver_version": silver_version,
+            "mode": "full" if scope is None else "incremental", "derivation": derivation}

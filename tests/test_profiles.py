@@ -7,6 +7,7 @@ import random
 
 import pandas as pd
 import pytest
+from chispa import assert_df_equality
 from pyspark.sql import functions as F
 
 from test_identity_support import (
@@ -170,6 +171,104 @@ def test_profiles_of_hand_built_customers(spark, settings):
     assert (user["channels_engaged"], user["first_seen"], user["anonymous_ids"]) == (["display"], ts(1, 13, 1), 0)
     assert set(by_id) == {cid("anonymous_id", "pa-a"), cid("user_id", "pc-u"), cid("anonymous_id", "pb-a"),
                           cid("anonymous_id", "sd"), *[cid("user_id", f"sd-u{i}") for i in range(1, 5)]}
+
+
+def _full_recompute(spark, settings, logical_date, summary):
+    """The profiles build_profiles derives from scratch from the inputs an incremental run read."""
+    from touchpoint.core.catalog import table_path
+    from touchpoint.core.dates import as_of_for
+    from touchpoint.core.delta import read_version
+    from touchpoint.jobs.profiles import PROFILE_SCHEMA, build_profiles
+
+    as_of = as_of_for(logical_date)
+    events = read_version(spark, table_path("silver.events", settings), summary["silver_version"])
+    identity_map = read_version(spark, table_path("gold.identity_map", settings), summary["identity_map_version"])
+    built = build_profiles(events.where(F.col("event_ts") < F.lit(as_of)), identity_map, as_of,
+                           lambda frame: frame.localCheckpoint(), 2)
+    return built.select(*[F.col(f.name).cast(f.dataType) for f in PROFILE_SCHEMA.fields])
+
+
+def _written(spark, settings, summary):
+    from touchpoint.core.catalog import table_path
+    from touchpoint.core.delta import read_version
+
+    return read_version(spark, table_path("gold.customer_profiles", settings), summary["customer_profiles_version"])
+
+
+def _assert_same_profiles(incremental, full):
+    assert_df_equality(incremental.orderBy("customer_id"), full.orderBy("customer_id"), ignore_nullable=True)
+
+
+@pytest.mark.slow
+def test_incremental_profiles_equal_a_full_recompute(spark, settings):
+    """Day by day, incremental runs re-derive only the changed customers' event summaries and still
+    equal a full recompute: through a late event, a merge, an order id won by another customer's
+    earlier order event, a new customer, an event crossing the as-of and an erased event."""
+    from delta.tables import DeltaTable
+
+    from touchpoint.core.catalog import table_path
+    from touchpoint.jobs import identity, profiles
+
+    cid = expected_customer_id
+    a, b, c, d, e, f = (cid("anonymous_id", "a-a"), cid("anonymous_id", "b-a"), cid("user_id", "c-u"),
+                        cid("anonymous_id", "d-a"), cid("anonymous_id", "e-a"), cid("anonymous_id", "f-a"))
+    append_silver(spark, settings, [
+        dict(event_id="e1", event_ts=ts(1, 9), anonymous_id="a-a", channel="organic_search", country="GB"),
+        dict(event_id="e2", event_ts=ts(1, 10), event_type="identify", anonymous_id="a-a", user_id="a-u"),
+        dict(event_id="e3", event_ts=ts(1, 11), anonymous_id="b-a", channel="referral"),
+        dict(event_id="e4", event_ts=ts(1, 12), event_type="order", user_id="c-u", order_id="o-9",
+             revenue_reporting=50.0),
+        dict(event_id="e5", event_ts=ts(1, 13), event_type="consent", anonymous_id="d-a",
+             consent_email_marketing=True),
+        dict(event_id="e6", event_ts=ts(1, 14), anonymous_id="f-a", channel="display", country="DE"),
+    ])
+    identity.run(spark, settings, date(1))
+    first = profiles.run(spark, settings, date(1))
+    assert (first["mode"], first["derivation"], first["customers"]) == ("full", "all customers: first run", 5)
+
+    append_silver(spark, settings, [
+        dict(event_id="e7", event_ts=ts(1, 8), event_type="ad_click", anonymous_id="a-a", channel="paid_social"),
+        dict(event_id="e8", event_ts=ts(2, 9), event_type="identify", anonymous_id="b-a", user_id="a-u"),
+        dict(event_id="e9", event_ts=ts(1, 11), event_type="order", anonymous_id="d-a", order_id="o-9",
+             revenue_reporting=40.0),  # earlier than C's order event of o-9: the order is D's now
+        dict(event_id="e10", event_ts=ts(2, 10), event_type="order", anonymous_id="e-a", order_id="o-10",
+             revenue_reporting=20.0),
+        dict(event_id="e11", event_ts=ts(3, 1), anonymous_id="f-a", country="FR"),  # after day 2's as-of
+    ])
+    identity.run(spark, settings, date(2))
+    second = profiles.run(spark, settings, date(2))
+    # A (late event, b-a joined), B (b-a left it), D (order), E (new), F (an event not yet before the
+    # as-of); C, whose order D won, is not among them: orders are recomputed for everyone.
+    assert (second["mode"], second["derivation"], second["customers"]) == ("incremental", "changed customers: 5", 5)
+    day_2 = _written(spark, settings, second)
+    _assert_same_profiles(day_2, _full_recompute(spark, settings, date(2), second))
+    assert sorted(rows_of(day_2, "customer_id", "first_channel", "lifetime_orders", "lifetime_revenue", "country")) \
+        == sorted([(a, "paid_social", 0, 0.0, "GB"), (c, "direct", 0, 0.0, None), (d, "direct", 1, 40.0, None),
+                   (e, "direct", 1, 20.0, None), (f, "display", 0, 0.0, "DE")])
+
+    append_silver(spark, settings, [
+        dict(event_id="e12", event_ts=ts(3, 9), event_type="consent", user_id="c-u",
+             consent_ads_personalization=False),
+    ])
+    DeltaTable.forPath(spark, table_path("silver.events", settings)).delete("event_id = 'e3'")  # an erasure
+    identity.run(spark, settings, date(3))
+    third = profiles.run(spark, settings, date(3))
+    # A (its event e3 erased), C (consent), F (e11 crossed the as-of)
+    assert (third["mode"], third["derivation"]) == ("incremental", "changed customers: 3")
+    day_3 = _written(spark, settings, third)
+    _assert_same_profiles(day_3, _full_recompute(spark, settings, date(3), third))
+    assert sorted(rows_of(day_3, "customer_id", "channels_engaged", "consent_ads_personalization", "country")) \
+        == sorted([(a, ["direct", "organic_search", "paid_social"], None, "GB"), (c, ["direct"], False, None),
+                   (d, ["direct"], None, None), (e, ["direct"], None, None), (f, ["direct", "display"], None, "FR")])
+    assert b not in {row[0] for row in rows_of(day_3, "customer_id")}
+
+    # A commit of someone else's hides the state: the rerun derives everyone, and writes the same rows.
+    spark.sql(f"ALTER TABLE delta.`{table_path('gold.customer_profiles', settings)}` "
+              "SET TBLPROPERTIES ('touchpoint.test' = 'x')")
+    rerun = profiles.run(spark, settings, date(3))
+    assert (rerun["mode"], rerun["derivation"]) == (
+        "full", "all customers: the last commit of gold.customer_profiles is not a profiles run")
+    _assert_same_profiles(_written(spark, settings, rerun), day_3)
 
 
 def test_hashing_helpers_match_hashlib(spark):
