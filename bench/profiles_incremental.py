@@ -50,7 +50,9 @@ def main(argv: list[str] | None = None) -> int:
 
     workdir = Path(tempfile.mkdtemp(prefix="bench-profiles-incremental-"))
     scratch = workdir / "scratch"
-    settings = lake_settings(scratch, spark_driver_memory=args.driver_memory, spark_shuffle_partitions=4)
+    # incremental at any size: at development size this shows where a full run is cheaper
+    settings = lake_settings(scratch, spark_driver_memory=args.driver_memory, spark_shuffle_partitions=4,
+                             profiles={"incremental_min_events": 0})
     spark = get_spark("bench-profiles-incremental", settings=settings)
     result: dict = {"parameters": {**vars(args)}}
     try:

@@ -36,7 +36,7 @@ from touchpoint.core.identity_lookup import attach_customer_id
 from touchpoint.core.rfm import rfm_scores, rfm_segment
 from touchpoint.jobs.attribution_scope import changed_customers, scope_identifiers, scope_seeds
 from touchpoint.jobs.identity_graph import LakeCheckpointer, local_checkpoints
-from touchpoint.jobs.identity_state import locate_version, run_log, write_snapshot
+from touchpoint.jobs.identity_state import locate_version, run_log, snapshot_rows, write_snapshot
 from touchpoint.jobs.input_changes import changes_since
 
 CONSENT_FLAGS = ("email_marketing", "ads_personalization", "analytics")
@@ -250,6 +250,10 @@ def run(spark: SparkSession, settings: Settings, logical_date: dt.date, mode: st
     events = silver.where(F.col("event_ts") < F.lit(as_of))
     path = table_path("gold.customer_profiles", settings)
     previous, full_reason = _previous_state(path) if mode == "auto" else (None, "full recompute requested")
+    silver_events = snapshot_rows(silver_path, silver_version)
+    minimum = settings.profiles.incremental_min_events
+    if previous is not None and silver_events is not None and silver_events < minimum:
+        previous, full_reason = None, f"silver holds {silver_events:,} events, fewer than {minimum:,}"
     scratch = f"{settings.lake_uri}/_scratch/profiles"
     partitions = settings.spark_shuffle_partitions
     with LakeCheckpointer(spark, scratch, local=local_checkpoints(spark, settings.identity.checkpoint)) as checkpoint:

@@ -207,8 +207,13 @@ def test_incremental_profiles_equal_a_full_recompute(spark, settings):
     from delta.tables import DeltaTable
 
     from touchpoint.core.catalog import table_path
+    from touchpoint.core.config import load_settings
     from touchpoint.jobs import identity, profiles
 
+    # incremental however small the lake (by default a lake this small is derived in full)
+    default_settings = settings
+    settings = load_settings(lake_root=settings.lake_root, spark_shuffle_partitions=2, jars_dir=str(settings.jars_dir),
+                             profiles={"incremental_min_events": 0})
     cid = expected_customer_id
     a, b, c, d, e, f = (cid("anonymous_id", "a-a"), cid("anonymous_id", "b-a"), cid("user_id", "c-u"),
                         cid("anonymous_id", "d-a"), cid("anonymous_id", "e-a"), cid("anonymous_id", "f-a"))
@@ -261,6 +266,11 @@ def test_incremental_profiles_equal_a_full_recompute(spark, settings):
         == sorted([(a, ["direct", "organic_search", "paid_social"], None, "GB"), (c, ["direct"], False, None),
                    (d, ["direct"], None, None), (e, ["direct"], None, None), (f, ["direct", "display"], None, "FR")])
     assert b not in {row[0] for row in rows_of(day_3, "customer_id")}
+
+    # By default a lake this small is derived in full: the same rows.
+    rerun = profiles.run(spark, default_settings, date(3))
+    assert (rerun["mode"], rerun["derivation"]) == ("full", "all customers: silver holds 11 events, fewer than 1,000,000")
+    _assert_same_profiles(_written(spark, settings, rerun), day_3)
 
     # A commit of someone else's hides the state: the rerun derives everyone, and writes the same rows.
     spark.sql(f"ALTER TABLE delta.`{table_path('gold.customer_profiles', settings)}` "

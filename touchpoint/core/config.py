@@ -56,6 +56,12 @@ class IdentitySettings(_Section):
     full_rebuild: bool = Field(False, description="identity: rebuild from all of silver, not incrementally")
 
 
+class ProfileSettings(_Section):
+    incremental_min_events: int = Field(
+        1_000_000, ge=0, description="profiles: below this many silver events every customer is derived (cheaper "
+        "on a small lake than finding the changed ones); 0: always incremental when possible")
+
+
 class StreamSettings(_Section):
     trigger_seconds: float = Field(2.0, gt=0)
     customer_trigger_seconds: float | None = Field(
@@ -183,6 +189,7 @@ class Settings(BaseSettings):
     reports_dir: Path | None = Field(None, description="data-quality reports (GX Data Docs); default <state_dir>/reports")
     attribution: AttributionSettings = AttributionSettings()
     identity: IdentitySettings = IdentitySettings()
+    profiles: ProfileSettings = ProfileSettings()
     stream: StreamSettings = StreamSettings()
     retention: RetentionSettings = RetentionSettings()
     s3: S3Settings = S3Settings()
