@@ -18,15 +18,13 @@ Reports the median seconds of each and their ratio, and checks that every run wr
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import os
 import shutil
-import statistics
 import tempfile
-import time
 from pathlib import Path
 
+from bench.changed_vs_all import alternate, arguments, link_copy, source_lake, table_digest
 from bench.common import progress, write_result
 from bench.faults import RssSampler, lake_settings
 
@@ -34,40 +32,8 @@ COMPARED = ("gold.attribution_conversions", "gold.attribution_touchpoints", "gol
             "gold.attribution_daily", "gold.attribution_paths")
 
 
-def link_copy(source: Path, target: Path) -> None:
-    """A table folder copied as staging copies it: logs copied, data files hard-linked."""
-    def copy(src: str, dst: str) -> None:
-        if f"{os.sep}_delta_log{os.sep}" in src:
-            shutil.copy2(src, dst)
-        else:
-            os.link(src, dst)
-
-    shutil.copytree(source, target, copy_function=copy)
-
-
-def table_digest(spark, settings, names=COMPARED) -> dict:
-    """Rows and an order-free hash sum of every compared table."""
-    from pyspark.sql import functions as F
-
-    from touchpoint.core.catalog import table_path
-
-    digest = {}
-    for name in names:
-        frame = spark.read.format("delta").load(table_path(name, settings))
-        row = frame.select(F.count(F.lit(1)), F.sum(F.xxhash64(*frame.columns).cast("decimal(38,0)"))).first()
-        digest[name] = [row[0], str(row[1])]
-    return digest
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--lake", default=None, help="a lake with silver.events and gold.identity_map")
-    parser.add_argument("--events", type=int, default=2_000_000, help="when building a lake")
-    parser.add_argument("--days", type=int, default=90, help="when building a lake")
-    parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--driver-memory", default="8g")
-    args = parser.parse_args(argv)
+    args = arguments(__doc__, argv, "a lake with silver.events and gold.identity_map")
 
     from delta.tables import DeltaTable
     from pyspark.sql import functions as F
@@ -77,26 +43,16 @@ def main(argv: list[str] | None = None) -> int:
     from touchpoint.jobs import attribution
 
     workdir = Path(tempfile.mkdtemp(prefix="bench-attribution-incremental-"))
-    scratch = workdir / "scratch"
-    settings = lake_settings(scratch, spark_driver_memory=args.driver_memory, spark_shuffle_partitions=4)
+    settings = lake_settings(workdir / "scratch", spark_driver_memory=args.driver_memory, spark_shuffle_partitions=4)
     spark = get_spark("bench-attribution-incremental", settings=settings)
     result: dict = {"parameters": {**vars(args)}}
     try:
         with RssSampler(lambda: [os.getpid()]) as memory:
-            if args.lake:
-                source = lake_settings(args.lake)
-            else:
-                from bench.attribution_peers import build_lake
-
-                source = lake_settings(workdir / "source", spark_driver_memory=args.driver_memory)
-                result["data"] = build_lake(spark, source, args.events, args.days, args.seed, workdir)
-            # silver is only read: a link to it; the identity map is copied with the gold tables
-            os.makedirs(scratch, exist_ok=True)
-            os.symlink(Path(table_path("silver.events", source)).parent, scratch / "silver")
+            source = source_lake(spark, args, settings, workdir, result)
+            # the identity map is copied with the gold tables
             link_copy(Path(table_path("gold.identity_map", source)), Path(table_path("gold.identity_map", settings)))
-            silver = spark.read.format("delta").load(table_path("silver.events", settings))
-            day = silver.agg(F.max("event_date")).first()[0]
-            result["parameters"].update(day=day.isoformat(), silver_events=silver.count())
+            day = dt.date.fromisoformat(result["parameters"]["last_day"])
+            result["parameters"]["day"] = day.isoformat()
             progress(f"{result['parameters']['silver_events']:,} silver events; attributing {day - dt.timedelta(days=1)}")
             attribution.run(spark, settings, day - dt.timedelta(days=1))
 
@@ -104,35 +60,23 @@ def main(argv: list[str] | None = None) -> int:
             snapshots = {way: workdir / f"gold-{way}" for way in ("changed", "all")}
             for folder in snapshots.values():
                 link_copy(gold, folder)
+            # "all": the state a run before 2026-12-03 left, without the input versions it read
             runs = snapshots["all"] / Path(table_path("gold.attribution_runs", settings)).name
             DeltaTable.forPath(spark, str(runs)).update(set={"silver_version": F.lit(None).cast("long")})
 
-            seconds: dict[str, list[float]] = {"changed": [], "all": []}
-            derivations, digests, recomputed = {}, {}, {}
-            for round_number in range(args.repeat):
-                order = ("changed", "all") if round_number % 2 == 0 else ("all", "changed")
-                for way in order:
-                    shutil.rmtree(gold)
-                    link_copy(snapshots[way], gold)
-                    started = time.monotonic()
-                    summary = attribution.run(spark, settings, day)
-                    seconds[way].append(round(time.monotonic() - started, 1))
-                    derivations[way], recomputed[way] = summary["derivation"], summary["conversions_recomputed"]
-                    digest = table_digest(spark, settings)
-                    if digests.setdefault(way, digest) != digest:
-                        raise AssertionError(f"{way}: round {round_number + 1} wrote other tables than round 1")
-                    progress(f"round {round_number + 1} {way}: {seconds[way][-1]} s ({summary['derivation']}, "
-                             f"{summary['conversions_recomputed']} conversions rebuilt)")
-            if digests["changed"] != digests["all"]:
-                raise AssertionError(f"the two ways wrote different tables: {digests}")
-        medians = {way: statistics.median(values) for way, values in seconds.items()}
+            def restore(way: str) -> None:
+                shutil.rmtree(gold)
+                link_copy(snapshots[way], gold)
+
+            outcome = alternate(args.repeat, restore, lambda way: attribution.run(spark, settings, day),
+                                lambda: table_digest(spark, settings, COMPARED))
+        summaries = outcome.pop("summaries")
         result.update(
-            seconds=seconds, median_seconds=medians,
-            ratio_all_to_changed=round(medians["all"] / medians["changed"], 2),
-            derivation=derivations, conversions_recomputed=recomputed, tables=digests["changed"],
-            identical_tables=True, peak_rss_mb=dict(memory.peaks_mb),
+            outcome,
+            derivation={way: summary["derivation"] for way, summary in summaries.items()},
+            conversions_recomputed={way: summary["conversions_recomputed"] for way, summary in summaries.items()},
+            peak_rss_mb=dict(memory.peaks_mb),
         )
-        progress(f"changed customers {medians['changed']} s, every customer {medians['all']} s")
     finally:
         spark.stop()
         shutil.rmtree(workdir, ignore_errors=True)

@@ -136,24 +136,18 @@ def render_table() -> str:
                     f"max relative RE / total difference | {_fmt(m['ours_exact_seconds'], 2)} vs "
                     f"{_fmt(m['channelattribution_seconds'], 2)}; {m['max_relative_removal_effect_difference']} / "
                     f"{m['max_relative_channel_total_difference']} | | | |")
-    incremental = _load("attribution_incremental")
-    if incremental:
-        machine = machine or incremental["machine"]
-        p, timing = incremental["parameters"], incremental["median_seconds"]
-        rows.append(f"| incremental attribution of one day ({p['silver_events']:,} silver events, "
-                    f"{incremental['conversions_recomputed']['changed']:,} conversions rebuilt) | changed customers "
-                    f"re-derived s vs every customer s; ratio | {_fmt(timing['changed'], 1)} vs "
-                    f"{_fmt(timing['all'], 1)}; {_fmt(incremental['ratio_all_to_changed'], 2)} | | "
-                    f"{_memory(incremental)} | {_when(incremental)} |")
-    profile_runs = _load("profiles_incremental")
-    if profile_runs:
-        machine = machine or profile_runs["machine"]
-        p, timing = profile_runs["parameters"], profile_runs["median_seconds"]
-        rows.append(f"| incremental profiles of one day ({p['silver_events']:,} silver events, "
-                    f"{profile_runs['derivation']['changed']}) | changed customers re-derived s vs every customer s; "
-                    f"ratio | {_fmt(timing['changed'], 1)} vs {_fmt(timing['all'], 1)}; "
-                    f"{_fmt(profile_runs['ratio_all_to_changed'], 2)} | | {_memory(profile_runs)} | "
-                    f"{_when(profile_runs)} |")
+    for name, job, detail in (
+            ("attribution_incremental", "attribution",
+             lambda r: f"{r['conversions_recomputed']['changed']:,} conversions rebuilt"),
+            ("profiles_incremental", "profiles", lambda r: r["derivation"]["changed"])):
+        incremental = _load(name)
+        if incremental:
+            machine = machine or incremental["machine"]
+            p, timing = incremental["parameters"], incremental["median_seconds"]
+            rows.append(f"| incremental {job} of one day ({p['silver_events']:,} silver events, {detail(incremental)}) "
+                        f"| changed customers re-derived s vs every customer s; ratio | {_fmt(timing['changed'], 1)} "
+                        f"vs {_fmt(timing['all'], 1)}; {_fmt(incremental['ratio_all_to_changed'], 2)} | | "
+                        f"{_memory(incremental)} | {_when(incremental)} |")
     upkeep = _load("lake_maintenance")
     if upkeep:
         machine = machine or upkeep["machine"]

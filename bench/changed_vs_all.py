@@ -1,0 +1,104 @@
+"""The frame of the incremental benchmarks (`attribution_incremental`, `profiles_incremental`): one
+day of a job run two ways from the same stored state, alternating in one Spark application, the
+changed customers re-derived against every customer, with a check that both ways write the same
+tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import time
+from pathlib import Path
+from typing import Callable
+
+from bench.common import progress
+from bench.faults import lake_settings
+
+WAYS = ("changed", "all")
+
+
+def arguments(doc: str, argv: list[str] | None, lake_help: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--lake", default=None, help=lake_help)
+    parser.add_argument("--events", type=int, default=2_000_000, help="when building a lake")
+    parser.add_argument("--days", type=int, default=90, help="when building a lake")
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--driver-memory", default="8g")
+    return parser.parse_args(argv)
+
+
+def link_copy(source: Path, target: Path) -> None:
+    """A table folder copied as staging copies it: logs copied, data files hard-linked."""
+    def copy(src: str, dst: str) -> None:
+        if f"{os.sep}_delta_log{os.sep}" in src:
+            shutil.copy2(src, dst)
+        else:
+            os.link(src, dst)
+
+    shutil.copytree(source, target, copy_function=copy)
+
+
+def table_digest(spark, settings, names) -> dict:
+    """Rows and an order-free hash sum of each table."""
+    from pyspark.sql import functions as F
+
+    from touchpoint.core.catalog import table_path
+
+    digest = {}
+    for name in names:
+        frame = spark.read.format("delta").load(table_path(name, settings))
+        row = frame.select(F.count(F.lit(1)), F.sum(F.xxhash64(*frame.columns).cast("decimal(38,0)"))).first()
+        digest[name] = [row[0], str(row[1])]
+    return digest
+
+
+def source_lake(spark, args: argparse.Namespace, settings, workdir: Path, result: dict):
+    """The settings of the lake read (`--lake`, or one built as bench.attribution_peers builds it),
+    with its silver.events linked into the scratch lake of `settings` (only read, never written)."""
+    from pyspark.sql import functions as F
+
+    from touchpoint.core.catalog import table_path
+
+    if args.lake:
+        source = lake_settings(args.lake)
+    else:
+        from bench.attribution_peers import build_lake
+
+        source = lake_settings(workdir / "source", spark_driver_memory=args.driver_memory)
+        result["data"] = build_lake(spark, source, args.events, args.days, args.seed, workdir)
+    os.makedirs(settings.lake_root, exist_ok=True)
+    os.symlink(Path(table_path("silver.events", source)).parent, Path(settings.lake_root) / "silver")
+    silver = spark.read.format("delta").load(table_path("silver.events", settings))
+    result["parameters"].update(last_day=silver.agg(F.max("event_date")).first()[0].isoformat(),
+                                silver_events=silver.count())
+    return source
+
+
+def alternate(repeat: int, restore: Callable[[str], None], run: Callable[[str], dict],
+              digest: Callable[[], dict]) -> dict:
+    """`repeat` rounds of both ways, the order alternating; before each run `restore(way)` puts the
+    stored state back. Returns the seconds, medians, ratio, the last summary of each way and the
+    tables written, after checking that every run of both ways wrote the same tables."""
+    seconds: dict[str, list[float]] = {way: [] for way in WAYS}
+    summaries, digests = {}, {}
+    for round_number in range(repeat):
+        for way in WAYS if round_number % 2 == 0 else WAYS[::-1]:
+            restore(way)
+            started = time.monotonic()
+            summaries[way] = run(way)
+            seconds[way].append(round(time.monotonic() - started, 1))
+            written = digest()
+            if digests.setdefault(way, written) != written:
+                raise AssertionError(f"{way}: round {round_number + 1} wrote other tables than round 1")
+            progress(f"round {round_number + 1} {way}: {seconds[way][-1]} s ({summaries[way]['derivation']})")
+    if digests["changed"] != digests["all"]:
+        raise AssertionError(f"the two ways wrote different tables: {digests}")
+    medians = {way: statistics.median(values) for way, values in seconds.items()}
+    progress(f"changed customers {medians['changed']} s, every customer {medians['all']} s")
+    return {"seconds": seconds, "median_seconds": medians,
+            "ratio_all_to_changed": round(medians["all"] / medians["changed"], 2),
+            "summaries": summaries, "tables": digests["changed"], "identical_tables": True}
