@@ -18,7 +18,6 @@ import datetime as dt
 import hashlib
 import json
 import logging
-import time
 from contextlib import ExitStack
 from typing import Callable, Iterable
 
@@ -44,6 +43,7 @@ from touchpoint.core.delta import is_delta, latest_version, read_version, snapsh
 from touchpoint.jobs.identity_state import snapshot_rows
 from touchpoint.jobs.input_changes import changes_since
 from touchpoint.jobs.markov import fit_chain
+from touchpoint.jobs.steps import step_timer
 
 EVENT_COLUMNS = ("event_id", "event_type", "event_ts", "event_date", "channel", "campaign_name", "order_id",
                  "revenue_reporting", "anonymous_id", "user_id", "email", "phone")
@@ -250,15 +250,10 @@ def run(spark: SparkSession, settings: Settings, logical_date: dt.date, mode: st
     if mode == "full":
         full_reason = "full recompute requested"
     checkpoints = ExitStack()  # every kept frame is freed when the run ends
-    started = [time.monotonic()]
+    step = step_timer(log, "attribution", logical_date)
 
     def keep(frame: DataFrame) -> DataFrame:
         return checkpoints.enter_context(local_checkpoint(frame))
-
-    def step(name: str) -> None:
-        now = time.monotonic()
-        log.info("attribution %s: %s took %.1fs", logical_date, name, now - started[0])
-        started[0] = now
 
     with checkpoints:
         current_map = inputs["gold.identity_map"]

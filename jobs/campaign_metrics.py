@@ -16,6 +16,7 @@ shared with the speed layer.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from contextlib import ExitStack
 
 from pyspark.sql import DataFrame, SparkSession
@@ -29,9 +30,13 @@ from touchpoint.core.catalog import table_path
 from touchpoint.core.config import Settings
 from touchpoint.core.dates import as_of_for
 from touchpoint.core.delta import is_delta, latest_version, read_version
-from touchpoint.core.identity_lookup import attach_customer_id
+from touchpoint.core.identity_lookup import BROADCAST_MAP_MAX_IDENTIFIERS, attach_customer_id
 from touchpoint.core.serving import SCHEMAS
 from touchpoint.core.spark import local_checkpoint
+from touchpoint.jobs.identity_state import snapshot_rows
+from touchpoint.jobs.steps import step_timer
+
+log = logging.getLogger(__name__)
 
 EVENT_COLUMNS = ("event_id", "event_type", "event_ts", "event_date", "channel", "campaign_name", "order_id",
                  "revenue_reporting", "price", "quantity", "anonymous_id", "user_id", "email", "phone")
@@ -89,21 +94,31 @@ def run(spark: SparkSession, settings: Settings, logical_date: dt.date) -> dict:
               .where(F.col("event_date") <= F.lit((as_of - dt.timedelta(microseconds=1)).date()))
               .where(F.col("event_ts") < F.lit(as_of))
               .select(*EVENT_COLUMNS))
+    map_version = latest_version(spark, map_path)
+    identity_map = read_version(spark, map_path, map_version)
+    identifiers = snapshot_rows(map_path, map_version)
+    broadcast_map = identifiers is not None and identifiers <= BROADCAST_MAP_MAX_IDENTIFIERS
+    step = step_timer(log, "campaign_metrics", logical_date)
     # Reused frames are local checkpoints, not persisted frames (core.spark.local_checkpoint says why).
     with ExitStack() as checkpoints:
         resolved = checkpoints.enter_context(local_checkpoint(
-            events.transform(attach_customer_id(spark.read.format("delta").load(map_path)))))
+            events.transform(attach_customer_id(identity_map, broadcast=broadcast_map))))
+        step("events resolved")
         cfg = settings.attribution
         convs = checkpoints.enter_context(local_checkpoint(
             resolved.transform(conversions).transform(last_touch(resolved.transform(touchpoints(cfg)), cfg))))
+        step("conversions with their last touch")
         measured = measure_rows(resolved)
         cut = with_cut(as_of, version)
         _write(convs.transform(cut), "gold.campaign_conversions", settings)
+        step("gold.campaign_conversions written")
         for grain, name in (("minute", "gold.campaign_minute"), ("date", "gold.campaign_daily")):
             _write(campaign_table(grain, settings, measured, convs).transform(cut), name, settings)
+            step(f"{name} written")
         horizon = as_of - dt.timedelta(days=settings.stream.activity_horizon_days)
         activity = (resolved.where(F.col("event_ts") >= F.lit(horizon))
                     .transform(customer_activity(as_of)))
         _write(activity.transform(cut), "gold.customer_activity", settings)
+        step("gold.customer_activity written")
         conversions_count = convs.count()
     return {"as_of": as_of.isoformat(), "silver_version": version, "conversions": conversions_count}

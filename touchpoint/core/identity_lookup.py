@@ -15,6 +15,9 @@ from pyspark.sql import functions as F
 
 # Precedence of identifier types when resolving an event's customer.
 IDENTIFIER_PRECEDENCE = ("user_id", "email", "phone", "anonymous_id")
+# Up to this many identifiers a batch job looks the map up broadcast (attach_customer_id): some
+# 100-300 MB of hash tables on the driver and each executor.
+BROADCAST_MAP_MAX_IDENTIFIERS = 2_000_000
 
 
 def event_identifiers(events: DataFrame, key: str = "event_id") -> DataFrame:
@@ -31,11 +34,21 @@ def event_identifiers(events: DataFrame, key: str = "event_id") -> DataFrame:
     )
 
 
-def attach_customer_id(identity_map: DataFrame, key: str = "event_id") -> Callable[[DataFrame], DataFrame]:
-    """Add `customer_id` (null when no identifier is in the map) to a DataFrame of events."""
+def attach_customer_id(identity_map: DataFrame, key: str = "event_id",
+                       broadcast: bool = False) -> Callable[[DataFrame], DataFrame]:
+    """Add `customer_id` (null when no identifier is in the map) to a DataFrame of events.
+
+    `broadcast=True` looks each identifier column up in the map broadcast (one hash probe per
+    event and type, no shuffle): for a map small enough to hold in memory on every executor. By
+    default the events' identifiers are joined with the map and grouped back per event (three
+    shuffles of the events, any map size). Both give the same customer_id (the map holds each
+    identifier once)."""
 
     def transform(events: DataFrame) -> DataFrame:
         lookup = identity_map.select("identifier_type", "identifier_value", "customer_id")
+        if broadcast:
+            return events.transform(_probe_each_type(lookup)).select(
+                key, *[c for c in events.columns if c != key], "customer_id")
         resolved = (
             event_identifiers(events, key)
             .join(lookup, ["identifier_type", "identifier_value"])
@@ -43,6 +56,21 @@ def attach_customer_id(identity_map: DataFrame, key: str = "event_id") -> Callab
             .agg(F.min_by("customer_id", "precedence").alias("customer_id"))
         )
         return events.join(resolved, key, "left")
+
+    return transform
+
+
+def _probe_each_type(lookup: DataFrame) -> Callable[[DataFrame], DataFrame]:
+    """Events -> events with customer_id: the customer of the first identifier, in precedence order,
+    that is present and in the map; each type looked up in its own broadcast slice of the map."""
+    def transform(events: DataFrame) -> DataFrame:
+        found = events
+        for kind in IDENTIFIER_PRECEDENCE:
+            side = F.broadcast(lookup.where(F.col("identifier_type") == kind).select(
+                F.col("identifier_value").alias(f"_{kind}_value"), F.col("customer_id").alias(f"_{kind}_customer")))
+            found = found.join(side, is_present(found[kind]) & (found[kind] == side[f"_{kind}_value"]), "left")
+        return found.select(*events.columns, F.coalesce(*[F.col(f"_{kind}_customer") for kind in IDENTIFIER_PRECEDENCE])
+                            .alias("customer_id"))
 
     return transform
 
