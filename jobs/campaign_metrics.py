@@ -30,10 +30,10 @@ from touchpoint.core.catalog import table_path
 from touchpoint.core.config import Settings
 from touchpoint.core.dates import as_of_for
 from touchpoint.core.delta import is_delta, latest_version, read_version
-from touchpoint.core.identity_lookup import BROADCAST_MAP_MAX_IDENTIFIERS, attach_customer_id
+from touchpoint.core.identity_lookup import attach_customer_id
 from touchpoint.core.serving import SCHEMAS
 from touchpoint.core.spark import local_checkpoint
-from touchpoint.jobs.identity_state import snapshot_rows
+from touchpoint.jobs.identity_state import lookup_by_broadcast
 from touchpoint.jobs.steps import step_timer
 
 log = logging.getLogger(__name__)
@@ -96,8 +96,7 @@ def run(spark: SparkSession, settings: Settings, logical_date: dt.date) -> dict:
               .select(*EVENT_COLUMNS))
     map_version = latest_version(spark, map_path)
     identity_map = read_version(spark, map_path, map_version)
-    identifiers = snapshot_rows(map_path, map_version)
-    broadcast_map = identifiers is not None and identifiers <= BROADCAST_MAP_MAX_IDENTIFIERS
+    broadcast_map = lookup_by_broadcast(map_path, map_version)
     step = step_timer(log, "campaign_metrics", logical_date)
     # Reused frames are local checkpoints, not persisted frames (core.spark.local_checkpoint says why).
     with ExitStack() as checkpoints:

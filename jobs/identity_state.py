@@ -23,6 +23,7 @@ from pyspark.sql.types import StructType, TimestampType
 
 from touchpoint.core.dates import EPOCH, as_of_for
 from touchpoint.core.delta import ensure_table, is_delta, latest_version, read_version, rs_table
+from touchpoint.core.identity_lookup import BROADCAST_MAP_MAX_IDENTIFIERS
 
 # Bump when the meaning of the state tables changes: older state then triggers a full rebuild.
 STATE_VERSION = 1
@@ -140,6 +141,14 @@ def _snapshot_stats(path: str, version: int) -> tuple[int | None, object, object
 def snapshot_rows(path: str, version: int) -> int | None:
     """Rows of a Delta snapshot from its file statistics (metadata only); None without statistics."""
     return _snapshot_stats(path, version)[0]
+
+
+def lookup_by_broadcast(map_path: str, version: int) -> bool:
+    """Whether a batch job resolving events in bulk should look this gold.identity_map snapshot up
+    broadcast (`attach_customer_id(..., broadcast=True)`): its identifiers, counted from the log,
+    are within BROADCAST_MAP_MAX_IDENTIFIERS."""
+    identifiers = snapshot_rows(map_path, version)
+    return identifiers is not None and identifiers <= BROADCAST_MAP_MAX_IDENTIFIERS
 
 
 def _holds(path: str, version: int, rows: int, as_of: dt.datetime | None) -> bool:

@@ -250,9 +250,9 @@ def run(spark: SparkSession, settings: Settings, logical_date: dt.date, mode: st
     events = silver.where(F.col("event_ts") < F.lit(as_of))
     path = table_path("gold.customer_profiles", settings)
     previous, full_reason = _previous_state(path) if mode == "auto" else (None, "full recompute requested")
-    silver_events = snapshot_rows(silver_path, silver_version)
     minimum = settings.profiles.incremental_min_events
-    if previous is not None and silver_events is not None and silver_events < minimum:
+    silver_events = snapshot_rows(silver_path, silver_version) if previous is not None else None
+    if silver_events is not None and silver_events < minimum:
         previous, full_reason = None, f"silver holds {silver_events:,} events, fewer than {minimum:,}"
     scratch = f"{settings.lake_uri}/_scratch/profiles"
     partitions = settings.spark_shuffle_partitions
