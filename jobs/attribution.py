@@ -40,7 +40,7 @@ from touchpoint.jobs.attribution_models import (
     credits, daily, lookback_micros, micros, touchpoint_types, touchpoints, training_paths, with_paths,
 )
 from touchpoint.core.delta import is_delta, latest_version, read_version, snapshot_fingerprint
-from touchpoint.jobs.identity_state import snapshot_rows
+from touchpoint.jobs.identity_state import lookup_by_broadcast, snapshot_rows
 from touchpoint.jobs.input_changes import changes_since
 from touchpoint.jobs.markov import fit_chain
 from touchpoint.jobs.steps import step_timer
@@ -257,6 +257,8 @@ def run(spark: SparkSession, settings: Settings, logical_date: dt.date, mode: st
 
     with checkpoints:
         current_map = inputs["gold.identity_map"]
+        resolve = attach_customer_id(current_map, broadcast=lookup_by_broadcast(
+            input_paths["gold.identity_map"], input_versions["gold.identity_map"]))
         relevant = inputs["silver.events"].transform(relevant_events(cfg, as_of))
         scope, all_reason = (None, full_reason) if full_reason else changes_since(
             spark, "attribution", previous, inputs, input_versions, input_paths, as_of)
@@ -271,16 +273,16 @@ def run(spark: SparkSession, settings: Settings, logical_date: dt.date, mode: st
                 all_reason = f"the changes since the last run cannot be read ({type(unreadable).__name__})"
         if scope is None:
             # every customer: the touchpoints and conversions of all of silver
-            events = keep(relevant.transform(attach_customer_id(current_map)))
+            events = keep(relevant.transform(resolve))
             touches = keep(events.transform(touchpoints(cfg)))
             convs = keep(events.transform(conversions))
             derivation = f"all customers: {all_reason}"
         else:
             customers = keep(changed_customers(
-                changes, changed_events.transform(attach_customer_id(current_map)).select("customer_id")))
+                changes, changed_events.transform(resolve).select("customer_id")))
             seeds = keep(relevant.transform(scope_seeds(scope_identifiers(current_map, customers, changes),
                                                         changed_events)))
-            events = keep(relevant.transform(events_in_scope(seeds)).transform(attach_customer_id(current_map)))
+            events = keep(relevant.transform(events_in_scope(seeds)).transform(resolve))
             # The changed customers' touchpoints; an order event in scope only for its order id
             # may belong to a customer whose touchpoints did not change.
             touches = keep(events.join(customers, "customer_id", "left_semi").transform(touchpoints(cfg)))

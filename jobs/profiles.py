@@ -36,7 +36,9 @@ from touchpoint.core.identity_lookup import attach_customer_id
 from touchpoint.core.rfm import rfm_scores, rfm_segment
 from touchpoint.jobs.attribution_scope import changed_customers, scope_identifiers, scope_seeds
 from touchpoint.jobs.identity_graph import LakeCheckpointer, local_checkpoints
-from touchpoint.jobs.identity_state import locate_version, run_log, snapshot_rows, write_snapshot
+from touchpoint.jobs.identity_state import (
+    locate_version, lookup_by_broadcast, run_log, snapshot_rows, write_snapshot,
+)
 from touchpoint.jobs.input_changes import changes_since
 
 CONSENT_FLAGS = ("email_marketing", "ads_personalization", "analytics")
@@ -141,10 +143,11 @@ def order_summary(orders: DataFrame, as_of: dt.datetime) -> DataFrame:
     ).withColumn("recency_micros", F.unix_micros(F.lit(as_of)) - F.unix_micros("last_order_ts"))
 
 
-def resolved_events(identity_map: DataFrame) -> Callable[[DataFrame], DataFrame]:
-    """Silver events -> the columns profiles read, with customer_id (null: nobody's)."""
+def resolved_events(identity_map: DataFrame, broadcast: bool = False) -> Callable[[DataFrame], DataFrame]:
+    """Silver events -> the columns profiles read, with customer_id (null: nobody's). `broadcast`:
+    attach_customer_id's plan (jobs.identity_state.lookup_by_broadcast decides)."""
     def transform(events: DataFrame) -> DataFrame:
-        return events.select(*PROFILE_EVENT_COLUMNS).transform(attach_customer_id(identity_map))
+        return events.select(*PROFILE_EVENT_COLUMNS).transform(attach_customer_id(identity_map, broadcast=broadcast))
 
     return transform
 
@@ -183,27 +186,27 @@ def assemble_profiles(identity_map: DataFrame, event_summaries: DataFrame, resol
 
 
 def build_profiles(events: DataFrame, identity_map: DataFrame, as_of: dt.datetime, checkpoint,
-                   partitions: int) -> DataFrame:
+                   partitions: int, broadcast: bool = False) -> DataFrame:
     """Silver events (event_ts < as_of) + identity map -> customer profiles, every customer derived."""
-    resolved = checkpoint(events.transform(resolved_events(identity_map)))
+    resolved = checkpoint(events.transform(resolved_events(identity_map, broadcast)))
     summaries = event_summary(resolved.where(F.col("customer_id").isNotNull()))
     return assemble_profiles(identity_map, summaries, resolved, as_of, checkpoint, partitions)
 
 
 def update_profiles(events: DataFrame, identity_map: DataFrame, previous_profiles: DataFrame,
                     customers: DataFrame, seeds: DataFrame, as_of: dt.datetime, checkpoint,
-                    partitions: int) -> DataFrame:
+                    partitions: int, broadcast: bool = False) -> DataFrame:
     """Like build_profiles, but the event summaries of customers outside `customers` (the changed
     customers, jobs.attribution_scope) are those of `previous_profiles`: they have the same events
     as then. `seeds` (scope_seeds) holds every event of a changed customer, so only those events
     are resolved and summarised."""
     scoped = (events.join(seeds.select("event_id"), "event_id", "left_semi")
-              .transform(resolved_events(identity_map)).join(customers, "customer_id", "left_semi"))
+              .transform(resolved_events(identity_map, broadcast)).join(customers, "customer_id", "left_semi"))
     summaries = (previous_profiles.join(customers, "customer_id", "left_anti")
                  .select("customer_id", *EVENT_SUMMARY_COLUMNS)
                  .unionByName(event_summary(scoped)))
     is_order = (F.col("event_type") == "order") & F.col("order_id").isNotNull()
-    resolved_orders = checkpoint(events.where(is_order).transform(resolved_events(identity_map)))
+    resolved_orders = checkpoint(events.where(is_order).transform(resolved_events(identity_map, broadcast)))
     return assemble_profiles(identity_map, summaries, resolved_orders, as_of, checkpoint, partitions)
 
 
@@ -244,6 +247,7 @@ def run(spark: SparkSession, settings: Settings, logical_date: dt.date, mode: st
         raise RuntimeError(f"gold.identity_map no longer holds the map of the identity run for {logical_date}: "
                            "run identity for that date again")
     identity_map = read_version(spark, map_path, map_version)
+    broadcast_map = lookup_by_broadcast(map_path, map_version)
     # The silver snapshot the identity run read: every identifier of these events is in its map.
     silver_path, silver_version = table_path("silver.events", settings), identity_run["silver_version"]
     silver = read_version(spark, silver_path, silver_version)
@@ -266,19 +270,19 @@ def run(spark: SparkSession, settings: Settings, logical_date: dt.date, mode: st
         if scope is not None:
             changed_events, changes = scope
             try:  # files a VACUUM removed (an old map version, change feed files) show on reading
-                customers = checkpoint(changed_customers(
-                    changes, changed_events.transform(attach_customer_id(identity_map)).select("customer_id")))
+                customers = checkpoint(changed_customers(changes, changed_events.transform(
+                    attach_customer_id(identity_map, broadcast=broadcast_map)).select("customer_id")))
             except Exception as unreadable:
                 scope, full_reason = None, f"the changes since the last run cannot be read ({type(unreadable).__name__})"
         if scope is None:
-            profiles = build_profiles(events, identity_map, as_of, checkpoint, partitions)
+            profiles = build_profiles(events, identity_map, as_of, checkpoint, partitions, broadcast_map)
             derivation = f"all customers: {full_reason}"
         else:
             seeds = checkpoint(events.transform(scope_seeds(scope_identifiers(identity_map, customers, changes),
                                                             changed_events)))
             previous_profiles = read_version(spark, path, previous["customer_profiles_version"])
             profiles = update_profiles(events, identity_map, previous_profiles, customers, seeds, as_of,
-                                       checkpoint, partitions)
+                                       checkpoint, partitions, broadcast_map)
             derivation = f"changed customers: {customers.count()}"
         state = {"state": PROFILE_STATE, "logical_date": logical_date.isoformat(), "silver_version": silver_version,
                  "identity_map_version": map_version,

@@ -26,13 +26,14 @@ from pyspark.sql.types import ArrayType, DateType, LongType, StringType, StructF
 
 from touchpoint.core.catalog import table_path
 from touchpoint.core.config import Settings
-from touchpoint.core.delta import ensure_table, is_delta
+from touchpoint.core.delta import ensure_table, is_delta, latest_version, read_version
 from touchpoint.core.identity_lookup import attach_customer_id
 from touchpoint.core.segments import (
     EVENT_COLUMNS, behaviours_of, compile_segments, load_segments, longest_window_days, segment_members,
     window_start, with_behaviour_counts,
 )
 from touchpoint.core.dates import as_of_for
+from touchpoint.jobs.identity_state import lookup_by_broadcast
 
 _S, _TS, _L = StringType(), TimestampType(), LongType()
 
@@ -208,7 +209,9 @@ def _behaviour_events(spark: SparkSession, settings: Settings, window_days: floa
                & (F.col("event_ts") < F.lit(as_of)))
         .select("event_id", "anonymous_id", "user_id", "email", "phone", *EVENT_COLUMNS[1:])
     )
-    return events.transform(attach_customer_id(spark.read.format("delta").load(map_path)))
+    map_version = latest_version(spark, map_path)  # one snapshot for the plan's choice and the lookup
+    return events.transform(attach_customer_id(read_version(spark, map_path, map_version),
+                                               broadcast=lookup_by_broadcast(map_path, map_version)))
 
 
 def _run_dates(spark: SparkSession, sizes_path: str) -> list[tuple]:
