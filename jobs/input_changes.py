@@ -6,13 +6,14 @@ the customers these changes reach; docs/ATTRIBUTION.md has the argument.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from touchpoint.core.dates import as_of_for, epoch_micros
-from touchpoint.core.delta import read_version, snapshot_fingerprint
+from touchpoint.core.delta import read_version, rs_table, snapshot_fingerprint
 from touchpoint.jobs.attribution_models import micros
 from touchpoint.jobs.attribution_scope import CHANGED_EVENT_COLUMNS, identity_changes
 
@@ -66,3 +67,52 @@ def changes_since(spark: SparkSession, job: str, previous: dict, inputs: dict[st
         return None, (f"silver.events' change data feed since version {silver_before + 1} cannot be read "
                       f"({type(unreadable).__name__})")
     return (changed, changes), ""
+
+
+def recorded_state(path: str, table: str, job: str, state: int) -> tuple[dict | None, str | None]:
+    """What the last run of `job` recorded in its commit to `table` (Delta userMetadata: state,
+    logical_date, input versions...) plus the table's `version`, when it can seed an incremental
+    run; else (None, why not). Any later commit to the table (an erasure, a restore) hides it."""
+    try:
+        delta_table = rs_table(path)
+        last_commit = delta_table.history(1)[0]
+    except Exception:  # no table yet
+        return None, "first run"
+    try:
+        recorded = json.loads(last_commit.get("userMetadata") or "")
+    except ValueError:
+        recorded = None
+    if not isinstance(recorded, dict):
+        return None, f"the last commit of {table} is not a {job} run"
+    if recorded.get("state") != state:
+        return None, f"the {table} of the last run were derived differently"
+    recorded["logical_date"] = dt.date.fromisoformat(recorded["logical_date"])
+    recorded["version"] = delta_table.version()
+    return recorded, None
+
+
+def signed_silver_changes(spark: SparkSession, silver_path: str, silver: DataFrame, since_version: int,
+                          version: int, since_as_of: dt.datetime, as_of: dt.datetime,
+                          columns: tuple[str, ...]) -> DataFrame:
+    """Silver rows (`columns` + `sign`) whose signed sum of any per-event measure is that measure
+    over silver@version below `as_of` minus over silver@since_version below `since_as_of`:
+    - the change feed between the versions, of events below `since_as_of`: +1 an inserted row or a
+      post-image, -1 a deleted row or a pre-image;
+    - the rows of `silver` (silver@version) between the two as-ofs: +1 when the as-of moved
+      forward, -1 when it moved back (a rerun of an earlier date)."""
+    signed = silver.select(*columns, F.lit(1).alias("sign")).limit(0)
+    if since_version < version:
+        change_sign = (F.when(F.col("_change_type").isin("insert", "update_postimage"), 1)
+                       .when(F.col("_change_type").isin("delete", "update_preimage"), -1))
+        signed = (spark.read.format("delta").option("readChangeFeed", "true")
+                  .option("startingVersion", since_version + 1).option("endingVersion", version)
+                  .load(silver_path)
+                  .where(micros("event_ts") < epoch_micros(since_as_of))
+                  .select(*columns, change_sign.alias("sign")))
+    earlier, later = sorted((since_as_of, as_of))
+    if earlier < later:
+        signed = signed.unionByName(
+            silver.where(F.col("event_date").between(earlier.date(), (later - dt.timedelta(microseconds=1)).date()))
+            .where((micros("event_ts") >= epoch_micros(earlier)) & (micros("event_ts") < epoch_micros(later)))
+            .select(*columns, F.lit(1 if as_of > since_as_of else -1).alias("sign")))
+    return signed
