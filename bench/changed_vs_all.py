@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import importlib
+import logging
 import os
 import shutil
 import statistics
@@ -121,6 +122,8 @@ def job_benchmark(name: str, doc: str, argv: list[str] | None, job: str, compare
     from touchpoint.jobs import identity
 
     module = importlib.import_module(f"touchpoint.jobs.{job}")
+    logging.basicConfig(format="[%(asctime)s] %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger(module.__name__).setLevel(logging.INFO)  # the steps' times of jobs that log them
     workdir = Path(tempfile.mkdtemp(prefix=f"bench-{name}-"))
     settings = lake_settings(workdir / "scratch", spark_driver_memory=args.driver_memory, spark_shuffle_partitions=4,
                              **overrides)

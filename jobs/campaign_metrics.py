@@ -42,8 +42,8 @@ from touchpoint.core.serving import SCHEMAS
 from touchpoint.core.spark import local_checkpoint
 from touchpoint.jobs.attribution import settings_fingerprint
 from touchpoint.jobs.attribution_scope import (
-    IDENTIFIER_KEY, changed_customers, conversions_in_scope, events_in_scope, scope_conversion_ids,
-    scope_identifiers, scope_seeds,
+    changed_customers, conversions_in_scope, events_in_scope, resolved_scope_seeds, scope_conversion_ids,
+    with_changed_identifier_flag,
 )
 from touchpoint.jobs.identity_state import lookup_by_broadcast, snapshot_rows
 from touchpoint.jobs.input_changes import changes_since, recorded_state, signed_silver_changes
@@ -160,7 +160,8 @@ def run(spark: SparkSession, settings: Settings, logical_date: dt.date, mode: st
               .select(*EVENT_COLUMNS))
     map_version = latest_version(spark, map_path)
     identity_map = read_version(spark, map_path, map_version)
-    resolve = attach_customer_id(identity_map, broadcast=lookup_by_broadcast(map_path, map_version))
+    broadcast_map = lookup_by_broadcast(map_path, map_version)
+    resolve = attach_customer_id(identity_map, broadcast=broadcast_map)
     cfg = settings.attribution
     previous, full_reason = _previous_state(settings) if mode == "auto" else (None, "full recompute requested")
     minimum = settings.campaign_metrics.incremental_min_events
@@ -190,7 +191,7 @@ def run(spark: SparkSession, settings: Settings, logical_date: dt.date, mode: st
                             logical_date, unreadable)
                 full_reason = f"the changes since the last run cannot be read ({type(unreadable).__name__})"
             else:
-                derived = _changed(spark, settings, previous, scope, events, identity_map, resolve, keep, step,
+                derived = _changed(spark, settings, previous, scope, events, resolve, broadcast_map, keep, step,
                                    silver, version, as_of)
         if derived is None:
             resolved = keep(events.transform(resolve))
@@ -198,12 +199,9 @@ def run(spark: SparkSession, settings: Settings, logical_date: dt.date, mode: st
             convs = keep(resolved.transform(conversions).transform(last_touch(resolved.transform(touchpoints(cfg)), cfg)))
             measured = measure_rows(resolved)
             totals = {grain: measured.transform(campaign_totals(grain)) for grain in GRAINS}
-            horizon_events = resolved.where(F.col("event_ts") >= F.lit(horizon))
             derivation = f"all customers: {full_reason}"
         else:
-            convs, totals, derivation = derived
-            horizon_events = (events.where(F.col("event_date") >= F.lit(horizon.date()))
-                              .where(F.col("event_ts") >= F.lit(horizon)).transform(resolve))
+            convs, totals, resolved, derivation = derived
         step("conversions with their last touch")
         state = json.dumps({
             "state": CAMPAIGN_STATE, "logical_date": logical_date.isoformat(), "silver_version": version,
@@ -215,7 +213,7 @@ def run(spark: SparkSession, settings: Settings, logical_date: dt.date, mode: st
         for grain, name in GRAIN_TABLES.items():
             _write(campaign_table(grain, totals[grain], convs).transform(cut), name, settings, state)
             step(f"{name} written")
-        activity = horizon_events.transform(customer_activity(as_of))
+        activity = resolved.where(F.col("event_ts") >= F.lit(horizon)).transform(customer_activity(as_of))
         _write(activity.transform(cut), "gold.customer_activity", settings, state)
         step("gold.customer_activity written")
         conversions_count = convs.count()
@@ -224,37 +222,30 @@ def run(spark: SparkSession, settings: Settings, logical_date: dt.date, mode: st
 
 
 def _changed(spark: SparkSession, settings: Settings, previous: dict, scope: tuple[DataFrame, DataFrame],
-             events: DataFrame, identity_map: DataFrame, resolve, keep, step, silver: DataFrame, version: int,
-             as_of: dt.datetime) -> tuple[DataFrame, dict[str, DataFrame], str]:
-    """Conversions and additive totals from the last run's tables and what changed since.
+             events: DataFrame, resolve, broadcast: bool, keep, step, silver: DataFrame, version: int,
+             as_of: dt.datetime) -> tuple[DataFrame, dict[str, DataFrame], DataFrame, str]:
+    """Conversions, additive totals and the resolved events (for customer activity) from the last
+    run's tables and what changed since.
 
-    The conversions re-derived are those of the order ids in scope and of the changed customers
-    (jobs.attribution_scope). A conversion of an order id in scope can belong to a customer who did
-    not change (another customer's earlier order event was deleted): that customer's events are
-    read too, for its touchpoints."""
+    Every event is resolved once, as a full run does (cheap with broadcast lookups); the scope is
+    then filters of that frame (jobs.attribution_scope.resolved_scope_seeds). Re-derived are the
+    conversions of the order ids in scope and of the changed customers, with the touchpoints of
+    their customers, including a customer who did not change but now owns a re-derived conversion
+    (another customer's earlier order event of that order id was erased)."""
     cfg = settings.attribution
     changed_events, changes = scope
+    resolved = keep(events.transform(with_changed_identifier_flag(changes, broadcast)).transform(resolve))
     customers = keep(changed_customers(changes, changed_events.transform(resolve).select("customer_id")))
-    seeds = keep(events.transform(scope_seeds(scope_identifiers(identity_map, customers, changes), changed_events)))
-    scoped = keep(events.transform(events_in_scope(seeds)).transform(resolve))
-    rebuilt_conversions = keep(scoped.transform(conversions))
-    owners = (rebuilt_conversions.where(F.col("customer_id").isNotNull()).select("customer_id").distinct()
-              .join(customers, "customer_id", "left_anti"))
-    touch_events = scoped.join(customers, "customer_id", "left_semi")
-    if not owners.isEmpty():
-        owners = keep(owners)
-        their_events = (events.transform(scope_seeds(identity_map.join(owners, "customer_id", "left_semi")
-                                                     .select(*IDENTIFIER_KEY), changed_events.limit(0)))
-                        .select("event_id"))
-        touch_events = touch_events.unionByName(
-            events.join(their_events, "event_id", "left_semi").transform(resolve)
-            .join(owners, "customer_id", "left_semi"))
+    seeds = keep(resolved.transform(resolved_scope_seeds(customers, changed_events)))
+    rebuilt_conversions = keep(resolved.transform(events_in_scope(seeds)).transform(conversions))
+    # last_touch joins touchpoints by customer: only the rebuilt conversions' customers' are needed
+    owners = rebuilt_conversions.where(F.col("customer_id").isNotNull()).select("customer_id").distinct()
+    touches = resolved.join(F.broadcast(owners), "customer_id", "left_semi").transform(touchpoints(cfg))
     step(f"scope: {customers.count()} changed customers")
     convs_path = table_path("gold.campaign_conversions", settings)
     stored_conversions = read_version(spark, convs_path, previous["versions"]["gold.campaign_conversions"])
-    convs = keep(updated_conversions(
-        stored_conversions, rebuilt_conversions.transform(last_touch(touch_events.transform(touchpoints(cfg)), cfg)),
-        seeds, customers))
+    convs = keep(updated_conversions(stored_conversions, rebuilt_conversions.transform(last_touch(touches, cfg)),
+                                     seeds, customers))
     measured_changes = keep(measure_rows(signed_silver_changes(
         spark, table_path("silver.events", settings), silver, previous["silver_version"], version,
         as_of_for(previous["logical_date"]), as_of, ("event_type", "event_ts", "campaign_name", "revenue_reporting"))))
@@ -262,4 +253,4 @@ def _changed(spark: SparkSession, settings: Settings, previous: dict, scope: tup
     for grain, name in GRAIN_TABLES.items():
         stored = read_version(spark, table_path(name, settings), previous["versions"][name])
         totals[grain] = keep(measured_changes.transform(updated_totals(grain, stored)))
-    return convs, totals, f"changed customers: {customers.count()}"
+    return convs, totals, resolved, f"changed customers: {customers.count()}"
