@@ -1,7 +1,7 @@
-"""The frame of the incremental benchmarks (`attribution_incremental`, `profiles_incremental`,
-`campaign_incremental`): one day of a job run two ways from the same stored state, alternating in
-one Spark application, the changed customers re-derived against every customer, with a check that
-both ways write the same tables.
+"""The frame of the incremental benchmarks (`attribution_incremental`, `profiles_incremental`): one
+day of a job run two ways from the same stored state, alternating in one Spark application, the
+changed customers re-derived against every customer, with a check that both ways write the same
+tables.
 """
 
 from __future__ import annotations

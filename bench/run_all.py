@@ -34,8 +34,6 @@ BENCHMARKS = {
                                 ["--events", "60000", "--days", "30", "--repeat", "1"]),
     "profiles_incremental": (["--events", "2000000", "--days", "90"],
                              ["--events", "60000", "--days", "30", "--repeat", "1"]),
-    "campaign_incremental": (["--events", "2000000", "--days", "90"],
-                             ["--events", "60000", "--days", "30", "--repeat", "1"]),
     "lake_maintenance": ([], ["--appends", "8", "--repeat", "1"]),
     "publish": ([], ["--rows", "100000", "--repeat", "1"]),
     "validation": ([], ["--lines", "10000", "--repeat", "1"]),
@@ -141,8 +139,7 @@ def render_table() -> str:
     for name, job, detail in (
             ("attribution_incremental", "attribution",
              lambda r: f"{r['conversions_recomputed']['changed']:,} conversions rebuilt"),
-            ("profiles_incremental", "profiles", lambda r: r["derivation"]["changed"]),
-            ("campaign_incremental", "campaign_metrics", lambda r: r["derivation"]["changed"])):
+            ("profiles_incremental", "profiles", lambda r: r["derivation"]["changed"])):
         incremental = _load(name)
         if incremental:
             machine = machine or incremental["machine"]

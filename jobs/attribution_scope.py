@@ -21,7 +21,7 @@ from typing import Callable
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
-from touchpoint.core.identity_lookup import IDENTIFIER_PRECEDENCE, attach_customer_id, event_identifiers
+from touchpoint.core.identity_lookup import IDENTIFIER_PRECEDENCE, event_identifiers
 
 IDENTIFIER_KEY = ["identifier_type", "identifier_value"]
 # What a changed event must carry to find its customer and its order id.
@@ -78,37 +78,6 @@ def scope_seeds(identifiers: DataFrame, changed_events: DataFrame) -> Callable[[
                          .select("_scope_key.*"))
         return by_identifier.unionByName(
             changed_events.select("event_id", order_key().alias("conversion_id"))).distinct()
-
-    return transform
-
-
-def with_changed_identifier_flag(changes: DataFrame, broadcast: bool) -> Callable[[DataFrame], DataFrame]:
-    """Events -> events with `carries_changed_identifier`: one of their identifiers is in `changes`
-    (identity_changes: one row per identifier). `broadcast`: attach_customer_id's plan."""
-    marked = changes.select(*IDENTIFIER_KEY, F.lit("changed").alias("customer_id"))
-
-    def transform(events: DataFrame) -> DataFrame:
-        return (events.transform(attach_customer_id(marked, broadcast=broadcast))
-                .withColumn("carries_changed_identifier", F.col("customer_id").isNotNull()).drop("customer_id"))
-
-    return transform
-
-
-def resolved_scope_seeds(customers: DataFrame, changed_events: DataFrame) -> Callable[[DataFrame], DataFrame]:
-    """Events already resolved (customer_id) and flagged (with_changed_identifier_flag) -> the seeds
-    scope_seeds gives, by the module's definition: the changed customers' events, the events carrying
-    a changed identifier, and the changed events (deleted ones included). For a job that resolves
-    every event anyway: no identifiers are exploded. scope_seeds takes every event carrying an
-    identifier of a changed customer, a superset (a held-back shared device's event resolves to
-    someone else); an event resolving to an unchanged customer through unchanged identifiers is
-    not changed and cannot change anything."""
-
-    def transform(events: DataFrame) -> DataFrame:
-        changed_customer = F.broadcast(customers.select("customer_id", F.lit(True).alias("_changed_customer")))
-        return (events.join(changed_customer, "customer_id", "left")
-                .where(F.col("_changed_customer").isNotNull() | F.col("carries_changed_identifier"))
-                .select("event_id", order_key().alias("conversion_id"))
-                .unionByName(changed_events.select("event_id", order_key().alias("conversion_id"))).distinct())
 
     return transform
 

@@ -90,29 +90,3 @@ def recorded_state(path: str, table: str, job: str, state: int) -> tuple[dict | 
     recorded["version"] = delta_table.version()
     return recorded, None
 
-
-def signed_silver_changes(spark: SparkSession, silver_path: str, silver: DataFrame, since_version: int,
-                          version: int, since_as_of: dt.datetime, as_of: dt.datetime,
-                          columns: tuple[str, ...]) -> DataFrame:
-    """Silver rows (`columns` + `sign`) whose signed sum of any per-event measure is that measure
-    over silver@version below `as_of` minus over silver@since_version below `since_as_of`:
-    - the change feed between the versions, of events below `since_as_of`: +1 an inserted row or a
-      post-image, -1 a deleted row or a pre-image;
-    - the rows of `silver` (silver@version) between the two as-ofs: +1 when the as-of moved
-      forward, -1 when it moved back (a rerun of an earlier date)."""
-    signed = silver.select(*columns, F.lit(1).alias("sign")).limit(0)
-    if since_version < version:
-        change_sign = (F.when(F.col("_change_type").isin("insert", "update_postimage"), 1)
-                       .when(F.col("_change_type").isin("delete", "update_preimage"), -1))
-        signed = (spark.read.format("delta").option("readChangeFeed", "true")
-                  .option("startingVersion", since_version + 1).option("endingVersion", version)
-                  .load(silver_path)
-                  .where(micros("event_ts") < epoch_micros(since_as_of))
-                  .select(*columns, change_sign.alias("sign")))
-    earlier, later = sorted((since_as_of, as_of))
-    if earlier < later:
-        signed = signed.unionByName(
-            silver.where(F.col("event_date").between(earlier.date(), (later - dt.timedelta(microseconds=1)).date()))
-            .where((micros("event_ts") >= epoch_micros(earlier)) & (micros("event_ts") < epoch_micros(later)))
-            .select(*columns, F.lit(1 if as_of > since_as_of else -1).alias("sign")))
-    return signed

@@ -62,12 +62,6 @@ class ProfileSettings(_Section):
         "on a small lake than finding the changed ones); 0: always incremental when possible")
 
 
-class CampaignMetricsSettings(_Section):
-    incremental_min_events: int = Field(
-        1_000_000, ge=0, description="campaign_metrics: below this many silver events every table is derived "
-        "from all of silver (cheaper on a small lake than finding what changed); 0: always incremental when possible")
-
-
 class StreamSettings(_Section):
     trigger_seconds: float = Field(2.0, gt=0)
     customer_trigger_seconds: float | None = Field(
@@ -196,7 +190,6 @@ class Settings(BaseSettings):
     attribution: AttributionSettings = AttributionSettings()
     identity: IdentitySettings = IdentitySettings()
     profiles: ProfileSettings = ProfileSettings()
-    campaign_metrics: CampaignMetricsSettings = CampaignMetricsSettings()
     stream: StreamSettings = StreamSettings()
     retention: RetentionSettings = RetentionSettings()
     s3: S3Settings = S3Settings()
