@@ -89,4 +89,3 @@ def recorded_state(path: str, table: str, job: str, state: int) -> tuple[dict | 
     recorded["logical_date"] = dt.date.fromisoformat(recorded["logical_date"])
     recorded["version"] = delta_table.version()
     return recorded, None
-
