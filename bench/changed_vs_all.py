@@ -7,19 +7,15 @@ tables.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import importlib
-import logging
 import os
 import shutil
 import statistics
-import tempfile
 import time
 from pathlib import Path
 from typing import Callable
 
-from bench.common import progress, write_result
-from bench.faults import RssSampler, lake_settings
+from bench.common import progress
+from bench.faults import lake_settings
 
 WAYS = ("changed", "all")
 
@@ -106,66 +102,3 @@ def alternate(repeat: int, restore: Callable[[str], None], run: Callable[[str], 
     return {"seconds": seconds, "median_seconds": medians,
             "ratio_all_to_changed": round(medians["all"] / medians["changed"], 2),
             "summaries": summaries, "tables": digests["changed"], "identical_tables": True}
-
-
-def job_benchmark(name: str, doc: str, argv: list[str] | None, job: str, compared: tuple[str, ...],
-                  **overrides) -> int:
-    """One day of `touchpoint.jobs.<job>` (a job with `run(..., mode="auto"|"full")` and a
-    `derivation` in its summary) both ways. In a scratch lake reading the source's silver.events it
-    runs identity and the job for day D-1, D being the last event date in silver, then identity for D,
-    and keeps a copy of the gold tables; then the job for D `--repeat` times each way, each run
-    starting from that copy. `overrides`: settings of the scratch lake."""
-    args = arguments(doc, argv, "a lake with silver.events")
-
-    from touchpoint.core.catalog import table_path
-    from touchpoint.core.spark import get_spark
-    from touchpoint.jobs import identity
-
-    module = importlib.import_module(f"touchpoint.jobs.{job}")
-    logging.basicConfig(format="[%(asctime)s] %(message)s", datefmt="%H:%M:%S")
-    logging.getLogger(module.__name__).setLevel(logging.INFO)  # the steps' times of jobs that log them
-    workdir = Path(tempfile.mkdtemp(prefix=f"bench-{name}-"))
-    settings = lake_settings(workdir / "scratch", spark_driver_memory=args.driver_memory, spark_shuffle_partitions=4,
-                             **overrides)
-    spark = get_spark(f"bench-{name}", settings=settings)
-    result: dict = {"parameters": {**vars(args)}}
-    try:
-        with RssSampler(lambda: [os.getpid()]) as memory:
-            source_lake(spark, args, settings, workdir, result)
-            day = dt.date.fromisoformat(result["parameters"]["last_day"])
-            before = day - dt.timedelta(days=1)
-            result["parameters"]["day"] = day.isoformat()
-            progress(f"{result['parameters']['silver_events']:,} silver events; identity and {job} for {before}")
-            timed(result, "identity_before", lambda: identity.run(spark, settings, before))
-            result[f"{job}_before"] = timed(result, f"{job}_before", lambda: module.run(spark, settings, before))
-            progress(f"{job} for {before}: {result[f'{job}_before_seconds']} s; identity for {day}")
-            identity.run(spark, settings, day)
-
-            gold = Path(table_path(compared[0], settings)).parent
-            base = workdir / "gold-base"
-            link_copy(gold, base)
-
-            def restore(way: str) -> None:
-                shutil.rmtree(gold)
-                link_copy(base, gold)
-
-            outcome = alternate(
-                args.repeat, restore,
-                lambda way: module.run(spark, settings, day, mode="auto" if way == "changed" else "full"),
-                lambda: table_digest(spark, settings, compared))
-        summaries = outcome.pop("summaries")
-        result.update(outcome, derivation={way: summary["derivation"] for way, summary in summaries.items()},
-                      peak_rss_mb=dict(memory.peaks_mb))
-    finally:
-        spark.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
-    write_result(name, result)
-    return 0
-
-
-def timed(result: dict, name: str, step):
-    """Runs a step, recording its seconds as `<name>_seconds`; returns what it returned."""
-    started = time.monotonic()
-    returned = step()
-    result[f"{name}_seconds"] = round(time.monotonic() - started, 1)
-    return returned

@@ -6,14 +6,13 @@ the customers these changes reach; docs/ATTRIBUTION.md has the argument.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from touchpoint.core.dates import as_of_for, epoch_micros
-from touchpoint.core.delta import read_version, rs_table, snapshot_fingerprint
+from touchpoint.core.delta import read_version, snapshot_fingerprint
 from touchpoint.jobs.attribution_models import micros
 from touchpoint.jobs.attribution_scope import CHANGED_EVENT_COLUMNS, identity_changes
 
@@ -67,25 +66,3 @@ def changes_since(spark: SparkSession, job: str, previous: dict, inputs: dict[st
         return None, (f"silver.events' change data feed since version {silver_before + 1} cannot be read "
                       f"({type(unreadable).__name__})")
     return (changed, changes), ""
-
-
-def recorded_state(path: str, table: str, job: str, state: int) -> tuple[dict | None, str | None]:
-    """What the last run of `job` recorded in its commit to `table` (Delta userMetadata: state,
-    logical_date, input versions...) plus the table's `version`, when it can seed an incremental
-    run; else (None, why not). Any later commit to the table (an erasure, a restore) hides it."""
-    try:
-        delta_table = rs_table(path)
-        last_commit = delta_table.history(1)[0]
-    except Exception:  # no table yet
-        return None, "first run"
-    try:
-        recorded = json.loads(last_commit.get("userMetadata") or "")
-    except ValueError:
-        recorded = None
-    if not isinstance(recorded, dict):
-        return None, f"the last commit of {table} is not a {job} run"
-    if recorded.get("state") != state:
-        return None, f"the {table} of the last run were derived differently"
-    recorded["logical_date"] = dt.date.fromisoformat(recorded["logical_date"])
-    recorded["version"] = delta_table.version()
-    return recorded, None

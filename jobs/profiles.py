@@ -30,7 +30,7 @@ from pyspark.sql.types import (
 from touchpoint.core.catalog import table_path
 from touchpoint.core.config import Settings
 from touchpoint.core.dates import as_of_for
-from touchpoint.core.delta import read_version, snapshot_fingerprint
+from touchpoint.core.delta import read_version, rs_table, snapshot_fingerprint
 from touchpoint.core.hashing import hashed_email, hashed_phone_e164
 from touchpoint.core.identity_lookup import attach_customer_id
 from touchpoint.core.rfm import rfm_scores, rfm_segment
@@ -39,7 +39,7 @@ from touchpoint.jobs.identity_graph import LakeCheckpointer, local_checkpoints
 from touchpoint.jobs.identity_state import (
     locate_version, lookup_by_broadcast, run_log, snapshot_rows, write_snapshot,
 )
-from touchpoint.jobs.input_changes import changes_since, recorded_state
+from touchpoint.jobs.input_changes import changes_since
 
 CONSENT_FLAGS = ("email_marketing", "ads_personalization", "analytics")
 MICROS_PER_DAY = 86_400 * 1_000_000
@@ -210,6 +210,25 @@ def update_profiles(events: DataFrame, identity_map: DataFrame, previous_profile
     return assemble_profiles(identity_map, summaries, resolved_orders, as_of, checkpoint, partitions)
 
 
+def _previous_state(path: str) -> tuple[dict | None, str | None]:
+    """What the last profiles run recorded in its commit, when it can seed an incremental run, else
+    (None, why not). Any later commit to the table (an erasure, a restore) hides it: a full run."""
+    try:
+        table = rs_table(path)
+        last_commit = table.history(1)[0]
+    except Exception:  # no table yet
+        return None, "first run"
+    try:
+        state = json.loads(last_commit.get("userMetadata") or "")
+    except ValueError:
+        return None, "the last commit of gold.customer_profiles is not a profiles run"
+    if state.get("state") != PROFILE_STATE:
+        return None, "the profiles of the last run were derived differently"
+    state["logical_date"] = dt.date.fromisoformat(state["logical_date"])
+    state["customer_profiles_version"] = table.version()
+    return state, None
+
+
 def run(spark: SparkSession, settings: Settings, logical_date: dt.date, mode: str = "auto") -> dict:
     """Profiles as of D+1 00:00Z. mode: 'auto' (incremental when the previous run's state is
     usable) or 'full'."""
@@ -234,8 +253,7 @@ def run(spark: SparkSession, settings: Settings, logical_date: dt.date, mode: st
     silver = read_version(spark, silver_path, silver_version)
     events = silver.where(F.col("event_ts") < F.lit(as_of))
     path = table_path("gold.customer_profiles", settings)
-    previous, full_reason = (recorded_state(path, "gold.customer_profiles", "profiles", PROFILE_STATE)
-                             if mode == "auto" else (None, "full recompute requested"))
+    previous, full_reason = _previous_state(path) if mode == "auto" else (None, "full recompute requested")
     minimum = settings.profiles.incremental_min_events
     silver_events = snapshot_rows(silver_path, silver_version) if previous is not None else None
     if silver_events is not None and silver_events < minimum:
@@ -262,7 +280,7 @@ def run(spark: SparkSession, settings: Settings, logical_date: dt.date, mode: st
         else:
             seeds = checkpoint(events.transform(scope_seeds(scope_identifiers(identity_map, customers, changes),
                                                             changed_events)))
-            previous_profiles = read_version(spark, path, previous["version"])
+            previous_profiles = read_version(spark, path, previous["customer_profiles_version"])
             profiles = update_profiles(events, identity_map, previous_profiles, customers, seeds, as_of,
                                        checkpoint, partitions, broadcast_map)
             derivation = f"changed customers: {customers.count()}"
