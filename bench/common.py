@@ -19,6 +19,13 @@ RESULTS = Path(__file__).resolve().parent / "results"
 _T0 = time.monotonic()
 
 
+def stream_default(name: str):
+    """The platform's default for a `stream.*` setting, so a bench measures what users run."""
+    from touchpoint.core.config import StreamSettings
+
+    return StreamSettings.model_fields[name].default
+
+
 def progress(message: str) -> None:
     print(f"[{time.monotonic() - _T0:8.1f}s] {message}", flush=True)
 

@@ -3,7 +3,7 @@ average of a retailer with 500M interactions a day) and during a 10x burst.
 Floor: p95 <= 10 s; target: p95 <= 3 s.
 
     python -m bench.freshness [--rate 5000] [--steady-seconds 120] [--burst-factor 10]
-                              [--burst-seconds 20] [--trigger-seconds 1] [--max-offsets 200000]
+                              [--burst-seconds 20] [--trigger-seconds 1] [--max-offsets 500000]
 
 Runs, against the broker of the settings, on a fresh topic and lake:
 - the ingest stream (`touchpoint stream ingest`) and the speed layer (`touchpoint stream speed`),
@@ -29,7 +29,7 @@ import time
 import uuid
 from pathlib import Path
 
-from bench.common import progress, write_result
+from bench.common import progress, stream_default, write_result
 from bench.faults import (
     BackgroundGenerator, ChildProcess, JARS, RssSampler, broker_pid, ingest_args, lake_table, speed_args,
     subprocess_env, wait_for,
@@ -114,7 +114,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--tail-seconds", type=float, default=60)
     parser.add_argument("--trigger-seconds", type=float, default=1.0)
     parser.add_argument("--customer-trigger-seconds", type=float, default=30.0)
-    parser.add_argument("--max-offsets", type=int, default=200_000)
+    parser.add_argument("--max-offsets", type=int, default=stream_default("max_offsets_per_trigger"),
+                        help="stream.max_offsets_per_trigger (default: the platform's)")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--customers", type=int, default=200_000)
     args = parser.parse_args(argv)

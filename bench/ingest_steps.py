@@ -1,7 +1,7 @@
 """Where an ingestion micro-batch spends its time: N generated events pre-loaded into Kafka, drained
 by the ingest stream (`--available-now`) in this process, with the sink's per-step timings.
 
-    python -m bench.ingest_steps [--events 1000000] [--seed 42] [--max-offsets 200000] [--topic T]
+    python -m bench.ingest_steps [--events 1000000] [--seed 42] [--max-offsets 500000] [--topic T]
 
 The sink (`streaming.ingest.IngestSink`) logs each step's duration at DEBUG; this script captures
 those lines and reports, per step, the median over the steady batches (full batches after the first,
@@ -22,7 +22,7 @@ import tempfile
 import uuid
 from pathlib import Path
 
-from bench.common import progress, write_result
+from bench.common import progress, stream_default, write_result
 from bench.faults import JARS, RssSampler, lake_settings, reconciliation_totals
 
 _STEP_LINE = re.compile(r"batch (\d+): (.+?)(?: append)? took ([\d.]+)s")
@@ -43,7 +43,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--max-offsets", type=int, default=200_000, help="stream.max_offsets_per_trigger")
+    parser.add_argument("--max-offsets", type=int, default=stream_default("max_offsets_per_trigger"),
+                        help="stream.max_offsets_per_trigger (default: the platform's)")
     parser.add_argument("--partitions", type=int, default=2)
     parser.add_argument("--driver-memory", default="6g")
     parser.add_argument("--topic", default=None, help="a topic already pre-loaded (kept afterwards)")

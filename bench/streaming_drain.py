@@ -2,7 +2,7 @@
 events/s through ingestion (bronze + silver) and through the speed layer, against the broker's own
 consumer throughput (Kafka's ConsumerPerformance, same jars, same topic, same run).
 
-    python -m bench.streaming_drain [--events 5000000] [--seed 42] [--max-offsets 200000]
+    python -m bench.streaming_drain [--events 5000000] [--seed 42] [--max-offsets 500000]
 
 Parameters are fixed by the arguments (seeded generator, a fresh topic and lake per run), so a rerun
 measures the same work. Floor 20,000 events/s end to end; target 50,000.
@@ -30,7 +30,7 @@ import uuid
 from pathlib import Path
 
 from bench.common import (
-    checkpoint_commit_times, consumer_perf, progress, sustained_rate, write_result,
+    checkpoint_commit_times, consumer_perf, progress, stream_default, sustained_rate, write_result,
 )
 from bench.faults import (
     ChildProcess, JARS, RssSampler, broker_pid, ingest_args, lake_table, reconciliation_totals, speed_args,
@@ -88,7 +88,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--events", type=int, default=5_000_000)
     parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--max-offsets", type=int, default=200_000, help="stream.max_offsets_per_trigger")
+    parser.add_argument("--max-offsets", type=int, default=stream_default("max_offsets_per_trigger"),
+                        help="stream.max_offsets_per_trigger (default: the platform's)")
     parser.add_argument("--partitions", type=int, default=2)
     parser.add_argument("--speed-seconds", type=float, default=None,
                         help="stop the speed layer's drain after this long; its rate is then that of the "

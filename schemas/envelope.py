@@ -19,6 +19,7 @@ def schema_version() -> str:
     return envelope_schema()["x-schema-version"]
 
 
+@lru_cache(maxsize=1)
 def event_types() -> tuple[str, ...]:
     return tuple(envelope_schema()["properties"]["event_type"]["enum"])
 
@@ -66,10 +67,12 @@ def field_by_column(column: str) -> Field:
     return {f.column: f for f in envelope_fields()}[column]
 
 
+@lru_cache(maxsize=1)
 def identifier_columns() -> tuple[str, ...]:
     return tuple(f.column for f in envelope_fields() if f.identifier)
 
 
+@lru_cache(maxsize=1)
 def pii_columns() -> tuple[str, ...]:
     return tuple(f.column for f in envelope_fields() if f.pii)
 

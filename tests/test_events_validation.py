@@ -210,6 +210,41 @@ def test_timestamp_offsets_are_exact_instants():
                                                                                   tzinfo=dt.timezone.utc)
 
 
+UTC = dt.timezone.utc
+
+
+@pytest.mark.parametrize(("text", "instant"), [
+    ("2026-03-01T10:00:00Z", dt.datetime(2026, 3, 1, 10, tzinfo=UTC)),
+    ("2026-03-01T10:00:00.1Z", dt.datetime(2026, 3, 1, 10, 0, 0, 100_000, tzinfo=UTC)),
+    ("2026-03-01T10:00:00.123456Z", dt.datetime(2026, 3, 1, 10, 0, 0, 123_456, tzinfo=UTC)),
+    ("2026-03-01T10:00:00.1234567Z", dt.datetime(2026, 3, 1, 10, 0, 0, 123_456, tzinfo=UTC)),  # truncated
+    ("2026-03-01T10:00:00.999999999+01:30", dt.datetime(2026, 3, 1, 8, 30, 0, 999_999, tzinfo=UTC)),
+    ("2026-03-01t10:00:00z", dt.datetime(2026, 3, 1, 10, tzinfo=UTC)),
+    ("2026-03-01 10:00:00.5-00:00", dt.datetime(2026, 3, 1, 10, 0, 0, 500_000, tzinfo=UTC)),
+    ("  2026-03-01T23:30:00-01:00 ", dt.datetime(2026, 3, 2, 0, 30, tzinfo=UTC)),
+    ("0001-01-01T00:00:00Z", dt.datetime(1, 1, 1, tzinfo=UTC)),
+    ("٢٠٢٦-03-01T10:00:00Z", dt.datetime(2026, 3, 1, 10, tzinfo=UTC)),  # Unicode digits: the full parse
+])
+def test_timestamps_in_every_accepted_shape(text, instant):
+    parsed = parse_timestamp(text, "event_ts")
+    assert (parsed, parsed.tzinfo) == (instant, UTC)
+
+
+@pytest.mark.parametrize(("text", "reason"), [
+    ("2026-03-01T24:00:00Z", "'event_ts' is not a valid instant (hour must be in 0..23): \"2026-03-01T24:00:00Z\""),
+    ("2026-02-29T10:00:00Z", "'event_ts' is not a valid instant (day is out of range for month): "
+                             "\"2026-02-29T10:00:00Z\""),
+    ("2026-03-01T10:00:60Z", "'event_ts' is not a valid instant (second must be in 0..59): \"2026-03-01T10:00:60Z\""),
+    ("2026-03-01T10:00:00+24:00", "'event_ts' is not a valid instant (offset must be a timedelta strictly between "
+                                  "-timedelta(hours=24) and timedelta(hours=24), not datetime.timedelta(days=1).): "
+                                  "\"2026-03-01T10:00:00+24:00\""),
+])
+def test_impossible_instants_name_the_problem(text, reason):
+    with pytest.raises(Rejected) as rejected:
+        parse_timestamp(text, "event_ts")
+    assert (rejected.value.code, rejected.value.reason) == ("bad_timestamp", reason)
+
+
 def test_deeply_nested_json_is_rejected_not_a_crash():
     from touchpoint.core.events import decode
 

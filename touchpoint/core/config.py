@@ -67,7 +67,9 @@ class StreamSettings(_Section):
     customer_trigger_seconds: float | None = Field(
         30.0, gt=0, description="trigger of the speed layer's customer-views query (identity, last touch, activity, "
                                 "segments); unset = one speed query for every view at trigger_seconds")
-    max_offsets_per_trigger: int = Field(200_000, gt=0)
+    max_offsets_per_trigger: int = Field(
+        500_000, gt=0, description="cap on the Kafka records of one ingest micro-batch: bounds a catch-up batch "
+                                   "(a live stream's batches are what arrived in a trigger interval)")
     speed_max_bytes_per_trigger: int = Field(
         32 * 2**20, gt=0, description="soft bound on the silver bytes one speed micro-batch reads (Delta's "
                                       "maxBytesPerTrigger; at least one file): bounds its memory after a backlog")

@@ -46,6 +46,7 @@ _TS_RE = re.compile(
 )
 _COUNTRY_RE = re.compile(r"^[A-Za-z]{2}$")
 _CONSENT_FLAGS = ("email_marketing", "ads_personalization", "analytics")
+_CAMPAIGN_KEYS = tuple((column, column.removeprefix("campaign_")) for column in CAMPAIGN_COLUMNS)
 _UTM_TO_FIELD = {"utm_source": "campaign_source", "utm_medium": "campaign_medium", "utm_campaign": "campaign_name",
                  "utm_term": "campaign_term", "utm_content": "campaign_content"}
 
@@ -212,12 +213,21 @@ def _lookup(event: dict, path: tuple[str, ...]) -> Any:
 
 def parse_timestamp(text: str, field: str) -> dt.datetime:
     """RFC 3339 with an offset -> aware UTC datetime, truncated to microseconds."""
-    match = _TS_RE.match(text.strip())
+    stripped = text.strip()
+    match = _TS_RE.match(stripped)
     if not match:
         raise Rejected("bad_timestamp", f"'{field}' is not an RFC 3339 timestamp: {_describe(text)}")
     if match["offset"] is None:
         raise Rejected("timestamp_without_offset", f"'{field}' has no UTC offset: {_describe(text)}")
     year, month, day, hour, minute, second, fraction = match.groups()[:7]
+    # Fast path (two timestamps per event were a fifth of the validator's time): the common shape,
+    # ASCII digits and at most microseconds, read by the C parser; anything it refuses takes the
+    # path below, which names the problem.
+    if (fraction is None or len(fraction) <= 6) and hour != "24" and stripped.isascii():
+        try:
+            return dt.datetime.fromisoformat(stripped).astimezone(dt.timezone.utc)
+        except (ValueError, OverflowError):
+            pass
     offset = match["offset"]
     try:
         tz = dt.timezone.utc if offset in ("Z", "z") else dt.timezone(
@@ -237,7 +247,7 @@ def clean_id(value: Any) -> str | None:
     """Trimmed identifier, None when absent or blank (case is kept)."""
     if value is None:
         return None
-    text = str(value).strip()
+    text = value.strip() if type(value) is str else str(value).strip()
     return text or None
 
 
@@ -262,8 +272,8 @@ def normalise_phone(value: str | None, country: str | None) -> tuple[str | None,
 
 def campaign_fields(campaign: dict | None, page_url: str | None) -> tuple[dict[str, str | None], str | None]:
     """The five campaign fields and where they came from: the object, else utm_* of page_url (no merge)."""
-    from_object = {column: clean_id((campaign or {}).get(column.removeprefix("campaign_")))
-                   for column in CAMPAIGN_COLUMNS}
+    campaign = campaign or {}
+    from_object = {column: clean_id(campaign.get(key)) for column, key in _CAMPAIGN_KEYS}
     if any(from_object.values()):
         return from_object, "campaign"
     from_url = dict.fromkeys(CAMPAIGN_COLUMNS)
