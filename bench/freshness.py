@@ -118,6 +118,8 @@ def main(argv: list[str] | None = None) -> dict:
                         help="stream.max_offsets_per_trigger (default: the platform's)")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--customers", type=int, default=200_000)
+    parser.add_argument("--driver-memory", default=None,
+                        help="spark.driver.memory of the ingest and speed processes (default: the settings')")
     args = parser.parse_args(argv)
 
     from touchpoint.core.config import load_settings, require_kafka
@@ -133,6 +135,8 @@ def main(argv: list[str] | None = None) -> dict:
     knobs = {"STREAM__TRIGGER_SECONDS": str(args.trigger_seconds),
              "STREAM__CUSTOMER_TRIGGER_SECONDS": str(args.customer_trigger_seconds),
              "STREAM__MAX_OFFSETS_PER_TRIGGER": str(args.max_offsets), "STREAM__STARTING_OFFSETS": "earliest"}
+    if args.driver_memory:
+        knobs["SPARK_DRIVER_MEMORY"] = args.driver_memory
     env = subprocess_env(lake, **knobs)
     result: dict = {"parameters": {**vars(args), "topic": topic, "knobs": knobs,
                                    "spark_master": settings.spark_master, "shuffle_partitions": 2}}

@@ -278,3 +278,52 @@ def test_split_queries_read_bounded_batches_and_write_only_their_views(spark, se
         (D, "spring", 0, 1, 0, Decimal("0E-9"), 0, Decimal("0E-9")),
         (D, "summer", 0, 1, 0, Decimal("0E-9"), 1, Decimal("100.000000000")),
     ]
+
+
+def test_a_single_query_deployment_switched_to_split_queries_counts_everything_once(spark, settings, lake):
+    """docs/SERVING.md, "Two speed queries": `speed` keeps its checkpoint and from then on writes the
+    campaign measures only; `speed_customers` starts without one and reads the feed from its start."""
+    from touchpoint.core.delta import committed_txn_version
+    from touchpoint.streaming.speed import start_queries
+
+    lake.arrive(event("e1", "ad_click", at(1, 10), "u1", "spring"),
+                event("e2", "ad_impression", at(1, 9), "u1", "spring", channel="display"),
+                event("e3", "order", at(1, 10, 30), "u1", None, channel="direct", order_id="o1", revenue=100.0))
+    lake.speed()  # one query, `speed`, keeping every view
+    assert daily(lake.serving()) == [
+        (D, None, 0, 0, 1, Decimal("100.000000000"), 0, Decimal("0E-9")),
+        (D, "spring", 1, 1, 0, Decimal("0E-9"), 1, Decimal("100.000000000")),
+    ]
+    single_batches = committed_txn_version(lake.path("speed.campaign_daily"), "speed:speed.campaign_daily")
+
+    # While switched over: a late click that takes o1's last touch, and a new customer's click and order.
+    lake.arrive(event("e4", "email_click", at(1, 10, 20), "u1", "summer", channel="email"))
+    lake.arrive(event("e5", "ad_click", at(2, 1), None, "spring", anonymous_id="a2"),
+                event("e6", "order", at(2, 1, 5), "u2", None, channel="direct", order_id="o2", revenue=50.0,
+                      anonymous_id="a2"))
+    split = lake.settings.model_copy(update={"stream": lake.settings.stream.model_copy(
+        update={"customer_trigger_seconds": 30.0})})
+    queries = start_queries(spark, split, trigger_once=True)
+    for query in queries:
+        query.awaitTermination()
+        query.stop()
+    assert [(q.name, q.exception()) for q in queries] == [("speed", None), ("speed_customers", None)]
+
+    assert daily(lake.serving()) == [
+        (D, None, 0, 0, 1, Decimal("100.000000000"), 0, Decimal("0E-9")),
+        (D, "spring", 1, 1, 0, Decimal("0E-9"), 0, Decimal("0E-9")),
+        (D, "summer", 0, 1, 0, Decimal("0E-9"), 1, Decimal("100.000000000")),
+        (D + dt.timedelta(days=1), None, 0, 0, 1, Decimal("50.000000000"), 0, Decimal("0E-9")),
+        (D + dt.timedelta(days=1), "spring", 0, 1, 0, Decimal("0E-9"), 1, Decimal("50.000000000")),
+    ]
+    # `speed` went on from its checkpoint (later batch ids, the new changes only) and wrote no customer
+    # view after the switch; `speed_customers` began at batch 0 and re-read the whole feed.
+    freshness = spark.read.format("delta").load(lake.path("speed.freshness")).where("rows > 0")
+    after = {r["query"]: (r["batch_id"], r["first_version"], r["rows"])
+             for r in freshness.where(F.col("batch_id") > single_batches).collect()}
+    assert after == {"speed": (single_batches + 1, 2, 3)}
+    assert sorted((r["first_version"], r["last_version"], r["rows"]) for r in
+                  freshness.where("query = 'speed_customers'").collect()) == [(1, 3, 6)]
+    assert committed_txn_version(lake.path("speed.campaign_conversions"), "speed:speed.campaign_conversions") \
+        == single_batches
+    assert committed_txn_version(lake.path("speed.campaign_daily"), "speed:speed.campaign_daily") == single_batches + 1
