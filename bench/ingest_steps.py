@@ -1,7 +1,7 @@
 """Where an ingestion micro-batch spends its time: N generated events pre-loaded into Kafka, drained
 by the ingest stream (`--available-now`) in this process, with the sink's per-step timings.
 
-    python -m bench.ingest_steps [--events 1000000] [--seed 42] [--max-offsets 500000] [--topic T]
+    python -m bench.ingest_steps [--events 2000000] [--seed 42] [--max-offsets 500000] [--topic T]
 
 The sink (`streaming.ingest.IngestSink`) logs each step's duration at DEBUG; this script captures
 those lines and reports, per step, the median over the steady batches (full batches after the first,
@@ -41,7 +41,7 @@ class _StepTimes(logging.Handler):
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--events", type=int, default=1_000_000)
+    parser.add_argument("--events", type=int, default=2_000_000)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--max-offsets", type=int, default=stream_default("max_offsets_per_trigger"),
                         help="stream.max_offsets_per_trigger (default: the platform's)")
