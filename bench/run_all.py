@@ -92,9 +92,14 @@ def render_table() -> str:
                     f"| | {_memory(ingest)} | {_when(drain)} |")
         speed = drain.get("speed", {})
         if "skipped" not in speed:
-            rows.append(f"| | speed layer sustained events/s | {_fmt(speed.get('sustained', {}).get('events_per_second'))} "
+            stalled_note = (f" ({', '.join(speed['sustained']['stalled'])} committed no batch)"
+                            if speed.get("sustained", {}).get("stalled") else "")
+            rows.append(f"| | speed layer sustained events/s{stalled_note} | "
+                        f"{_fmt(speed.get('sustained', {}).get('events_per_second'))} "
                         f"(wall {_fmt(speed.get('wall_events_per_second'))}) | | {_memory(speed)} | |")
-        rows.append(f"| | end to end events/s; ratio to Kafka ConsumerPerformance ceiling "
+        stalled = speed.get("sustained", {}).get("stalled")
+        only = f" (views of the queries that committed batches; {', '.join(stalled)}: none)" if stalled else ""
+        rows.append(f"| | end to end events/s{only}; ratio to Kafka ConsumerPerformance ceiling "
                     f"({_fmt(drain['ceiling']['events_per_second'])}/s) | {_fmt(end.get('events_per_second'))}; "
                     f"{_fmt(end.get('ratio_to_ceiling'), 3)} | 20,000 / 50,000 | | |")
     fresh = _load("freshness")
