@@ -169,14 +169,14 @@ def main(argv: list[str] | None = None) -> dict:
             rates = {query: q["sustained"].get("events_per_second") for query, q in per_query.items()}
             stalled = sorted(query for query, q in per_query.items() if not q["change_rows"])
             measured = [rate for rate in rates.values() if rate]
-            if measured and not stalled and all(rates.values()):
-                sustained_speed = {"events_per_second": min(measured), "basis": "the slowest speed query"}
-            elif measured:
-                sustained_speed = {"events_per_second": min(measured), "stalled": stalled,
+            if stalled:
+                sustained_speed = {"events_per_second": min(measured) if measured else None, "stalled": stalled,
                                    "basis": f"the queries that committed batches ({', '.join(stalled)} committed "
                                             f"none in {wall_speed:.0f} s)"}
+            elif measured and all(rates.values()):
+                sustained_speed = {"events_per_second": min(measured), "basis": "the slowest speed query"}
             else:
-                sustained_speed = {"events_per_second": None, "stalled": stalled}
+                sustained_speed = {"events_per_second": None}
             drained = code == 0
             result["speed"] = {"wall_seconds": round(wall_speed, 1), "drained": drained,
                                "wall_events_per_second": (round(result["preload"]["expected_silver"] / wall_speed, 1)
