@@ -51,27 +51,6 @@ def test_suppression_matches_by_type_and_hash_only():
     assert withheld_payload(b"x") == b"erased-subject-payload-sha256:" + hashlib.sha256(b"x").hexdigest().encode()
 
 
-def test_ingest_validation_quarantines_erased_subjects_before_any_other_check(spark):
-    from touchpoint.schemas.lake import BRONZE_SCHEMA
-    from touchpoint.streaming.ingest import validate
-
-    arrival = dt.datetime(2026, 3, 2, 12, tzinfo=dt.timezone.utc)
-    erased = b'{"event_id": "e1", "event_type": "page_view", "event_ts": "2026-03-02T10:00:00Z", "email": "X@Y.Z"}'
-    erased_and_invalid = b'{"event_id": "e2", "event_type": "nope", "email": "x@y.z"}'
-    other = b'{"event_id": "e3", "event_type": "page_view", "event_ts": "2026-03-02T10:00:00Z", "email": "o@y.z"}'
-    bronze = spark.createDataFrame(
-        [(p, "t", 0, i, arrival, arrival, arrival.date()) for i, p in enumerate((erased, erased_and_invalid, other))],
-        BRONZE_SCHEMA)
-    suppression = Suppression(frozenset({("email", sha("x@y.z"))}))
-    rows = (bronze.transform(validate("USD", suppression))
-            .select("payload", "error_code", "email", "rejected_event_id").orderBy("source_offset").collect())
-    assert [tuple(r) for r in rows] == [
-        (withheld_payload(erased), "erased_subject", None, None),
-        (withheld_payload(erased_and_invalid), "erased_subject", None, None),
-        (other, None, "o@y.z", None),
-    ]
-
-
 def test_pii_columns_are_excluded_from_statistics_on_every_restricted_table(spark, settings):
     """Create every restricted table through ensure_table with a schema holding its PII columns and
     check the Delta property names none of them (so _delta_log never holds their values)."""
