@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> dict:
         progress(f"ingest: {lines / wall:,.0f} events/s wall, sustained {sustained['events_per_second']}")
 
         if importlib.util.find_spec("touchpoint.streaming.speed") is not None:
-            from touchpoint.streaming.speed import CUSTOMER_QUERY_SUFFIX
+            from touchpoint.streaming.speed import query_names
 
             progress("speed layer: touchpoint stream speed --available-now")
             code, wall_speed, memory = run_stream(speed_args(available_now=True), env, workdir / "speed.log", settings,
@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> dict:
             batches = lake_table(settings, "speed.freshness")
             # One query per group of views (streaming.speed.start_queries); the slower one bounds the drain.
             # A query that committed no batch before the limit is reported as such, not left out.
-            started = {"speed"} | ({"speed" + CUSTOMER_QUERY_SUFFIX} if settings.stream.customer_trigger_seconds else set())
+            started = set(query_names(settings))
             per_query = {}
             for query in sorted(started | {r["query"] for r in batches}):
                 per_batch = {r["batch_id"]: r["rows"] for r in batches if r["query"] == query}

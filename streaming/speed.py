@@ -421,16 +421,24 @@ def change_stream(spark: SparkSession, settings: Settings, start_version: int) -
             .transform(deduplicated_changes(settings.stream.watermark_minutes)))
 
 
+def query_names(settings: Settings, query_name: str = "speed") -> list[str]:
+    """The queries `start_queries` starts: the campaign-views query `query_name` and the
+    customer-views query `<query_name>_customers`, or `query_name` alone for all views when
+    `stream.customer_trigger_seconds` is unset."""
+    if settings.stream.customer_trigger_seconds is None:
+        return [query_name]
+    return [query_name, query_name + CUSTOMER_QUERY_SUFFIX]
+
+
 def start_queries(spark: SparkSession, settings: Settings, query_name: str = "speed", trigger_once: bool = False):
-    """Start the speed layer as configured: the campaign-views query `query_name` and the
-    customer-views query `<query_name>_customers` (or, with `stream.customer_trigger_seconds` unset,
-    one query for all views). Returns the started queries."""
-    customer_trigger = settings.stream.customer_trigger_seconds
-    if customer_trigger is None:
+    """Start the speed layer as configured (`query_names`). Returns the started queries."""
+    names = query_names(settings, query_name)
+    if len(names) == 1:
         return [start_stream(spark, settings, query_name, trigger_once)]
-    return [start_stream(spark, settings, query_name, trigger_once, views="campaigns"),
-            start_stream(spark, settings, query_name + CUSTOMER_QUERY_SUFFIX, trigger_once, views="customers",
-                         trigger_seconds=customer_trigger)]
+    campaigns, customers = names
+    return [start_stream(spark, settings, campaigns, trigger_once, views="campaigns"),
+            start_stream(spark, settings, customers, trigger_once, views="customers",
+                         trigger_seconds=settings.stream.customer_trigger_seconds)]
 
 
 def start_stream(spark: SparkSession, settings: Settings, query_name: str = "speed", trigger_once: bool = False,
