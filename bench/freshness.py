@@ -120,6 +120,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--customers", type=int, default=200_000)
     parser.add_argument("--driver-memory", default=None,
                         help="spark.driver.memory of the ingest and speed processes (default: the settings')")
+    parser.add_argument("--logs", default=None,
+                        help="a folder to copy ingest.log and speed.log to (the per-step timings of each batch)")
     args = parser.parse_args(argv)
 
     from touchpoint.core.config import load_settings, require_kafka
@@ -192,6 +194,11 @@ def main(argv: list[str] | None = None) -> dict:
             if child is not None:
                 child.kill()
         kafka.delete_topic(topic, settings=settings)
+        if args.logs:
+            Path(args.logs).mkdir(parents=True, exist_ok=True)
+            for log_file in ("ingest.log", "speed.log"):
+                if (workdir / log_file).exists():
+                    shutil.copy(workdir / log_file, Path(args.logs) / log_file)
         if not failed:
             shutil.rmtree(workdir, ignore_errors=True)
     write_result("freshness", result)

@@ -29,6 +29,7 @@ import datetime as dt
 import logging
 import time
 from contextlib import ExitStack
+from dataclasses import dataclass
 from typing import Callable, Iterable, Mapping
 
 from pyspark.sql import DataFrame, SparkSession
@@ -42,13 +43,14 @@ from touchpoint.core.catalog import table_path
 from touchpoint.core.config import Settings
 from touchpoint.core.delta import (
     committed_txn_version, ensure_table, is_delta, latest_version, read_version, retry_on_conflict,
+    snapshot_fingerprint,
 )
-from touchpoint.core.identity_lookup import attach_customer_id
+from touchpoint.core.identity_lookup import BROADCAST_MAP_MAX_IDENTIFIERS, attach_customer_id
 from touchpoint.core.segments import (
     behaviours_of, compile_segments, load_segments, segment_members, with_behaviour_counts,
 )
 from touchpoint.core.serving import SCHEMAS
-from touchpoint.core.spark import local_checkpoint
+from touchpoint.core.spark import local_checkpoint, release_checkpoint
 from touchpoint.core.stream_identity import extend_identity_map
 from touchpoint.schemas.lake import SILVER_SCHEMA
 
@@ -117,6 +119,25 @@ def realtime_members(definitions, base: DataFrame, events: DataFrame,
 
 # ---- the sink ------------------------------------------------------------------------------------
 
+@dataclass
+class IdentityState:
+    """The extended identity map a customer-views query keeps between micro-batches: what it
+    extends (`published`: the cut and the map's and guardrails' fingerprints), the silver version
+    it covers, the map itself (a local checkpoint) and its size."""
+
+    published: tuple
+    silver_version: int
+    frame: DataFrame
+    identifiers: int
+
+    def resolve(self) -> Callable[[DataFrame], DataFrame]:
+        """Events -> events with customer_id; broadcast lookups while the map is small enough."""
+        return attach_customer_id(self.frame, broadcast=self.identifiers <= BROADCAST_MAP_MAX_IDENTIFIERS)
+
+    def release(self) -> None:
+        release_checkpoint(self.frame)
+
+
 class SpeedSink:
     """foreachBatch sink: silver change rows -> speed.* tables, each write exactly once."""
 
@@ -132,6 +153,8 @@ class SpeedSink:
             "silver.events", "gold.identity_map", "gold.identity_guardrails", "gold.customer_profiles",
             "gold.campaign_daily", "gold.campaign_minute", "gold.campaign_conversions", "gold.customer_activity")}
         self._ready = False
+        self._identity_state: IdentityState | None = None
+        self.identity_builds = {"rebuilt": 0, "extended": 0}
 
     def ensure_tables(self, spark: SparkSession) -> None:
         for name in SPEED_TABLES:
@@ -193,13 +216,12 @@ class SpeedSink:
         # An empty micro-batch changes nothing: the clock only moves with events.
         if stats["rows"] and self.views in ("all", "customers"):
             silver = self._silver_snapshot(spark)
-            with ExitStack() as checkpoints:  # the map's own checkpoints go after it (last in, first out)
-                resolved_map = checkpoints.enter_context(local_checkpoint(self._identity(spark, silver, checkpoints)))
-                self._step("identity")
-                self._last_touch(spark, signed, silver, resolved_map, stats["min_ts"], batch_id)
-                self._step("last_touch")
-                self._activity_and_segments(spark, silver, resolved_map, clock, batch_id)
-                self._step("activity_and_segments")
+            identity = self._identity(spark, silver)
+            self._step("identity")
+            self._last_touch(spark, signed, silver, identity, stats["min_ts"], batch_id)
+            self._step("last_touch")
+            self._activity_and_segments(spark, silver, identity, clock, batch_id)
+            self._step("activity_and_segments")
         processed_at = dt.datetime.now(dt.timezone.utc)
         lag = (processed_at - stats["oldest_arrival"]).total_seconds() if stats["oldest_arrival"] else None
         row = spark.createDataFrame(
@@ -253,41 +275,95 @@ class SpeedSink:
         self._last_clock = max(candidates) if candidates else None
         return self._last_clock
 
-    def _identity(self, spark: SparkSession, silver: tuple[int, DataFrame], checkpoints: ExitStack) -> DataFrame:
-        """The published identity map extended with the links of the events it does not cover (its
-        local checkpoints are freed when `checkpoints` closes)."""
+    def _published_identity(self, spark: SparkSession) -> tuple[tuple, DataFrame, DataFrame | None]:
+        """(what was published, gold.identity_map, its shared devices) at the versions the key names:
+        the cut of gold.campaign_conversions and the fingerprints of the map and its guardrails
+        (a publish exchanges table folders, so version numbers alone do not tell tables apart)."""
+        high_water_mark, covered_version = self._cut(spark, "gold.campaign_conversions")
+        tables = {}
+        for name in ("gold.identity_map", "gold.identity_guardrails"):
+            if self._exists(spark, name):
+                version = latest_version(spark, self.paths[name])
+                tables[name] = (snapshot_fingerprint(self.paths[name], version),
+                                read_version(spark, self.paths[name], version))
+        key = (high_water_mark, covered_version, *(tables[name][0] if name in tables else None
+                                                 for name in ("gold.identity_map", "gold.identity_guardrails")))
+        published = (tables["gold.identity_map"][1] if "gold.identity_map" in tables else
+                     spark.createDataFrame([], "identifier_type string, identifier_value string, customer_id string"))
+        held_back = (tables["gold.identity_guardrails"][1].where(F.col("reason") == "shared_device")
+                     if "gold.identity_guardrails" in tables else None)
+        return key, published, held_back
+
+    def _identity(self, spark: SparkSession, silver: tuple[int, DataFrame]) -> IdentityState:
+        """The published identity map extended with the links of the events it does not cover.
+
+        Kept between micro-batches: while the published side is the same and silver has only
+        gained rows since, the kept map is extended with the new rows alone. Min-label components
+        make that equal to extending the published map with every uncovered row at once (each
+        component's label is the least id in it, however its links arrived). Anything else (a new
+        publish, a displaced order, an erasure) rebuilds it from the published map."""
         version, events = silver
-        high_water_mark, read_version = self._cut(spark, "gold.campaign_conversions")
-        if self._exists(spark, "gold.identity_map"):
-            published = spark.read.format("delta").load(self.paths["gold.identity_map"])
+        key, published, held_back = self._published_identity(spark)
+        high_water_mark, covered_version = key[0], key[1]
+        kept = self._identity_state
+        if kept is not None and kept.published == key and kept.silver_version == version:
+            return kept
+        added = None
+        if kept is not None and kept.published == key and kept.silver_version < version:
+            added = self._silver_inserts(spark, kept.silver_version, version)
+        if added is not None:
+            base, how = kept.frame, "extended"
+            uncovered = added if high_water_mark is None else added.where(
+                (F.col("event_ts") >= F.lit(high_water_mark)) | (F.col("_commit_version") > F.lit(covered_version)))
         else:
-            published = spark.createDataFrame([], "identifier_type string, identifier_value string, customer_id string")
-        held_back = None
-        if self._exists(spark, "gold.identity_guardrails"):
-            held_back = (spark.read.format("delta").load(self.paths["gold.identity_guardrails"])
-                         .where(F.col("reason") == "shared_device"))
-        if high_water_mark is None:
-            uncovered = events
-        else:
-            late = (spark.read.format("delta").option("readChangeFeed", "true")
-                    .option("startingVersion", read_version + 1).option("endingVersion", version)
-                    .load(self.paths["silver.events"]).where(F.col("_change_type") == "insert")
-                    .select(*EVENT_COLUMNS, "source_ts")) if version > read_version else None
-            uncovered = events.where(F.col("event_ts") >= F.lit(high_water_mark))
-            if late is not None:
-                uncovered = uncovered.unionByName(late)
-        return extend_identity_map(published, uncovered.select("event_id", *IDENTIFIERS).distinct(),
-                                   self.settings.identity.blocklist, held_back, checkpoints)
+            base, how = published, "rebuilt"
+            if high_water_mark is None:
+                uncovered = events
+            else:
+                uncovered = events.where(F.col("event_ts") >= F.lit(high_water_mark))
+                if version > covered_version:
+                    uncovered = uncovered.unionByName(self._silver_inserts(
+                        spark, covered_version, version, inserts_only=False).drop("_commit_version"))
+        with ExitStack() as intermediate:
+            extended = extend_identity_map(base, uncovered.select("event_id", *IDENTIFIERS).distinct(),
+                                           self.settings.identity.blocklist, held_back, intermediate)
+            # Computed now, so the intermediate checkpoints and the previous map can go.
+            frame = extended.localCheckpoint(eager=True)
+        state = IdentityState(key, version, frame, frame.count())
+        if kept is not None:
+            kept.release()
+        self._identity_state = state
+        self.identity_builds[how] += 1
+        log.info("speed %s: identity map %s to silver version %s (%s identifiers)", self.query_name, how,
+                 version, state.identifiers)
+        return state
+
+    def _silver_inserts(self, spark: SparkSession, after: int, through: int,
+                        inserts_only: bool = True) -> DataFrame | None:
+        """The rows inserted into silver in versions (after, through], with `_commit_version`. With
+        `inserts_only`, None when those versions also removed or changed rows."""
+        changes = (spark.read.format("delta").option("readChangeFeed", "true")
+                   .option("startingVersion", after + 1).option("endingVersion", through)
+                   .load(self.paths["silver.events"]))
+        if inserts_only and not changes.where(F.col("_change_type") != "insert").isEmpty():
+            return None
+        return changes.where(F.col("_change_type") == "insert").select(*EVENT_COLUMNS, "source_ts", "_commit_version")
+
+    def release(self) -> None:
+        """Free the identity map kept between micro-batches (a stopped query's sink)."""
+        if self._identity_state is not None:
+            self._identity_state.release()
+            self._identity_state = None
 
     def _last_touch(self, spark: SparkSession, signed: DataFrame, silver: tuple[int, DataFrame],
-                    identity: DataFrame, earliest: dt.datetime, batch_id: int) -> None:
+                    identity: IdentityState, earliest: dt.datetime, batch_id: int) -> None:
         """Recompute the last touch of every conversion the changes can affect: the conversions of
         the changed events' customers from (earliest change − lookback − landing window) on, and
         the conversions of changed order ids."""
         version, events = silver
         cfg = self.settings.attribution
         window_us = attribution_window_micros(cfg)
-        changed = signed.select(*EVENT_COLUMNS).transform(attach_customer_id(identity))
+        changed = signed.select(*EVENT_COLUMNS).transform(identity.resolve())
         affected = (changed.where(F.col("customer_id").isNotNull()).groupBy("customer_id")
                     .agg((micros(F.min("event_ts")) - F.lit(window_us)).alias("from_us")))
         order_ids = (signed.where(F.col("event_type") == "order")
@@ -295,7 +371,7 @@ class SpeedSink:
         start = earliest - dt.timedelta(microseconds=2 * window_us)
         recent = (events.where(F.col("event_date") >= F.lit(start.date()))
                   .where(F.col("event_ts") >= F.lit(start))
-                  .transform(attach_customer_id(identity)))
+                  .transform(identity.resolve()))
         with local_checkpoint(recent) as recent:
             of_affected = recent.join(affected, "customer_id", "left_semi")
             changed_orders = recent.join(order_ids.withColumnRenamed("conversion_id", "_oid"),
@@ -320,14 +396,14 @@ class SpeedSink:
             # Appended: serving takes each conversion's latest recomputation (silver_version, batch_id).
             self._append(source, "speed.campaign_conversions", batch_id)
 
-    def _activity_and_segments(self, spark: SparkSession, silver: tuple[int, DataFrame], identity: DataFrame,
+    def _activity_and_segments(self, spark: SparkSession, silver: tuple[int, DataFrame], identity: IdentityState,
                                clock: dt.datetime, batch_id: int) -> None:
         version, events = silver
         high_water_mark, _ = self._cut(spark, "gold.customer_activity")
         horizon = clock - dt.timedelta(days=self.settings.stream.activity_horizon_days)
         window = (events.where(F.col("event_date") >= F.lit(horizon.date()))
                   .where((F.col("event_ts") >= F.lit(horizon)) & (F.col("event_ts") <= F.lit(clock)))
-                  .transform(attach_customer_id(identity)))
+                  .transform(identity.resolve()))
         with local_checkpoint(window) as window:
             recent_customers = window.where(F.col("customer_id").isNotNull())
             if high_water_mark is not None:

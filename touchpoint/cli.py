@@ -161,9 +161,18 @@ def stream_ingest(
 
     settings = _settings()
     require_kafka(settings)
+    _log_batches()
     spark = get_spark("touchpoint-stream-ingest", settings=settings)
     query = start_stream(spark, settings, topic=topic, query_name=query_name, trigger_once=available_now)
     _await_queries([query], "ingest", settings.checkpoint_root)
+
+
+def _log_batches() -> None:
+    """A long-running stream logs each micro-batch's steps and timings (the sinks' INFO lines) to stderr."""
+    import logging
+
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("touchpoint").setLevel(logging.INFO)
 
 
 def _await_queries(queries: list, label: str, checkpoint_root: str) -> None:
@@ -206,6 +215,7 @@ def stream_speed(
     from touchpoint.streaming.speed import start_queries
 
     settings = _settings()
+    _log_batches()
     # FAIR: each query's micro-batches run in its own pool (see SpeedSink).
     spark = get_spark("touchpoint-stream-speed", settings=settings, **{"spark.scheduler.mode": "FAIR"})
     queries = start_queries(spark, settings, query_name=query_name, trigger_once=available_now)
