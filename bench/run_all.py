@@ -34,6 +34,7 @@ BENCHMARKS = {
                                 ["--events", "60000", "--days", "30", "--repeat", "1"]),
     "profiles_incremental": (["--events", "2000000", "--days", "90"],
                              ["--events", "60000", "--days", "30", "--repeat", "1"]),
+    "speed_identity": ([], ["--events", "40000", "--customers", "2000", "--increments", "2"]),
     "lake_maintenance": ([], ["--appends", "8", "--repeat", "1"]),
     "publish": ([], ["--rows", "100000", "--repeat", "1"]),
     "validation": ([], ["--lines", "10000", "--repeat", "1"]),
@@ -153,6 +154,16 @@ def render_table() -> str:
                         f"| changed customers re-derived s vs every customer s; ratio | {_fmt(timing['changed'], 1)} "
                         f"vs {_fmt(timing['all'], 1)}; {_fmt(incremental['ratio_all_to_changed'], 2)} | | "
                         f"{_memory(incremental)} | {_when(incremental)} |")
+    identity = _load("speed_identity")
+    if identity:
+        machine = machine or identity["machine"]
+        data, timing = identity["data"], identity["median_seconds"]
+        paths = ", ".join(f"{n} {identity['kept_paths'].count(n)}" for n in sorted(set(identity["kept_paths"])))
+        rows.append(f"| speed identity map per micro-batch ({data['initial_lines']:,} lines, then "
+                    f"{len(data['increment_lines'])} increments of ~{data['increment_lines'][0]:,}; up to "
+                    f"{max(identity['identifiers']):,} identifiers) | kept and extended s vs rebuilt s; ratio "
+                    f"(kept sink: {paths}) | {_fmt(timing['kept'], 2)} vs {_fmt(timing['rebuilt'], 2)}; "
+                    f"{_fmt(identity['ratio_rebuilt_to_kept'], 2)} | | {_memory(identity)} | {_when(identity)} |")
     upkeep = _load("lake_maintenance")
     if upkeep:
         machine = machine or upkeep["machine"]
