@@ -484,7 +484,10 @@ def bootstrap(spark: SparkSession, settings: Settings, start_version: int, query
                   .withColumn("_commit_version", F.when(F.col("_seen"), F.lit(version)).otherwise(
                       F.col("_commit_version")).cast("long")).drop("_seen"))
     changes = tagged.withColumn("_change_type", F.lit("insert")).withColumn("_commit_timestamp", F.current_timestamp())
-    return {"bootstrap": sink(changes, 0)}
+    try:
+        return {"bootstrap": sink(changes, 0)}
+    finally:
+        sink.release()  # a one-off sink: its kept identity map is not needed after
 
 
 def change_stream(spark: SparkSession, settings: Settings, start_version: int) -> DataFrame:
