@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from bench.common import progress
+from bench.common import frame_digest, progress
 from bench.faults import lake_settings
 
 WAYS = ("changed", "all")
@@ -44,16 +44,9 @@ def link_copy(source: Path, target: Path) -> None:
 
 def table_digest(spark, settings, names) -> dict:
     """Rows and an order-free hash sum of each table."""
-    from pyspark.sql import functions as F
-
     from touchpoint.core.catalog import table_path
 
-    digest = {}
-    for name in names:
-        frame = spark.read.format("delta").load(table_path(name, settings))
-        row = frame.select(F.count(F.lit(1)), F.sum(F.xxhash64(*frame.columns).cast("decimal(38,0)"))).first()
-        digest[name] = [row[0], str(row[1])]
-    return digest
+    return {name: frame_digest(spark.read.format("delta").load(table_path(name, settings))) for name in names}
 
 
 def source_lake(spark, args: argparse.Namespace, settings, workdir: Path, result: dict):

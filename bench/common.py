@@ -26,6 +26,14 @@ def stream_default(name: str):
     return StreamSettings.model_fields[name].default
 
 
+def frame_digest(frame) -> list:
+    """[rows, an order-free hash sum of every column] of a DataFrame: equal digests, same rows."""
+    from pyspark.sql import functions as F
+
+    row = frame.select(F.count(F.lit(1)), F.sum(F.xxhash64(*frame.columns).cast("decimal(38,0)"))).first()
+    return [row[0], str(row[1])]
+
+
 def progress(message: str) -> None:
     print(f"[{time.monotonic() - _T0:8.1f}s] {message}", flush=True)
 

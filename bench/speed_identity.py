@@ -26,16 +26,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import progress, write_result
+from bench.common import frame_digest, progress, write_result
 from bench.faults import RssSampler, lake_settings
-
-
-def map_digest(frame) -> list:
-    from pyspark.sql import functions as F
-
-    row = frame.select(F.count(F.lit(1)), F.sum(F.xxhash64("identifier_type", "identifier_value", "customer_id")
-                                                .cast("decimal(38,0)"))).first()
-    return [row[0], str(row[1])]
 
 
 def measure(spark, settings, args: argparse.Namespace, workdir: Path, result: dict) -> None:
@@ -81,7 +73,7 @@ def measure(spark, settings, args: argparse.Namespace, workdir: Path, result: di
             seconds[way].append(round(time.monotonic() - started, 2))
         kept, rebuilt = maps["kept"], maps["rebuilt"]
         paths.append(next(k for k, v in kept_sink.identity_builds.items() if v > before[k]))
-        kept_digest, rebuilt_digest = map_digest(kept.frame), map_digest(rebuilt.frame)
+        kept_digest, rebuilt_digest = frame_digest(kept.frame), frame_digest(rebuilt.frame)
         fresh.release()
         if kept_digest != rebuilt_digest:
             raise AssertionError(f"silver version {version}: kept map {kept_digest} != rebuilt {rebuilt_digest}")
@@ -89,7 +81,7 @@ def measure(spark, settings, args: argparse.Namespace, workdir: Path, result: di
         progress(f"increment {number} (silver version {version}, {kept.identifiers:,} identifiers): kept "
                  f"{seconds['kept'][-1]} s ({paths[-1]}), rebuilt {seconds['rebuilt'][-1]} s; maps equal")
     kept_sink.release()
-    medians = {way: statistics.median(values) for way, values in seconds.items()}
+    medians = {way: round(statistics.median(values), 2) for way, values in seconds.items()}
     result.update(seconds=seconds, median_seconds=medians, kept_paths=paths, identifiers=identifiers,
                   ratio_rebuilt_to_kept=round(medians["rebuilt"] / medians["kept"], 2), identical_maps=True)
     progress(f"median per increment: kept {medians['kept']} s, rebuilt {medians['rebuilt']} s "

@@ -275,24 +275,17 @@ class SpeedSink:
         self._last_clock = max(candidates) if candidates else None
         return self._last_clock
 
-    def _published_identity(self, spark: SparkSession) -> tuple[tuple, DataFrame, DataFrame | None]:
-        """(what was published, gold.identity_map, its shared devices) at the versions the key names:
-        the cut of gold.campaign_conversions and the fingerprints of the map and its guardrails
-        (a publish exchanges table folders, so version numbers alone do not tell tables apart)."""
+    def _published_identity(self, spark: SparkSession) -> tuple[tuple, dict[str, int]]:
+        """(what was published, the versions of gold.identity_map and gold.identity_guardrails that
+        say it), from the Delta logs alone: the cut of gold.campaign_conversions and the fingerprints
+        of the map and its guardrails (a publish exchanges table folders, so version numbers alone do
+        not tell tables apart)."""
         high_water_mark, covered_version = self._cut(spark, "gold.campaign_conversions")
-        tables = {}
-        for name in ("gold.identity_map", "gold.identity_guardrails"):
-            if self._exists(spark, name):
-                version = latest_version(spark, self.paths[name])
-                tables[name] = (snapshot_fingerprint(self.paths[name], version),
-                                read_version(spark, self.paths[name], version))
-        key = (high_water_mark, covered_version, *(tables[name][0] if name in tables else None
-                                                 for name in ("gold.identity_map", "gold.identity_guardrails")))
-        published = (tables["gold.identity_map"][1] if "gold.identity_map" in tables else
-                     spark.createDataFrame([], "identifier_type string, identifier_value string, customer_id string"))
-        held_back = (tables["gold.identity_guardrails"][1].where(F.col("reason") == "shared_device")
-                     if "gold.identity_guardrails" in tables else None)
-        return key, published, held_back
+        versions = {name: latest_version(spark, self.paths[name])
+                    for name in ("gold.identity_map", "gold.identity_guardrails") if self._exists(spark, name)}
+        fingerprints = tuple(snapshot_fingerprint(self.paths[name], versions[name]) if name in versions else None
+                             for name in ("gold.identity_map", "gold.identity_guardrails"))
+        return (high_water_mark, covered_version, *fingerprints), versions
 
     def _identity(self, spark: SparkSession, silver: tuple[int, DataFrame]) -> IdentityState:
         """The published identity map extended with the links of the events it does not cover.
@@ -303,7 +296,7 @@ class SpeedSink:
         component's label is the least id in it, however its links arrived). Anything else (a new
         publish, a displaced order, an erasure) rebuilds it from the published map."""
         version, events = silver
-        key, published, held_back = self._published_identity(spark)
+        key, versions = self._published_identity(spark)
         high_water_mark, covered_version = key[0], key[1]
         kept = self._identity_state
         if kept is not None and kept.published == key and kept.silver_version == version:
@@ -316,7 +309,9 @@ class SpeedSink:
             uncovered = added if high_water_mark is None else added.where(
                 (F.col("event_ts") >= F.lit(high_water_mark)) | (F.col("_commit_version") > F.lit(covered_version)))
         else:
-            base, how = published, "rebuilt"
+            base, how = self._published_table(spark, "gold.identity_map", versions), "rebuilt"
+            if base is None:
+                base = spark.createDataFrame([], "identifier_type string, identifier_value string, customer_id string")
             if high_water_mark is None:
                 uncovered = events
             else:
@@ -324,6 +319,8 @@ class SpeedSink:
                 if version > covered_version:
                     uncovered = uncovered.unionByName(self._silver_inserts(
                         spark, covered_version, version, inserts_only=False).drop("_commit_version"))
+        guardrails = self._published_table(spark, "gold.identity_guardrails", versions)
+        held_back = guardrails.where(F.col("reason") == "shared_device") if guardrails is not None else None
         with ExitStack() as intermediate:
             extended = extend_identity_map(base, uncovered.select("event_id", *IDENTIFIERS).distinct(),
                                            self.settings.identity.blocklist, held_back, intermediate)
@@ -337,6 +334,10 @@ class SpeedSink:
         log.info("speed %s: identity map %s to silver version %s (%s identifiers)", self.query_name, how,
                  version, state.identifiers)
         return state
+
+    def _published_table(self, spark: SparkSession, name: str, versions: dict[str, int]) -> DataFrame | None:
+        """A published gold table at the version its fingerprint was taken from (None when absent)."""
+        return read_version(spark, self.paths[name], versions[name]) if name in versions else None
 
     def _silver_inserts(self, spark: SparkSession, after: int, through: int,
                         inserts_only: bool = True) -> DataFrame | None:
