@@ -45,7 +45,7 @@ from touchpoint.core.delta import (
     committed_txn_version, ensure_table, is_delta, latest_version, read_version, retry_on_conflict,
     snapshot_fingerprint,
 )
-from touchpoint.core.identity_lookup import BROADCAST_MAP_MAX_IDENTIFIERS, attach_customer_id
+from touchpoint.core.identity_lookup import BROADCAST_MAP_MAX_IDENTIFIERS, attach_customer_id, carrier_flag
 from touchpoint.core.segments import (
     behaviours_of, compile_segments, load_segments, segment_members, with_behaviour_counts,
 )
@@ -130,9 +130,31 @@ class IdentityState:
     frame: DataFrame
     identifiers: int
 
+    @property
+    def broadcast(self) -> bool:
+        """Whether the map (hence any part of it) is small enough to look up broadcast."""
+        return self.identifiers <= BROADCAST_MAP_MAX_IDENTIFIERS
+
     def resolve(self) -> Callable[[DataFrame], DataFrame]:
         """Events -> events with customer_id; broadcast lookups while the map is small enough."""
-        return attach_customer_id(self.frame, broadcast=self.identifiers <= BROADCAST_MAP_MAX_IDENTIFIERS)
+        return attach_customer_id(self.frame, broadcast=self.broadcast)
+
+    def events_of(self, customers: DataFrame, order_ids: DataFrame) -> Callable[[DataFrame], DataFrame]:
+        """Events -> the events carrying an identifier of `customers` (customer_id) or an order id in
+        `order_ids` (conversion_id, trimmed): a superset of those customers' events and of those
+        orders' events (identity_lookup.carrier_flag), found by broadcast probes alone, so that only
+        these are resolved and kept. Every event when the map is too large to broadcast."""
+        def transform(events: DataFrame) -> DataFrame:
+            if not self.broadcast:
+                return events
+            theirs = self.frame.join(customers.select("customer_id"), "customer_id", "left_semi")
+            orders = F.broadcast(order_ids.select(F.col("conversion_id").alias("_changed_order")).distinct())
+            return (events.transform(carrier_flag(theirs, "_carries"))
+                    .join(orders, F.trim("order_id") == F.col("_changed_order"), "left")
+                    .where(F.col("_carries") | F.col("_changed_order").isNotNull())
+                    .select(*events.columns))
+
+        return transform
 
     def release(self) -> None:
         release_checkpoint(self.frame)
@@ -370,8 +392,11 @@ class SpeedSink:
         order_ids = (signed.where(F.col("event_type") == "order")
                      .select(F.trim("order_id").alias("conversion_id")).distinct())
         start = earliest - dt.timedelta(microseconds=2 * window_us)
+        # Only the events that can be the affected customers' or the changed orders' are resolved
+        # and kept for the two lookups below (IdentityState.events_of), not the whole window.
         recent = (events.where(F.col("event_date") >= F.lit(start.date()))
                   .where(F.col("event_ts") >= F.lit(start))
+                  .transform(identity.events_of(affected, order_ids))
                   .transform(identity.resolve()))
         with local_checkpoint(recent) as recent:
             of_affected = recent.join(affected, "customer_id", "left_semi")

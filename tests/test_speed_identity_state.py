@@ -95,3 +95,38 @@ def test_the_kept_identity_map_is_extended_and_rebuilt_to_what_a_rebuild_gives(s
                            ("user_id", "u1", "c1"), ("user_id", "u2", "c2"), ("user_id", "u9", "c9")]
     assert rows(fifth) == rebuilt_now()
     sink.release()
+
+
+@pytest.mark.parametrize("fits_broadcast", [True, False])  # narrowed / every event kept
+def test_events_of_keeps_the_events_the_affected_customers_and_changed_orders_can_own(spark, monkeypatch,
+                                                                                      fits_broadcast):
+    from chispa import assert_df_equality
+
+    from touchpoint.streaming import speed
+    from touchpoint.streaming.speed import IdentityState
+
+    monkeypatch.setattr(speed, "BROADCAST_MAP_MAX_IDENTIFIERS", 4)
+    identity_map = spark.createDataFrame([
+        ("user_id", "u1", "c1"), ("anonymous_id", "a1", "c1"), ("user_id", "u2", "c2"),
+        ("anonymous_id", "shared-tv", "c3"),  # a shared device: a customer of its own
+    ], "identifier_type string, identifier_value string, customer_id string")
+    # 4 identifiers fit the patched bound; claiming 5 makes the map too large to broadcast.
+    state = IdentityState(published=(), silver_version=0, frame=identity_map, identifiers=4 if fits_broadcast else 5)
+    columns = "event_id string, event_type string, order_id string, user_id string, email string, phone string, anonymous_id string"
+    events = spark.createDataFrame([
+        ("e1", "ad_click", None, None, None, None, "a1"),  # c1's by its anonymous id alone
+        ("e2", "order", "o1", "u1", None, None, None),  # c1's
+        ("e3", "order", "o2", "u2", None, None, "a1"),  # c2's (user_id first), carries c1's a1: kept, resolved later
+        ("e4", "ad_click", None, "u2", None, None, None),  # c2's, not affected
+        ("e5", "order", " o9 ", "u2", None, None, None),  # c2's, but of a changed order id
+        ("e6", "page_view", None, None, None, None, "shared-tv"),  # c3's
+        ("e7", "page_view", None, None, "nobody@x.io", None, None),  # no customer
+    ], columns)
+    affected = spark.createDataFrame([("c1",)], "customer_id string")
+    order_ids = spark.createDataFrame([("o9",), ("o9",)], "conversion_id string")
+
+    kept = events.transform(state.events_of(affected, order_ids))
+
+    expected_ids = ["e1", "e2", "e3", "e5"] if fits_broadcast else ["e1", "e2", "e3", "e4", "e5", "e6", "e7"]
+    expected = events.where(events.event_id.isin(expected_ids))
+    assert_df_equality(kept.orderBy("event_id"), expected.orderBy("event_id"), ignore_nullable=True)

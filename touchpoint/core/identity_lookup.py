@@ -60,17 +60,36 @@ def attach_customer_id(identity_map: DataFrame, key: str = "event_id",
     return transform
 
 
-def _probe_each_type(lookup: DataFrame) -> Callable[[DataFrame], DataFrame]:
-    """Events -> events with customer_id: the customer of the first identifier, in precedence order,
-    that is present and in the map; each type looked up in its own broadcast slice of the map."""
+def carrier_flag(identifiers: DataFrame, flag: str) -> Callable[[DataFrame], DataFrame]:
+    """Events -> events with a boolean column `flag`: whether the event carries (present) one of
+    `identifiers` (identifier_type, identifier_value), each type probed in a broadcast slice as
+    attach_customer_id's broadcast path does; `identifiers` must fit a broadcast.
+
+    An event resolves to the customer of one of its identifiers, so every event of some customers
+    carries one of those customers' identifiers: flagging by them narrows a scan to a superset of
+    those customers' events before the costlier resolution, and resolving that superset loses none."""
+
+    def transform(events: DataFrame) -> DataFrame:
+        # Each identifier once: a repeated one would repeat the events carrying it.
+        marks = (identifiers.select("identifier_type", "identifier_value")
+                 .dropDuplicates(["identifier_type", "identifier_value"]).withColumn(flag, F.lit(True)))
+        return events.transform(_probe_each_type(marks, flag)).withColumn(flag, F.col(flag).isNotNull())
+
+    return transform
+
+
+def _probe_each_type(lookup: DataFrame, value: str = "customer_id") -> Callable[[DataFrame], DataFrame]:
+    """Events -> events with the lookup's `value` column (customer_id by default): the value of the
+    first identifier, in precedence order, that is present and in the lookup; each type looked up
+    in its own broadcast slice of the lookup."""
     def transform(events: DataFrame) -> DataFrame:
         found = events
         for kind in IDENTIFIER_PRECEDENCE:
             side = F.broadcast(lookup.where(F.col("identifier_type") == kind).select(
-                F.col("identifier_value").alias(f"_{kind}_value"), F.col("customer_id").alias(f"_{kind}_customer")))
+                F.col("identifier_value").alias(f"_{kind}_value"), F.col(value).alias(f"_{kind}_found")))
             found = found.join(side, is_present(found[kind]) & (found[kind] == side[f"_{kind}_value"]), "left")
-        return found.select(*events.columns, F.coalesce(*[F.col(f"_{kind}_customer") for kind in IDENTIFIER_PRECEDENCE])
-                            .alias("customer_id"))
+        return found.select(*events.columns, F.coalesce(*[F.col(f"_{kind}_found") for kind in IDENTIFIER_PRECEDENCE])
+                            .alias(value))
 
     return transform
 
