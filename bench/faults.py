@@ -307,8 +307,9 @@ def process_role(cmdline: list[str]) -> str:
 
 @dataclass
 class RssSampler:
-    """Samples resident memory of process trees every `interval` s in a thread. Peaks are per role
-    (the sum over a role's processes at one instant), so a process that restarts is still counted."""
+    """Samples resident memory (and CPU time) of process trees every `interval` s in a thread. Memory
+    peaks are per role (the sum over a role's processes at one instant), so a process that restarts
+    is still counted; CPU time is per root (`cpu_by_root`)."""
 
     roots: Callable[[], list[int]]
     interval: float = 0.5
@@ -316,6 +317,7 @@ class RssSampler:
     samples: int = 0
 
     def __post_init__(self) -> None:
+        self._cpu: dict[int, tuple[int, float]] = {}  # pid -> (its root, CPU seconds at the last sample)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True, name="rss-sampler")
 
@@ -327,6 +329,15 @@ class RssSampler:
         self._stop.set()
         self._thread.join(5)
 
+    def cpu_by_root(self) -> dict[int, float]:
+        """CPU seconds (user + system) each root's process tree has used so far. A member that has
+        exited keeps its last sampled time, so sample often enough (`interval`) to see it."""
+        self.sample()
+        totals: dict[int, float] = {}
+        for root, seconds in list(self._cpu.values()):  # the sampling thread may add to it
+            totals[root] = round(totals.get(root, 0.0) + seconds, 1)
+        return totals
+
     def sample(self) -> dict[str, float]:
         import psutil
 
@@ -336,6 +347,8 @@ class RssSampler:
                 proc = psutil.Process(root)
                 for member in [proc, *proc.children(recursive=True)]:
                     seen[member.pid] = member
+                    times = member.cpu_times()
+                    self._cpu[member.pid] = (root, times.user + times.system)
             except psutil.Error:
                 continue
         now: dict[str, float] = {}

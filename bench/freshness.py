@@ -161,12 +161,22 @@ def main(argv: list[str] | None = None) -> dict:
                  f"{args.burst_seconds}s, then {args.tail_seconds}s")
         with RssSampler(lambda: [ingest.pid, speed.pid, *([broker] if broker else [])]) as memory:
             started = time.time()
+            # CPU while producing, per process: how the 2 cores were shared (this process runs the generator).
+            cpu_before, own_before = memory.cpu_by_root(), time.process_time()
             generator = BackgroundGenerator(topic, settings.kafka_bootstrap, config, rate=args.rate,
                                             burst_factor=args.burst_factor, burst_start=args.steady_seconds,
                                             burst_seconds=args.burst_seconds, duration=duration)
             generator.start()
             report = generator.result(timeout=duration + 600)
-            progress(f"generator sent {report['lines']:,} lines at {report['lines_per_second']:,.0f}/s on average")
+            cpu_after, own_after = memory.cpu_by_root(), time.process_time()
+            producing = time.time() - started
+            names = {ingest.pid: "ingest", speed.pid: "speed", **({broker: "broker"} if broker else {})}
+            used = {names[root]: round(cpu_after[root] - cpu_before.get(root, 0.0), 1) for root in cpu_after}
+            used["generator_and_bench"] = round(own_after - own_before, 1)
+            result["cpu_while_producing"] = {"wall_seconds": round(producing, 1), "cpu_seconds": used,
+                                             "cores_used": round(sum(used.values()) / producing, 2)}
+            progress(f"generator sent {report['lines']:,} lines at {report['lines_per_second']:,.0f}/s on average; "
+                     f"CPU seconds while producing: {used} in {producing:.0f} s")
             burst = (started + args.steady_seconds, started + args.steady_seconds + args.burst_seconds)
 
             wait_for(lambda: streams_alive(ingest, speed) and sum(

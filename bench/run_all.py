@@ -35,6 +35,7 @@ BENCHMARKS = {
     "profiles_incremental": (["--events", "2000000", "--days", "90"],
                              ["--events", "60000", "--days", "30", "--repeat", "1"]),
     "speed_identity": ([], ["--events", "40000", "--customers", "2000", "--increments", "2"]),
+    "speed_customers": ([], ["--events", "40000", "--customers", "2000", "--increments", "2"]),
     "lake_maintenance": ([], ["--appends", "8", "--repeat", "1"]),
     "publish": ([], ["--rows", "100000", "--repeat", "1"]),
     "validation": ([], ["--lines", "10000", "--repeat", "1"]),
@@ -164,6 +165,15 @@ def render_table() -> str:
                     f"{max(identity['identifiers']):,} identifiers) | kept and extended s vs rebuilt s; ratio "
                     f"(kept sink: {paths}) | {_fmt(timing['kept'], 2)} vs {_fmt(timing['rebuilt'], 2)}; "
                     f"{_fmt(identity['ratio_rebuilt_to_kept'], 2)} | | {_memory(identity)} | {_when(identity)} |")
+    customers = _load("speed_customers")
+    if customers:
+        machine = machine or customers["machine"]
+        data, timing = customers["data"], customers["median_increment_seconds"]
+        rows.append(f"| speed customer views per micro-batch ({data['initial_lines']:,} lines, then "
+                    f"{len(data['increment_lines'])} increments of ~{data['increment_lines'][0]:,}) | median s per "
+                    f"increment: whole micro-batch (identity, last touch, activity and segments) | "
+                    f"{_fmt(timing['total'], 2)} ({_fmt(timing['identity'], 2)}, {_fmt(timing['last_touch'], 2)}, "
+                    f"{_fmt(timing['activity_and_segments'], 2)}) | | {_memory(customers)} | {_when(customers)} |")
     upkeep = _load("lake_maintenance")
     if upkeep:
         machine = machine or upkeep["machine"]
