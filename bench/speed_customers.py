@@ -21,7 +21,6 @@ tables it wrote, which two code versions must share.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import logging
 import os
@@ -34,6 +33,7 @@ from pathlib import Path
 
 from bench.common import frame_digest, progress, write_result
 from bench.faults import RssSampler, lake_settings
+from bench.speed_identity import add_growth_arguments, generated_parts
 
 STEPS = ("identity", "last_touch", "activity_and_segments")
 STEP_LINE = re.compile(r"^speed \S+: (\w+) done after ([0-9.]+)s$")
@@ -64,7 +64,6 @@ class StepLog(logging.Handler):
 def prepare(spark, args: argparse.Namespace, prepared: Path) -> dict:
     """Generate the lines and ingest the initial share once; later runs with the same parameters
     reuse both (the increments are kept as files, ingested by each run between its micro-batches)."""
-    from touchpoint.generator import GeneratorConfig, iter_records
     from touchpoint.streaming.ingest import ingest_files
     from touchpoint.streaming.speed import enable_change_feed
 
@@ -77,19 +76,14 @@ def prepare(spark, args: argparse.Namespace, prepared: Path) -> dict:
             return meta
     shutil.rmtree(prepared, ignore_errors=True)
     prepared.mkdir(parents=True)
-    config = GeneratorConfig(seed=args.seed, customers=args.customers, days=14, start_date=dt.date(2026, 3, 2),
-                             events_per_customer=args.events / args.customers, max_events=args.events)
-    lines = [record.payload for record in iter_records(config)]
-    first = int(len(lines) * args.initial)
-    step = -(-(len(lines) - first) // args.increments)
-    parts = [lines[:first]] + [lines[i:i + step] for i in range(first, len(lines), step)]
+    parts = generated_parts(args)
     for index, part in enumerate(parts):
         (prepared / f"part_{index:02d}.jsonl").write_bytes(b"\n".join(part) + b"\n")
     initial_settings = lake_settings(prepared / "lake")
     start_version = enable_change_feed(spark, initial_settings)
     ingest_files(spark, initial_settings, prepared / "part_00.jsonl")
     progress(f"ingested the initial {len(parts[0]):,} lines")
-    meta = {"key": key, "lines": len(lines), "initial_lines": len(parts[0]),
+    meta = {"key": key, "lines": sum(len(p) for p in parts), "initial_lines": len(parts[0]),
             "increment_lines": [len(p) for p in parts[1:]], "start_version": start_version}
     meta_file.write_text(json.dumps(meta))
     return meta
@@ -142,12 +136,7 @@ def measure(spark, settings, meta: dict, prepared: Path, result: dict) -> None:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--events", type=int, default=600_000)
-    parser.add_argument("--customers", type=int, default=30_000)
-    parser.add_argument("--initial", type=float, default=0.6, help="share of the lines in silver before the first increment")
-    parser.add_argument("--increments", type=int, default=8)
-    parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--driver-memory", default="6g")
+    add_growth_arguments(parser)
     parser.add_argument("--workdir", default=None, help="keeps the ingested lake for the next run (default: a temporary folder)")
     args = parser.parse_args(argv)
 

@@ -30,19 +30,36 @@ from bench.common import frame_digest, progress, write_result
 from bench.faults import RssSampler, lake_settings
 
 
-def measure(spark, settings, args: argparse.Namespace, workdir: Path, result: dict) -> None:
-    from touchpoint.core.catalog import table_path
-    from touchpoint.core.delta import latest_version, read_version
+def add_growth_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of a silver that grows by increments (this bench and bench/speed_customers)."""
+    parser.add_argument("--events", type=int, default=600_000)
+    parser.add_argument("--customers", type=int, default=30_000)
+    parser.add_argument("--initial", type=float, default=0.6, help="share of the lines in silver before the first increment")
+    parser.add_argument("--increments", type=int, default=8)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--driver-memory", default="6g")
+
+
+def generated_parts(args: argparse.Namespace) -> list[list[bytes]]:
+    """The seeded generator's lines, cut into the initial share and `--increments` parts."""
     from touchpoint.generator import GeneratorConfig, iter_records
-    from touchpoint.streaming.ingest import ingest_files
-    from touchpoint.streaming.speed import EVENT_COLUMNS, SpeedSink, enable_change_feed
 
     config = GeneratorConfig(seed=args.seed, customers=args.customers, days=14, start_date=dt.date(2026, 3, 2),
                              events_per_customer=args.events / args.customers, max_events=args.events)
     lines = [record.payload for record in iter_records(config)]
     first = int(len(lines) * args.initial)
     step = -(-(len(lines) - first) // args.increments)
-    parts = [lines[:first]] + [lines[i:i + step] for i in range(first, len(lines), step)]
+    return [lines[:first]] + [lines[i:i + step] for i in range(first, len(lines), step)]
+
+
+def measure(spark, settings, args: argparse.Namespace, workdir: Path, result: dict) -> None:
+    from touchpoint.core.catalog import table_path
+    from touchpoint.core.delta import latest_version, read_version
+    from touchpoint.streaming.ingest import ingest_files
+    from touchpoint.streaming.speed import EVENT_COLUMNS, SpeedSink, enable_change_feed
+
+    parts = generated_parts(args)
+    lines = [line for part in parts for line in part]
     enable_change_feed(spark, settings)
     silver_path = table_path("silver.events", settings)
     versions = []
@@ -90,12 +107,7 @@ def measure(spark, settings, args: argparse.Namespace, workdir: Path, result: di
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--events", type=int, default=600_000)
-    parser.add_argument("--customers", type=int, default=30_000)
-    parser.add_argument("--initial", type=float, default=0.6, help="share of the lines in silver before the first increment")
-    parser.add_argument("--increments", type=int, default=8)
-    parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--driver-memory", default="6g")
+    add_growth_arguments(parser)
     args = parser.parse_args(argv)
 
     workdir = Path(tempfile.mkdtemp(prefix="bench-speed-identity-"))
