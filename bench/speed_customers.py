@@ -114,11 +114,14 @@ def measure(spark, settings, meta: dict, prepared: Path, result: dict) -> None:
             outcome = sink(changes, batch_id)
             seconds = round(time.monotonic() - started, 2)
             steps = step_log.take()
+            if outcome["rows"] and set(STEPS) - steps.keys():  # the sink's step lines changed: say so, never report 0 s
+                raise RuntimeError(f"micro-batch {batch_id}: no step line for {sorted(set(STEPS) - steps.keys())} "
+                                   f"in the sink's log (expected {STEP_LINE.pattern!r})")
             identity = next((way for way, count in sink.identity_builds.items() if count > builds[way]), "kept")
             batches.append({"batch_id": batch_id, "silver_versions": [after + 1, read_through], "rows": outcome["rows"],
                             "seconds": seconds, "steps": steps, "identity": identity})
             progress(f"micro-batch {batch_id} (silver {after + 1}..{read_through}, {outcome['rows']:,} change rows): "
-                     f"{seconds} s; " + ", ".join(f"{name} {steps.get(name)} s" for name in STEPS) + f" (map {identity})")
+                     f"{seconds} s; " + ", ".join(f"{name} {steps[name]} s" for name in STEPS) + f" (map {identity})")
     finally:
         sink.release()
         logging.getLogger("touchpoint.streaming.speed").removeHandler(step_log)
@@ -126,7 +129,7 @@ def measure(spark, settings, meta: dict, prepared: Path, result: dict) -> None:
     result["batches"] = batches
     result["median_increment_seconds"] = {
         "total": round(statistics.median(b["seconds"] for b in increments), 2),
-        **{name: round(statistics.median(b["steps"].get(name, 0.0) for b in increments), 2) for name in STEPS}}
+        **{name: round(statistics.median(b["steps"][name] for b in increments), 2) for name in STEPS}}
     result["output_digests"] = {
         name: frame_digest(spark.read.format("delta").load(table_path(name, settings)))
         for name in ("speed.campaign_conversions", "speed.customer_activity", "speed.segment_membership")}
