@@ -11,6 +11,7 @@ import datetime as dt
 import hashlib
 import logging
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -26,6 +27,7 @@ from touchpoint.core.config import Settings
 from touchpoint.core.delta import committed_txn_version, ensure_table, idempotent_merge_conf, retry_on_conflict
 from touchpoint.core.events import Rejected, validate_payload
 from touchpoint.core.privacy import ERASED_SUBJECT, Suppression, erased_reason, load_suppression, withheld_payload
+from touchpoint.core.spark import local_checkpoint
 from touchpoint.schemas.envelope import schema_version
 from touchpoint.schemas.lake import (
     BRONZE_SCHEMA, QUARANTINE_SCHEMA, RECONCILIATION_SCHEMA, SILVER_EXTRA_FIELDS, SILVER_SCHEMA, SOURCE_FIELDS,
@@ -215,12 +217,17 @@ def plan_silver_changes(accepted: DataFrame, silver: DataFrame, event_dates: lis
     contenders = new_orders.withColumn("_in_silver", F.lit(False)).unionByName(silver_orders, allowMissingColumns=True)
     order_inserts = earliest_order_per_order_id(contenders).where(~F.col("_in_silver")).drop("_in_silver")
     inserts = new_events.where(~is_order).unionByName(order_inserts.select(*accepted.columns))
-    # Written over `inserts` so that, once the sink persists those, this reads them from the cache.
-    displaced = (
-        silver.where(is_order).join(small(inserts.where(is_order).select("order_id")), "order_id", "left_semi")
-        .select("event_id", "event_date")
-    )
-    return SilverChanges(inserts, displaced)
+    return SilverChanges(inserts, displaced_orders(silver, inserts, broadcast))
+
+
+def displaced_orders(silver: DataFrame, inserts: DataFrame, broadcast: bool = True) -> DataFrame:
+    """(event_id, event_date) of the silver orders that share an order id with an inserted order:
+    the insert is the earlier one (plan_silver_changes), so they leave silver. The sink passes its
+    checkpoint of the inserts, which are then not planned a second time."""
+    small = F.broadcast if broadcast else (lambda frame: frame)
+    is_order = F.col("event_type") == "order"
+    return (silver.where(is_order).join(small(inserts.where(is_order).select("order_id")), "order_id", "left_semi")
+            .select("event_id", "event_date"))
 
 
 # ---- the sink ------------------------------------------------------------------------------------
@@ -274,18 +281,19 @@ class IngestSink:
             self._tables_ready = True
         if self.already_processed(batch_id):  # a replay after a crash that followed the silver commit
             return {"skipped": 1}
-        bronze = bronze.persist()
-        try:
+        # The frames a batch reads more than once are local checkpoints, not persist(): Spark's
+        # columnar cache compressed each row as it was stored, and a batch took 1.4x as long in
+        # these steps (bench/README.md, session 27). A lost block fails the batch, which the stream
+        # then runs again: every write below is idempotent.
+        with local_checkpoint(bronze) as bronze:
             return self._process(spark, bronze, batch_id)
-        finally:
-            bronze.unpersist()
 
     def _process(self, spark: SparkSession, bronze: DataFrame, batch_id: int) -> dict[str, int]:
         # Read per batch: a subject erased while the stream runs is suppressed from the next batch on.
         suppression = load_suppression(self.paths["privacy.suppression"])
-        validated = bronze.transform(validate(self.settings.reporting_currency, suppression)).persist()
-        cached = [validated]
-        try:
+        with ExitStack() as frames:
+            validated = frames.enter_context(local_checkpoint(
+                bronze.transform(validate(self.settings.reporting_currency, suppression))))
             if self.write_bronze:
                 # With erased subjects, bronze takes the validated payloads: theirs are withheld (hashed).
                 self._append(validated.select(*BRONZE_SCHEMA.fieldNames()) if suppression else bronze,
@@ -301,13 +309,12 @@ class IngestSink:
             log.debug("batch %s: validation and tally took %.2fs", batch_id, time.monotonic() - started)
             started = time.monotonic()
             silver = spark.read.format("delta").load(self.paths["silver.events"])
+            broadcast = tally["bronze"] <= self.broadcast_records_max
             changes = plan_silver_changes(validated.transform(accepted_rows), silver, list(tally["event_dates"]),
-                                          with_orders=tally["orders"] > 0,
-                                          broadcast=tally["bronze"] <= self.broadcast_records_max)
-            inserts = changes.inserts.persist()
-            cached.append(inserts)
-            displaced = changes.displaced.persist() if tally["orders"] else changes.displaced
-            cached.append(displaced)
+                                          with_orders=tally["orders"] > 0, broadcast=broadcast)
+            inserts = frames.enter_context(local_checkpoint(changes.inserts))
+            displaced = (frames.enter_context(local_checkpoint(displaced_orders(silver, inserts, broadcast)))
+                         if tally["orders"] else changes.displaced)
             counts = {
                 "bronze": tally["bronze"],
                 "quarantine": tally["quarantine"],
@@ -333,9 +340,6 @@ class IngestSink:
             # The silver append is the batch's last write: already_processed() keys on it.
             self._append(inserts.transform(silver_rows(self.rules)), "silver.events", batch_id)
             return counts
-        finally:
-            for frame in cached:
-                frame.unpersist()
 
     def _delete_displaced(self, spark: SparkSession, displaced: DataFrame, batch_id: int) -> None:
         from delta.tables import DeltaTable
