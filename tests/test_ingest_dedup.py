@@ -76,3 +76,38 @@ def test_without_orders_only_ids_are_deduplicated(spark, broadcast):
 
     assert sorted((r["event_id"], r["source_offset"]) for r in changes.inserts.collect()) == [("a", 2), ("b", 4)]
     assert changes.displaced.count() == 0
+
+
+def test_the_sink_frees_every_frame_it_kept_for_a_batch(spark, tmp_path):
+    """A stream runs for weeks: the frames a batch reads more than once (bronze, validated rows,
+    inserts, displaced orders) must be freed when it ends, or every batch leaves its blocks behind."""
+    import json
+
+    from touchpoint.core.config import load_settings
+    from touchpoint.streaming.ingest import IngestSink, file_batches, file_bronze_rows, scan_file
+
+    def order(event_id, hour):
+        return json.dumps({"event_id": event_id, "event_type": "order", "event_ts": f"2026-03-01T{hour}:00:00Z",
+                           "user_id": "u-1", "properties": {"order_id": "A-1", "revenue": 10.0, "currency": "USD"}})
+
+    settings = load_settings(lake_root=str(tmp_path / "lake"), spark_shuffle_partitions=2)
+    sink = IngestSink(settings, source_id="test:frees")
+    files = {"first": [order("order-late", 12), "not json"], "second": [order("order-early", 11)]}
+    counts = {}
+    jsc = spark.sparkContext._jsc
+    for batch_id, (name, lines) in enumerate(files.items()):
+        file = tmp_path / f"{name}.jsonl"
+        file.write_text("\n".join(lines) + "\n")
+        [ranges] = file_batches(file, scan_file(file), 0)
+        kept_before = set(jsc.getPersistentRDDs().keys())
+        counts[name] = sink(file_bronze_rows(spark, file, ranges), batch_id)
+        assert set(jsc.getPersistentRDDs().keys()) == kept_before
+    assert counts == {
+        "first": {"bronze": 2, "quarantine": 1, "accepted": 1, "inserted": 1, "displaced": 0, "phones_dropped": 0,
+                  "silver": 1, "duplicates": 0},
+        # the earlier order event displaces the later one: silver keeps one row for A-1
+        "second": {"bronze": 1, "quarantine": 0, "accepted": 1, "inserted": 1, "displaced": 1, "phones_dropped": 0,
+                   "silver": 0, "duplicates": 1},
+    }
+    silver = spark.read.format("delta").load(sink.paths["silver.events"])
+    assert [row.event_id for row in silver.collect()] == ["order-early"]
