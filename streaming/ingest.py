@@ -283,8 +283,9 @@ class IngestSink:
             return {"skipped": 1}
         # The frames a batch reads more than once are local checkpoints, not persist(): Spark's
         # columnar cache compressed each row as it was stored, and a batch took 1.4x as long in
-        # these steps (bench/README.md, session 27). A lost block fails the batch, which the stream
-        # then runs again: every write below is idempotent.
+        # these steps (bench/README.md, session 27). A lost block (an executor gone) fails the batch
+        # and stops the query; restarted (streaming_supervisor), it replays the batch, and every
+        # write below is idempotent.
         with local_checkpoint(bronze) as bronze:
             return self._process(spark, bronze, batch_id)
 
