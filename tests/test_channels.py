@@ -91,3 +91,23 @@ def test_bad_rules_file_names_the_rule_and_fix(tmp_path, body, message):
     with pytest.raises(ChannelRulesError, match=rf"{rules_file}: .*") as error:
         load_rules(rules_file)
     assert message in str(error.value)
+
+
+def test_url_host_is_lowercased_without_one_leading_www(spark):
+    from pyspark.sql import functions as F
+
+    from touchpoint.core.channels import url_host
+
+    expected = {
+        "https://www.shop.example/p": "shop.example",
+        "https://WWW.Shop.Example/p?q=1": "shop.example",
+        "https://wwwshop.example/": "wwwshop.example",  # no dot after www: part of the name
+        "https://www.www.a.example/": "www.a.example",  # one prefix only
+        "https://shop.www.example/": "shop.www.example",  # www. inside is kept
+        "https://www./": None,  # nothing left
+        "not a url": None,
+        None: None,
+    }
+    urls = spark.createDataFrame([(url,) for url in expected], "url string")
+    hosts = urls.select("url", url_host(F.col("url")).alias("host")).collect()
+    assert {row.url: row.host for row in hosts} == expected
