@@ -59,7 +59,6 @@ def measure(spark, settings, args: argparse.Namespace, workdir: Path, result: di
     from touchpoint.streaming.speed import EVENT_COLUMNS, SpeedSink, enable_change_feed
 
     parts = generated_parts(args)
-    lines = [line for part in parts for line in part]
     enable_change_feed(spark, settings)
     silver_path = table_path("silver.events", settings)
     versions = []
@@ -69,7 +68,7 @@ def measure(spark, settings, args: argparse.Namespace, workdir: Path, result: di
         ingest_files(spark, settings, file)
         versions.append(latest_version(spark, silver_path))
         progress(f"ingested part {index} ({len(part):,} lines): silver version {versions[-1]}")
-    result["data"] = {"lines": len(lines), "initial_lines": len(parts[0]),
+    result["data"] = {"lines": sum(len(part) for part in parts), "initial_lines": len(parts[0]),
                       "increment_lines": [len(p) for p in parts[1:]], "silver_versions": versions}
 
     def silver_at(version: int):
