@@ -59,7 +59,7 @@ def synthetic_events(spark: SparkSession, groups: int, chain: int) -> DataFrame:
 def check(spark: SparkSession, groups: int, chain: int, local_checkpoint: bool) -> dict:
     from touchpoint.core.config import load_settings
     from touchpoint.jobs.identity import resolve
-    from touchpoint.jobs.identity_graph import LakeCheckpointer
+    from touchpoint.core.identity_graph import LakeCheckpointer
     from touchpoint.jobs.identity_rules import Guardrails
 
     settings = load_settings()

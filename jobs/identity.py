@@ -27,9 +27,9 @@ from pyspark.sql.types import (
 
 from touchpoint.core.catalog import table_path
 from touchpoint.core.config import Settings
-from touchpoint.jobs.identity_graph import Checkpoint, LakeCheckpointer, local_checkpoints
+from touchpoint.core.identity_graph import Checkpoint, LakeCheckpointer, components_by_key, local_checkpoints
 from touchpoint.jobs.identity_rules import (
-    DEVICE_TYPE, REASON_SHARED_DEVICE, Guardrails, assign_customer_ids, blocked_from_facts, components_by_key,
+    DEVICE_TYPE, REASON_SHARED_DEVICE, Guardrails, assign_customer_ids, blocked_from_facts,
     customer_key, edges_from_facts, id_changes, identifier_key, identity_facts, linking_edges, linking_events,
     merge_edges, merge_seen, nodes_from_facts, shared_devices,
 )

@@ -13,7 +13,6 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from touchpoint.core.identity_lookup import is_present
-from touchpoint.jobs.identity_graph import Checkpoint, connected_components
 
 # Sorted in code-point order: the order of (first_seen, identifier_type, identifier_value) tie-breaks
 # and of the two ends of a stored edge.
@@ -166,22 +165,6 @@ def linking_edges(edges: DataFrame, devices: DataFrame) -> DataFrame:
 
 
 # ---- components and ids ------------------------------------------------------------------------
-
-def components_by_key(keyed_nodes: DataFrame, keyed_edges: DataFrame, checkpoint: Checkpoint) -> tuple[DataFrame, int]:
-    """Connected components over string keys.
-
-    keyed_nodes: (key) of every node; keyed_edges: (src_key, dst_key).
-    Returns ((key, component) with component a long label, rounds).
-    """
-    ids = checkpoint(keyed_nodes.select("key").distinct().withColumn("id", F.monotonically_increasing_id()))
-    edges = (
-        keyed_edges.join(ids.select(F.col("key").alias("src_key"), F.col("id").alias("src")), "src_key")
-        .join(ids.select(F.col("key").alias("dst_key"), F.col("id").alias("dst")), "dst_key")
-        .select("src", "dst")
-    )
-    labels, rounds = connected_components(edges, ids.select("id"), checkpoint)
-    return ids.join(labels, "id").select("key", "component"), rounds
-
 
 def assign_customer_ids(members: DataFrame) -> DataFrame:
     """(identifier_type, identifier_value, first_seen, last_seen, component) -> identity_map rows.

@@ -35,7 +35,7 @@ from touchpoint.core.hashing import hashed_email, hashed_phone_e164
 from touchpoint.core.identity_lookup import attach_customer_id
 from touchpoint.core.rfm import rfm_scores, rfm_segment
 from touchpoint.jobs.attribution_scope import changed_customers, scope_identifiers, scope_seeds
-from touchpoint.jobs.identity_graph import LakeCheckpointer, local_checkpoints
+from touchpoint.core.identity_graph import LakeCheckpointer, local_checkpoints
 from touchpoint.jobs.identity_state import (
     locate_version, lookup_by_broadcast, run_log, snapshot_rows, write_snapshot,
 )

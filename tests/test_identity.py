@@ -161,7 +161,7 @@ DAY_4 = [
 def _full_rebuild_map(spark, settings, day):
     """What a full rebuild over the current silver gives, via the pure resolver (no tables written)."""
     from touchpoint.jobs.identity import resolve
-    from touchpoint.jobs.identity_graph import LakeCheckpointer
+    from touchpoint.core.identity_graph import LakeCheckpointer
     from touchpoint.jobs.identity_rules import Guardrails
     from touchpoint.core.dates import as_of_for
 
@@ -315,7 +315,7 @@ def test_checkpoint_auto_is_local_on_a_local_master_only(spark):
     """`identity.checkpoint = auto`: the test session's master is local, so local checkpoints; the
     spark-submitted pipeline in tests/test_cluster_submit.py runs on spark:// and so on scratch files."""
     from touchpoint.core.config import IdentitySettings
-    from touchpoint.jobs.identity_graph import local_checkpoints
+    from touchpoint.core.identity_graph import local_checkpoints
 
     assert IdentitySettings().checkpoint == "auto" and spark.sparkContext.master == "local[2]"
     assert [local_checkpoints(spark, mode) for mode in ("auto", "local", "lake")] == [True, True, False]

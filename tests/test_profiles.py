@@ -54,7 +54,7 @@ def test_rfm_segment_map_covers_each_of_the_25_pairs_once(spark):
 
 def _scores(spark, tmp_path, rows):
     from touchpoint.core.rfm import rfm_scores
-    from touchpoint.jobs.identity_graph import LakeCheckpointer
+    from touchpoint.core.identity_graph import LakeCheckpointer
 
     frame = spark.createDataFrame(rows, "customer_id string, recency long, orders long, revenue double")
     with LakeCheckpointer(spark, str(tmp_path / "scratch"), local=True) as checkpoint:

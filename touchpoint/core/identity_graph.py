@@ -1,5 +1,8 @@
 """Connected components on Spark: alternating large-star / small-star (Kiveris et al., SoCC 2014).
 
+Shared by the batch identity job (jobs/identity.py) and the speed layer's identity extension
+(core/stream_identity.py).
+
 GraphFrames, the maintained library for this, publishes no build for Spark 4.2 on Maven Central
 (checked io.graphframes and graphframes groups), so the algorithm is written here with DataFrames.
 
@@ -157,3 +160,19 @@ def connected_components(edges: DataFrame, nodes: DataFrame | None, checkpoint: 
         isolated = nodes.select("id").distinct().join(labels, "id", "left_anti")
         labels = labels.unionByName(isolated.select("id", F.col("id").alias("component")))
     return labels, rounds
+
+
+def components_by_key(keyed_nodes: DataFrame, keyed_edges: DataFrame, checkpoint: Checkpoint) -> tuple[DataFrame, int]:
+    """Connected components over string keys.
+
+    keyed_nodes: (key) of every node; keyed_edges: (src_key, dst_key).
+    Returns ((key, component) with component a long label, rounds).
+    """
+    ids = checkpoint(keyed_nodes.select("key").distinct().withColumn("id", F.monotonically_increasing_id()))
+    edges = (
+        keyed_edges.join(ids.select(F.col("key").alias("src_key"), F.col("id").alias("src")), "src_key")
+        .join(ids.select(F.col("key").alias("dst_key"), F.col("id").alias("dst")), "dst_key")
+        .select("src", "dst")
+    )
+    labels, rounds = connected_components(edges, ids.select("id"), checkpoint)
+    return ids.join(labels, "id").select("key", "component"), rounds
