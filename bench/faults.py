@@ -309,11 +309,18 @@ def process_role(cmdline: list[str]) -> str:
 class RssSampler:
     """Samples resident memory (and CPU time) of process trees every `interval` s in a thread. Memory
     peaks are per role (the sum over a role's processes at one instant), so a process that restarts
-    is still counted; CPU time is per root (`cpu_by_root`)."""
+    is still counted; CPU time is per root (`cpu_by_root`).
+
+    `peaks_mb` is the whole resident set. It counts file pages a process has mapped, which the
+    kernel gives back under pressure: a Spark JVM maps the shuffle and block files it reads, so
+    on a machine with free memory its resident set can exceed its heap by far. `peaks_anon_mb`
+    is the anonymous part alone (heap, native memory, stacks: resident set minus file-backed and
+    shared pages), what the process itself holds."""
 
     roots: Callable[[], list[int]]
     interval: float = 0.5
     peaks_mb: dict[str, float] = field(default_factory=dict)
+    peaks_anon_mb: dict[str, float] = field(default_factory=dict)
     samples: int = 0
 
     def __post_init__(self) -> None:
@@ -352,14 +359,19 @@ class RssSampler:
             except psutil.Error:
                 continue
         now: dict[str, float] = {}
+        anon: dict[str, float] = {}
         for proc in seen.values():
             try:
                 role = process_role(proc.cmdline())
-                now[role] = now.get(role, 0.0) + proc.memory_info().rss / 2**20
+                memory = proc.memory_info()
+                now[role] = now.get(role, 0.0) + memory.rss / 2**20
+                # Linux: `shared` is the resident file-backed and shared-memory pages (RssFile + RssShmem).
+                anon[role] = anon.get(role, 0.0) + (memory.rss - getattr(memory, "shared", 0)) / 2**20
             except psutil.Error:
                 continue
         for role, mb in now.items():
             self.peaks_mb[role] = max(self.peaks_mb.get(role, 0.0), round(mb, 1))
+            self.peaks_anon_mb[role] = max(self.peaks_anon_mb.get(role, 0.0), round(anon[role], 1))
         self.samples += 1
         return now
 

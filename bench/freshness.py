@@ -190,6 +190,7 @@ def main(argv: list[str] | None = None) -> dict:
                 time.sleep(10)
                 lags = visible_lags(settings, burst)
         result["peak_rss_mb"] = dict(memory.peaks_mb)
+        result["peak_anon_rss_mb"] = dict(memory.peaks_anon_mb)
         result["generator"] = {"lines": report["lines"], "average_lines_per_second": report["lines_per_second"],
                                "requested": {"rate": args.rate, "burst_rate": args.rate * args.burst_factor}}
         result["lag_seconds"] = lags

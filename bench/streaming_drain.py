@@ -63,8 +63,9 @@ def preload(topic: str, bootstrap: str, events: int, seed: int) -> dict:
 
 
 def run_stream(args: list[str], env: dict, log: Path, settings, extra_roots=(),
-               limit_seconds: float | None = None) -> tuple[int | None, float, dict]:
-    """Run a stream to its end; past `limit_seconds` it is killed and the code is None."""
+               limit_seconds: float | None = None) -> tuple[int | None, float, dict, dict]:
+    """Run a stream to its end; past `limit_seconds` it is killed and the code is None. Returns the
+    exit code, the seconds and the peak resident and anonymous resident MB per role (RssSampler)."""
     started = time.monotonic()
     child = ChildProcess(args, env, log)
     broker = broker_pid(settings)
@@ -81,7 +82,7 @@ def run_stream(args: list[str], env: dict, log: Path, settings, extra_roots=(),
                 break
         else:
             code = child.wait(60)
-    return code, time.monotonic() - started, dict(memory.peaks_mb)
+    return code, time.monotonic() - started, dict(memory.peaks_mb), dict(memory.peaks_anon_mb)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -134,7 +135,8 @@ def main(argv: list[str] | None = None) -> dict:
         env = subprocess_env(lake, STREAM__MAX_OFFSETS_PER_TRIGGER=str(args.max_offsets),
                              SPARK_DRIVER_MEMORY=settings.spark_driver_memory)
         progress("ingestion: touchpoint stream ingest --available-now")
-        code, wall, memory = run_stream(ingest_args(topic, available_now=True), env, workdir / "ingest.log", settings)
+        code, wall, memory, anon = run_stream(ingest_args(topic, available_now=True), env, workdir / "ingest.log",
+                                              settings)
         if code != 0:
             raise RuntimeError(f"ingest failed ({code}); see {workdir / 'ingest.log'}")
         per_batch = {r["batch_id"]: r["bronze"] for r in lake_table(settings, "silver.reconciliation")}
@@ -145,15 +147,15 @@ def main(argv: list[str] | None = None) -> dict:
                             "exact": totals == {"bronze": lines, "silver": result["preload"]["expected_silver"],
                                                 "quarantine": result["preload"]["expected_quarantine"],
                                                 "duplicates": result["preload"]["expected_duplicates"]},
-                            "peak_rss_mb": memory}
+                            "peak_rss_mb": memory, "peak_anon_rss_mb": anon}
         progress(f"ingest: {lines / wall:,.0f} events/s wall, sustained {sustained['events_per_second']}")
 
         if importlib.util.find_spec("touchpoint.streaming.speed") is not None:
             from touchpoint.streaming.speed import query_names
 
             progress("speed layer: touchpoint stream speed --available-now")
-            code, wall_speed, memory = run_stream(speed_args(available_now=True), env, workdir / "speed.log", settings,
-                                                  limit_seconds=args.speed_seconds)
+            code, wall_speed, memory, anon = run_stream(speed_args(available_now=True), env, workdir / "speed.log",
+                                                        settings, limit_seconds=args.speed_seconds)
             if code not in (0, None):
                 raise RuntimeError(f"speed layer failed ({code}); see {workdir / 'speed.log'}")
             batches = lake_table(settings, "speed.freshness")
@@ -182,7 +184,7 @@ def main(argv: list[str] | None = None) -> dict:
                                "wall_events_per_second": (round(result["preload"]["expected_silver"] / wall_speed, 1)
                                                           if drained else None),
                                "sustained": sustained_speed, "queries": per_query,
-                               "peak_rss_mb": memory}
+                               "peak_rss_mb": memory, "peak_anon_rss_mb": anon}
             # A stopped drain has no speed wall time: its sustained rate stands in for the rest of it.
             speed_rate = sustained_speed.get("events_per_second")
             end_to_end = (lines / (wall + wall_speed) if drained else
