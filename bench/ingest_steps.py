@@ -100,6 +100,7 @@ def main(argv: list[str] | None = None) -> dict:
                                     for name in step_names},
             "reconciliation": reconciliation_totals(settings),
             "peak_rss_mb": memory.peaks_mb,
+            "peak_anon_rss_mb": memory.peaks_anon_mb,
         })
         if "preload" in result:
             p = result["preload"]
