@@ -146,9 +146,12 @@ _SPEED_RUNNER = (
 )
 
 
-def speed_args(available_now: bool = False) -> list[str]:
+def speed_args(available_now: bool = False, views: str = "all", nice: int = 0) -> list[str]:
     if speed_cli_available():
-        return ["-m", "touchpoint", "stream", "speed"] + (["--available-now"] if available_now else [])
+        return (["-m", "touchpoint", "stream", "speed"] + (["--available-now"] if available_now else [])
+                + (["--views", views] if views != "all" else []) + (["--nice", str(nice)] if nice else []))
+    if views != "all" or nice:
+        raise RuntimeError("--views and --nice need `touchpoint stream speed`")
     return ["-c", _SPEED_RUNNER.format(available_now=available_now)]
 
 

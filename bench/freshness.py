@@ -4,10 +4,13 @@ Floor: p95 <= 10 s; target: p95 <= 3 s.
 
     python -m bench.freshness [--rate 5000] [--steady-seconds 120] [--burst-factor 10]
                               [--burst-seconds 20] [--trigger-seconds 1] [--max-offsets 500000]
+                              [--customer-nice N]
 
 Runs, against the broker of the settings, on a fresh topic and lake:
 - the ingest stream (`touchpoint stream ingest`) and the speed layer (`touchpoint stream speed`),
   each its own process, with processing-time triggers of `--trigger-seconds`;
+- with `--customer-nice N`, the speed layer as two processes: `--views campaigns`, and
+  `--views customers --nice N` (the customer views below the other streams' CPU priority);
 - the generator in real-time mode (seeded), paced at `--rate` lines/s with a burst of
   `--burst-factor` x for `--burst-seconds`, then `--tail-seconds` more at the base rate.
 
@@ -114,6 +117,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--tail-seconds", type=float, default=60)
     parser.add_argument("--trigger-seconds", type=float, default=1.0)
     parser.add_argument("--customer-trigger-seconds", type=float, default=30.0)
+    parser.add_argument("--customer-nice", type=int, default=None,
+                        help="run the customer views in a speed process of their own, at this Unix nice "
+                             "(default: one speed process for both queries)")
     parser.add_argument("--max-offsets", type=int, default=stream_default("max_offsets_per_trigger"),
                         help="stream.max_offsets_per_trigger (default: the platform's)")
     parser.add_argument("--seed", type=int, default=42)
@@ -146,20 +152,26 @@ def main(argv: list[str] | None = None) -> dict:
     # Enough simulated traffic that the generator is never the one to stop first.
     config = GeneratorConfig(seed=args.seed, customers=args.customers, days=2,
                              start_date=dt.date.today() - dt.timedelta(days=2), events_per_customer=20)
-    ingest = speed = None
+    ingest = speed = customers = None
     failed = False
     try:
         ingest = ChildProcess(ingest_args(topic), env, workdir / "ingest.log")
         progress("waiting for the ingest stream to create silver")
         wait_for(lambda: streams_alive(ingest) and (lake / "silver" / "events" / "_delta_log").is_dir(), 900,
                  what="silver.events")
-        speed = ChildProcess(speed_args(), env, workdir / "speed.log")
-        wait_for(lambda: streams_alive(ingest, speed) and (lake / "speed" / "freshness" / "_delta_log").is_dir(),
+        if args.customer_nice is None:
+            speed = ChildProcess(speed_args(), env, workdir / "speed.log")
+        else:  # the campaign views at the streams' priority, the customer views below it
+            speed = ChildProcess(speed_args(views="campaigns"), env, workdir / "speed.log")
+            customers = ChildProcess(speed_args(views="customers", nice=args.customer_nice), env,
+                                     workdir / "speed_customers.log")
+        streams = [stream for stream in (ingest, speed, customers) if stream is not None]
+        wait_for(lambda: streams_alive(*streams) and (lake / "speed" / "freshness" / "_delta_log").is_dir(),
                  900, what="speed.freshness")
         broker = broker_pid(settings)
         progress(f"producing {args.rate:,.0f}/s for {args.steady_seconds}s, {args.burst_factor}x for "
                  f"{args.burst_seconds}s, then {args.tail_seconds}s")
-        with RssSampler(lambda: [ingest.pid, speed.pid, *([broker] if broker else [])]) as memory:
+        with RssSampler(lambda: [stream.pid for stream in streams] + ([broker] if broker else [])) as memory:
             started = time.time()
             # CPU while producing, per process: how the 2 cores were shared (this process runs the generator).
             cpu_before, own_before = memory.cpu_by_root(), time.process_time()
@@ -170,7 +182,8 @@ def main(argv: list[str] | None = None) -> dict:
             report = generator.result(timeout=duration + 600)
             cpu_after, own_after = memory.cpu_by_root(), time.process_time()
             producing = time.time() - started
-            names = {ingest.pid: "ingest", speed.pid: "speed", **({broker: "broker"} if broker else {})}
+            names = {ingest.pid: "ingest", speed.pid: "speed", **({customers.pid: "speed_customers"} if customers else {}),
+                     **({broker: "broker"} if broker else {})}
             used = {names[root]: round(cpu_after[root] - cpu_before.get(root, 0.0), 1) for root in cpu_after}
             used["generator_and_bench"] = round(own_after - own_before, 1)
             result["cpu_while_producing"] = {"wall_seconds": round(producing, 1), "cpu_seconds": used,
@@ -179,14 +192,14 @@ def main(argv: list[str] | None = None) -> dict:
                      f"CPU seconds while producing: {used} in {producing:.0f} s")
             burst = (started + args.steady_seconds, started + args.steady_seconds + args.burst_seconds)
 
-            wait_for(lambda: streams_alive(ingest, speed) and sum(
+            wait_for(lambda: streams_alive(*streams) and sum(
                 r["bronze"] for r in lake_table(settings, "silver.reconciliation", ["bronze"])) >= report["lines"],
                 timeout=1800, interval=2, what="ingestion catching up")
             deadline = time.monotonic() + 1800
             lags = visible_lags(settings, burst)
             # Both speed queries (campaign views, customer views) must have caught up.
             while ((set(lags) != {"speed", "speed_customers"} or any(q["not_visible"] for q in lags.values()))
-                   and time.monotonic() < deadline and streams_alive(ingest, speed)):
+                   and time.monotonic() < deadline and streams_alive(*streams)):
                 time.sleep(10)
                 lags = visible_lags(settings, burst)
         result["peak_rss_mb"] = dict(memory.peaks_mb)
@@ -201,13 +214,13 @@ def main(argv: list[str] | None = None) -> dict:
         failed = True
         raise
     finally:
-        for child in (speed, ingest):
+        for child in (customers, speed, ingest):
             if child is not None:
                 child.kill()
         kafka.delete_topic(topic, settings=settings)
         if args.logs:
             Path(args.logs).mkdir(parents=True, exist_ok=True)
-            for log_file in ("ingest.log", "speed.log"):
+            for log_file in ("ingest.log", "speed.log", "speed_customers.log"):
                 if (workdir / log_file).exists():
                     shutil.copy(workdir / log_file, Path(args.logs) / log_file)
         if not failed:

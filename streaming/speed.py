@@ -535,15 +535,29 @@ def query_names(settings: Settings, query_name: str = "speed") -> list[str]:
     return [query_name, query_name + CUSTOMER_QUERY_SUFFIX]
 
 
-def start_queries(spark: SparkSession, settings: Settings, query_name: str = "speed", trigger_once: bool = False):
-    """Start the speed layer as configured (`query_names`). Returns the started queries."""
+def start_queries(spark: SparkSession, settings: Settings, query_name: str = "speed", trigger_once: bool = False,
+                  views: str = "all"):
+    """Start the speed layer as configured (`query_names`). Returns the started queries.
+
+    `views="campaigns"` or `"customers"` starts that one of the two queries alone, so that each can
+    run in a process of its own (`touchpoint stream speed --views`); a process for the customer
+    views can then run at a lower CPU priority than ingestion and the campaign views."""
+    if views not in VIEWS:
+        raise ValueError(f"views={views!r}: expected one of {', '.join(VIEWS)}")
     names = query_names(settings, query_name)
     if len(names) == 1:
+        if views != "all":
+            raise ValueError(f"views={views!r} needs the two speed queries: set stream.customer_trigger_seconds "
+                             "(TOUCHPOINT_STREAM__CUSTOMER_TRIGGER_SECONDS), or start every view with views='all'")
         return [start_stream(spark, settings, query_name, trigger_once)]
     campaigns, customers = names
-    return [start_stream(spark, settings, campaigns, trigger_once, views="campaigns"),
-            start_stream(spark, settings, customers, trigger_once, views="customers",
-                         trigger_seconds=settings.stream.customer_trigger_seconds)]
+    started = []
+    if views in ("all", "campaigns"):
+        started.append(start_stream(spark, settings, campaigns, trigger_once, views="campaigns"))
+    if views in ("all", "customers"):
+        started.append(start_stream(spark, settings, customers, trigger_once, views="customers",
+                                    trigger_seconds=settings.stream.customer_trigger_seconds))
+    return started
 
 
 def start_stream(spark: SparkSession, settings: Settings, query_name: str = "speed", trigger_once: bool = False,

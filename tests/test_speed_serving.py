@@ -327,3 +327,40 @@ def test_a_single_query_deployment_switched_to_split_queries_counts_everything_o
     assert committed_txn_version(lake.path("speed.campaign_conversions"), "speed:speed.campaign_conversions") \
         == single_batches
     assert committed_txn_version(lake.path("speed.campaign_daily"), "speed:speed.campaign_daily") == single_batches + 1
+
+
+def test_each_speed_query_runs_alone_and_writes_only_its_own_views(spark, settings, lake):
+    """`touchpoint stream speed --views campaigns|customers` (one process per query): the campaign
+    query alone serves the measures without last touch; the customer query, started after it in
+    its own right, adds the last touch; together they serve what the two queries of one process do."""
+    from touchpoint.streaming.speed import start_queries
+
+    lake.arrive(event("e1", "ad_click", at(1, 10), "u1", "spring"),
+                event("e2", "order", at(1, 10, 30), "u1", None, channel="direct", order_id="o1", revenue=100.0))
+    split = lake.settings.model_copy(update={"stream": lake.settings.stream.model_copy(
+        update={"customer_trigger_seconds": 30.0})})
+
+    def run(views):
+        queries = start_queries(spark, split, trigger_once=True, views=views)
+        for query in queries:
+            query.awaitTermination()
+            query.stop()
+        return [(q.name, q.exception()) for q in queries]
+
+    assert run("campaigns") == [("speed", None)]
+    assert daily(lake.serving()) == [
+        (D, None, 0, 0, 1, Decimal("100.000000000"), 0, Decimal("0E-9")),
+        (D, "spring", 0, 1, 0, Decimal("0E-9"), 0, Decimal("0E-9")),
+    ]
+    assert run("customers") == [("speed_customers", None)]
+    assert daily(lake.serving()) == [
+        (D, None, 0, 0, 1, Decimal("100.000000000"), 0, Decimal("0E-9")),
+        (D, "spring", 0, 1, 0, Decimal("0E-9"), 1, Decimal("100.000000000")),
+    ]
+    freshness = spark.read.format("delta").load(lake.path("speed.freshness")).where("rows > 0")
+    assert sorted((r["query"], r["rows"]) for r in freshness.collect()) == [("speed", 2), ("speed_customers", 2)]
+    assert spark.read.format("delta").load(lake.path("speed.campaign_minute")).count() == 2  # written once
+
+    with pytest.raises(ValueError, match="customer_trigger_seconds"):
+        start_queries(spark, lake.settings.model_copy(update={"stream": lake.settings.stream.model_copy(
+            update={"customer_trigger_seconds": None})}), trigger_once=True, views="customers")

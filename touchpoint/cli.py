@@ -208,17 +208,32 @@ def _await_queries(queries: list, label: str, checkpoint_root: str) -> None:
 def stream_speed(
     available_now: bool = typer.Option(False, "--available-now", help="process silver's pending changes, then stop"),
     query_name: str = typer.Option("speed", help="query name; also names its checkpoint"),
+    views: str = typer.Option("all", help="all | campaigns | customers: start both queries, or one of them "
+                                          "(run the other in a second process)"),
+    nice: int = typer.Option(0, min=0, max=19, help="lower this process's CPU priority by N (Unix nice), "
+                                                     "e.g. for the customer views beside ingestion"),
 ) -> None:
     """silver.events change feed -> speed.* real-time views, exactly once (docs/SERVING.md): the
     campaign-views query QUERY_NAME and the customer-views query QUERY_NAME_customers."""
-    from touchpoint.core.spark import get_spark
-    from touchpoint.streaming.speed import start_queries
+    import os
 
+    from touchpoint.core.spark import get_spark
+    from touchpoint.streaming.speed import VIEWS, start_queries
+
+    if views not in VIEWS:
+        err_console.print(f"[red]error:[/red] --views must be one of {', '.join(VIEWS)}, got {views!r}")
+        raise typer.Exit(2)
     settings = _settings()
     _log_batches()
+    if nice:
+        os.nice(nice)  # before Spark starts: the JVM and the Python workers inherit it
     # FAIR: each query's micro-batches run in its own pool (see SpeedSink).
     spark = get_spark("touchpoint-stream-speed", settings=settings, **{"spark.scheduler.mode": "FAIR"})
-    queries = start_queries(spark, settings, query_name=query_name, trigger_once=available_now)
+    try:
+        queries = start_queries(spark, settings, query_name=query_name, trigger_once=available_now, views=views)
+    except ValueError as error:
+        err_console.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(2) from None
     _await_queries(queries, "speed", settings.checkpoint_root)
 
 

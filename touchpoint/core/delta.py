@@ -59,7 +59,26 @@ def ensure_table(spark: SparkSession, path: str, schema: StructType, partition_b
         builder = builder.partitionedBy(*partition_by)
     for key, value in _table_properties(schema, catalog_name, partition_by).items():
         builder = builder.property(key, value)
-    builder.execute()
+    try:
+        builder.execute()
+    except Exception:
+        # Another writer created it between the check above and this creation (two speed processes
+        # starting at once): Delta refuses the second creation (DELTA_PROTOCOL_CHANGED, or
+        # DELTA_CREATE_TABLE_WITH_NON_EMPTY_LOCATION while the other commit is still being made).
+        if not _created_meanwhile(spark, path):
+            raise
+
+
+def _created_meanwhile(spark: SparkSession, path: str, wait_seconds: float = 10.0) -> bool:
+    """Whether a Delta table exists at `path`, giving a creation under way `wait_seconds` to commit."""
+    from delta.tables import DeltaTable
+
+    deadline = time.monotonic() + wait_seconds
+    while not DeltaTable.isDeltaTable(spark, path):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.5)
+    return True
 
 
 def _clear_abandoned_creation(spark: SparkSession, path: str) -> None:
