@@ -40,6 +40,7 @@ BENCHMARKS = {
     "publish": ([], ["--rows", "100000", "--repeat", "1"]),
     "validation": ([], ["--lines", "10000", "--repeat", "1"]),
     "ingest_steps": ([], ["--events", "100000", "--max-offsets", "20000"]),
+    "ingest_fixed_costs": ([], ["--appends", "5", "--partition-rows", "100000,400000", "--repeat", "1"]),
     "collector_load": ([], ["--duration", "5"]),  # the collector engineer's script; run when present
 }
 
@@ -200,6 +201,16 @@ def render_table() -> str:
                     f"{steps['median_batch_seconds']}; "
                     + ", ".join(f"{name} {s}" for name, s in steps["median_step_seconds"].items())
                     + f" | | {_memory(steps)} | {_when(steps)} |")
+    costs = _load("ingest_fixed_costs")
+    if costs:
+        machine = machine or costs["machine"]
+        commits, scans = costs["commits"], costs["dedup_scan"]
+        rows.append(f"| ingest fixed costs | one-row Delta append s with txnAppId vs plain (Spark jobs); dedup s of "
+                    f"{costs['parameters']['batch_rows']:,} new ids by the day's silver rows | "
+                    f"{commits['median_seconds']['with_txn']} ({commits['median_jobs']['with_txn']:.0f}) vs "
+                    f"{commits['median_seconds']['plain']} ({commits['median_jobs']['plain']:.0f}); "
+                    + ", ".join(f"{scan['partition_rows']:,} rows {scan['fastest_seconds']}" for scan in scans)
+                    + f" | | {_memory(costs)} | {_when(costs)} |")
     validation = _load("validation")
     if validation:
         machine = machine or validation["machine"]

@@ -186,11 +186,25 @@ class SilverChanges:
     displaced: DataFrame  # (event_id, event_date) of silver orders beaten by an earlier order event
 
 
+def silver_orders_sharing_an_id(silver: DataFrame, accepted: DataFrame, broadcast: bool = True) -> DataFrame:
+    """(order_id, event_ts, event_id, event_date) of the silver orders that share an order id with an
+    order of the batch: the only silver rows the earliest-order rule can touch. A scan of every
+    date of silver (an order id can come back on another day), so the sink keeps this frame and
+    both the order contenders and the displaced orders read it instead of silver."""
+    small = F.broadcast if broadcast else (lambda frame: frame)
+    is_order = F.col("event_type") == "order"
+    return (silver.where(is_order)
+            .join(small(accepted.where(is_order).select("order_id").distinct()), "order_id", "left_semi")
+            .select("order_id", "event_ts", "event_id", "event_date"))
+
+
 def plan_silver_changes(accepted: DataFrame, silver: DataFrame, event_dates: list,
-                        with_orders: bool = True, broadcast: bool = True) -> SilverChanges:
+                        with_orders: bool = True, broadcast: bool = True,
+                        silver_orders: DataFrame | None = None) -> SilverChanges:
     """Dedup a batch within itself (the first copy to arrive wins) and against silver: by event_id
     (pruned to the batch's event dates: copies are identical, so a copy has the same event_date),
-    and orders by order_id keeping the earliest.
+    and orders by order_id keeping the earliest. `silver_orders` is the batch's
+    `silver_orders_sharing_an_id`, when the caller keeps it (the sink does).
 
     The rows are never shuffled: the batch's ids are broadcast to a scan of silver, and the few
     records to drop (later copies, ids already in silver) back to the batch. The hint bypasses
@@ -202,31 +216,27 @@ def plan_silver_changes(accepted: DataFrame, silver: DataFrame, event_dates: lis
     in_silver = accepted.join(small(silver_ids), "event_id", "left_semi").select(*ARRIVAL)
     dropped = small(later_arrivals(accepted).unionByName(in_silver))
     new_events = accepted.join(dropped, ARRIVAL, "left_anti").select(*accepted.columns)
-    empty_displaced = silver.select("event_id", "event_date").limit(0)
     if not with_orders:
-        return SilverChanges(new_events, empty_displaced)
+        return SilverChanges(new_events, silver.select("event_id", "event_date").limit(0))
 
+    if silver_orders is None:
+        silver_orders = silver_orders_sharing_an_id(silver, accepted, broadcast)
     is_order = F.col("event_type") == "order"
     new_orders = new_events.where(is_order)
-    silver_orders = (
-        silver.where(is_order)
-        .join(small(new_orders.select("order_id").distinct()), "order_id", "left_semi")
-        .select("order_id", "event_ts", "event_id", "event_date")
-        .withColumn("_in_silver", F.lit(True))
-    )
-    contenders = new_orders.withColumn("_in_silver", F.lit(False)).unionByName(silver_orders, allowMissingColumns=True)
+    contenders = new_orders.withColumn("_in_silver", F.lit(False)).unionByName(
+        silver_orders.withColumn("_in_silver", F.lit(True)), allowMissingColumns=True)
     order_inserts = earliest_order_per_order_id(contenders).where(~F.col("_in_silver")).drop("_in_silver")
     inserts = new_events.where(~is_order).unionByName(order_inserts.select(*accepted.columns))
-    return SilverChanges(inserts, displaced_orders(silver, inserts, broadcast))
+    return SilverChanges(inserts, displaced_orders(silver_orders, inserts, broadcast))
 
 
-def displaced_orders(silver: DataFrame, inserts: DataFrame, broadcast: bool = True) -> DataFrame:
-    """(event_id, event_date) of the silver orders that share an order id with an inserted order:
-    the insert is the earlier one (plan_silver_changes), so they leave silver. The sink passes its
-    checkpoint of the inserts, which are then not planned a second time."""
+def displaced_orders(silver_orders: DataFrame, inserts: DataFrame, broadcast: bool = True) -> DataFrame:
+    """(event_id, event_date) of the silver orders (`silver_orders_sharing_an_id`) that share an order
+    id with an inserted order: the insert is the earlier one (plan_silver_changes), so they leave
+    silver. The sink passes its checkpoint of the inserts, which are then not planned a second time."""
     small = F.broadcast if broadcast else (lambda frame: frame)
-    is_order = F.col("event_type") == "order"
-    return (silver.where(is_order).join(small(inserts.where(is_order).select("order_id")), "order_id", "left_semi")
+    return (silver_orders.join(small(inserts.where(F.col("event_type") == "order").select("order_id")), "order_id",
+                               "left_semi")
             .select("event_id", "event_date"))
 
 
@@ -311,10 +321,15 @@ class IngestSink:
             started = time.monotonic()
             silver = spark.read.format("delta").load(self.paths["silver.events"])
             broadcast = tally["bronze"] <= self.broadcast_records_max
-            changes = plan_silver_changes(validated.transform(accepted_rows), silver, list(tally["event_dates"]),
-                                          with_orders=tally["orders"] > 0, broadcast=broadcast)
+            accepted = validated.transform(accepted_rows)
+            # Silver's orders are scanned once per batch (every date), then read from this checkpoint.
+            silver_orders = (frames.enter_context(local_checkpoint(
+                silver_orders_sharing_an_id(silver, accepted, broadcast))) if tally["orders"] else None)
+            changes = plan_silver_changes(accepted, silver, list(tally["event_dates"]),
+                                          with_orders=tally["orders"] > 0, broadcast=broadcast,
+                                          silver_orders=silver_orders)
             inserts = frames.enter_context(local_checkpoint(changes.inserts))
-            displaced = (frames.enter_context(local_checkpoint(displaced_orders(silver, inserts, broadcast)))
+            displaced = (frames.enter_context(local_checkpoint(displaced_orders(silver_orders, inserts, broadcast)))
                          if tally["orders"] else changes.displaced)
             counts = {
                 "bronze": tally["bronze"],

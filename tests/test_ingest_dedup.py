@@ -8,7 +8,7 @@ from chispa import assert_df_equality
 from pyspark.sql.types import StructType
 
 from touchpoint.schemas.lake import SILVER_SCHEMA
-from touchpoint.streaming.ingest import ACCEPTED_COLUMNS, plan_silver_changes
+from touchpoint.streaming.ingest import ACCEPTED_COLUMNS, plan_silver_changes, silver_orders_sharing_an_id
 
 ACCEPTED_SCHEMA = StructType([SILVER_SCHEMA[name] for name in ACCEPTED_COLUMNS])
 DAY = dt.date(2026, 3, 1)
@@ -76,6 +76,52 @@ def test_without_orders_only_ids_are_deduplicated(spark, broadcast):
 
     assert sorted((r["event_id"], r["source_offset"]) for r in changes.inserts.collect()) == [("a", 2), ("b", 4)]
     assert changes.displaced.count() == 0
+
+
+def test_silver_orders_of_the_batch_span_every_date_and_stand_in_for_silver_in_the_plan(spark):
+    """The sink scans silver's orders once per batch and keeps them: the plan given that frame
+    inserts and displaces exactly what it does reading silver itself."""
+    earlier_day = dt.date(2026, 2, 27)
+    silver = spark.createDataFrame([
+        {**event("o1-today", 11, order_id="o1"), "channel": "direct"},
+        {**event("o1-before", 9, order_id="o1"), "event_ts": dt.datetime(2026, 2, 27, 9), "event_date": earlier_day,
+         "channel": "direct"},
+        {**event("o9", 8, order_id="o9"), "channel": "direct"},  # no order of the batch has o9
+        {**event("view", 8), "channel": "direct"},
+    ], SILVER_SCHEMA)
+    batch = spark.createDataFrame([
+        event("o1-new", 7, offset=1, order_id="o1"),  # later than o1-before, two days earlier
+        event("o2-new", 7, offset=2, order_id="o2"),
+        event("view-new", 7, offset=3),
+    ], ACCEPTED_SCHEMA)
+
+    orders = silver_orders_sharing_an_id(silver, batch)
+
+    assert sorted(tuple(row) for row in orders.collect()) == [
+        ("o1", dt.datetime(2026, 2, 27, 9), "o1-before", earlier_day),
+        ("o1", at(11), "o1-today", DAY),
+    ]
+    kept = plan_silver_changes(batch, silver, [DAY], silver_orders=orders.localCheckpoint())
+    read = plan_silver_changes(batch, silver, [DAY])
+    assert sorted(r.event_id for r in kept.inserts.collect()) == ["o2-new", "view-new"]  # o1-before stays
+    assert_df_equality(kept.inserts.orderBy("event_id"), read.inserts.orderBy("event_id"))
+    assert kept.displaced.count() == read.displaced.count() == 0
+
+
+def test_an_earlier_order_displaces_its_silver_orders_on_every_date(spark):
+    later_day = dt.date(2026, 3, 2)
+    silver = spark.createDataFrame([
+        {**event("o1-today", 11, order_id="o1"), "channel": "direct"},
+        {**event("o1-tomorrow", 9, order_id="o1"), "event_ts": dt.datetime(2026, 3, 2, 9), "event_date": later_day,
+         "channel": "direct"},
+    ], SILVER_SCHEMA)
+    batch = spark.createDataFrame([event("o1-first", 7, offset=1, order_id="o1")], ACCEPTED_SCHEMA)
+
+    orders = silver_orders_sharing_an_id(silver, batch).localCheckpoint()
+    changes = plan_silver_changes(batch, silver, [DAY], silver_orders=orders)
+
+    assert [r.event_id for r in changes.inserts.collect()] == ["o1-first"]
+    assert sorted(tuple(r) for r in changes.displaced.collect()) == [("o1-today", DAY), ("o1-tomorrow", later_day)]
 
 
 def test_the_sink_frees_every_frame_it_kept_for_a_batch(spark, tmp_path):
