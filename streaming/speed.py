@@ -313,7 +313,7 @@ class SpeedSink:
         """The published identity map extended with the links of the events it does not cover.
 
         Kept between micro-batches: while the published side is the same and silver has only
-        gained rows since, the kept map is extended with the new rows alone. Least-label components
+        gained rows since, the kept map is extended with the new rows alone. Min-label components
         make that equal to extending the published map with every uncovered row at once (each
         component's label is the least id in it, however its links arrived). Anything else (a new
         publish, a displaced order, an erasure) rebuilds it from the published map."""

@@ -150,8 +150,7 @@ def test_the_sink_frees_every_frame_it_kept_for_a_batch(spark, tmp_path):
         [ranges] = file_batches(file, scan_file(file), 0)
         kept_before = set(jsc.getPersistentRDDs().keys())
         counts[name] = sink(file_bronze_rows(spark, file, ranges), batch_id)
-        # nothing new is kept (an older frame the cleaner frees meanwhile is no concern of the sink's)
-        assert set(jsc.getPersistentRDDs().keys()) - kept_before == set()
+        assert set(jsc.getPersistentRDDs().keys()) == kept_before
     assert counts == {
         "first": {"bronze": 2, "quarantine": 1, "accepted": 1, "inserted": 1, "displaced": 0, "phones_dropped": 0,
                   "silver": 1, "duplicates": 0},
