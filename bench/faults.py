@@ -188,13 +188,13 @@ def ingested_all(settings, lines: int, source: str = "stream:ingest") -> bool:
     committed its silver append. Reconciliation is written before silver (silver is a batch's last
     write), so its counts alone run ahead: stopping the query then would interrupt that append."""
     from touchpoint.core.catalog import table_path
-    from touchpoint.core.delta import committed_txn_version
+    from touchpoint.core.delta import committed_batch
 
     batches = [row for row in lake_table(settings, "silver.reconciliation", ["source", "batch_id", "bronze"])
                if row["source"] == source]
     if not batches or sum(row["bronze"] for row in batches) < lines:
         return False
-    silver = committed_txn_version(table_path("silver.events", settings), f"{source}:silver.events")
+    silver = committed_batch(table_path("silver.events", settings), f"{source}:silver.events")
     return silver is not None and silver >= max(row["batch_id"] for row in batches)
 
 

@@ -1,8 +1,8 @@
 """Ingestion: Kafka (or JSONL files) -> bronze.events -> silver.events / silver.quarantine.
 
 One `foreachBatch` sink, `IngestSink`, serves the stream and the file backfill alike. Each of
-its writes is made idempotent with Delta's txnAppId/txnVersion, so replaying a micro-batch
-after a crash neither loses nor doubles a record.
+its writes is done once per batch (`core.delta.BatchWrites`: commits marked with the batch), so
+replaying a micro-batch after a crash neither loses nor doubles a record.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from pyspark.sql.pandas.types import to_arrow_schema
 from touchpoint.core.catalog import table_path
 from touchpoint.core.channels import ChannelRules, load_rules, with_channel
 from touchpoint.core.config import Settings
-from touchpoint.core.delta import committed_txn_version, ensure_table, idempotent_merge_conf, retry_on_conflict
+from touchpoint.core.delta import BatchWrites, committed_batch, ensure_table, idempotent_merge_conf, retry_on_conflict
 from touchpoint.core.events import Rejected, validate_payload
 from touchpoint.core.privacy import ERASED_SUBJECT, Suppression, erased_reason, load_suppression, withheld_payload
 from touchpoint.core.spark import local_checkpoint
@@ -258,6 +258,7 @@ class IngestSink:
         self.paths = {name: table_path(name, settings) for name in
                       ("bronze.events", "silver.events", "silver.quarantine", "silver.reconciliation",
                        "privacy.suppression")}
+        self.writes = BatchWrites(self.paths, lambda table: f"{self.source_id}:{table}")
 
     def ensure_tables(self, spark: SparkSession) -> None:
         ensure_table(spark, self.paths["bronze.events"], BRONZE_SCHEMA, ["ingest_date"], "bronze.events")
@@ -266,38 +267,40 @@ class IngestSink:
         ensure_table(spark, self.paths["silver.reconciliation"], RECONCILIATION_SCHEMA, [], "silver.reconciliation")
 
     def committed_batch(self) -> int | None:
-        """The last batch id of this source that reached silver (its last write), None before the first."""
-        return committed_txn_version(self.paths["silver.events"], f"{self.source_id}:silver.events")
+        """The last batch id of this source that reached silver (its last write), None before the
+        first; read from silver's log."""
+        return committed_batch(self.paths["silver.events"], f"{self.source_id}:silver.events")
 
     def already_processed(self, batch_id: int) -> bool:
         """True when this source's batch reached silver (so everything before it did too)."""
-        version = self.committed_batch()
-        return version is not None and version >= batch_id
+        return self.writes.holds("silver.events", batch_id)
 
     def _append(self, frame: DataFrame, table: str, batch_id: int) -> None:
         started = time.monotonic()
         # A concurrent metadata commit (e.g. the speed layer switching the change feed on in an
-        # older lake) refuses a blind append, which then wrote nothing: it is written again.
-        retry_on_conflict(lambda: (frame.write.format("delta").mode("append")
-                                   .option("txnAppId", f"{self.source_id}:{table}").option("txnVersion", batch_id)
-                                   .save(self.paths[table])),
-                          f"batch {batch_id}: {table} append")
-        log.debug("batch %s: %s append took %.2fs", batch_id, table, time.monotonic() - started)
+        # older lake) refuses a blind append, which then wrote nothing: BatchWrites writes it again.
+        if self.writes.write(frame, table, batch_id):
+            log.debug("batch %s: %s append took %.2fs", batch_id, table, time.monotonic() - started)
 
     def __call__(self, bronze: DataFrame, batch_id: int) -> dict[str, int]:
         spark = bronze.sparkSession
         if not self._tables_ready:
             self.ensure_tables(spark)
             self._tables_ready = True
-        if self.already_processed(batch_id):  # a replay after a crash that followed the silver commit
-            return {"skipped": 1}
-        # The frames a batch reads more than once are local checkpoints, not persist(): Spark's
-        # columnar cache compressed each row as it was stored, and a batch took 1.4x as long in
-        # these steps (bench/README.md, session 27). A lost block (an executor gone) fails the batch
-        # and stops the query; restarted (streaming_supervisor), it replays the batch, and every
-        # write below is idempotent.
-        with local_checkpoint(bronze) as bronze:
-            return self._process(spark, bronze, batch_id)
+        try:
+            if self.already_processed(batch_id):  # a replay after a crash that followed the silver commit
+                return {"skipped": 1}
+            # The frames a batch reads more than once are local checkpoints, not persist(): Spark's
+            # columnar cache compressed each row as it was stored, and a batch took 1.4x as long in
+            # these steps (bench/README.md, session 27). A lost block (an executor gone) fails the
+            # batch and stops the query; restarted (streaming_supervisor), it replays the batch, and
+            # every write below is done once.
+            with local_checkpoint(bronze) as bronze:
+                return self._process(spark, bronze, batch_id)
+        except BaseException:
+            # A write may have committed before the failure: what the tables hold is read again.
+            self.writes.forget()
+            raise
 
     def _process(self, spark: SparkSession, bronze: DataFrame, batch_id: int) -> dict[str, int]:
         # Read per batch: a subject erased while the stream runs is suppressed from the next batch on.
@@ -406,7 +409,7 @@ def start_stream(spark: SparkSession, settings: Settings, topic: str | None = No
 
 # `touchpoint ingest --file` reads a file in line-aligned byte ranges, one Spark task per range, and
 # hands groups of ranges to the sink as batches: memory stays bounded whatever the file's size (a
-# whole-file read ran a 3M-line file out of heap). A batch's txnVersion is the byte offset where it
+# whole-file read ran a 3M-line file out of heap). A batch's id is the byte offset where it
 # ends, so a re-run resumes after the last committed batch, whatever the range sizes were then.
 FILE_SPLIT_BYTES = 16 * 1024 * 1024
 FILE_BATCH_BYTES = 128 * 1024 * 1024

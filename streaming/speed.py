@@ -19,8 +19,8 @@ machine) at `stream.customer_trigger_seconds`. The split keeps the campaign view
 cadence instead of the customer work's. With `customer_trigger_seconds` unset one query keeps all.
 
 One foreachBatch sink, `SpeedSink`, testable on a static DataFrame of change rows. Each of its
-writes is idempotent with Delta's txnAppId/txnVersion = (query:table, batch_id), so a micro-batch
-replayed after a crash neither loses nor doubles anything.
+writes is done once per batch (`core.delta.BatchWrites`, commits marked with (query:table,
+batch_id)), so a micro-batch replayed after a crash neither loses nor doubles anything.
 """
 
 from __future__ import annotations
@@ -42,8 +42,7 @@ from touchpoint.core.campaign_metrics import (
 from touchpoint.core.catalog import table_path
 from touchpoint.core.config import Settings
 from touchpoint.core.delta import (
-    committed_txn_version, ensure_table, is_delta, latest_version, read_version, retry_on_conflict,
-    snapshot_fingerprint,
+    BatchWrites, ensure_table, is_delta, latest_version, read_version, snapshot_fingerprint,
 )
 from touchpoint.core.identity_lookup import BROADCAST_MAP_MAX_IDENTIFIERS, attach_customer_id, carrier_flag
 from touchpoint.core.segments import (
@@ -174,6 +173,7 @@ class SpeedSink:
         self.paths = {name: table_path(name, settings) for name in SPEED_TABLES + (
             "silver.events", "gold.identity_map", "gold.identity_guardrails", "gold.customer_profiles",
             "gold.campaign_daily", "gold.campaign_minute", "gold.campaign_conversions", "gold.customer_activity")}
+        self.writes = BatchWrites(self.paths, self._app)
         self._ready = False
         self._identity_state: IdentityState | None = None
         self.identity_builds = {"rebuilt": 0, "extended": 0}
@@ -186,8 +186,7 @@ class SpeedSink:
         return f"{self.query_name}:{table}"
 
     def already_processed(self, batch_id: int) -> bool:
-        version = committed_txn_version(self.paths["speed.freshness"], self._app("speed.freshness"))
-        return version is not None and version >= batch_id
+        return self.writes.holds("speed.freshness", batch_id)
 
     def _exists(self, spark: SparkSession, name: str) -> bool:
         return is_delta(spark, self.paths[name])
@@ -213,12 +212,16 @@ class SpeedSink:
         # One FAIR pool per query (when the application schedules FAIR, as `touchpoint stream speed`
         # does): the customer query's long jobs do not queue the campaign query's short ones.
         spark.sparkContext.setLocalProperty("spark.scheduler.pool", self.query_name)
-        if self.already_processed(batch_id):
-            return {"skipped": 1}
-        # Frames reused within a batch are local checkpoints (core.spark.local_checkpoint), freed at
-        # the end of their batch: a stream runs for weeks.
-        with local_checkpoint(changes.transform(signed_changes)) as signed:
-            return self._process(spark, signed, batch_id)
+        try:
+            if self.already_processed(batch_id):
+                return {"skipped": 1}
+            # Frames reused within a batch are local checkpoints (core.spark.local_checkpoint), freed
+            # at the end of their batch: a stream runs for weeks.
+            with local_checkpoint(changes.transform(signed_changes)) as signed:
+                return self._process(spark, signed, batch_id)
+        except BaseException:
+            self.writes.forget()  # a write may have committed before the failure: read the logs again
+            raise
 
     def _process(self, spark: SparkSession, signed: DataFrame, batch_id: int) -> dict:
         started = self._t0 = time.monotonic()
@@ -256,7 +259,7 @@ class SpeedSink:
     # -- writes
 
     # Retried when they lose a commit race (the other speed query's freshness append, lake
-    # maintenance expiring speed rows): txnAppId/txnVersion make a repeated write a no-op.
+    # maintenance expiring speed rows); a replayed batch skips the tables that hold it (BatchWrites).
     def _append(self, frame: DataFrame, table: str, batch_id: int) -> None:
         self._write(frame, table, batch_id, "append")
 
@@ -264,9 +267,7 @@ class SpeedSink:
         self._write(frame, table, batch_id, "overwrite")
 
     def _write(self, frame: DataFrame, table: str, batch_id: int, mode: str) -> None:
-        retry_on_conflict(lambda: (frame.write.format("delta").mode(mode).option("txnAppId", self._app(table))
-                                   .option("txnVersion", batch_id).save(self.paths[table])),
-                          f"speed {self.query_name} {mode} to {table}")
+        self.writes.write(frame, table, batch_id, mode)
 
     # -- the views
 

@@ -244,7 +244,7 @@ def test_batch_segment_and_its_realtime_counterpart_agree(spark, settings, tmp_p
 
 
 def test_split_queries_read_bounded_batches_and_write_only_their_views(spark, settings, lake):
-    from touchpoint.core.delta import committed_txn_version
+    from touchpoint.core.delta import committed_batch
     from touchpoint.streaming.speed import start_queries
 
     lake.arrive(event("e1", "ad_click", at(1, 10), "u1", "spring"))
@@ -265,14 +265,14 @@ def test_split_queries_read_bounded_batches_and_write_only_their_views(spark, se
     for name in ("speed", "speed_customers"):
         assert sorted((r["first_version"], r["last_version"], r["rows"]) for r in freshness if r["query"] == name) == [
             (1, 1, 1), (2, 2, 1), (2, 2, 1)]
-    # Each query wrote its own views only (Delta's txn app ids name the writer).
+    # Each query wrote its own views only (each commit's batch mark names its writer).
     campaign_tables = ("speed.campaign_minute", "speed.campaign_daily")
     customer_tables = ("speed.campaign_conversions", "speed.customer_activity")
     for table in campaign_tables + customer_tables:
         writer = "speed" if table in campaign_tables else "speed_customers"
         other = "speed_customers" if writer == "speed" else "speed"
-        assert committed_txn_version(lake.path(table), f"{writer}:{table}") is not None, table
-        assert committed_txn_version(lake.path(table), f"{other}:{table}") is None, table
+        assert committed_batch(lake.path(table), f"{writer}:{table}") is not None, table
+        assert committed_batch(lake.path(table), f"{other}:{table}") is None, table
     assert daily(lake.serving()) == [
         (D, None, 0, 0, 1, Decimal("100.000000000"), 0, Decimal("0E-9")),
         (D, "spring", 0, 1, 0, Decimal("0E-9"), 0, Decimal("0E-9")),
@@ -283,7 +283,7 @@ def test_split_queries_read_bounded_batches_and_write_only_their_views(spark, se
 def test_a_single_query_deployment_switched_to_split_queries_counts_everything_once(spark, settings, lake):
     """docs/SERVING.md, "Two speed queries": `speed` keeps its checkpoint and from then on writes the
     campaign measures only; `speed_customers` starts without one and reads the feed from its start."""
-    from touchpoint.core.delta import committed_txn_version
+    from touchpoint.core.delta import committed_batch
     from touchpoint.streaming.speed import start_queries
 
     lake.arrive(event("e1", "ad_click", at(1, 10), "u1", "spring"),
@@ -294,7 +294,7 @@ def test_a_single_query_deployment_switched_to_split_queries_counts_everything_o
         (D, None, 0, 0, 1, Decimal("100.000000000"), 0, Decimal("0E-9")),
         (D, "spring", 1, 1, 0, Decimal("0E-9"), 1, Decimal("100.000000000")),
     ]
-    single_batches = committed_txn_version(lake.path("speed.campaign_daily"), "speed:speed.campaign_daily")
+    single_batches = committed_batch(lake.path("speed.campaign_daily"), "speed:speed.campaign_daily")
 
     # While switched over: a late click that takes o1's last touch, and a new customer's click and order.
     lake.arrive(event("e4", "email_click", at(1, 10, 20), "u1", "summer", channel="email"))
@@ -324,9 +324,9 @@ def test_a_single_query_deployment_switched_to_split_queries_counts_everything_o
     assert after == {"speed": (single_batches + 1, 2, 3)}
     assert sorted((r["first_version"], r["last_version"], r["rows"]) for r in
                   freshness.where("query = 'speed_customers'").collect()) == [(1, 3, 6)]
-    assert committed_txn_version(lake.path("speed.campaign_conversions"), "speed:speed.campaign_conversions") \
+    assert committed_batch(lake.path("speed.campaign_conversions"), "speed:speed.campaign_conversions") \
         == single_batches
-    assert committed_txn_version(lake.path("speed.campaign_daily"), "speed:speed.campaign_daily") == single_batches + 1
+    assert committed_batch(lake.path("speed.campaign_daily"), "speed:speed.campaign_daily") == single_batches + 1
 
 
 def test_each_speed_query_runs_alone_and_writes_only_its_own_views(spark, settings, lake):
