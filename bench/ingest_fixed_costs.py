@@ -5,9 +5,10 @@ the dedup's scan of silver's event ids, which grows with the day's partition.
                                        [--batch-rows 85000] [--repeat 3] [--seed 42]
 
 1. Commits: one-row appends to a fresh Delta table (the reconciliation table's schema, the smallest
-   write a batch makes), alternating between an append with `txnAppId`/`txnVersion` (as the ingest
-   sink writes every table) and a plain append, so that machine noise hits both alike. Reports the
-   median seconds of each and the Spark jobs each one ran (counted by job group).
+   write a batch makes), in turn: with `txnAppId`/`txnVersion` (as the ingest sink wrote every table
+   until 2026-12-05), marked with the batch in `userMetadata` (`core.delta.batch_mark`, as it writes
+   them since), and plain, so that machine noise hits all three alike. Reports the median seconds of
+   each and the Spark jobs each one ran (counted by job group).
 2. Dedup scan: a one-date table of `--partition-rows` random event ids (the day's silver partition,
    in files of 100,000 rows), and a batch of `--batch-rows` new event ids of that date. Times
    `streaming.ingest.plan_silver_changes` (without orders) to the batch's inserts, the fastest of
@@ -33,15 +34,16 @@ FILE_ROWS = 100_000
 
 
 def commit_costs(spark, path: str, appends: int) -> dict:
-    from touchpoint.core.delta import ensure_table
+    from touchpoint.core.delta import batch_mark, ensure_table
     from touchpoint.schemas.lake import RECONCILIATION_SCHEMA
 
     ensure_table(spark, path, RECONCILIATION_SCHEMA, [], "bench.reconciliation")
     sc = spark.sparkContext
-    seconds: dict[str, list[float]] = {"with_txn": [], "plain": []}
-    jobs: dict[str, list[int]] = {"with_txn": [], "plain": []}
-    for number in range(2 * appends + 4):
-        kind = "with_txn" if number % 2 == 0 else "plain"
+    kinds = ("with_txn", "marked", "plain")
+    seconds: dict[str, list[float]] = {kind: [] for kind in kinds}
+    jobs: dict[str, list[int]] = {kind: [] for kind in kinds}
+    for number in range(len(kinds) * (appends + 2)):
+        kind = kinds[number % len(kinds)]
         row = spark.createDataFrame([("bench", number, 1, 1, 0, 0, 0, dt.datetime.now(dt.timezone.utc))],
                                     RECONCILIATION_SCHEMA)
         group = f"bench-append-{number}"
@@ -49,10 +51,12 @@ def commit_costs(spark, path: str, appends: int) -> dict:
         writer = row.write.format("delta").mode("append")
         if kind == "with_txn":
             writer = writer.option("txnAppId", "bench").option("txnVersion", number)
+        elif kind == "marked":
+            writer = writer.option("userMetadata", batch_mark("bench", number))
         started = time.monotonic()
         writer.save(path)
         elapsed = time.monotonic() - started
-        if number >= 4:  # the first two of each: JVM warm-up
+        if number >= 2 * len(kinds):  # the first two of each: JVM warm-up
             seconds[kind].append(elapsed)
             jobs[kind].append(len(sc.statusTracker().getJobIdsForGroup(group)))
     sc.setJobGroup("bench", "")
@@ -60,6 +64,7 @@ def commit_costs(spark, path: str, appends: int) -> dict:
     return {"median_seconds": {kind: round(value, 3) for kind, value in median.items()},
             "median_jobs": {kind: statistics.median(values) for kind, values in jobs.items()},
             "txn_extra_seconds": round(median["with_txn"] - median["plain"], 3),
+            "marked_extra_seconds": round(median["marked"] - median["plain"], 3),
             "all_seconds": {kind: [round(v, 3) for v in values] for kind, values in seconds.items()}}
 
 
@@ -118,9 +123,9 @@ def main(argv: list[str] | None = None) -> int:
     spark = get_spark("bench-ingest-fixed-costs", settings=settings)
     with RssSampler(roots=lambda: [os.getpid()]) as sampler:
         commits = commit_costs(spark, str(workdir / "commits"), args.appends)
-        progress(f"one-row append: {commits['median_seconds']['with_txn']}s with txnAppId "
-                 f"({commits['median_jobs']['with_txn']} jobs), {commits['median_seconds']['plain']}s without "
-                 f"({commits['median_jobs']['plain']} jobs)")
+        progress("one-row append: " + ", ".join(
+            f"{kind} {commits['median_seconds'][kind]}s ({commits['median_jobs'][kind]} jobs)"
+            for kind in commits["median_seconds"]))
         scans = []
         for size in sizes:
             scans.append(dedup_scan(spark, workdir, size, args.batch_rows, args.repeat, args.seed))

@@ -205,10 +205,11 @@ def render_table() -> str:
     if costs:
         machine = machine or costs["machine"]
         commits, scans = costs["commits"], costs["dedup_scan"]
-        rows.append(f"| ingest fixed costs | one-row Delta append s with txnAppId vs plain (Spark jobs); dedup s of "
+        kinds = [kind for kind in ("with_txn", "marked", "plain") if kind in commits["median_seconds"]]
+        rows.append(f"| ingest fixed costs | one-row Delta append s {' / '.join(kinds)} (Spark jobs); dedup s of "
                     f"{costs['parameters']['batch_rows']:,} new ids by the day's silver rows | "
-                    f"{commits['median_seconds']['with_txn']} ({commits['median_jobs']['with_txn']:.0f}) vs "
-                    f"{commits['median_seconds']['plain']} ({commits['median_jobs']['plain']:.0f}); "
+                    + " / ".join(f"{commits['median_seconds'][kind]} ({commits['median_jobs'][kind]:.0f})"
+                                 for kind in kinds) + "; "
                     + ", ".join(f"{scan['partition_rows']:,} rows {scan['fastest_seconds']}" for scan in scans)
                     + f" | | {_memory(costs)} | {_when(costs)} |")
     validation = _load("validation")

@@ -249,7 +249,7 @@ class IngestSink:
     # the driver); a larger batch (a raised max_offsets_per_trigger) is joined the way Spark picks.
     broadcast_records_max = 1_000_000
 
-    def __init__(self, settings: Settings, source_id: str, write_bronze: bool = True):
+    def __init__(self, settings: Settings, source_id: str, write_bronze: bool = True, txn_versions: bool = False):
         self.settings = settings
         self.source_id = source_id
         self.write_bronze = write_bronze
@@ -258,7 +258,8 @@ class IngestSink:
         self.paths = {name: table_path(name, settings) for name in
                       ("bronze.events", "silver.events", "silver.quarantine", "silver.reconciliation",
                        "privacy.suppression")}
-        self.writes = BatchWrites(self.paths, lambda table: f"{self.source_id}:{table}")
+        # A file can be ingested again any time: its batches are also kept as Delta txn versions.
+        self.writes = BatchWrites(self.paths, lambda table: f"{self.source_id}:{table}", txn_versions)
 
     def ensure_tables(self, spark: SparkSession) -> None:
         ensure_table(spark, self.paths["bronze.events"], BRONZE_SCHEMA, ["ingest_date"], "bronze.events")
@@ -514,7 +515,7 @@ def ingest_files(spark: SparkSession, settings: Settings, path: str | Path, batc
     results = []
     for file in files:
         scan = scan_file(file, split_bytes)
-        sink = IngestSink(settings, source_id=f"file:{scan.digest}")
+        sink = IngestSink(settings, source_id=f"file:{scan.digest}", txn_versions=True)
         sink.ensure_tables(spark)
         resume_at = resume_offset(sink.committed_batch(), scan.size)
         if resume_at is None:

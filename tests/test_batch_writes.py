@@ -80,6 +80,18 @@ def test_batch_writes_skip_a_batch_the_table_holds_and_read_the_log_again_after_
         ("WRITE", batch_mark("w:t", 2)), ("WRITE", batch_mark("w:t", 1)), ("WRITE", batch_mark("w:t", 0))]
 
 
+def test_writes_with_txn_versions_stay_once_after_their_marks_are_gone(spark, tmp_path):
+    """A file ingested again after the log kept no mark of it: Delta's txn version still skips it."""
+    paths = {"t": str(tmp_path / "t")}
+    BatchWrites(paths, lambda table: f"file:{table}", txn_versions=True).write(spark.range(2), "t", 100)
+    assert DeltaTable(paths["t"]).transaction_version("file:t") == 100
+    forgetful = BatchWrites(paths, lambda table: f"file:{table}", txn_versions=True)
+    forgetful._committed["t"] = None  # as if log retention had removed the marked commit
+    assert forgetful.write(spark.range(2), "t", 100) is True  # sent, and skipped by Delta
+    assert spark.read.format("delta").load(paths["t"]).count() == 2
+    assert [h["operation"] for h in DeltaTable(paths["t"]).history()] == ["WRITE"]
+
+
 def bronze_batch(spark, payloads):
     rows = [(payload.encode(), "events.raw", 0, offset, ARRIVED, ARRIVED, ARRIVED.date())
             for offset, payload in enumerate(payloads)]

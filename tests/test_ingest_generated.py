@@ -67,7 +67,8 @@ def test_generated_traffic_reconciles_exactly_via_kafka_and_via_files(spark, tmp
     batches = file_batches(file, scan_file(file, split_bytes), 0, batch_bytes)
     assert len(batches) == 3 and len(batches[0]) > 1 and len(batches[2]) > 1
     assert len(batches[1]) == 1 and batches[1][0].end - batches[1][0].start > 1_000_000
-    sink = IngestSink(file_settings, source_id=f"file:{hashlib.sha256(content).hexdigest()[:32]}")
+    sink = IngestSink(file_settings, source_id=f"file:{hashlib.sha256(content).hexdigest()[:32]}",
+                      txn_versions=True)
     sink.broadcast_records_max = 0  # the dedup plan of a batch over the broadcast bound
     first = sink(file_bronze_rows(spark, file, batches[0]), batches[0][-1].end)
     [rest] = ingest_files(spark, file_settings, file, batch_bytes=batch_bytes, split_bytes=split_bytes)

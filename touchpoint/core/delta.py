@@ -249,11 +249,18 @@ class BatchWrites:
     """A streaming sink's Delta writes, each done once per micro-batch: a replayed batch (the query
     restarted after a crash between its writes) skips the tables that already hold it. Writes are
     marked (`batch_mark`); what each table holds is read from its log once, then kept, and read
-    again after a failed batch (`forget`), since a commit may have landed before the failure."""
+    again after a failed batch (`forget`), since a commit may have landed before the failure.
 
-    def __init__(self, paths: Mapping[str, str], app_id: Callable[[str], str]):
+    Marks live as long as the commit log (Delta's `logRetentionDuration`, 30 days by default), which
+    outlasts what a stream can replay (Kafka's retention; the change feed's, for the speed layer).
+    A writer that may replay any time later (a file, ingested again) passes `txn_versions=True`:
+    its writes also carry `txnAppId`/`txnVersion`, which Delta keeps in the table's state for good,
+    at three more Spark jobs a commit."""
+
+    def __init__(self, paths: Mapping[str, str], app_id: Callable[[str], str], txn_versions: bool = False):
         self._paths = paths
         self._app_id = app_id
+        self._txn_versions = txn_versions
         self._committed: dict[str, int | None] = {}
 
     def committed(self, table: str) -> int | None:
@@ -275,9 +282,12 @@ class BatchWrites:
         if self.holds(table, batch_id):
             log.info("batch %s: %s already holds it (a replay); not written again", batch_id, table)
             return False
-        mark = batch_mark(self._app_id(table), batch_id)
-        retry_on_conflict(lambda: frame.write.format("delta").mode(mode).option("userMetadata", mark)
-                          .save(self._paths[table]), f"batch {batch_id}: {table} {mode}")
+        app_id = self._app_id(table)
+        options = {"userMetadata": batch_mark(app_id, batch_id)}
+        if self._txn_versions:
+            options.update(txnAppId=app_id, txnVersion=str(batch_id))
+        retry_on_conflict(lambda: frame.write.format("delta").mode(mode).options(**options).save(self._paths[table]),
+                          f"batch {batch_id}: {table} {mode}")
         self._committed[table] = batch_id
         return True
 
