@@ -112,7 +112,7 @@ def _clear_abandoned_creation(spark: SparkSession, path: str) -> None:
 def retry_on_conflict(write: Callable[[], None], what: str, attempts: int = CONFLICT_ATTEMPTS) -> None:
     """Run an idempotent Delta write, again when it lost Delta's optimistic commit race: a refused
     commit wrote nothing, and the write re-reads the table each time. Only for writes that are
-    idempotent (by txnAppId/txnVersion, or by nature, like OPTIMIZE) and whose outcome does not
+    done once (BatchWrites, txnAppId/txnVersion, or by nature, like OPTIMIZE) and whose outcome does not
     depend on the rows a conflicting commit rewrote (OPTIMIZE changes files, not rows; a metadata
     change, neither)."""
     from delta.exceptions import (
