@@ -318,12 +318,15 @@ class RssSampler:
     kernel gives back under pressure: a Spark JVM maps the shuffle and block files it reads, so
     on a machine with free memory its resident set can exceed its heap by far. `peaks_anon_mb`
     is the anonymous part alone (heap, native memory, stacks: resident set minus file-backed and
-    shared pages), what the process itself holds."""
+    shared pages), what the process itself holds. With `names` (root pid -> a name, e.g. "ingest"),
+    `peaks_anon_by_tree_mb` keeps the same per "<name>/<role>": which process a role's peak was."""
 
     roots: Callable[[], list[int]]
     interval: float = 0.5
+    names: Callable[[], dict[int, str]] | None = None
     peaks_mb: dict[str, float] = field(default_factory=dict)
     peaks_anon_mb: dict[str, float] = field(default_factory=dict)
+    peaks_anon_by_tree_mb: dict[str, float] = field(default_factory=dict)
     samples: int = 0
 
     def __post_init__(self) -> None:
@@ -352,29 +355,39 @@ class RssSampler:
         import psutil
 
         seen: dict[int, "psutil.Process"] = {}
+        tree_of: dict[int, int] = {}
         for root in self.roots():
             try:
                 proc = psutil.Process(root)
                 for member in [proc, *proc.children(recursive=True)]:
                     seen[member.pid] = member
+                    tree_of[member.pid] = root
                     times = member.cpu_times()
                     self._cpu[member.pid] = (root, times.user + times.system)
             except psutil.Error:
                 continue
         now: dict[str, float] = {}
         anon: dict[str, float] = {}
+        by_tree: dict[str, float] = {}
+        names = self.names() if self.names else {}
         for proc in seen.values():
             try:
                 role = process_role(proc.cmdline())
                 memory = proc.memory_info()
                 now[role] = now.get(role, 0.0) + memory.rss / 2**20
                 # Linux: `shared` is the resident file-backed and shared-memory pages (RssFile + RssShmem).
-                anon[role] = anon.get(role, 0.0) + (memory.rss - getattr(memory, "shared", 0)) / 2**20
+                anonymous = (memory.rss - getattr(memory, "shared", 0)) / 2**20
+                anon[role] = anon.get(role, 0.0) + anonymous
+                tree = f"{names.get(tree_of[proc.pid], tree_of[proc.pid])}/{role}"
+                by_tree[tree] = by_tree.get(tree, 0.0) + anonymous
             except psutil.Error:
                 continue
         for role, mb in now.items():
             self.peaks_mb[role] = max(self.peaks_mb.get(role, 0.0), round(mb, 1))
             self.peaks_anon_mb[role] = max(self.peaks_anon_mb.get(role, 0.0), round(anon[role], 1))
+        if self.names:
+            for tree, mb in by_tree.items():
+                self.peaks_anon_by_tree_mb[tree] = max(self.peaks_anon_by_tree_mb.get(tree, 0.0), round(mb, 1))
         self.samples += 1
         return now
 

@@ -171,7 +171,10 @@ def main(argv: list[str] | None = None) -> dict:
         broker = broker_pid(settings)
         progress(f"producing {args.rate:,.0f}/s for {args.steady_seconds}s, {args.burst_factor}x for "
                  f"{args.burst_seconds}s, then {args.tail_seconds}s")
-        with RssSampler(lambda: [stream.pid for stream in streams] + ([broker] if broker else [])) as memory:
+        names = {stream.pid: name for stream, name in ((ingest, "ingest"), (speed, "speed"),
+                                                       (customers, "speed_customers")) if stream is not None}
+        with RssSampler(lambda: [stream.pid for stream in streams] + ([broker] if broker else []),
+                        names=lambda: {**names, **({broker: "broker"} if broker else {})}) as memory:
             started = time.time()
             # CPU while producing, per process: how the 2 cores were shared (this process runs the generator).
             cpu_before, own_before = memory.cpu_by_root(), time.process_time()
@@ -204,6 +207,7 @@ def main(argv: list[str] | None = None) -> dict:
                 lags = visible_lags(settings, burst)
         result["peak_rss_mb"] = dict(memory.peaks_mb)
         result["peak_anon_rss_mb"] = dict(memory.peaks_anon_mb)
+        result["peak_anon_rss_mb_by_process"] = dict(memory.peaks_anon_by_tree_mb)
         result["generator"] = {"lines": report["lines"], "average_lines_per_second": report["lines_per_second"],
                                "requested": {"rate": args.rate, "burst_rate": args.rate * args.burst_factor}}
         result["lag_seconds"] = lags
