@@ -44,7 +44,7 @@ def test_the_committed_batch_is_the_newest_mark_of_its_writer_searched_back_thro
     for number in range(5):  # other writers' commits after the marks
         write(spark, path, (3 + number, 4 + number), userMetadata=f"backfill {number}")
     write(spark, path, (9, 10))
-    # A first page of two commits: the marks are found on the third and fourth pages.
+    # A first read of two commits finds no mark: they are found by the next, eight times longer read.
     monkeypatch.setattr(delta, "_HISTORY_FIRST_PAGE", 2)
     assert committed_batch(path, "a:table") == 4
     assert committed_batch(path, "b:table") == 9
