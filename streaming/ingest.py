@@ -288,7 +288,7 @@ class IngestSink:
         if not self._tables_ready:
             self.ensure_tables(spark)
             self._tables_ready = True
-        try:
+        with self.writes.batch():
             if self.already_processed(batch_id):  # a replay after a crash that followed the silver commit
                 return {"skipped": 1}
             # The frames a batch reads more than once are local checkpoints, not persist(): Spark's
@@ -298,10 +298,6 @@ class IngestSink:
             # every write below is done once.
             with local_checkpoint(bronze) as bronze:
                 return self._process(spark, bronze, batch_id)
-        except BaseException:
-            # A write may have committed before the failure: what the tables hold is read again.
-            self.writes.forget()
-            raise
 
     def _process(self, spark: SparkSession, bronze: DataFrame, batch_id: int) -> dict[str, int]:
         # Read per batch: a subject erased while the stream runs is suppressed from the next batch on.

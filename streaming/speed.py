@@ -212,16 +212,13 @@ class SpeedSink:
         # One FAIR pool per query (when the application schedules FAIR, as `touchpoint stream speed`
         # does): the customer query's long jobs do not queue the campaign query's short ones.
         spark.sparkContext.setLocalProperty("spark.scheduler.pool", self.query_name)
-        try:
+        with self.writes.batch():
             if self.already_processed(batch_id):
                 return {"skipped": 1}
             # Frames reused within a batch are local checkpoints (core.spark.local_checkpoint), freed
             # at the end of their batch: a stream runs for weeks.
             with local_checkpoint(changes.transform(signed_changes)) as signed:
                 return self._process(spark, signed, batch_id)
-        except BaseException:
-            self.writes.forget()  # a write may have committed before the failure: read the logs again
-            raise
 
     def _process(self, spark: SparkSession, signed: DataFrame, batch_id: int) -> dict:
         started = self._t0 = time.monotonic()

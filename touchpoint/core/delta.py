@@ -276,6 +276,16 @@ class BatchWrites:
     def forget(self) -> None:
         self._committed.clear()
 
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """One micro-batch's writes: if it fails, what the tables hold is read from their logs again,
+        since a commit may have landed before the failure."""
+        try:
+            yield
+        except BaseException:
+            self.forget()
+            raise
+
     def write(self, frame: DataFrame, table: str, batch_id: int, mode: str = "append") -> bool:
         """Write `frame` to `table` as batch `batch_id` unless the table holds it; False when skipped.
         A write that lost a commit race wrote nothing and is retried (`retry_on_conflict`)."""
