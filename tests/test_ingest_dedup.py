@@ -150,7 +150,8 @@ def test_the_sink_frees_every_frame_it_kept_for_a_batch(spark, tmp_path):
         [ranges] = file_batches(file, scan_file(file), 0)
         kept_before = set(jsc.getPersistentRDDs().keys())
         counts[name] = sink(file_bronze_rows(spark, file, ranges), batch_id)
-        assert set(jsc.getPersistentRDDs().keys()) == kept_before
+        # only what this batch kept counts: the context cleaner may free other tests' frames meanwhile
+        assert set(jsc.getPersistentRDDs().keys()) - kept_before == set()
     assert counts == {
         "first": {"bronze": 2, "quarantine": 1, "accepted": 1, "inserted": 1, "displaced": 0, "phones_dropped": 0,
                   "silver": 1, "duplicates": 0},
