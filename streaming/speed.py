@@ -49,7 +49,7 @@ from touchpoint.core.segments import (
     behaviours_of, compile_segments, load_segments, segment_members, with_behaviour_counts,
 )
 from touchpoint.core.serving import SCHEMAS
-from touchpoint.core.spark import local_checkpoint, release_checkpoint
+from touchpoint.core.spark import checkpoint_with_own_size, local_checkpoint, release_checkpoint
 from touchpoint.core.stream_identity import extend_identity_map
 from touchpoint.schemas.lake import SILVER_SCHEMA
 
@@ -345,7 +345,7 @@ class SpeedSink:
             extended = extend_identity_map(base, uncovered.select("event_id", *IDENTIFIERS).distinct(),
                                            self.settings.identity.blocklist, held_back, intermediate)
             # Computed now, so the intermediate checkpoints and the previous map can go.
-            frame = extended.localCheckpoint(eager=True)
+            frame = checkpoint_with_own_size(extended)  # the next extension joins it: keep estimates flat
         state = IdentityState(key, version, frame, frame.count())
         if kept is not None:
             kept.release()

@@ -39,9 +39,44 @@ def test_local_checkpoint_block_computes_once_and_frees_on_exit_even_after_an_er
     assert not set(_cached_rdds(spark)) - before
 
 
-def test_speed_identity_frees_its_round_checkpoints_and_the_stack_frees_the_rest(spark):
-    """A chain of links that takes three groups of propagation rounds: the labels a group started
-    from are freed once the next labels exist; the two checkpoints the result reads go with the stack."""
+
+def _estimate(frame) -> int:
+    """Spark's size estimate of a frame's optimised plan, in bytes."""
+    return int(str(frame._jdf.queryExecution().optimizedPlan().stats().sizeInBytes()))
+
+
+def test_a_checkpoint_with_its_own_size_is_estimated_at_its_blocks_not_at_its_plan(spark):
+    """Four rounds that each join a frame to itself, checkpointed each time: a plain local
+    checkpoint carries the product of the joins' estimates from round to round (the digits double
+    each round); one with its own
+    size is estimated at the bytes its blocks hold, holds the same rows and is freed like any other."""
+    from touchpoint.core.spark import checkpoint_with_own_size, release_checkpoint
+
+    numbers = spark.range(40).selectExpr("id", "id % 4 AS k")
+    plain = own = numbers
+    before = set(_cached_rdds(spark))
+    def pair_round(frame):  # each row meets every row of its key, as a round of label joins does
+        return frame.alias("a").join(frame.alias("b"), "k").select("k", "a.id").distinct()
+
+    for _ in range(4):
+        plain = pair_round(plain).localCheckpoint(eager=True)
+        own = checkpoint_with_own_size(pair_round(own))
+    assert sorted(tuple(row) for row in own.collect()) == sorted((n % 4, n) for n in range(40))
+    [blocks] = [info for info in spark.sparkContext._jsc.sc().getRDDStorageInfo()
+                if info.id() == own._jdf.logicalPlan().rdd().id()]
+    stored = blocks.memSize() + blocks.diskSize()
+    assert 0 < stored < 100_000
+    assert _estimate(own) == -(-stored // 8) * 8  # rounded up to whole longs
+    assert _estimate(plain) > 10 ** 30  # what a plain checkpoint carries on
+    assert own._jdf.logicalPlan().rdd().id() in set(_cached_rdds(spark)) - before
+    release_checkpoint(own)
+    assert own._jdf.logicalPlan().rdd().id() not in _cached_rdds(spark)
+
+
+def test_speed_identity_frees_its_graph_checkpoints_and_the_stack_frees_the_rest(spark):
+    """A chain of links that takes several rounds of connected components: the graph's checkpoints
+    (links, node ids, rounds) are freed once the labels exist; the two checkpoints the result reads
+    go with the stack."""
     import hashlib
     from contextlib import ExitStack
 

@@ -1,8 +1,7 @@
 """Connected components on Spark: alternating large-star / small-star (Kiveris et al., SoCC 2014).
 
-Used by the batch identity job (jobs/identity.py); jobs/profiles.py uses its checkpointers. The
-speed layer's identity extension (core/stream_identity.py) used it in session 28 and went back to
-its own bounded propagation (docs/SERVING.md, "Identity in the speed layer").
+Shared by the batch identity job (jobs/identity.py) and the speed layer's identity extension
+(core/stream_identity.py); jobs/profiles.py uses its checkpointers.
 
 GraphFrames, the maintained library for this, publishes no build for Spark 4.2 on Maven Central
 (checked io.graphframes and graphframes groups), so the algorithm is written here with DataFrames.
@@ -24,6 +23,8 @@ from typing import Callable
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from touchpoint.core.spark import checkpoint_with_own_size
+
 # Far above the O(log^2 n) rounds any real graph needs; reaching it means a bug, not a big graph.
 MAX_ROUNDS = 100
 
@@ -39,7 +40,8 @@ def local_checkpoints(spark: SparkSession, mode: str) -> bool:
 class LakeCheckpointer:
     """Cuts lineage by writing to a scratch folder and reading back (survives executor loss).
 
-    `local=True` uses `localCheckpoint` instead: faster, but lost with an executor.
+    `local=True` uses `localCheckpoint` instead (core.spark.checkpoint_with_own_size): faster, but
+    lost with an executor.
     """
 
     def __init__(self, spark: SparkSession, scratch_root: str, local: bool = False):
@@ -50,7 +52,7 @@ class LakeCheckpointer:
 
     def __call__(self, frame: DataFrame) -> DataFrame:
         if self.local:
-            return frame.localCheckpoint(eager=True)
+            return checkpoint_with_own_size(frame)  # rounds read each other: keep estimates flat
         self._count += 1
         path = f"{self.folder}/{self._count:05d}"
         frame.write.mode("overwrite").parquet(path)
