@@ -221,8 +221,10 @@ def checkpoint_with_own_size(frame):
     plan = checkpointed._jdf.logicalPlan()
     rdd = plan.rdd()
     spark = checkpointed.sparkSession
-    stored = sum(info.memSize() + info.diskSize()
-                 for info in spark.sparkContext._jsc.sc().getRDDStorageInfo() if info.id() == rdd.id())
+    blocks = [info for info in spark.sparkContext._jsc.sc().getRDDStorageInfo() if info.id() == rdd.id()]
+    if not blocks:  # not reported (never seen): an estimate of 8 bytes would broadcast it, whatever its size
+        return checkpointed
+    stored = blocks[0].memSize() + blocks[0].diskSize()
     # A statistics object of that size, made on the JVM: py4j turns every Scala BigInt it returns
     # into a Python int, so one cannot be passed back. A range of n longs is estimated at 8n bytes,
     # and the projection over it drops the range's row count (not this frame's).
