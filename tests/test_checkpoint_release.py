@@ -86,10 +86,9 @@ def test_a_checkpoint_with_no_blocks_keeps_the_estimate_of_its_plan(spark):
     assert _estimate(nothing) == 0
 
 
-def test_speed_identity_frees_its_graph_checkpoints_and_the_stack_frees_the_rest(spark):
-    """A chain of links that takes several rounds of connected components: the graph's checkpoints
-    (links, node ids, rounds) are freed once the labels exist; the two checkpoints the result reads
-    go with the stack."""
+def test_speed_identity_frees_its_round_checkpoints_and_the_stack_frees_the_rest(spark):
+    """A chain of links that takes three groups of propagation rounds: the labels a group started
+    from are freed once the next labels exist; the two checkpoints the result reads go with the stack."""
     import hashlib
     from contextlib import ExitStack
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import hashlib
 
+import pytest
+
 
 def provisional(identifier_type: str, value: str) -> str:
     """The provisional id as docs/SERVING.md states it: p- and the first 32 hex digits of a sha256."""
@@ -14,6 +16,10 @@ def provisional(identifier_type: str, value: str) -> str:
 COLUMNS = "event_id string, anonymous_id string, user_id string, email string, phone string"
 
 
+# Known limit, kept as a strict xfail: the connected-components version (session 28) joined this
+# chain, but with its kept map a 6 GB driver ran out of heap at the 7th increment of
+# bench/speed_identity, so session 29 went back to 16 rounds of propagation (docs/SERVING.md).
+@pytest.mark.xfail(strict=True, reason="16 rounds of min-label propagation leave a 61-identifier chain split")
 def test_a_long_chain_of_links_is_one_customer_under_its_least_id(spark):
     """61 identifiers in one path (device, user, device, user, ...): a label crosses one link per
     propagation round, so a fixed number of rounds would leave the path split. Plus a published

@@ -4,9 +4,8 @@ Events the published gold.identity_map does not cover (those after its high-wate
 arrived after the silver version it read) may carry new identifiers or link two known customers.
 `extend_identity_map` returns a map covering them too, built like the batch graph: identifiers
 that co-occur in an event are linked, blocklisted values (BRIEF §5) link nothing, and identifiers
-the batch held back as shared devices link nothing. Components are found with the batch job's
-connected components (core/identity_graph.py) over (published customer ids, new identifiers), and
-each is labelled with its least node. A new component gets a provisional id
+the batch held back as shared devices link nothing. Components are found by min-label propagation
+over (published customer ids, new identifiers). A new component gets a provisional id
 `p-<sha256 of its anchor>`; two published customers linked by a new event take the smaller id.
 The next batch run replaces all of this with the real graph (docs/SERVING.md lists the limits:
 a device that becomes shared inside the stream is not detected until then).
@@ -20,13 +19,14 @@ from typing import Iterable
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
-from touchpoint.core.identity_graph import components_by_key
 from touchpoint.core.identity_lookup import event_identifiers
-from touchpoint.core.spark import checkpoint_with_own_size, release_checkpoint
+from touchpoint.core.spark import release_checkpoint
 
 # Same rule as the batch guardrails (BRIEF §5): only 0 - + _ and spaces, with at least one 0.
 ALL_ZERO_PATTERN = r"^[0\-+_ ]*0[0\-+_ ]*$"
 PROVISIONAL_PREFIX = "p-"
+MAX_ITERATIONS = 16
+ROUNDS_PER_CHECK = 2
 
 
 def is_blocklisted(value: Column, blocklist: Iterable[str]) -> Column:
@@ -55,10 +55,8 @@ def extend_identity_map(identity_map: DataFrame, events: DataFrame, blocklist: I
         ids = ids.join(held_back.select("identifier_type", "identifier_value"),
                        ["identifier_type", "identifier_value"], "left_anti")
 
-    # Every checkpoint here carries its own size estimate: the map is extended every micro-batch and
-    # the rounds read each other, so inherited join estimates would compound (core.spark).
     def kept(frame: DataFrame) -> DataFrame:
-        frame = checkpoint_with_own_size(frame)
+        frame = frame.localCheckpoint()
         if checkpoints is not None:
             checkpoints.callback(release_checkpoint, frame)
         return frame
@@ -67,31 +65,35 @@ def extend_identity_map(identity_map: DataFrame, events: DataFrame, blocklist: I
                  .select("event_id", "identifier_type", "identifier_value",
                          F.coalesce("customer_id", provisional_id(F.col("identifier_type"), F.col("identifier_value")))
                          .alias("node")))
-    with ExitStack() as scratch:
-        def scratch_checkpoint(frame: DataFrame) -> DataFrame:
-            frame = checkpoint_with_own_size(frame)
-            scratch.callback(release_checkpoint, frame)
-            return frame
+    membership = nodes.select("event_id", "node").distinct()
+    labels = membership.select("node").distinct().withColumn("label", F.col("node"))
 
-        # An event links its nodes: a star from its least node to each other one. Events with one
-        # node link nothing, so the graph holds the distinct links, not every event.
-        per_event = (nodes.groupBy("event_id").agg(F.array_distinct(F.collect_list("node")).alias("nodes"))
-                     .where(F.size("nodes") > 1))
-        links = scratch_checkpoint(
-            per_event.select(F.array_min("nodes").alias("dst_key"), F.explode("nodes").alias("src_key"))
-            .where(F.col("src_key") != F.col("dst_key")).distinct())
-        linked = links.select(F.col("src_key").alias("key")).unionByName(links.select(F.col("dst_key").alias("key")))
-        components, _ = components_by_key(linked, links, scratch_checkpoint)
-        # A component's label is its least node: a published id before any provisional one, and the
-        # smaller of two published ids. Computed now, so the graph's checkpoints can go.
-        labels = kept(components.join(components.groupBy("component").agg(F.min("key").alias("label")), "component")
-                      .select(F.col("key").alias("node"), "label"))
+    def propagate(current: DataFrame) -> DataFrame:
+        per_event = membership.join(current, "node").groupBy("event_id").agg(F.min("label").alias("label"))
+        return membership.join(per_event, "event_id").groupBy("node").agg(F.min("label").alias("label"))
+
+    # A few rounds per Spark action, then one convergence check: most micro-batches need one check.
+    started_from = None  # the checkpoint a group of rounds starts from; the first group has none
+    for _ in range(MAX_ITERATIONS // ROUNDS_PER_CHECK):
+        previous = labels
+        for _ in range(ROUNDS_PER_CHECK - 1):
+            previous = propagate(previous)
+        labels = propagate(previous).localCheckpoint()
+        # converged when the last round changed nothing
+        converged = labels.alias("u").join(previous.alias("l"), "node").where(
+            F.col("u.label") != F.col("l.label")).isEmpty()
+        if started_from is not None:  # only the check read it; the new labels are computed
+            release_checkpoint(started_from)
+        started_from = labels
+        if converged:
+            break
+    if checkpoints is not None:
+        checkpoints.callback(release_checkpoint, labels)
     # Published identifiers whose customer joined a component keep the component's label.
     published = (lookup.join(labels.withColumnRenamed("node", "customer_id"), "customer_id", "left")
                  .select("identifier_type", "identifier_value", F.coalesce("label", "customer_id").alias("customer_id")))
-    # A node that links nothing is a component of its own.
-    new = (nodes.where(F.col("node").startswith(PROVISIONAL_PREFIX)).join(labels, "node", "left")
-           .select("identifier_type", "identifier_value", F.coalesce("label", "node").alias("customer_id")).distinct()
+    new = (nodes.where(F.col("node").startswith(PROVISIONAL_PREFIX)).join(labels, "node")
+           .select("identifier_type", "identifier_value", F.col("label").alias("customer_id")).distinct()
            .join(lookup.select("identifier_type", "identifier_value"), ["identifier_type", "identifier_value"],
                  "left_anti"))
     return published.unionByName(new)
