@@ -39,7 +39,6 @@ def test_local_checkpoint_block_computes_once_and_frees_on_exit_even_after_an_er
     assert not set(_cached_rdds(spark)) - before
 
 
-
 def _estimate(frame) -> int:
     """Spark's size estimate of a frame's optimised plan, in bytes."""
     return int(str(frame._jdf.queryExecution().optimizedPlan().stats().sizeInBytes()))
