@@ -34,14 +34,49 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def wait_for(predicate: Callable[[], bool], timeout: float, interval: float = 0.5, what: str = "condition") -> None:
+def wait_for(predicate: Callable[[], bool], timeout: float, interval: float = 0.5, what: str = "condition",
+             diagnose: Callable[[], str] | None = None) -> None:
+    """Poll `predicate` until it holds; TimeoutError after `timeout` s, with what `diagnose` returns."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():
             return
         time.sleep(interval)
     if not predicate():
-        raise TimeoutError(f"{what} not reached within {timeout:.0f}s")
+        detail = ""
+        if diagnose is not None:
+            try:
+                detail = "\n" + diagnose()
+            except Exception as error:  # the timeout is the failure to report, not the diagnosis
+                detail = f"\n(diagnosis failed: {error!r})"
+        raise TimeoutError(f"{what} not reached within {timeout:.0f}s{detail}")
+
+
+def stream_diagnosis(spark, query, dump_dir: Path) -> Callable[[], str]:
+    """A `diagnose` for a wait on a query of this process's driver: the query's status and last
+    progress, and the stack of its stream execution thread; full thread dumps of the driver JVM
+    (jcmd) and of this Python process are written to `dump_dir`."""
+
+    def diagnose() -> str:
+        import faulthandler
+
+        dump_dir.mkdir(parents=True, exist_ok=True)
+        with open(dump_dir / "python-threads.txt", "w") as python_dump:
+            faulthandler.dump_traceback(python_dump, all_threads=True)
+        jvm_pid = spark._jvm.java.lang.ProcessHandle.current().pid()
+        jvm_dump = subprocess.run(["jcmd", str(jvm_pid), "Thread.print"], capture_output=True, text=True,
+                                  timeout=120).stdout
+        (dump_dir / "jvm-threads.txt").write_text(jvm_dump)
+        stream_threads = [block for block in jvm_dump.split("\n\n") if "stream execution thread" in block]
+        progress = query.lastProgress or {}
+        return "\n".join([
+            f"query active: {query.isActive}; status: {query.status}",
+            f"last progress: batch {progress.get('batchId')} at {progress.get('timestamp')}",
+            f"thread dumps: {dump_dir}",
+            *["\n".join(block.splitlines()[:40]) for block in stream_threads],
+        ])
+
+    return diagnose
 
 
 def subprocess_env(lake_root: Path | str, **overrides: str) -> dict[str, str]:

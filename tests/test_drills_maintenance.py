@@ -14,7 +14,8 @@ import pytest
 from kafka import KafkaProducer
 
 from bench.faults import (
-    BackgroundGenerator, ingested_all, lake_settings, lake_table, reconciliation_totals, valid_event_ids, wait_for,
+    BackgroundGenerator, ingested_all, lake_settings, lake_table, reconciliation_totals, stream_diagnosis,
+    valid_event_ids, wait_for,
 )
 from touchpoint.core.catalog import table_path
 from touchpoint.generator import GeneratorConfig
@@ -47,6 +48,7 @@ def test_optimize_and_vacuum_beside_the_stream(spark, tmp_path, kafka_topic, ord
     generator = BackgroundGenerator(kafka_topic, settings.kafka_bootstrap, TRAFFIC, rate=RATE)
     generator.start()
     query = start_stream(spark, settings, topic=kafka_topic, query_name="ingest")
+    diagnose = stream_diagnosis(spark, query, tmp_path / "dumps")  # a wait that times out says where the stream is
 
     maintenance_runs, maintenance_errors, stop = [], [], threading.Event()
 
@@ -65,7 +67,8 @@ def test_optimize_and_vacuum_beside_the_stream(spark, tmp_path, kafka_topic, ord
 
     producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all", enable_idempotence=True)
     try:
-        wait_for(lambda: reconciliation_totals(settings)["bronze"] > 0, timeout=600, what="the first batch")
+        wait_for(lambda: reconciliation_totals(settings)["bronze"] > 0, timeout=600, what="the first batch",
+                 diagnose=diagnose)
         worker = threading.Thread(target=maintain, daemon=True)
         worker.start()
         for pair in range(order_pairs):
@@ -74,14 +77,15 @@ def test_optimize_and_vacuum_beside_the_stream(spark, tmp_path, kafka_topic, ord
             producer.send(kafka_topic, order(f"drill-late-{pair}", f"DRILL-{pair}", 40))
             producer.flush()
             wait_for(lambda: f"drill-late-{pair}" in landed_ids() or not query.isActive, timeout=600,
-                     what=f"order pair {pair} landing")
+                     what=f"order pair {pair} landing", diagnose=diagnose)
             producer.send(kafka_topic, order(f"drill-early-{pair}", f"DRILL-{pair}", 10))
             producer.flush()
         generator.stop()
         report = generator.result(timeout=120)
         expected_lines = report["lines"] + 2 * order_pairs
         wait_for(lambda: ingested_all(settings, expected_lines) or not query.isActive,
-                 timeout=600, what="the stream catching up")
+                 timeout=600, what="the stream catching up",
+                 diagnose=lambda: f"taken {reconciliation_totals(settings)} of {expected_lines} lines\n" + diagnose())
         wait_for(lambda: len(maintenance_runs) >= maintenance_rounds or maintenance_errors, timeout=600,
                  what=f"{maintenance_rounds} maintenance runs")
     finally:

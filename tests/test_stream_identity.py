@@ -4,8 +4,7 @@ of events it does not cover (docs/SERVING.md, "Identity in the speed layer")."""
 from __future__ import annotations
 
 import hashlib
-
-import pytest
+from contextlib import ExitStack
 
 
 def provisional(identifier_type: str, value: str) -> str:
@@ -16,13 +15,10 @@ def provisional(identifier_type: str, value: str) -> str:
 COLUMNS = "event_id string, anonymous_id string, user_id string, email string, phone string"
 
 
-# Known limit, kept as a strict xfail: the connected-components version (session 28) joined this
-# chain, but with its kept map a 6 GB driver ran out of heap at the 7th increment of
-# bench/speed_identity, so session 29 went back to 16 rounds of propagation (docs/SERVING.md).
-@pytest.mark.xfail(strict=True, reason="16 rounds of min-label propagation leave a 61-identifier chain split")
 def test_a_long_chain_of_links_is_one_customer_under_its_least_id(spark):
     """61 identifiers in one path (device, user, device, user, ...): a label crosses one link per
-    propagation round, so a fixed number of rounds would leave the path split. Plus a published
+    propagation round, so 16 rounds leave the path split and the connected components join it. The
+    checkpoints of both are freed when the caller's stack closes. Plus a published
     customer joined by a new device, a blocklisted and an all-zero value that link nothing, and a
     shared device held back: its two users stay apart and it gets no customer."""
     from touchpoint.core.stream_identity import extend_identity_map
@@ -43,7 +39,13 @@ def test_a_long_chain_of_links_is_one_customer_under_its_least_id(spark):
                                       "identifier_type string, identifier_value string, customer_id string")
     held_back = spark.createDataFrame([("anonymous_id", "tv")], "identifier_type string, identifier_value string")
 
-    extended = extend_identity_map(published, events, ["test@example.com"], held_back)
+    jsc = spark.sparkContext._jsc
+    kept_before = set(jsc.getPersistentRDDs().keys())
+    with ExitStack() as checkpoints:
+        extended = sorted(tuple(r) for r in extend_identity_map(
+            published, events, ["test@example.com"], held_back, checkpoints).collect())
+    # only what this call kept counts: the context cleaner may free other tests' frames meanwhile
+    assert set(jsc.getPersistentRDDs().keys()) - kept_before == set()
 
     path = [("anonymous_id", f"d{k}") for k in range(31)] + [("user_id", f"u{k}") for k in range(30)]
     path_customer = min(provisional(kind, value) for kind, value in path)
@@ -53,7 +55,7 @@ def test_a_long_chain_of_links_is_one_customer_under_its_least_id(spark):
         ("anonymous_id", "d-zero", provisional("anonymous_id", "d-zero")),
         ("user_id", "u-a", provisional("user_id", "u-a")), ("user_id", "u-b", provisional("user_id", "u-b")),
     ])
-    assert sorted(tuple(r) for r in extended.collect()) == expected
+    assert extended == expected
 
 
 def test_a_new_event_linking_two_published_customers_and_a_new_identifier_gives_them_the_smaller_id(spark):

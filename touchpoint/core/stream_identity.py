@@ -5,7 +5,9 @@ arrived after the silver version it read) may carry new identifiers or link two 
 `extend_identity_map` returns a map covering them too, built like the batch graph: identifiers
 that co-occur in an event are linked, blocklisted values (BRIEF §5) link nothing, and identifiers
 the batch held back as shared devices link nothing. Components are found by min-label propagation
-over (published customer ids, new identifiers). A new component gets a provisional id
+over (published customer ids, new identifiers): a micro-batch's links rarely chain, so a few rounds
+converge. When 16 rounds have not, the batch job's connected components (core/identity_graph.py)
+label them instead, each with its least node. A new component gets a provisional id
 `p-<sha256 of its anchor>`; two published customers linked by a new event take the smaller id.
 The next batch run replaces all of this with the real graph (docs/SERVING.md lists the limits:
 a device that becomes shared inside the stream is not detected until then).
@@ -19,8 +21,9 @@ from typing import Iterable
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
+from touchpoint.core.identity_graph import components_by_key
 from touchpoint.core.identity_lookup import event_identifiers
-from touchpoint.core.spark import release_checkpoint
+from touchpoint.core.spark import checkpoint_with_own_size, release_checkpoint
 
 # Same rule as the batch guardrails (BRIEF §5): only 0 - + _ and spaces, with at least one 0.
 ALL_ZERO_PATTERN = r"^[0\-+_ ]*0[0\-+_ ]*$"
@@ -65,6 +68,25 @@ def extend_identity_map(identity_map: DataFrame, events: DataFrame, blocklist: I
                  .select("event_id", "identifier_type", "identifier_value",
                          F.coalesce("customer_id", provisional_id(F.col("identifier_type"), F.col("identifier_value")))
                          .alias("node")))
+    labels = _propagated_labels(nodes)
+    if labels is None:  # a long chain in this micro-batch
+        labels = _component_labels(nodes)
+    if checkpoints is not None:
+        checkpoints.callback(release_checkpoint, labels)
+    # Published identifiers whose customer joined a component keep the component's label.
+    published = (lookup.join(labels.withColumnRenamed("node", "customer_id"), "customer_id", "left")
+                 .select("identifier_type", "identifier_value", F.coalesce("label", "customer_id").alias("customer_id")))
+    # A node that links nothing has no label from the components: it is a component of its own.
+    new = (nodes.where(F.col("node").startswith(PROVISIONAL_PREFIX)).join(labels, "node", "left")
+           .select("identifier_type", "identifier_value", F.coalesce("label", "node").alias("customer_id")).distinct()
+           .join(lookup.select("identifier_type", "identifier_value"), ["identifier_type", "identifier_value"],
+                 "left_anti"))
+    return published.unionByName(new)
+
+
+def _propagated_labels(nodes: DataFrame) -> DataFrame | None:
+    """(node, label): the least node of each component as a local checkpoint, or None when
+    MAX_ITERATIONS rounds of min-label propagation have not converged."""
     membership = nodes.select("event_id", "node").distinct()
     labels = membership.select("node").distinct().withColumn("label", F.col("node"))
 
@@ -86,14 +108,32 @@ def extend_identity_map(identity_map: DataFrame, events: DataFrame, blocklist: I
             release_checkpoint(started_from)
         started_from = labels
         if converged:
-            break
-    if checkpoints is not None:
-        checkpoints.callback(release_checkpoint, labels)
-    # Published identifiers whose customer joined a component keep the component's label.
-    published = (lookup.join(labels.withColumnRenamed("node", "customer_id"), "customer_id", "left")
-                 .select("identifier_type", "identifier_value", F.coalesce("label", "customer_id").alias("customer_id")))
-    new = (nodes.where(F.col("node").startswith(PROVISIONAL_PREFIX)).join(labels, "node")
-           .select("identifier_type", "identifier_value", F.col("label").alias("customer_id")).distinct()
-           .join(lookup.select("identifier_type", "identifier_value"), ["identifier_type", "identifier_value"],
-                 "left_anti"))
-    return published.unionByName(new)
+            return labels
+    release_checkpoint(labels)
+    return None
+
+
+def _component_labels(nodes: DataFrame) -> DataFrame:
+    """(node, label) for every node that links another, label the least node of its component."""
+    with ExitStack() as scratch:
+        def scratch_checkpoint(frame: DataFrame) -> DataFrame:
+            # Own size estimates: the graph's rounds read each other, so inherited join estimates
+            # would compound (core.spark).
+            frame = checkpoint_with_own_size(frame)
+            scratch.callback(release_checkpoint, frame)
+            return frame
+
+        # An event links its nodes: a star from its least node to each other one. Events with one
+        # node link nothing, so the graph holds the distinct links, not every event.
+        per_event = (nodes.groupBy("event_id").agg(F.array_distinct(F.collect_list("node")).alias("nodes"))
+                     .where(F.size("nodes") > 1))
+        links = scratch_checkpoint(
+            per_event.select(F.array_min("nodes").alias("dst_key"), F.explode("nodes").alias("src_key"))
+            .where(F.col("src_key") != F.col("dst_key")).distinct())
+        linked = links.select(F.col("src_key").alias("key")).unionByName(links.select(F.col("dst_key").alias("key")))
+        components, _ = components_by_key(linked, links, scratch_checkpoint)
+        # A component's label is its least node: a published id before any provisional one, and the
+        # smaller of two published ids. Checkpointed now, so the graph's checkpoints can go.
+        return checkpoint_with_own_size(
+            components.join(components.groupBy("component").agg(F.min("key").alias("label")), "component")
+            .select(F.col("key").alias("node"), "label"))
