@@ -6,6 +6,8 @@ from __future__ import annotations
 import hashlib
 from contextlib import ExitStack
 
+import pytest
+
 
 def provisional(identifier_type: str, value: str) -> str:
     """The provisional id as docs/SERVING.md states it: p- and the first 32 hex digits of a sha256."""
@@ -58,8 +60,16 @@ def test_a_long_chain_of_links_is_one_customer_under_its_least_id(spark):
     assert extended == expected
 
 
-def test_a_new_event_linking_two_published_customers_and_a_new_identifier_gives_them_the_smaller_id(spark):
+@pytest.mark.parametrize("components_from_nodes", [None, 0], ids=["propagation", "components"])
+def test_a_new_event_linking_two_published_customers_and_a_new_identifier_gives_them_the_smaller_id(
+        spark, monkeypatch, components_from_nodes):
+    """The same map whether propagation labels the components or (for an input above
+    COMPONENTS_FROM_NODES, here every input) the connected components do."""
+    from touchpoint.core import stream_identity
     from touchpoint.core.stream_identity import extend_identity_map
+
+    if components_from_nodes is not None:
+        monkeypatch.setattr(stream_identity, "COMPONENTS_FROM_NODES", components_from_nodes)
 
     published = spark.createDataFrame([("user_id", "u1", "cus_b"), ("email", "b@x.io", "cus_b"),
                                        ("user_id", "u2", "cus_a"), ("user_id", "u3", "cus_c")],
