@@ -6,9 +6,9 @@ arrived after the silver version it read) may carry new identifiers or link two 
 that co-occur in an event are linked, blocklisted values (BRIEF §5) link nothing, and identifiers
 the batch held back as shared devices link nothing. Components are found by min-label propagation
 over (published customer ids, new identifiers): a micro-batch's links rarely chain, so a few rounds
-converge. When 16 rounds have not, or the input is large (a map rebuilt from every uncovered row),
-the batch job's connected components (core/identity_graph.py) label them instead, each with its
-least node. A new component gets a provisional id
+converge. When 16 rounds have not, or the input is large (a map rebuilt from every uncovered row,
+a micro-batch of well over 100,000 events), the batch job's connected components
+(core/identity_graph.py) label them instead, each with its least node. A new component gets a provisional id
 `p-<sha256 of its anchor>`; two published customers linked by a new event take the smaller id.
 The next batch run replaces all of this with the real graph (docs/SERVING.md lists the limits:
 a device that becomes shared inside the stream is not detected until then).
@@ -72,8 +72,9 @@ def extend_identity_map(identity_map: DataFrame, events: DataFrame, blocklist: I
                          F.coalesce("customer_id", provisional_id(F.col("identifier_type"), F.col("identifier_value")))
                          .alias("node")))
     # Propagation joins every event twice a round; the components pay checkpoints and rounds of a
-    # graph whatever its size. Small inputs (a micro-batch's new rows) favour propagation, large ones
-    # (a map rebuilt from every uncovered row) the components (bench/README.md, session 32).
+    # graph whatever its size. Small inputs (a micro-batch of tens of thousands of events) favour
+    # propagation, large ones (a rebuilt map, a large micro-batch) the components (bench/README.md,
+    # session 32).
     large = nodes.count() > COMPONENTS_FROM_NODES
     labels = None if large else _propagated_labels(nodes)
     if labels is None:  # a large input, or a long chain in this micro-batch
