@@ -1,8 +1,8 @@
 """Connected components on Spark: alternating large-star / small-star (Kiveris et al., SoCC 2014).
 
-Used by the batch identity job (jobs/identity.py); jobs/profiles.py uses its checkpointers. The
-speed layer's identity extension (core/stream_identity.py) used it in session 28 and went back to
-its own bounded propagation (docs/SERVING.md, "Identity in the speed layer").
+Shared by the batch identity job (jobs/identity.py) and the speed layer's identity extension
+(core/stream_identity.py: for large inputs, and when its own bounded propagation has not converged;
+docs/SERVING.md, "Identity in the speed layer"); jobs/profiles.py uses its checkpointers.
 
 GraphFrames, the maintained library for this, publishes no build for Spark 4.2 on Maven Central
 (checked io.graphframes and graphframes groups), so the algorithm is written here with DataFrames.

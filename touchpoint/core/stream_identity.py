@@ -8,8 +8,9 @@ the batch held back as shared devices link nothing. Components are found by min-
 over (published customer ids, new identifiers): a micro-batch's links rarely chain, so a few rounds
 converge. When 16 rounds have not, or the input is large (a map rebuilt from every uncovered row,
 a micro-batch of well over 100,000 events), the batch job's connected components
-(core/identity_graph.py) label them instead, each with its least node. A new component gets a provisional id
-`p-<sha256 of its anchor>`; two published customers linked by a new event take the smaller id.
+(core/identity_graph.py) label them instead, each with its least node. A new component gets a
+provisional id `p-<sha256 of its anchor>`; two published customers linked by a new event take the
+smaller id.
 The next batch run replaces all of this with the real graph (docs/SERVING.md lists the limits:
 a device that becomes shared inside the stream is not detected until then).
 """
