@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import pyarrow as pa
+import pyarrow.compute as pc
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql.pandas.types import to_arrow_schema
@@ -29,6 +30,7 @@ from touchpoint.core.events import Rejected, validate_payload
 from touchpoint.core.privacy import ERASED_SUBJECT, Suppression, erased_reason, load_suppression, withheld_payload
 from touchpoint.core.spark import local_checkpoint
 from touchpoint.schemas.envelope import schema_version
+from touchpoint.streaming.silver_keys import SilverKeys, store_file
 from touchpoint.schemas.lake import (
     BRONZE_SCHEMA, QUARANTINE_SCHEMA, RECONCILIATION_SCHEMA, SILVER_EXTRA_FIELDS, SILVER_SCHEMA, SOURCE_FIELDS,
     envelope_silver_fields, struct,
@@ -200,19 +202,23 @@ def silver_orders_sharing_an_id(silver: DataFrame, accepted: DataFrame, broadcas
 
 def plan_silver_changes(accepted: DataFrame, silver: DataFrame, event_dates: list,
                         with_orders: bool = True, broadcast: bool = True,
-                        silver_orders: DataFrame | None = None) -> SilverChanges:
+                        silver_orders: DataFrame | None = None,
+                        silver_ids: DataFrame | None = None) -> SilverChanges:
     """Dedup a batch within itself (the first copy to arrive wins) and against silver: by event_id
     (pruned to the batch's event dates: copies are identical, so a copy has the same event_date),
     and orders by order_id keeping the earliest. `silver_orders` is the batch's
-    `silver_orders_sharing_an_id`, when the caller keeps it (the sink does).
+    `silver_orders_sharing_an_id`, when the caller keeps it; `silver_ids` the batch's event ids that
+    silver holds on its dates, when the caller looked them up (the sink does both with
+    `streaming.silver_keys`); without them, silver is scanned.
 
     The rows are never shuffled: the batch's ids are broadcast to a scan of silver, and the few
     records to drop (later copies, ids already in silver) back to the batch. The hint bypasses
     Spark's size threshold, so a batch too large to broadcast passes `broadcast=False` and leaves
     the join strategy to Spark."""
     small = F.broadcast if broadcast else (lambda frame: frame)
-    silver_ids = silver.where(F.col("event_date").isin(event_dates)).select("event_id").join(
-        small(accepted.select("event_id")), "event_id", "left_semi")
+    if silver_ids is None:
+        silver_ids = silver.where(F.col("event_date").isin(event_dates)).select("event_id").join(
+            small(accepted.select("event_id")), "event_id", "left_semi")
     in_silver = accepted.join(small(silver_ids), "event_id", "left_semi").select(*ARRIVAL)
     dropped = small(later_arrivals(accepted).unionByName(in_silver))
     new_events = accepted.join(dropped, ARRIVAL, "left_anti").select(*accepted.columns)
@@ -249,11 +255,18 @@ class IngestSink:
     # the driver); a larger batch (a raised max_offsets_per_trigger) is joined the way Spark picks.
     broadcast_records_max = 1_000_000
 
-    def __init__(self, settings: Settings, source_id: str, write_bronze: bool = True, txn_versions: bool = False):
+    def __init__(self, settings: Settings, source_id: str, write_bronze: bool = True, txn_versions: bool = False,
+                 keys_name: str | None = None, keyed_lookup: bool = True):
         self.settings = settings
         self.source_id = source_id
         self.write_bronze = write_bronze
         self._tables_ready = False
+        # The keyed mirror of silver's dedup keys (streaming.silver_keys): one file per stream, one for
+        # every file ingest (`keys_name`); without it (`keyed_lookup=False`), each batch scans silver.
+        self.keys_name = keys_name or source_id
+        self.keyed_lookup = keyed_lookup
+        self._keys: SilverKeys | None = None
+        self.keyed_fallbacks = 0  # batches that scanned silver because the mirror failed
         self.rules = load_rules(settings.channel_rules_file)
         self.paths = {name: table_path(name, settings) for name in
                       ("bronze.events", "silver.events", "silver.quarantine", "silver.reconciliation",
@@ -322,12 +335,18 @@ class IngestSink:
             silver = spark.read.format("delta").load(self.paths["silver.events"])
             broadcast = tally["bronze"] <= self.broadcast_records_max
             accepted = validated.transform(accepted_rows)
-            # Silver's orders are scanned once per batch (every date), then read from this checkpoint.
-            silver_orders = (frames.enter_context(local_checkpoint(
-                silver_orders_sharing_an_id(silver, accepted, broadcast))) if tally["orders"] else None)
-            changes = plan_silver_changes(accepted, silver, list(tally["event_dates"]),
+            event_dates = list(tally["event_dates"])
+            looked_up = self._looked_up_keys(spark, accepted, event_dates, tally["orders"] > 0)
+            if looked_up is not None:
+                silver_ids, silver_orders = looked_up
+            else:
+                # Silver's orders are scanned once per batch (every date), then read from this checkpoint.
+                silver_ids = None
+                silver_orders = (frames.enter_context(local_checkpoint(
+                    silver_orders_sharing_an_id(silver, accepted, broadcast))) if tally["orders"] else None)
+            changes = plan_silver_changes(accepted, silver, event_dates,
                                           with_orders=tally["orders"] > 0, broadcast=broadcast,
-                                          silver_orders=silver_orders)
+                                          silver_orders=silver_orders, silver_ids=silver_ids)
             inserts = frames.enter_context(local_checkpoint(changes.inserts))
             displaced = (frames.enter_context(local_checkpoint(displaced_orders(silver_orders, inserts, broadcast)))
                          if tally["orders"] else changes.displaced)
@@ -356,6 +375,40 @@ class IngestSink:
             # The silver append is the batch's last write: already_processed() keys on it.
             self._append(inserts.transform(silver_rows(self.rules)), "silver.events", batch_id)
             return counts
+
+    def _looked_up_keys(self, spark: SparkSession, accepted: DataFrame, event_dates: list[dt.date],
+                        with_orders: bool) -> tuple[DataFrame, DataFrame | None] | None:
+        """(the batch's event ids that silver holds on its dates, silver's orders that share an order
+        id with the batch's orders) from the keyed mirror, caught up to silver's latest version; None
+        when there is no mirror or it failed (logged): the batch then scans silver, as before."""
+        if not self.keyed_lookup:
+            return None
+        try:
+            if self._keys is None:
+                self._keys = SilverKeys(self.paths["silver.events"], store_file(self.settings, self.keys_name))
+            self._keys.sync(event_dates, orders=with_orders)
+            batch_keys = accepted.select("event_id", "event_type", "order_id").toArrow()
+            found_ids = self._keys.ids_in_silver(batch_keys.column("event_id").to_pylist(), event_dates)
+            found_orders = None
+            if with_orders:
+                orders = batch_keys.filter(pc.equal(batch_keys.column("event_type"), "order"))
+                found_orders = self._keys.orders_sharing(orders.column("order_id").drop_null().to_pylist())
+        except Exception as failed:  # noqa: BLE001 - the mirror only saves time; the scan gives the same answer
+            log.warning("%s: the keyed lookup of silver's keys failed, this batch scans silver: %s",
+                        self.source_id, failed, exc_info=True)
+            self.keyed_fallbacks += 1
+            if self._keys is not None:
+                self._keys.close()
+                self._keys = None
+            return None
+        silver_ids = spark.createDataFrame([(event_id,) for event_id in found_ids], "event_id string")
+        silver_orders = None
+        if found_orders is not None:
+            silver_orders = spark.createDataFrame(
+                found_orders, "order_id string, event_id string, event_ts_us long, event_date string").select(
+                "order_id", F.timestamp_micros("event_ts_us").alias("event_ts"), "event_id",
+                F.to_date("event_date").alias("event_date"))
+        return silver_ids, silver_orders
 
     def _delete_displaced(self, spark: SparkSession, displaced: DataFrame, batch_id: int) -> None:
         from delta.tables import DeltaTable
@@ -511,7 +564,7 @@ def ingest_files(spark: SparkSession, settings: Settings, path: str | Path, batc
     results = []
     for file in files:
         scan = scan_file(file, split_bytes)
-        sink = IngestSink(settings, source_id=f"file:{scan.digest}", txn_versions=True)
+        sink = IngestSink(settings, source_id=f"file:{scan.digest}", txn_versions=True, keys_name="file-ingest")
         sink.ensure_tables(spark)
         resume_at = resume_offset(sink.committed_batch(), scan.size)
         if resume_at is None:

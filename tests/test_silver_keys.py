@@ -1,0 +1,164 @@
+"""The ingest sink's keyed mirror of silver's dedup keys (streaming.silver_keys): what it answers
+after other writers' inserts and deletes, a restart, a re-created table and an unreadable change
+feed; and a sink using it writes the same silver as one that scans silver."""
+
+import datetime as dt
+import json
+import shutil
+
+import pytest
+from delta.tables import DeltaTable
+
+from touchpoint.core.delta import ensure_table
+from touchpoint.schemas.lake import SILVER_SCHEMA
+from touchpoint.streaming.silver_keys import SilverKeys
+
+DAY, NEXT_DAY = dt.date(2026, 3, 1), dt.date(2026, 3, 2)
+EPOCH = dt.datetime(1970, 1, 1)
+
+
+def silver_row(event_id, day=DAY, hour=8, order_id=None):
+    row = {field.name: None for field in SILVER_SCHEMA.fields}
+    row.update(event_id=event_id, event_type="order" if order_id else "page_view", order_id=order_id,
+               event_ts=dt.datetime.combine(day, dt.time(hour)), event_date=day, anonymous_id="a1",
+               channel="direct", source_topic="events.raw", source_partition=0, source_offset=0,
+               source_ts=dt.datetime.combine(day, dt.time(20)))
+    return row
+
+
+def micros(day, hour):
+    return (dt.datetime.combine(day, dt.time(hour)) - EPOCH) // dt.timedelta(microseconds=1)
+
+
+def append(spark, path, rows):
+    spark.createDataFrame(rows, SILVER_SCHEMA).write.format("delta").mode("append").save(path)
+
+
+def delete(spark, path, event_ids):
+    DeltaTable.forPath(spark, path).delete(" OR ".join(f"event_id = '{event_id}'" for event_id in event_ids))
+
+
+def new_silver(spark, path):
+    ensure_table(spark, path, SILVER_SCHEMA, ["event_date"], "silver.events")
+
+
+def test_the_mirror_follows_other_writers_restarts_and_a_recreated_table(spark, tmp_path):
+    path = str(tmp_path / "silver")
+    new_silver(spark, path)
+    append(spark, path, [silver_row("a"), silver_row("b"), silver_row("c", NEXT_DAY),
+                         silver_row("x1", hour=11, order_id="o1")])
+    keys = SilverKeys(path, tmp_path / "keys" / "k.sqlite")
+
+    version = keys.sync([DAY], orders=True)
+
+    assert version == keys.version == 1
+    assert keys.loaded_dates == {"2026-03-01"}
+    # c is silver's, but on another date than the batch's: as the scan pruned to the batch's dates
+    assert keys.ids_in_silver(["a", "c", "zz", "a"], [DAY]) == ["a"]
+    assert keys.orders_sharing(["o1", "o9"]) == [("o1", "x1", micros(DAY, 11), "2026-03-01")]
+    with pytest.raises(ValueError, match=r"event dates \['2026-03-02'\] are not loaded"):
+        keys.ids_in_silver(["c"], [NEXT_DAY])
+
+    # other writers: an insert on each date, an earlier order for o1 on the next day, two deletes
+    append(spark, path, [silver_row("d"), silver_row("e", NEXT_DAY), silver_row("x0", NEXT_DAY, 9, "o1")])
+    delete(spark, path, ["b", "x1"])
+    keys.sync([DAY, NEXT_DAY], orders=True)
+
+    assert keys.version == 3
+    assert sorted(keys.ids_in_silver(["a", "b", "c", "d", "e", "x1"], [DAY, NEXT_DAY])) == ["a", "c", "d", "e"]
+    assert keys.orders_sharing(["o1"]) == [("o1", "x0", micros(NEXT_DAY, 9), "2026-03-02")]
+    keys.close()
+
+    # a restarted sink opens the file at the version it reached and reads no scan again
+    append(spark, path, [silver_row("f")])
+    reopened = SilverKeys(path, tmp_path / "keys" / "k.sqlite")
+    assert reopened.version == 3
+    reopened.sync([DAY], orders=False)
+    assert sorted(reopened.ids_in_silver(["a", "f", "b"], [DAY])) == ["a", "f"]
+    assert reopened.reloads == 0
+
+    # the table deleted and created again at the same path: another table id, so the mirror starts again
+    shutil.rmtree(path)
+    new_silver(spark, path)
+    append(spark, path, [silver_row("g"), silver_row("y", hour=7, order_id="o1")])
+    reopened.sync([DAY], orders=True)
+    assert reopened.version == 1
+    assert reopened.ids_in_silver(["a", "f", "g"], [DAY]) == ["g"]
+    assert reopened.orders_sharing(["o1"]) == [("o1", "y", micros(DAY, 7), "2026-03-01")]
+
+
+def test_an_unreadable_change_feed_reloads_the_keys_from_the_latest_version(spark, tmp_path):
+    path = str(tmp_path / "silver")
+    new_silver(spark, path)
+    append(spark, path, [silver_row("a"), silver_row("b")])
+    keys = SilverKeys(path, tmp_path / "k.sqlite")
+    keys.sync([DAY], orders=False)
+    delete(spark, path, ["a"])  # a delete's change rows are written to _change_data files
+    append(spark, path, [silver_row("c")])
+    shutil.rmtree(tmp_path / "silver" / "_change_data")  # as if vacuumed
+
+    keys.sync([DAY], orders=False)
+
+    assert keys.reloads == 1
+    assert keys.version == 3
+    assert sorted(keys.ids_in_silver(["a", "b", "c"], [DAY])) == ["b", "c"]
+
+
+def sink_batches(spark, tmp_path, sink, batches, first_batch_id=0):
+    """Each batch of JSON lines through `sink` as a file batch; the counts it returned."""
+    from touchpoint.streaming.ingest import file_batches, file_bronze_rows, scan_file
+
+    counts = []
+    for batch_id, lines in enumerate(batches, start=first_batch_id):
+        file = tmp_path / f"{sink.source_id.replace(':', '-')}-{batch_id}.jsonl"
+        file.write_text("\n".join(lines) + "\n")
+        [ranges] = file_batches(file, scan_file(file), 0)
+        counts.append(sink(file_bronze_rows(spark, file, ranges), batch_id))
+    return counts
+
+
+def line(event_id, day="2026-03-01", hour=10, order_id=None):
+    event = {"event_id": event_id, "event_type": "order" if order_id else "page_view",
+             "event_ts": f"{day}T{hour:02d}:00:00Z", "user_id": "u-1"}
+    if order_id:
+        event["properties"] = {"order_id": order_id, "revenue": 10.0, "currency": "USD"}
+    return json.dumps(event)
+
+
+@pytest.mark.parametrize("how", ["keyed", "scan", "broken mirror"])
+def test_a_sink_with_the_mirror_writes_what_a_scanning_sink_writes(spark, tmp_path, how):
+    from touchpoint.core.config import load_settings
+    from touchpoint.streaming.ingest import IngestSink
+    from touchpoint.streaming.silver_keys import store_file
+
+    settings = load_settings(lake_root=str(tmp_path / "lake"), spark_shuffle_partitions=2)
+    keyed = how != "scan"
+    if how == "broken mirror":  # a folder where the SQLite file should be: the mirror cannot open
+        store_file(settings, "test:keys").mkdir(parents=True)
+    sink = IngestSink(settings, source_id="test:keys", keyed_lookup=keyed)
+    other = IngestSink(settings, source_id="test:other", keyed_lookup=keyed)
+    first = sink_batches(spark, tmp_path, sink, [
+        [line("v1"), line("v2"), line("v1"), line("o-late", hour=12, order_id="A"), "garbage"],
+        [line("v2"), line("v3", day="2026-03-02"), line("o-early", hour=9, order_id="A")],
+    ])
+    # another writer lands v4 and an earlier order for B; then the sink sees copies of both
+    sink_batches(spark, tmp_path, other, [[line("v4"), line("b-early", hour=8, order_id="B")]])
+    last = sink_batches(spark, tmp_path, sink, [
+        [line("v4"), line("v5"), line("b-late", hour=11, order_id="B"), line("v3", day="2026-03-02")],
+    ], first_batch_id=2)
+
+    by_key = [{key: batch[key] for key in ("bronze", "quarantine", "silver", "duplicates", "displaced")}
+              for batch in first + last]
+    assert by_key == [
+        {"bronze": 5, "quarantine": 1, "silver": 3, "duplicates": 1, "displaced": 0},
+        {"bronze": 3, "quarantine": 0, "silver": 1, "duplicates": 2, "displaced": 1},  # v2 again; o-late goes
+        {"bronze": 4, "quarantine": 0, "silver": 1, "duplicates": 3, "displaced": 0},
+    ]
+    silver = spark.read.format("delta").load(sink.paths["silver.events"])
+    assert sorted(row.event_id for row in silver.collect()) == ["b-early", "o-early", "v1", "v2", "v3", "v4", "v5"]
+    if how == "keyed":  # the mirror answered every batch (a failed lookup falls back to the scan)
+        assert sink.keyed_fallbacks == 0 and sink._keys.reloads == 0
+        assert sink._keys.version == DeltaTable.forPath(spark, sink.paths["silver.events"]).history(1).first().version - 1
+    else:
+        assert sink._keys is None
+        assert sink.keyed_fallbacks == (3 if how == "broken mirror" else 0)
