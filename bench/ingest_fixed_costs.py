@@ -1,5 +1,6 @@
 """What a live ingest micro-batch pays whatever its size: the Delta commits' idempotency check, and
-the dedup's scan of silver's event ids, which grows with the day's partition.
+the dedup against silver's event ids: a scan that grows with the day's partition, or the keyed
+mirror that replaced it.
 
     python -m bench.ingest_fixed_costs [--appends 20] [--partition-rows 500000,2000000,8000000]
                                        [--batch-rows 85000] [--repeat 3] [--seed 42]
@@ -9,10 +10,14 @@ the dedup's scan of silver's event ids, which grows with the day's partition.
    until 2026-12-05), marked with the batch in `userMetadata` (`core.delta.batch_mark`, as it writes
    them since), and plain, so that machine noise hits all three alike. Reports the median seconds of
    each and the Spark jobs each one ran (counted by job group).
-2. Dedup scan: a one-date table of `--partition-rows` random event ids (the day's silver partition,
-   in files of 100,000 rows), and a batch of `--batch-rows` new event ids of that date. Times
-   `streaming.ingest.plan_silver_changes` (without orders) to the batch's inserts, the fastest of
-   `--repeat` runs per size, and checks that every id of the batch is inserted.
+2. Dedup: a one-date silver of `--partition-rows` random event ids (the day's partition, in files of
+   100,000 rows, change feed on), then `--repeat` rounds as a live stream's micro-batches: the last
+   round's batch is appended (the inserts of the batch before), and a batch of `--batch-rows` new
+   ids plus 1 % copies of silver's ids is deduplicated to its inserts both ways, alternating which
+   goes first: by `streaming.ingest.plan_silver_changes` scanning the partition (every batch until
+   2026-12-05), and by the ingest sink's keyed mirror of silver's keys (`streaming.silver_keys`,
+   caught up with the change feed). Reports the median of each, their ratio, the mirror's first
+   lookup (which loads the date), and checks the inserts are exactly the new ids.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from bench.common import progress, write_result
 from bench.faults import RssSampler, lake_settings
 
 EVENT_DATE = dt.date(2026, 11, 27)
+EVENT_TS = dt.datetime(2026, 11, 27, 12, tzinfo=dt.timezone.utc)
 FILE_ROWS = 100_000
 
 
@@ -69,41 +75,82 @@ def commit_costs(spark, path: str, appends: int) -> dict:
 
 
 def event_ids(spark, first: int, count: int, seed: int):
-    """`count` distinct UUID-shaped ids (a hash of the row number and the seed), all of EVENT_DATE."""
+    """`count` distinct UUID-shaped ids (a hash of the row number and the seed), all of EVENT_DATE, as
+    silver's page views (the columns the dedup and the keyed mirror read)."""
     from pyspark.sql import functions as F
 
     digest = F.sha2(F.concat_ws(":", F.lit(str(seed)), F.col("id").cast("string")), 256)
     uuid = F.concat_ws("-", *[F.substring(digest, start, length)
                               for start, length in ((1, 8), (9, 4), (13, 4), (17, 4), (21, 12))])
-    return spark.range(first, first + count).select(uuid.alias("event_id"), F.lit(EVENT_DATE).alias("event_date"))
+    return spark.range(first, first + count).select(
+        uuid.alias("event_id"), F.lit(EVENT_DATE).alias("event_date"), F.lit("page_view").alias("event_type"),
+        F.lit(None).cast("string").alias("order_id"), F.lit(EVENT_TS).alias("event_ts"))
 
 
-def dedup_scan(spark, root: Path, partition_rows: int, batch_rows: int, repeat: int, seed: int) -> dict:
+def batch_of(spark, first: int, batch_rows: int, copies: int, seed: int):
+    """A micro-batch's accepted rows: `batch_rows` new ids from row `first` on, then copies of the
+    day's first `copies` ids (already in silver)."""
     from pyspark.sql import functions as F
 
-    from touchpoint.streaming.ingest import plan_silver_changes
+    rows = event_ids(spark, first, batch_rows, seed).unionByName(event_ids(spark, 0, copies, seed))
+    return (rows.withColumn("source_ts", F.lit(EVENT_TS)).withColumn("source_topic", F.lit("bench"))
+            .withColumn("source_partition", F.lit(0)).withColumn("source_offset", F.monotonically_increasing_id())
+            .localCheckpoint(eager=True))
 
-    silver_path = str(root / f"silver_{partition_rows}")
+
+def dedup_lookups(spark, root: Path, partition_rows: int, batch_rows: int, repeat: int, seed: int) -> dict:
+    """The day's partition of `partition_rows` ids, then `repeat` rounds, each as a live stream's next
+    micro-batch: the last round's batch is appended to silver (the inserts of the batch before), and
+    a new batch of `batch_rows` new ids plus 1 % copies is deduplicated both ways, in alternating
+    order: by the scan of the partition, and by the sink's keyed mirror (`IngestSink._looked_up_keys`:
+    catch up with the change feed, collect the batch's keys, look them up), each to the inserts."""
+    from touchpoint.streaming.ingest import IngestSink, plan_silver_changes
+
+    settings = lake_settings(root / f"lake_{partition_rows}", state_dir=str(root / "state"))
+    sink = IngestSink(settings, source_id="bench:keys")
+    silver_path = sink.paths["silver.events"]
     (event_ids(spark, 0, partition_rows, seed).repartition(max(1, partition_rows // FILE_ROWS))
      .write.format("delta").partitionBy("event_date").save(silver_path))
-    accepted = (event_ids(spark, partition_rows, batch_rows, seed)
-                .withColumn("event_type", F.lit("page_view"))
-                .withColumn("source_ts", F.lit(dt.datetime(2026, 11, 27, 12, tzinfo=dt.timezone.utc)))
-                .withColumn("source_topic", F.lit("bench")).withColumn("source_partition", F.lit(0))
-                .withColumn("source_offset", F.monotonically_increasing_id())
-                .localCheckpoint(eager=True))
-    seconds = []
-    for _ in range(repeat):
-        silver = spark.read.format("delta").load(silver_path)
-        started = time.monotonic()
-        inserted = plan_silver_changes(accepted, silver, [EVENT_DATE], with_orders=False).inserts.count()
-        seconds.append(time.monotonic() - started)
-        if inserted != batch_rows:
-            raise RuntimeError(f"{inserted:,} inserts from a batch of {batch_rows:,} new ids")
+    spark.sql(f"ALTER TABLE delta.`{silver_path}` SET TBLPROPERTIES (delta.enableChangeDataFeed = true)")
+    copies = batch_rows // 100
+    next_id = partition_rows
+    started = time.monotonic()
+    first = sink._looked_up_keys(spark, batch_of(spark, next_id, batch_rows, copies, seed), [EVENT_DATE], False)
+    load_seconds = time.monotonic() - started
+    if first is None:
+        raise RuntimeError("the keyed mirror failed (see the log)")
+    seconds: dict[str, list[float]] = {"scan": [], "keyed": []}
+    for round_number in range(repeat):
+        # the previous round's batch reached silver: the mirror reads it from the change feed
+        event_ids(spark, next_id, batch_rows, seed).write.format("delta").mode("append").save(silver_path)
+        next_id += batch_rows
+        accepted = batch_of(spark, next_id, batch_rows, copies, seed)
+        for how in (("scan", "keyed") if round_number % 2 == 0 else ("keyed", "scan")):
+            silver = spark.read.format("delta").load(silver_path)
+            started = time.monotonic()
+            if how == "scan":
+                inserts = plan_silver_changes(accepted, silver, [EVENT_DATE], with_orders=False).inserts
+            else:
+                silver_ids, _ = sink._looked_up_keys(spark, accepted, [EVENT_DATE], False)
+                inserts = plan_silver_changes(accepted, silver, [EVENT_DATE], with_orders=False,
+                                              silver_ids=silver_ids).inserts
+            inserted = inserts.count()
+            seconds[how].append(time.monotonic() - started)
+            if inserted != batch_rows:
+                raise RuntimeError(f"{how}: {inserted:,} inserts from a batch of {batch_rows:,} new ids "
+                                   f"and {copies:,} copies")
+    if sink.keyed_fallbacks:
+        raise RuntimeError(f"the keyed mirror failed in {sink.keyed_fallbacks} rounds (see the log)")
     files = len(spark.read.format("delta").load(silver_path).inputFiles())
-    shutil.rmtree(silver_path, ignore_errors=True)
-    return {"partition_rows": partition_rows, "files": files, "fastest_seconds": round(min(seconds), 2),
-            "all_seconds": [round(s, 2) for s in seconds]}
+    store_mb = sink._keys.file.stat().st_size / 1e6
+    sink._keys.close()
+    shutil.rmtree(root / f"lake_{partition_rows}", ignore_errors=True)
+    median = {how: statistics.median(values) for how, values in seconds.items()}
+    return {"partition_rows": partition_rows, "files": files,
+            "median_seconds": {how: round(value, 2) for how, value in median.items()},
+            "keyed_to_scan": round(median["keyed"] / median["scan"], 2),
+            "keyed_first_lookup_seconds": round(load_seconds, 2), "mirror_file_mb": round(store_mb, 1),
+            "all_seconds": {how: [round(v, 2) for v in values] for how, values in seconds.items()}}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -126,17 +173,18 @@ def main(argv: list[str] | None = None) -> int:
         progress("one-row append: " + ", ".join(
             f"{kind} {commits['median_seconds'][kind]}s ({commits['median_jobs'][kind]} jobs)"
             for kind in commits["median_seconds"]))
-        scans = []
+        lookups = []
         for size in sizes:
-            scans.append(dedup_scan(spark, workdir, size, args.batch_rows, args.repeat, args.seed))
+            lookups.append(dedup_lookups(spark, workdir, size, args.batch_rows, args.repeat, args.seed))
             progress(f"dedup of {args.batch_rows:,} new ids against a partition of {size:,} rows "
-                     f"({scans[-1]['files']} files): {scans[-1]['fastest_seconds']}s")
+                     f"({lookups[-1]['files']} files), median s: {lookups[-1]['median_seconds']} "
+                     f"(the mirror's first lookup, which loads the date: {lookups[-1]['keyed_first_lookup_seconds']} s)")
     spark.stop()
     shutil.rmtree(workdir, ignore_errors=True)
     write_result("ingest_fixed_costs", {
         "parameters": {**vars(args), "file_rows": FILE_ROWS},
         "commits": commits,
-        "dedup_scan": scans,
+        "dedup": lookups,
         "peak_rss_mb": sampler.peaks_mb,
     })
     return 0

@@ -204,13 +204,19 @@ def render_table() -> str:
     costs = _load("ingest_fixed_costs")
     if costs:
         machine = machine or costs["machine"]
-        commits, scans = costs["commits"], costs["dedup_scan"]
+        commits = costs["commits"]
         kinds = [kind for kind in ("with_txn", "marked", "plain") if kind in commits["median_seconds"]]
-        rows.append(f"| ingest fixed costs | one-row Delta append s {' / '.join(kinds)} (Spark jobs); dedup s of "
-                    f"{costs['parameters']['batch_rows']:,} new ids by the day's silver rows | "
+        if "dedup" in costs:  # since 2026-12-05: the scan against the keyed mirror
+            dedup = (f"dedup s of {costs['parameters']['batch_rows']:,} new ids (+1 % copies) by the day's silver "
+                     "rows, scan / keyed mirror", ", ".join(
+                         f"{d['partition_rows']:,} rows {d['median_seconds']['scan']} / {d['median_seconds']['keyed']}"
+                         for d in costs["dedup"]))
+        else:
+            dedup = (f"dedup s of {costs['parameters']['batch_rows']:,} new ids by the day's silver rows", ", ".join(
+                f"{scan['partition_rows']:,} rows {scan['fastest_seconds']}" for scan in costs["dedup_scan"]))
+        rows.append(f"| ingest fixed costs | one-row Delta append s {' / '.join(kinds)} (Spark jobs); {dedup[0]} | "
                     + " / ".join(f"{commits['median_seconds'][kind]} ({commits['median_jobs'][kind]:.0f})"
-                                 for kind in kinds) + "; "
-                    + ", ".join(f"{scan['partition_rows']:,} rows {scan['fastest_seconds']}" for scan in scans)
+                                 for kind in kinds) + "; " + dedup[1]
                     + f" | | {_memory(costs)} | {_when(costs)} |")
     validation = _load("validation")
     if validation:
