@@ -142,14 +142,13 @@ def dedup_lookups(spark, root: Path, partition_rows: int, batch_rows: int, repea
     if sink.keyed_fallbacks:
         raise RuntimeError(f"the keyed mirror failed in {sink.keyed_fallbacks} rounds (see the log)")
     files = len(spark.read.format("delta").load(silver_path).inputFiles())
-    store_mb = sink._keys.file.stat().st_size / 1e6
-    sink._keys.close()
+    mirror_ids = sink._keys.event_ids
     shutil.rmtree(root / f"lake_{partition_rows}", ignore_errors=True)
     median = {how: statistics.median(values) for how, values in seconds.items()}
     return {"partition_rows": partition_rows, "files": files,
             "median_seconds": {how: round(value, 2) for how, value in median.items()},
             "keyed_to_scan": round(median["keyed"] / median["scan"], 2),
-            "keyed_first_lookup_seconds": round(load_seconds, 2), "mirror_file_mb": round(store_mb, 1),
+            "keyed_first_lookup_seconds": round(load_seconds, 2), "mirror_event_ids": mirror_ids,
             "all_seconds": {how: [round(v, 2) for v in values] for how, values in seconds.items()}}
 
 

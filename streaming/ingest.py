@@ -30,7 +30,7 @@ from touchpoint.core.events import Rejected, validate_payload
 from touchpoint.core.privacy import ERASED_SUBJECT, Suppression, erased_reason, load_suppression, withheld_payload
 from touchpoint.core.spark import local_checkpoint
 from touchpoint.schemas.envelope import schema_version
-from touchpoint.streaming.silver_keys import SilverKeys, store_file
+from touchpoint.streaming.silver_keys import SilverKeys
 from touchpoint.schemas.lake import (
     BRONZE_SCHEMA, QUARANTINE_SCHEMA, RECONCILIATION_SCHEMA, SILVER_EXTRA_FIELDS, SILVER_SCHEMA, SOURCE_FIELDS,
     envelope_silver_fields, struct,
@@ -256,15 +256,14 @@ class IngestSink:
     broadcast_records_max = 1_000_000
 
     def __init__(self, settings: Settings, source_id: str, write_bronze: bool = True, txn_versions: bool = False,
-                 keys_name: str | None = None, keyed_lookup: bool = True):
+                 keyed_lookup: bool | None = None):
         self.settings = settings
         self.source_id = source_id
         self.write_bronze = write_bronze
         self._tables_ready = False
-        # The keyed mirror of silver's dedup keys (streaming.silver_keys): one file per stream, one for
-        # every file ingest (`keys_name`); without it (`keyed_lookup=False`), each batch scans silver.
-        self.keys_name = keys_name or source_id
-        self.keyed_lookup = keyed_lookup
+        # The sink's mirror of silver's dedup keys (streaming.silver_keys), in the driver's memory;
+        # without it (`stream.keyed_dedup` off), each batch scans silver.
+        self.keyed_lookup = settings.stream.keyed_dedup if keyed_lookup is None else keyed_lookup
         self._keys: SilverKeys | None = None
         self.keyed_fallbacks = 0  # batches that scanned silver because the mirror failed
         self.rules = load_rules(settings.channel_rules_file)
@@ -385,7 +384,7 @@ class IngestSink:
             return None
         try:
             if self._keys is None:
-                self._keys = SilverKeys(self.paths["silver.events"], store_file(self.settings, self.keys_name))
+                self._keys = SilverKeys(self.paths["silver.events"])
             self._keys.sync(event_dates, orders=with_orders)
             batch_keys = accepted.select("event_id", "event_type", "order_id").toArrow()
             found_ids = self._keys.ids_in_silver(batch_keys.column("event_id").to_pylist(), event_dates)
@@ -397,9 +396,7 @@ class IngestSink:
             log.warning("%s: the keyed lookup of silver's keys failed, this batch scans silver: %s",
                         self.source_id, failed, exc_info=True)
             self.keyed_fallbacks += 1
-            if self._keys is not None:
-                self._keys.close()
-                self._keys = None
+            self._keys = None  # the next batch loads a new mirror
             return None
         silver_ids = spark.createDataFrame([(event_id,) for event_id in found_ids], "event_id string")
         silver_orders = None
@@ -564,7 +561,7 @@ def ingest_files(spark: SparkSession, settings: Settings, path: str | Path, batc
     results = []
     for file in files:
         scan = scan_file(file, split_bytes)
-        sink = IngestSink(settings, source_id=f"file:{scan.digest}", txn_versions=True, keys_name="file-ingest")
+        sink = IngestSink(settings, source_id=f"file:{scan.digest}", txn_versions=True)
         sink.ensure_tables(spark)
         resume_at = resume_offset(sink.committed_batch(), scan.size)
         if resume_at is None:

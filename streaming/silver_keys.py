@@ -3,8 +3,8 @@ the batch's dates, and which orders share an order id with the batch's orders.
 
 Before, every micro-batch scanned the `event_id` column of the batch's `event_date` partitions
 and every order of silver: a live stream's batch read the whole day (8M rows after 27 minutes at
-5,000 events/s), so its cost grew all day. `SilverKeys` is a mirror of those keys in a SQLite
-file beside the stream's checkpoints, kept at a silver version it records:
+5,000 events/s), so its cost grew all day. `SilverKeys` is a mirror of those keys in the driver's
+memory, kept at a silver version it records:
 
 - at each batch it catches up with silver's change data feed from that version to the latest,
   read by delta-rs straight from the table (inserts add keys, deletes and update pre-images remove
@@ -12,9 +12,15 @@ file beside the stream's checkpoints, kept at a silver version it records:
   erasure, the displaced-orders delete);
 - an `event_date` is loaded once, from a scan of that partition at the version caught up to, the
   first time a batch carries it; silver's orders are loaded once, from a scan of every date;
-- when the change feed cannot be read (switched off, its files vacuumed, the table re-created:
-  another table id), the mirror starts again from the latest version and reloads what it is asked
-  for. The file is a cache: deleting it costs the scans once more, never a row.
+- when the change feed cannot be read (switched off, its files vacuumed) or silver was created
+  again (another table id), the mirror starts again from the latest version and reloads what it
+  is asked for. A new process starts empty and loads the same way: nothing is lost with it.
+
+An event id is kept as its 128-bit BLAKE2b digest, in sorted runs per date (16 bytes an id; a run
+per catch-up, merged as in a log-structured merge tree, so a lookup is a binary search in a few
+runs). Two distinct ids of one date share a digest with a probability of about n^2 / 2^129: 10^-21
+for a billion ids. An order is kept whole (order id, event id, time, date), since the
+earliest-order rule needs them.
 
 So a batch costs its own keys, not the day's partition. The lookup answers for the version caught
 up to, as the scan answered for the snapshot it read; a writer committing between that read and the
@@ -26,15 +32,12 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import logging
-import re
-import sqlite3
-from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from touchpoint.core.config import Settings
 from touchpoint.core.delta import rs_table
 
 log = logging.getLogger(__name__)
@@ -43,29 +46,50 @@ _CHANGE_COLUMNS = ["event_id", "event_date", "event_type", "order_id", "event_ts
                    "_commit_version"]
 _REMOVALS = ("delete", "update_preimage")
 _ADDITIONS = ("insert", "update_postimage")
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS loaded_dates (event_date TEXT PRIMARY KEY) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS event_ids (
-    event_id TEXT NOT NULL, event_date TEXT NOT NULL, PRIMARY KEY (event_id, event_date)) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS orders (
-    order_id TEXT NOT NULL, event_id TEXT NOT NULL, event_ts_us INTEGER NOT NULL, event_date TEXT NOT NULL,
-    PRIMARY KEY (order_id, event_id)) WITHOUT ROWID;
-"""
+_DIGEST = np.dtype("V16")
 
 
-def store_file(settings: Settings, source_id: str) -> Path:
-    """Where a source's mirror lives: beside the stream checkpoints of a local lake, else under the
-    state folder, keyed by the lake (SQLite needs a local file)."""
-    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", source_id) + ".sqlite"
-    if "://" not in settings.lake_uri:
-        return Path(settings.checkpoint_root) / "_silver_keys" / name
-    lake = hashlib.sha256(settings.lake_uri.encode()).hexdigest()[:16]
-    return settings.state_path / "silver_keys" / lake / name
+def digests(event_ids: Iterable[str]) -> np.ndarray:
+    """The 128-bit BLAKE2b digest of each id, in order, as one numpy array of 16-byte values."""
+    joined = b"".join(hashlib.blake2b(event_id.encode(), digest_size=16).digest() for event_id in event_ids)
+    return np.frombuffer(joined, dtype=_DIGEST)
 
 
-def _dates_text(dates: pa.Array) -> list[str]:
-    return pc.cast(dates, pa.string()).to_pylist()
+def _contains(run: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """For each of `keys`, whether the sorted `run` holds it."""
+    if not len(run):
+        return np.zeros(len(keys), dtype=bool)
+    at = np.searchsorted(run, keys)
+    return run[np.minimum(at, len(run) - 1)] == keys
+
+
+class _DateKeys:
+    """One date's event-id digests: sorted runs, the newest last; two runs are merged whenever the
+    newer is at least half the older, so there are about log2(rows / batch) of them."""
+
+    def __init__(self) -> None:
+        self.runs: list[np.ndarray] = []
+
+    def __len__(self) -> int:
+        return sum(len(run) for run in self.runs)
+
+    def add(self, keys: np.ndarray) -> None:
+        if not len(keys):
+            return
+        self.runs.append(np.unique(keys))
+        while len(self.runs) > 1 and 2 * len(self.runs[-1]) >= len(self.runs[-2]):
+            newer, older = self.runs.pop(), self.runs.pop()
+            self.runs.append(np.unique(np.concatenate([older, newer])))
+
+    def remove(self, keys: np.ndarray) -> None:
+        if len(keys):
+            self.runs = [run[~np.isin(run, keys)] for run in self.runs]
+
+    def contains(self, keys: np.ndarray) -> np.ndarray:
+        found = np.zeros(len(keys), dtype=bool)
+        for run in self.runs:
+            found |= _contains(run, keys)
+        return found
 
 
 def _as_pyarrow(reader) -> pa.Table:
@@ -76,181 +100,153 @@ def _as_pyarrow(reader) -> pa.Table:
                                  for f in table.schema]))
 
 
+def _date_texts(dates) -> list[str]:
+    return pc.cast(dates, pa.string()).to_pylist()
+
+
 class SilverKeys:
     """The mirror of one silver table's dedup keys (module docstring). Not thread-safe: one sink's."""
 
-    def __init__(self, silver_path: str, file: Path):
+    def __init__(self, silver_path: str):
         self.silver_path = silver_path
-        self.file = Path(file)
-        self.file.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.file, isolation_level=None)  # transactions are explicit
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")  # a lost last transaction is caught up again
-        self._db.execute("PRAGMA cache_size=-131072")  # 128 MiB of pages
-        self._db.executescript(_SCHEMA)
+        self.version: int | None = None  # the silver version the mirror reflects
+        self.table_id: str | None = None
+        self._dates: dict[str, _DateKeys] = {}
+        self._orders: dict[str, dict[str, tuple[int, str]]] | None = None  # order id -> event id -> (µs, date)
         self.reloads = 0  # times the mirror started again (a change feed that could not be read)
-
-    def close(self) -> None:
-        self._db.close()
-
-    # ---- state -----------------------------------------------------------------------------------
-
-    def _meta(self, key: str) -> str | None:
-        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-        return row[0] if row else None
-
-    def _set_meta(self, key: str, value: str) -> None:
-        self._db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
-
-    @property
-    def version(self) -> int | None:
-        """The silver version the mirror reflects (None before its first batch)."""
-        value = self._meta("version")
-        return None if value is None else int(value)
 
     @property
     def loaded_dates(self) -> set[str]:
-        return {row[0] for row in self._db.execute("SELECT event_date FROM loaded_dates")}
+        return set(self._dates)
+
+    @property
+    def event_ids(self) -> int:
+        """How many event ids the mirror holds (over its loaded dates)."""
+        return sum(len(keys) for keys in self._dates.values())
 
     def _reset(self, table_id: str, version: int) -> None:
-        for table in ("loaded_dates", "event_ids", "orders", "meta"):
-            self._db.execute(f"DELETE FROM {table}")
-        self._set_meta("table_id", table_id)
-        self._set_meta("version", str(version))
+        self.table_id, self.version = table_id, version
+        self._dates, self._orders = {}, None
 
     # ---- catching up -----------------------------------------------------------------------------
 
     def sync(self, event_dates: Iterable[dt.date], orders: bool) -> int:
         """Bring the mirror to silver's latest version, with `event_dates` loaded and, when `orders`,
-        silver's orders; returns that version. One SQLite transaction: a crash leaves the mirror at
-        its previous version, which the next call catches up from."""
+        silver's orders; returns that version. A failure part way leaves the mirror empty, to be
+        loaded again, never half caught up."""
         table = rs_table(self.silver_path)
         latest, table_id = table.version(), table.metadata().id
-        self._db.execute("BEGIN IMMEDIATE")
         try:
-            version = self.version
-            if version is None or self._meta("table_id") != table_id or version > latest:
+            if self.version is None or table_id != self.table_id or self.version > latest:
                 self._reset(table_id, latest)
-            elif version < latest:
+            elif self.version < latest:
                 try:
-                    changes = _as_pyarrow(table.load_cdf(starting_version=version + 1, ending_version=latest,
+                    changes = _as_pyarrow(table.load_cdf(starting_version=self.version + 1, ending_version=latest,
                                                          columns=_CHANGE_COLUMNS))
                 except Exception as unreadable:  # noqa: BLE001 - any unreadable feed means: start again
                     log.warning("silver keys: the change feed of %s since version %s cannot be read (%s); "
-                                "reloading the keys from version %s", self.silver_path, version + 1,
+                                "reloading the keys from version %s", self.silver_path, self.version + 1,
                                 unreadable, latest)
                     self.reloads += 1
                     self._reset(table_id, latest)
                 else:
                     self._apply(changes)
-                    self._set_meta("version", str(latest))
-            wanted = sorted({day.isoformat() for day in event_dates} - self.loaded_dates)
+                    self.version = latest
+            wanted = sorted({day.isoformat() for day in event_dates} - set(self._dates))
             if wanted:
                 self._load_dates(table, wanted)
-            if orders and self._meta("orders_loaded") is None:
+            if orders and self._orders is None:
                 self._load_orders(table)
-            self._db.execute("COMMIT")
         except BaseException:
-            self._db.execute("ROLLBACK")
+            self._reset(table_id, latest)
+            self.version = None  # loaded from scratch at the next call
             raise
         return latest
 
     def _apply(self, changes: pa.Table) -> None:
         """Silver's changes, version by version: within a version the removals go first, so a row
         deleted and written again in one commit (an update) stays."""
-        loaded = self.loaded_dates
-        orders_loaded = self._meta("orders_loaded") is not None
         for version in sorted(set(changes.column("_commit_version").to_pylist())):
             of_version = changes.filter(pc.equal(changes.column("_commit_version"), version))
-            for kinds, statement_ids, statement_orders in (
-                    (_REMOVALS, "DELETE FROM event_ids WHERE event_id = ? AND event_date = ?",
-                     "DELETE FROM orders WHERE order_id = ? AND event_id = ?"),
-                    (_ADDITIONS, "INSERT OR IGNORE INTO event_ids VALUES (?, ?)",
-                     "INSERT OR REPLACE INTO orders VALUES (?, ?, ?, ?)")):
+            for kinds in (_REMOVALS, _ADDITIONS):
                 rows = of_version.filter(pc.is_in(of_version.column("_change_type"), pa.array(kinds)))
                 if not rows.num_rows:
                     continue
-                dates = _dates_text(rows.column("event_date"))
-                if loaded:
-                    keep = [day in loaded for day in dates]
-                    ids = rows.column("event_id").to_pylist()
-                    self._db.executemany(statement_ids, [(event_id, day) for event_id, day, kept
-                                                         in zip(ids, dates, keep) if kept])
-                if orders_loaded:
-                    self._orders(rows, dates, statement_orders, removal=kinds is _REMOVALS)
+                dates = _date_texts(rows.column("event_date"))
+                by_date: dict[str, list[str]] = {}
+                for event_id, day in zip(rows.column("event_id").to_pylist(), dates):
+                    if day in self._dates:
+                        by_date.setdefault(day, []).append(event_id)
+                for day, event_ids in by_date.items():
+                    keys = digests(event_ids)
+                    self._dates[day].remove(keys) if kinds is _REMOVALS else self._dates[day].add(keys)
+                if self._orders is not None:
+                    self._apply_orders(rows, dates, removal=kinds is _REMOVALS)
 
-    def _orders(self, rows: pa.Table, dates: list[str], statement: str, removal: bool) -> None:
+    def _apply_orders(self, rows: pa.Table, dates: list[str], removal: bool) -> None:
         is_order = pc.and_(pc.equal(rows.column("event_type"), "order"), pc.is_valid(rows.column("order_id")))
+        if not pc.any(is_order).as_py():
+            return
         order_rows = rows.filter(is_order)
-        if not order_rows.num_rows:
-            return
         order_dates = [day for day, is_one in zip(dates, is_order.to_pylist()) if is_one]
-        order_ids, event_ids = order_rows.column("order_id").to_pylist(), order_rows.column("event_id").to_pylist()
-        if removal:
-            self._db.executemany(statement, zip(order_ids, event_ids))
-            return
-        stamps = pc.cast(order_rows.column("event_ts"), pa.int64()).to_pylist()
-        self._db.executemany(statement, zip(order_ids, event_ids, stamps, order_dates))
+        self._add_orders(order_rows, order_dates, removal)
 
-    def _load_dates(self, table, wanted: Sequence[str]) -> None:
-        dataset = table.to_pyarrow_dataset()
+    def _add_orders(self, order_rows, order_dates: list[str], removal: bool = False) -> None:
+        stamps = pc.cast(order_rows.column("event_ts"), pa.int64()).to_pylist()
+        for order_id, event_id, stamp, day in zip(order_rows.column("order_id").to_pylist(),
+                                                  order_rows.column("event_id").to_pylist(), stamps, order_dates):
+            if removal:
+                events = self._orders.get(order_id)
+                if events is not None:
+                    events.pop(event_id, None)
+                    if not events:
+                        del self._orders[order_id]
+            else:
+                self._orders.setdefault(order_id, {})[event_id] = (stamp, day)
+
+    def _load_dates(self, table, wanted: list[str]) -> None:
         days = pa.array([dt.date.fromisoformat(day) for day in wanted], pa.date32())
-        for batch in dataset.to_batches(columns=["event_id", "event_date"], filter=pc.field("event_date").isin(days)):
-            if batch.num_rows:
-                self._db.executemany("INSERT OR IGNORE INTO event_ids VALUES (?, ?)",
-                                     zip(batch.column("event_id").to_pylist(), _dates_text(batch.column("event_date"))))
-        self._db.executemany("INSERT OR IGNORE INTO loaded_dates VALUES (?)", [(day,) for day in wanted])
-        log.info("silver keys: loaded event dates %s of %s at version %s", ", ".join(wanted), self.silver_path,
-                 table.version())
+        # Hashed a record batch at a time: only digests are kept, never a date's strings.
+        parts: dict[str, list[np.ndarray]] = {day: [] for day in wanted}
+        for batch in table.to_pyarrow_dataset().to_batches(columns=["event_id", "event_date"],
+                                                           filter=pc.field("event_date").isin(days)):
+            for day in pc.unique(batch.column("event_date")).to_pylist():
+                of_day = batch.filter(pc.equal(batch.column("event_date"), pa.scalar(day, pa.date32())))
+                parts[day.isoformat()].append(digests(of_day.column("event_id").to_pylist()))
+        for day in wanted:
+            self._dates[day] = _DateKeys()
+            self._dates[day].add(np.concatenate(parts[day]) if parts[day] else np.empty(0, _DIGEST))
+        log.info("silver keys: loaded event dates %s of %s at version %s (%s ids)", ", ".join(wanted),
+                 self.silver_path, table.version(), sum(len(self._dates[day]) for day in wanted))
 
     def _load_orders(self, table) -> None:
-        dataset = table.to_pyarrow_dataset()
-        columns = ["order_id", "event_id", "event_ts", "event_date"]
+        self._orders = {}
         is_order = (pc.field("event_type") == "order") & pc.field("order_id").is_valid()
-        for batch in dataset.to_batches(columns=columns, filter=is_order):
+        for batch in table.to_pyarrow_dataset().to_batches(columns=["order_id", "event_id", "event_ts", "event_date"],
+                                                           filter=is_order):
             if batch.num_rows:
-                self._db.executemany("INSERT OR REPLACE INTO orders VALUES (?, ?, ?, ?)", zip(
-                    batch.column("order_id").to_pylist(), batch.column("event_id").to_pylist(),
-                    pc.cast(batch.column("event_ts"), pa.int64()).to_pylist(),
-                    _dates_text(batch.column("event_date"))))
-        self._set_meta("orders_loaded", str(table.version()))
+                self._add_orders(batch, _date_texts(batch.column("event_date")))
 
     # ---- lookups ---------------------------------------------------------------------------------
-
-    def _probe(self, values: Iterable[str]) -> None:
-        self._db.execute("CREATE TEMP TABLE IF NOT EXISTS probe (value TEXT PRIMARY KEY) WITHOUT ROWID")
-        self._db.execute("DELETE FROM probe")
-        self._db.executemany("INSERT OR IGNORE INTO probe VALUES (?)", ((value,) for value in values))
 
     def ids_in_silver(self, event_ids: Iterable[str], event_dates: Iterable[dt.date]) -> list[str]:
         """The distinct `event_ids` silver holds on any of `event_dates` (all of them loaded by `sync`)."""
         days = sorted({day.isoformat() for day in event_dates})
-        missing = set(days) - self.loaded_dates
+        missing = set(days) - set(self._dates)
         if missing:
             raise ValueError(f"silver keys: event dates {sorted(missing)} are not loaded; call sync() with them")
-        if not days:
+        candidates = sorted(set(event_ids))
+        if not days or not candidates:
             return []
-        self._db.execute("BEGIN")
-        try:
-            self._probe(event_ids)
-            marks = ", ".join("?" * len(days))
-            found = [row[0] for row in self._db.execute(
-                f"SELECT DISTINCT e.event_id FROM probe p JOIN event_ids e ON e.event_id = p.value "
-                f"WHERE e.event_date IN ({marks})", days)]
-        finally:
-            self._db.execute("COMMIT")
-        return found
+        keys = digests(candidates)
+        found = np.zeros(len(keys), dtype=bool)
+        for day in days:
+            found |= self._dates[day].contains(keys)
+        return [event_id for event_id, hit in zip(candidates, found.tolist()) if hit]
 
     def orders_sharing(self, order_ids: Iterable[str]) -> list[tuple[str, str, int, str]]:
         """(order_id, event_id, event_ts in µs, event_date) of silver's orders with one of `order_ids`."""
-        if self._meta("orders_loaded") is None:
+        if self._orders is None:
             raise ValueError("silver keys: orders are not loaded; call sync(orders=True)")
-        self._db.execute("BEGIN")
-        try:
-            self._probe(order_ids)
-            found = list(self._db.execute(
-                "SELECT o.order_id, o.event_id, o.event_ts_us, o.event_date FROM probe p "
-                "JOIN orders o ON o.order_id = p.value ORDER BY o.order_id, o.event_id"))
-        finally:
-            self._db.execute("COMMIT")
-        return found
+        return [(order_id, event_id, stamp, day) for order_id in sorted(set(order_ids))
+                for event_id, (stamp, day) in sorted(self._orders.get(order_id, {}).items())]

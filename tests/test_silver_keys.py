@@ -1,6 +1,6 @@
 """The ingest sink's keyed mirror of silver's dedup keys (streaming.silver_keys): what it answers
-after other writers' inserts and deletes, a restart, a re-created table and an unreadable change
-feed; and a sink using it writes the same silver as one that scans silver."""
+after other writers' inserts and deletes, a re-created table and an unreadable change feed; and a
+sink using it writes the same silver as one that scans silver, or whose mirror fails."""
 
 import datetime as dt
 import json
@@ -42,12 +42,12 @@ def new_silver(spark, path):
     ensure_table(spark, path, SILVER_SCHEMA, ["event_date"], "silver.events")
 
 
-def test_the_mirror_follows_other_writers_restarts_and_a_recreated_table(spark, tmp_path):
+def test_the_mirror_follows_other_writers_and_a_recreated_table(spark, tmp_path):
     path = str(tmp_path / "silver")
     new_silver(spark, path)
     append(spark, path, [silver_row("a"), silver_row("b"), silver_row("c", NEXT_DAY),
                          silver_row("x1", hour=11, order_id="o1")])
-    keys = SilverKeys(path, tmp_path / "keys" / "k.sqlite")
+    keys = SilverKeys(path)
 
     version = keys.sync([DAY], orders=True)
 
@@ -67,31 +67,39 @@ def test_the_mirror_follows_other_writers_restarts_and_a_recreated_table(spark, 
     assert keys.version == 3
     assert sorted(keys.ids_in_silver(["a", "b", "c", "d", "e", "x1"], [DAY, NEXT_DAY])) == ["a", "c", "d", "e"]
     assert keys.orders_sharing(["o1"]) == [("o1", "x0", micros(NEXT_DAY, 9), "2026-03-02")]
-    keys.close()
-
-    # a restarted sink opens the file at the version it reached and reads no scan again
-    append(spark, path, [silver_row("f")])
-    reopened = SilverKeys(path, tmp_path / "keys" / "k.sqlite")
-    assert reopened.version == 3
-    reopened.sync([DAY], orders=False)
-    assert sorted(reopened.ids_in_silver(["a", "f", "b"], [DAY])) == ["a", "f"]
-    assert reopened.reloads == 0
+    assert keys.event_ids == 5  # a, c, d, e, x0: both dates loaded, b and x1 deleted
 
     # the table deleted and created again at the same path: another table id, so the mirror starts again
     shutil.rmtree(path)
     new_silver(spark, path)
     append(spark, path, [silver_row("g"), silver_row("y", hour=7, order_id="o1")])
-    reopened.sync([DAY], orders=True)
-    assert reopened.version == 1
-    assert reopened.ids_in_silver(["a", "f", "g"], [DAY]) == ["g"]
-    assert reopened.orders_sharing(["o1"]) == [("o1", "y", micros(DAY, 7), "2026-03-01")]
+    keys.sync([DAY], orders=True)
+    assert keys.version == 1
+    assert keys.loaded_dates == {"2026-03-01"}
+    assert keys.ids_in_silver(["a", "d", "g"], [DAY]) == ["g"]
+    assert keys.orders_sharing(["o1"]) == [("o1", "y", micros(DAY, 7), "2026-03-01")]
+    assert keys.reloads == 0
+
+
+def test_many_catch_ups_merge_into_few_sorted_runs(spark, tmp_path):
+    path = str(tmp_path / "silver")
+    new_silver(spark, path)
+    keys = SilverKeys(path)
+    keys.sync([DAY], orders=False)
+    for number in range(12):  # twelve micro-batches of 4 new ids each
+        append(spark, path, [silver_row(f"e{number}-{i}") for i in range(4)])
+    keys.sync([DAY], orders=False)  # each version is a run of its own, merged as they come
+    runs = [len(run) for run in keys._dates["2026-03-01"].runs]
+    assert sum(runs) == 48 and len(runs) <= 3, runs
+    every = [f"e{number}-{i}" for number in range(12) for i in range(4)]
+    assert keys.ids_in_silver(every + ["e12-0"], [DAY]) == sorted(every)
 
 
 def test_an_unreadable_change_feed_reloads_the_keys_from_the_latest_version(spark, tmp_path):
     path = str(tmp_path / "silver")
     new_silver(spark, path)
     append(spark, path, [silver_row("a"), silver_row("b")])
-    keys = SilverKeys(path, tmp_path / "k.sqlite")
+    keys = SilverKeys(path)
     keys.sync([DAY], orders=False)
     delete(spark, path, ["a"])  # a delete's change rows are written to _change_data files
     append(spark, path, [silver_row("c")])
@@ -126,15 +134,18 @@ def line(event_id, day="2026-03-01", hour=10, order_id=None):
 
 
 @pytest.mark.parametrize("how", ["keyed", "scan", "broken mirror"])
-def test_a_sink_with_the_mirror_writes_what_a_scanning_sink_writes(spark, tmp_path, how):
+def test_a_sink_with_the_mirror_writes_what_a_scanning_sink_writes(spark, tmp_path, monkeypatch, how):
     from touchpoint.core.config import load_settings
+    from touchpoint.streaming import silver_keys
     from touchpoint.streaming.ingest import IngestSink
-    from touchpoint.streaming.silver_keys import store_file
 
     settings = load_settings(lake_root=str(tmp_path / "lake"), spark_shuffle_partitions=2)
     keyed = how != "scan"
-    if how == "broken mirror":  # a folder where the SQLite file should be: the mirror cannot open
-        store_file(settings, "test:keys").mkdir(parents=True)
+    if how == "broken mirror":  # the mirror fails part way through every batch (as a disk error would)
+        def failing(self, event_dates, orders):
+            self._dates = {}
+            raise OSError("injected: the mirror cannot be read")
+        monkeypatch.setattr(silver_keys.SilverKeys, "sync", failing)
     sink = IngestSink(settings, source_id="test:keys", keyed_lookup=keyed)
     other = IngestSink(settings, source_id="test:other", keyed_lookup=keyed)
     first = sink_batches(spark, tmp_path, sink, [

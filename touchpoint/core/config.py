@@ -80,6 +80,9 @@ class StreamSettings(_Section):
     activity_horizon_days: float = Field(30, gt=0, description="customer activity looks this far back (open carts)")
     min_partitions: int | None = Field(
         None, ge=1, description="Spark tasks per micro-batch read from Kafka; unset = one per Kafka partition")
+    keyed_dedup: bool = Field(
+        True, description="ingest looks a batch's keys up in its in-memory mirror of silver's dedup keys "
+                          "(docs/INGESTION.md); false = every batch scans its dates' partitions of silver")
 
 
 class S3Settings(_Section):
