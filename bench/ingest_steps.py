@@ -1,7 +1,7 @@
 """Where an ingestion micro-batch spends its time: N generated events pre-loaded into Kafka, drained
 by the ingest stream (`--available-now`) in this process, with the sink's per-step timings.
 
-    python -m bench.ingest_steps [--events 2000000] [--seed 42] [--max-offsets 500000] [--topic T]
+    python -m bench.ingest_steps [--events 2000000] [--seed 42] [--max-offsets 500000] [--topic T] [--scan-dedup]
 
 The sink (`streaming.ingest.IngestSink`) logs each step's duration at DEBUG; this script captures
 those lines and reports, per step, the median over the steady batches (full batches after the first,
@@ -48,6 +48,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--partitions", type=int, default=2)
     parser.add_argument("--driver-memory", default="6g")
     parser.add_argument("--topic", default=None, help="a topic already pre-loaded (kept afterwards)")
+    parser.add_argument("--scan-dedup", action="store_true",
+                        help="stream.keyed_dedup off: each batch scans silver (the dedup until 2026-12-05)")
     args = parser.parse_args(argv)
 
     from bench.streaming_drain import preload
@@ -68,7 +70,8 @@ def main(argv: list[str] | None = None) -> dict:
             result["preload"] = preload(topic, broker.kafka_bootstrap, args.events, args.seed)
             progress(f"preloaded {result['preload']['lines']:,} lines")
         settings = lake_settings(workdir / "lake", spark_driver_memory=args.driver_memory,
-                                 stream={"max_offsets_per_trigger": args.max_offsets, "starting_offsets": "earliest"})
+                                 stream={"max_offsets_per_trigger": args.max_offsets, "starting_offsets": "earliest",
+                                         "keyed_dedup": not args.scan_dedup})
         steps = _StepTimes()
         sink_log = logging.getLogger("touchpoint.streaming.ingest")
         sink_log.addHandler(steps)

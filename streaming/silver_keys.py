@@ -22,6 +22,9 @@ runs). Two distinct ids of one date share a digest with a probability of about n
 for a billion ids. An order is kept whole (order id, event id, time, date), since the
 earliest-order rule needs them.
 
+Above `max_event_ids` (100M, 1.6 GB of digests) the dates batches asked for least recently are
+dropped, and loaded again if a batch carries them later.
+
 So a batch costs its own keys, not the day's partition. The lookup answers for the version caught
 up to, as the scan answered for the snapshot it read; a writer committing between that read and the
 batch's commit was not seen by either.
@@ -107,11 +110,18 @@ def _date_texts(dates) -> list[str]:
 class SilverKeys:
     """The mirror of one silver table's dedup keys (module docstring). Not thread-safe: one sink's."""
 
-    def __init__(self, silver_path: str):
+    # 100M ids are 1.6 GB of digests: beyond that, the dates batches carried least recently go.
+    MAX_EVENT_IDS = 100_000_000
+
+    def __init__(self, silver_path: str, max_event_ids: int = MAX_EVENT_IDS):
         self.silver_path = silver_path
+        self.max_event_ids = max_event_ids
         self.version: int | None = None  # the silver version the mirror reflects
         self.table_id: str | None = None
         self._dates: dict[str, _DateKeys] = {}
+        self._last_asked: dict[str, int] = {}  # date -> the sync that last asked for it
+        self._syncs = 0
+        self.evictions = 0
         self._orders: dict[str, dict[str, tuple[int, str]]] | None = None  # order id -> event id -> (µs, date)
         self.reloads = 0  # times the mirror started again (a change feed that could not be read)
 
@@ -126,7 +136,7 @@ class SilverKeys:
 
     def _reset(self, table_id: str, version: int) -> None:
         self.table_id, self.version = table_id, version
-        self._dates, self._orders = {}, None
+        self._dates, self._orders, self._last_asked = {}, None, {}
 
     # ---- catching up -----------------------------------------------------------------------------
 
@@ -152,9 +162,13 @@ class SilverKeys:
                 else:
                     self._apply(changes)
                     self.version = latest
-            wanted = sorted({day.isoformat() for day in event_dates} - set(self._dates))
+            asked = {day.isoformat() for day in event_dates}
+            self._syncs += 1
+            self._last_asked.update(dict.fromkeys(asked, self._syncs))
+            wanted = sorted(asked - set(self._dates))
             if wanted:
                 self._load_dates(table, wanted)
+            self._evict(keep=asked)
             if orders and self._orders is None:
                 self._load_orders(table)
         except BaseException:
@@ -162,6 +176,18 @@ class SilverKeys:
             self.version = None  # loaded from scratch at the next call
             raise
         return latest
+
+    def _evict(self, keep: set[str]) -> None:
+        """Above `max_event_ids`, drop the dates batches asked for least recently (never the ones
+        this batch asked for); a later batch with such a date loads it again."""
+        held = self.event_ids
+        for day in sorted(set(self._dates) - keep, key=lambda d: self._last_asked.get(d, 0)):
+            if held <= self.max_event_ids:
+                break
+            held -= len(self._dates.pop(day))
+            self.evictions += 1
+            log.info("silver keys: dropped event date %s of %s from memory (%s ids held)", day,
+                     self.silver_path, held)
 
     def _apply(self, changes: pa.Table) -> None:
         """Silver's changes, version by version: within a version the removals go first, so a row

@@ -95,6 +95,26 @@ def test_many_catch_ups_merge_into_few_sorted_runs(spark, tmp_path):
     assert keys.ids_in_silver(every + ["e12-0"], [DAY]) == sorted(every)
 
 
+def test_above_its_bound_the_mirror_drops_the_dates_asked_least_recently_and_loads_them_again(spark, tmp_path):
+    path = str(tmp_path / "silver")
+    new_silver(spark, path)
+    days = [dt.date(2026, 3, day) for day in (1, 2, 3)]
+    append(spark, path, [silver_row(f"{day.day}-{i}", day) for day in days for i in range(3)])
+    keys = SilverKeys(path, max_event_ids=6)
+    keys.sync(days[:2], orders=False)  # 6 ids: within the bound
+    keys.sync(days[1:2], orders=False)  # the 2nd asked again: the 1st is now the least recent
+    keys.sync(days[2:], orders=False)  # 9 ids: the 1st goes
+
+    assert (keys.loaded_dates, keys.event_ids, keys.evictions) == ({"2026-03-02", "2026-03-03"}, 6, 1)
+    append(spark, path, [silver_row("1-new", days[0])])  # while the 1st is out of memory
+    keys.sync(days[:1], orders=False)  # loaded again, with what came meanwhile: 10 ids, so both others go
+    assert (keys.loaded_dates, keys.event_ids, keys.evictions) == ({"2026-03-01"}, 4, 3)
+    assert keys.ids_in_silver(["1-0", "1-2", "1-new", "2-0"], days[:1]) == ["1-0", "1-2", "1-new"]
+    # a batch's own dates are kept even above the bound
+    keys.sync(days, orders=False)
+    assert keys.loaded_dates == {"2026-03-01", "2026-03-02", "2026-03-03"} and keys.event_ids == 10
+
+
 def test_an_unreadable_change_feed_reloads_the_keys_from_the_latest_version(spark, tmp_path):
     path = str(tmp_path / "silver")
     new_silver(spark, path)
