@@ -30,11 +30,11 @@ from touchpoint.core.events import Rejected, validate_payload
 from touchpoint.core.privacy import ERASED_SUBJECT, Suppression, erased_reason, load_suppression, withheld_payload
 from touchpoint.core.spark import local_checkpoint
 from touchpoint.schemas.envelope import schema_version
-from touchpoint.streaming.silver_keys import SilverKeys
 from touchpoint.schemas.lake import (
     BRONZE_SCHEMA, QUARANTINE_SCHEMA, RECONCILIATION_SCHEMA, SILVER_EXTRA_FIELDS, SILVER_SCHEMA, SOURCE_FIELDS,
     envelope_silver_fields, struct,
 )
+from touchpoint.streaming.silver_keys import SilverKeys
 
 # Columns the Python validator fills in; channel and lineage are added in Spark.
 _LINEAGE = {name for name, _ in SOURCE_FIELDS} | {"ingest_ts", "channel"}
@@ -211,8 +211,9 @@ def plan_silver_changes(accepted: DataFrame, silver: DataFrame, event_dates: lis
     silver holds on its dates, when the caller looked them up (the sink does both with
     `streaming.silver_keys`); without them, silver is scanned.
 
-    The rows are never shuffled: the batch's ids are broadcast to a scan of silver, and the few
-    records to drop (later copies, ids already in silver) back to the batch. The hint bypasses
+    The rows are never shuffled: the batch's ids are broadcast to a scan of silver (or the ids
+    looked up are), and the few records to drop (later copies, ids already in silver) back to the
+    batch. The hint bypasses
     Spark's size threshold, so a batch too large to broadcast passes `broadcast=False` and leaves
     the join strategy to Spark."""
     small = F.broadcast if broadcast else (lambda frame: frame)
@@ -387,7 +388,7 @@ class IngestSink:
                 self._keys = SilverKeys(self.paths["silver.events"])
             self._keys.sync(event_dates, orders=with_orders)
             batch_keys = accepted.select("event_id", "event_type", "order_id").toArrow()
-            found_ids = self._keys.ids_in_silver(batch_keys.column("event_id").to_pylist(), event_dates)
+            found_ids = self._keys.ids_in_silver(batch_keys.column("event_id"), event_dates)
             found_orders = None
             if with_orders:
                 orders = batch_keys.filter(pc.equal(batch_keys.column("event_type"), "order"))

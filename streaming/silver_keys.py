@@ -16,10 +16,11 @@ memory, kept at a silver version it records:
   again (another table id), the mirror starts again from the latest version and reloads what it
   is asked for. A new process starts empty and loads the same way: nothing is lost with it.
 
-An event id is kept as its 128-bit BLAKE2b digest, in sorted runs per date (16 bytes an id; a run
-per catch-up, merged as in a log-structured merge tree, so a lookup is a binary search in a few
-runs). Two distinct ids of one date share a digest with a probability of about n^2 / 2^129: 10^-21
-for a billion ids. An order is kept whole (order id, event id, time, date), since the
+An event id is kept as its 128-bit MD5 digest (computed by DuckDB over the Arrow column), in sorted
+runs per date (16 bytes an id; a run per catch-up, merged as in a log-structured merge tree, so a
+lookup is a binary search in a few runs). Two distinct ids of one date share a digest with a
+probability of about n^2 / 2^129: 10^-21 for a billion ids. (MD5's known collisions need both
+inputs chosen: a sender can only make two of its own ids collide, not match another's.) An order is kept whole (order id, event id, time, date), since the
 earliest-order rule needs them.
 
 Above `max_event_ids` (100M, 1.6 GB of digests) the dates batches asked for least recently are
@@ -33,7 +34,6 @@ batch's commit was not seen by either.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import logging
 from typing import Iterable
 
@@ -49,21 +49,55 @@ _CHANGE_COLUMNS = ["event_id", "event_date", "event_type", "order_id", "event_ts
                    "_commit_version"]
 _REMOVALS = ("delete", "update_preimage")
 _ADDITIONS = ("insert", "update_postimage")
-_DIGEST = np.dtype("V16")
+
+# A set of event-id digests: (upper, lower) 64-bit halves, sorted by both and unique within a run.
+Digests = tuple[np.ndarray, np.ndarray]
+_NONE: Digests = (np.empty(0, np.uint64), np.empty(0, np.uint64))
 
 
-def digests(event_ids: Iterable[str]) -> np.ndarray:
-    """The 128-bit BLAKE2b digest of each id, in order, as one numpy array of 16-byte values."""
-    joined = b"".join(hashlib.blake2b(event_id.encode(), digest_size=16).digest() for event_id in event_ids)
-    return np.frombuffer(joined, dtype=_DIGEST)
+def digests(event_ids) -> Digests:
+    """The 128-bit MD5 digest of each id, in order, as two 64-bit halves; computed by DuckDB over the
+    Arrow column (vectorised, no Python object per id: 500,000 ids in about 0.03 s)."""
+    import duckdb
+
+    ids = event_ids if isinstance(event_ids, (pa.Array, pa.ChunkedArray)) else pa.array(list(event_ids), pa.string())
+    if not len(ids):
+        return _NONE
+    if ids.null_count:
+        raise ValueError("silver keys: an event id is null")
+    with duckdb.connect() as con:
+        con.execute("SET preserve_insertion_order = true")  # the digests in the ids' order
+        con.register("ids", pa.table({"event_id": ids}))
+        # md5_number is the digest as one 128-bit integer; Arrow carries it as a 16-byte decimal whose
+        # bits are the integer's, read here as two words (md5_number_upper/lower compute it twice, 9x slower).
+        numbers = con.sql("SELECT md5_number(event_id) AS digest FROM ids").to_arrow_table().column(0).combine_chunks()
+    words = np.frombuffer(numbers.buffers()[1], dtype="<u8")[2 * numbers.offset:2 * (numbers.offset + len(numbers))]
+    return words[0::2].copy(), words[1::2].copy()
 
 
-def _contains(run: np.ndarray, keys: np.ndarray) -> np.ndarray:
-    """For each of `keys`, whether the sorted `run` holds it."""
-    if not len(run):
-        return np.zeros(len(keys), dtype=bool)
-    at = np.searchsorted(run, keys)
-    return run[np.minimum(at, len(run) - 1)] == keys
+def _sorted_unique(keys: Digests) -> Digests:
+    hi, lo = keys
+    order = np.argsort(hi, kind="stable")
+    hi, lo = hi[order], lo[order]
+    if np.any(hi[1:] == hi[:-1]):  # equal upper halves (rare): order those by the lower half too
+        order = np.lexsort((lo, hi))
+        hi, lo = hi[order], lo[order]
+    first = np.ones(len(hi), dtype=bool)
+    first[1:] = (hi[1:] != hi[:-1]) | (lo[1:] != lo[:-1])
+    return hi[first], lo[first]
+
+
+def _contains(run: Digests, keys: Digests) -> np.ndarray:
+    """For each of `keys`, whether the sorted `run` holds it: a binary search on the upper half, then
+    the lower half compared (a range of equal upper halves is as rare as a 64-bit collision)."""
+    (run_hi, run_lo), (hi, lo) = run, keys
+    left, right = np.searchsorted(run_hi, hi, "left"), np.searchsorted(run_hi, hi, "right")
+    found = np.zeros(len(hi), dtype=bool)
+    single = right - left == 1
+    found[single] = run_lo[left[single]] == lo[single]
+    for at in np.flatnonzero(right - left > 1).tolist():
+        found[at] = bool(np.any(run_lo[left[at]:right[at]] == lo[at]))
+    return found
 
 
 class _DateKeys:
@@ -71,27 +105,41 @@ class _DateKeys:
     newer is at least half the older, so there are about log2(rows / batch) of them."""
 
     def __init__(self) -> None:
-        self.runs: list[np.ndarray] = []
+        self.runs: list[Digests] = []
 
     def __len__(self) -> int:
-        return sum(len(run) for run in self.runs)
+        return sum(len(hi) for hi, _ in self.runs)
 
-    def add(self, keys: np.ndarray) -> None:
-        if not len(keys):
+    def add(self, keys: Digests) -> None:
+        if not len(keys[0]):
             return
-        self.runs.append(np.unique(keys))
-        while len(self.runs) > 1 and 2 * len(self.runs[-1]) >= len(self.runs[-2]):
-            newer, older = self.runs.pop(), self.runs.pop()
-            self.runs.append(np.unique(np.concatenate([older, newer])))
+        self.runs.append(_sorted_unique(keys))
+        while len(self.runs) > 1 and 2 * len(self.runs[-1][0]) >= len(self.runs[-2][0]):
+            (newer_hi, newer_lo), (older_hi, older_lo) = self.runs.pop(), self.runs.pop()
+            self.runs.append(_sorted_unique((np.concatenate([older_hi, newer_hi]),
+                                             np.concatenate([older_lo, newer_lo]))))
 
-    def remove(self, keys: np.ndarray) -> None:
-        if len(keys):
-            self.runs = [run[~np.isin(run, keys)] for run in self.runs]
+    def remove(self, keys: Digests) -> None:
+        if not len(keys[0]):
+            return
+        gone = set(zip(keys[0].tolist(), keys[1].tolist()))
+        kept_runs = []
+        for hi, lo in self.runs:
+            keep = np.ones(len(hi), dtype=bool)
+            for at in np.flatnonzero(np.isin(hi, keys[0])).tolist():
+                keep[at] = (int(hi[at]), int(lo[at])) not in gone
+            kept_runs.append((hi[keep], lo[keep]))
+        self.runs = kept_runs
 
-    def contains(self, keys: np.ndarray) -> np.ndarray:
-        found = np.zeros(len(keys), dtype=bool)
+    def contains(self, keys: Digests) -> np.ndarray:
+        # Searched in sorted order: each binary search then starts near the last (13x faster at 500k).
+        order = np.argsort(keys[0], kind="stable")
+        in_order = (keys[0][order], keys[1][order])
+        found_in_order = np.zeros(len(order), dtype=bool)
         for run in self.runs:
-            found |= _contains(run, keys)
+            found_in_order |= _contains(run, in_order)
+        found = np.empty(len(order), dtype=bool)
+        found[order] = found_in_order
         return found
 
 
@@ -105,6 +153,20 @@ def _as_pyarrow(reader) -> pa.Table:
 
 def _date_texts(dates) -> list[str]:
     return pc.cast(dates, pa.string()).to_pylist()
+
+
+def _by_date(rows):
+    """(ISO date, its rows) for each `event_date` of an Arrow table or record batch."""
+    dates = rows.column("event_date")
+    days = pc.unique(dates).to_pylist()
+    for day in days:
+        yield day.isoformat(), (rows if len(days) == 1 else
+                                rows.filter(pc.equal(dates, pa.scalar(day, pa.date32()))))
+
+
+def _where(rows: pa.Table, mask) -> pa.Table:
+    """The rows of the mask, without a copy when that is all of them (most catch-ups: one append)."""
+    return rows if pc.all(mask).as_py() else rows.filter(mask)
 
 
 class SilverKeys:
@@ -193,29 +255,24 @@ class SilverKeys:
         """Silver's changes, version by version: within a version the removals go first, so a row
         deleted and written again in one commit (an update) stays."""
         for version in sorted(set(changes.column("_commit_version").to_pylist())):
-            of_version = changes.filter(pc.equal(changes.column("_commit_version"), version))
+            of_version = _where(changes, pc.equal(changes.column("_commit_version"), version))
             for kinds in (_REMOVALS, _ADDITIONS):
-                rows = of_version.filter(pc.is_in(of_version.column("_change_type"), pa.array(kinds)))
+                rows = _where(of_version, pc.is_in(of_version.column("_change_type"), pa.array(kinds)))
                 if not rows.num_rows:
                     continue
-                dates = _date_texts(rows.column("event_date"))
-                by_date: dict[str, list[str]] = {}
-                for event_id, day in zip(rows.column("event_id").to_pylist(), dates):
+                for day, of_day in _by_date(rows):
                     if day in self._dates:
-                        by_date.setdefault(day, []).append(event_id)
-                for day, event_ids in by_date.items():
-                    keys = digests(event_ids)
-                    self._dates[day].remove(keys) if kinds is _REMOVALS else self._dates[day].add(keys)
+                        keys = digests(of_day.column("event_id"))
+                        self._dates[day].remove(keys) if kinds is _REMOVALS else self._dates[day].add(keys)
                 if self._orders is not None:
-                    self._apply_orders(rows, dates, removal=kinds is _REMOVALS)
+                    self._apply_orders(rows, removal=kinds is _REMOVALS)
 
-    def _apply_orders(self, rows: pa.Table, dates: list[str], removal: bool) -> None:
+    def _apply_orders(self, rows: pa.Table, removal: bool) -> None:
         is_order = pc.and_(pc.equal(rows.column("event_type"), "order"), pc.is_valid(rows.column("order_id")))
         if not pc.any(is_order).as_py():
             return
         order_rows = rows.filter(is_order)
-        order_dates = [day for day, is_one in zip(dates, is_order.to_pylist()) if is_one]
-        self._add_orders(order_rows, order_dates, removal)
+        self._add_orders(order_rows, _date_texts(order_rows.column("event_date")), removal)
 
     def _add_orders(self, order_rows, order_dates: list[str], removal: bool = False) -> None:
         stamps = pc.cast(order_rows.column("event_ts"), pa.int64()).to_pylist()
@@ -233,15 +290,16 @@ class SilverKeys:
     def _load_dates(self, table, wanted: list[str]) -> None:
         days = pa.array([dt.date.fromisoformat(day) for day in wanted], pa.date32())
         # Hashed a record batch at a time: only digests are kept, never a date's strings.
-        parts: dict[str, list[np.ndarray]] = {day: [] for day in wanted}
+        parts: dict[str, list[Digests]] = {day: [] for day in wanted}
         for batch in table.to_pyarrow_dataset().to_batches(columns=["event_id", "event_date"],
                                                            filter=pc.field("event_date").isin(days)):
-            for day in pc.unique(batch.column("event_date")).to_pylist():
-                of_day = batch.filter(pc.equal(batch.column("event_date"), pa.scalar(day, pa.date32())))
-                parts[day.isoformat()].append(digests(of_day.column("event_id").to_pylist()))
+            for day, of_day in _by_date(batch):
+                parts[day].append(digests(of_day.column("event_id")))
         for day in wanted:
             self._dates[day] = _DateKeys()
-            self._dates[day].add(np.concatenate(parts[day]) if parts[day] else np.empty(0, _DIGEST))
+            if parts[day]:
+                self._dates[day].add((np.concatenate([hi for hi, _ in parts[day]]),
+                                      np.concatenate([lo for _, lo in parts[day]])))
         log.info("silver keys: loaded event dates %s of %s at version %s (%s ids)", ", ".join(wanted),
                  self.silver_path, table.version(), sum(len(self._dates[day]) for day in wanted))
 
@@ -255,20 +313,21 @@ class SilverKeys:
 
     # ---- lookups ---------------------------------------------------------------------------------
 
-    def ids_in_silver(self, event_ids: Iterable[str], event_dates: Iterable[dt.date]) -> list[str]:
-        """The distinct `event_ids` silver holds on any of `event_dates` (all of them loaded by `sync`)."""
+    def ids_in_silver(self, event_ids, event_dates: Iterable[dt.date]) -> list[str]:
+        """The distinct `event_ids` (an Arrow string column or strings) silver holds on any of
+        `event_dates` (all of them loaded by `sync`), sorted."""
         days = sorted({day.isoformat() for day in event_dates})
         missing = set(days) - set(self._dates)
         if missing:
             raise ValueError(f"silver keys: event dates {sorted(missing)} are not loaded; call sync() with them")
-        candidates = sorted(set(event_ids))
-        if not days or not candidates:
+        ids = event_ids if isinstance(event_ids, (pa.Array, pa.ChunkedArray)) else pa.array(list(event_ids), pa.string())
+        if not days or not len(ids):
             return []
-        keys = digests(candidates)
-        found = np.zeros(len(keys), dtype=bool)
+        keys = digests(ids)
+        found = np.zeros(len(keys[0]), dtype=bool)
         for day in days:
             found |= self._dates[day].contains(keys)
-        return [event_id for event_id, hit in zip(candidates, found.tolist()) if hit]
+        return sorted(set(pc.filter(ids, pa.array(found)).to_pylist()))
 
     def orders_sharing(self, order_ids: Iterable[str]) -> list[tuple[str, str, int, str]]:
         """(order_id, event_id, event_ts in µs, event_date) of silver's orders with one of `order_ids`."""

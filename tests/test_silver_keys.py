@@ -89,7 +89,7 @@ def test_many_catch_ups_merge_into_few_sorted_runs(spark, tmp_path):
     for number in range(12):  # twelve micro-batches of 4 new ids each
         append(spark, path, [silver_row(f"e{number}-{i}") for i in range(4)])
     keys.sync([DAY], orders=False)  # each version is a run of its own, merged as they come
-    runs = [len(run) for run in keys._dates["2026-03-01"].runs]
+    runs = [len(hi) for hi, _ in keys._dates["2026-03-01"].runs]
     assert sum(runs) == 48 and len(runs) <= 3, runs
     every = [f"e{number}-{i}" for number in range(12) for i in range(4)]
     assert keys.ids_in_silver(every + ["e12-0"], [DAY]) == sorted(every)
