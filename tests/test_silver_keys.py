@@ -161,7 +161,7 @@ def test_a_sink_with_the_mirror_writes_what_a_scanning_sink_writes(spark, tmp_pa
 
     settings = load_settings(lake_root=str(tmp_path / "lake"), spark_shuffle_partitions=2)
     keyed = how != "scan"
-    if how == "broken mirror":  # the mirror fails part way through every batch (as a disk error would)
+    if how == "broken mirror":  # the mirror fails part way through every batch (as an unreadable lake would)
         def failing(self, event_dates, orders):
             self._dates = {}
             raise OSError("injected: the mirror cannot be read")
