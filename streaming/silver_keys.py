@@ -55,12 +55,17 @@ Digests = tuple[np.ndarray, np.ndarray]
 _NONE: Digests = (np.empty(0, np.uint64), np.empty(0, np.uint64))
 
 
+def _string_column(values):
+    """An Arrow string column as given, or the strings as one."""
+    return values if isinstance(values, (pa.Array, pa.ChunkedArray)) else pa.array(list(values), pa.string())
+
+
 def digests(event_ids) -> Digests:
     """The 128-bit MD5 digest of each id, in order, as two 64-bit halves; computed by DuckDB over the
     Arrow column (vectorised, no Python object per id: 500,000 ids in about 0.06 s)."""
     import duckdb
 
-    ids = event_ids if isinstance(event_ids, (pa.Array, pa.ChunkedArray)) else pa.array(list(event_ids), pa.string())
+    ids = _string_column(event_ids)
     if not len(ids):
         return _NONE
     if ids.null_count:
@@ -320,7 +325,7 @@ class SilverKeys:
         missing = set(days) - set(self._dates)
         if missing:
             raise ValueError(f"silver keys: event dates {sorted(missing)} are not loaded; call sync() with them")
-        ids = event_ids if isinstance(event_ids, (pa.Array, pa.ChunkedArray)) else pa.array(list(event_ids), pa.string())
+        ids = _string_column(event_ids)
         if not days or not len(ids):
             return []
         keys = digests(ids)
