@@ -249,9 +249,9 @@ def valid_event_ids(config, lines: int | None = None) -> list[str]:
 
 class BackgroundGenerator(threading.Thread):
     """The generator in real time (`rate` lines/s) into a Kafka topic, in a thread, until its traffic
-    ends or `stop()` is called. The producer is configured like the generator's own (idempotent,
-    acks=all, partition = CRC-32 of the key). `result()` returns the generator's report of what it
-    sent; `valid_event_ids(config, report["lines"])` are the valid ids among them."""
+    ends or `stop()` is called, through the generator's own producer (`touchpoint.generator.KafkaSink`:
+    idempotent, acks=all, partition = CRC-32 of the key). `result()` returns the generator's report of
+    what it sent; `valid_event_ids(config, report["lines"])` are the valid ids among them."""
 
     def __init__(self, topic: str, bootstrap: str, config, rate: float, **pacing):
         """`pacing`: the generator's Pacer options (burst_factor, burst_start, burst_seconds, duration)."""
@@ -259,34 +259,26 @@ class BackgroundGenerator(threading.Thread):
         self.topic, self.bootstrap, self.config, self.rate, self.pacing = topic, bootstrap, config, rate, pacing
         self.report: dict | None = None
         self.error: BaseException | None = None
-        self.delivery_errors: list[str] = []
         self._stop_requested = threading.Event()
 
     def stop(self) -> None:
         self._stop_requested.set()
 
     def run(self) -> None:
-        import zlib
-
-        from kafka import KafkaProducer
-
-        from touchpoint.generator import GenerationReport, Pacer, iter_records
+        from touchpoint.generator import GenerationReport, KafkaSink, Pacer, iter_records
 
         try:
-            producer = KafkaProducer(bootstrap_servers=self.bootstrap, acks="all", enable_idempotence=True,
-                                     linger_ms=20, max_request_size=2_000_000, request_timeout_ms=60_000,
-                                     delivery_timeout_ms=300_000, max_block_ms=60_000)
-            partitions = sorted(producer.partitions_for(self.topic))
+            sink = KafkaSink(self.bootstrap, self.topic, metadata_timeout=60)
             report = GenerationReport()
             pacer = Pacer(self.rate, **self.pacing)
             stop = lambda: self._stop_requested.is_set() or pacer.expired()  # noqa: E731
-            for record in iter_records(self.config, report, clock=pacer, stop=stop):
-                partition = partitions[zlib.crc32(record.key) % len(partitions)]
-                producer.send(self.topic, value=record.payload, key=record.key, partition=partition,
-                              timestamp_ms=record.timestamp_ms).add_errback(
-                    lambda error: self.delivery_errors.append(repr(error)))
-            producer.flush()
-            producer.close()
+            try:
+                for record in iter_records(self.config, report, clock=pacer, stop=stop):
+                    sink.write(record)
+            except BaseException:
+                sink.abort()
+                raise
+            sink.close()  # raises when a record was not delivered
             self.report = report.as_dict()
         except BaseException as error:  # surfaced by result()
             self.error = error
@@ -297,8 +289,6 @@ class BackgroundGenerator(threading.Thread):
             raise TimeoutError(f"generator still producing after {timeout:.0f}s")
         if self.error is not None:
             raise self.error
-        if self.delivery_errors:
-            raise RuntimeError(f"{len(self.delivery_errors)} records not delivered: {self.delivery_errors[:3]}")
         return self.report
 
 

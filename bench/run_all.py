@@ -39,6 +39,7 @@ BENCHMARKS = {
     "lake_maintenance": ([], ["--appends", "8", "--repeat", "1"]),
     "publish": ([], ["--rows", "100000", "--repeat", "1"]),
     "validation": ([], ["--lines", "10000", "--repeat", "1"]),
+    "generator_producer": ([], ["--lines", "20000", "--seconds", "30", "--warmup-lines", "50000", "--repeat", "1"]),
     "ingest_steps": ([], ["--events", "100000", "--max-offsets", "20000"]),
     "ingest_fixed_costs": ([], ["--appends", "5", "--partition-rows", "100000,400000", "--repeat", "1"]),
     "collector_load": ([], ["--duration", "5"]),  # the collector engineer's script; run when present
@@ -224,6 +225,17 @@ def render_table() -> str:
         rows.append(f"| validator ({validation['lines']:,} generated lines, one core, no Spark) | lines/s; share in "
                     f"check_structure | {_fmt(validation['lines_per_second'])}; "
                     f"{validation['check_structure_share']:.0%} | | {_memory(validation)} | {_when(validation)} |")
+    producer = _load("generator_producer")
+    if producer:
+        machine = machine or producer["machine"]
+        medians, parameters = producer["median_cpu_us_per_line"], producer["parameters"]
+        rows.append(f"| generator into Kafka (real time at {parameters['rate']:,.0f} lines/s, after "
+                    f"{parameters['warmup_lines']:,} lines; bulk: {parameters['lines']:,} pre-generated lines) | "
+                    "CPU µs per line, confluent-kafka / kafka-python / no sink; bulk send µs per line, "
+                    f"confluent-kafka / kafka-python | {medians['confluent_kafka']['realtime']} / "
+                    f"{medians['kafka_python']['realtime']} / {medians['no_sink']['realtime']}; "
+                    f"{medians['confluent_kafka']['bulk']} / {medians['kafka_python']['bulk']} | | "
+                    f"{_memory(producer)} | {_when(producer)} |")
     if machine is None:
         return "(no results yet: run `make bench`)"
     if machine:

@@ -653,6 +653,21 @@ def test_kafka_output_round_trip(settings, kafka_topic, tmp_path):
     assert any(len(value) > 1_048_576 for value, _, _ in received)
 
 
+@pytest.mark.kafka
+def test_kafka_output_names_a_missing_topic_and_a_bad_codec(settings, kafka_topic):
+    from touchpoint.infra import kafka
+
+    config = GeneratorConfig(seed=21, customers=5, days=1)
+    missing = kafka_topic + ".missing"
+    with pytest.raises(RuntimeError, match=re.escape(f"Kafka topic '{missing}' does not exist; create it first")):
+        generate(config, output="kafka", topic=missing, bootstrap=settings.kafka_bootstrap)
+    # Asking for its partitions did not create it (the broker's auto-creation is off).
+    assert kafka.ensure_topic(missing, partitions=1, settings=settings) is True
+    kafka.delete_topic(missing, settings=settings)
+    with pytest.raises(ValueError, match="compression must be one of none, gzip, snappy, lz4, zstd or auto, got 'lzma'"):
+        generate(config, output="kafka", topic=kafka_topic, bootstrap=settings.kafka_bootstrap, compression="lzma")
+
+
 def test_generator_imports_neither_spark_nor_jobs():
     import subprocess
     import sys
