@@ -174,8 +174,8 @@ def main(argv: list[str] | None = None) -> dict:
         result["generation_cpu_us_per_line"] = round(generation, 2)
         result["rounds"] = rounds
         result["median_cpu_us_per_line"] = {
-            p: {**({"bulk": statistics.median(rounds[p]["bulk"])} if p in PRODUCERS else {}),
-                "realtime": statistics.median(r["cpu_us_per_line"] for r in rounds[p]["realtime"])}
+            p: {**({"bulk": round(statistics.median(rounds[p]["bulk"]), 2)} if p in PRODUCERS else {}),
+                "realtime": round(statistics.median(r["cpu_us_per_line"] for r in rounds[p]["realtime"]), 2)}
             for p in (*PRODUCERS, NO_SINK)}
         result["records_in_topic"] = in_topic
         result["peak_rss_mb"] = sampler.peaks_mb
