@@ -668,6 +668,17 @@ def test_kafka_output_names_a_missing_topic_and_a_bad_codec(settings, kafka_topi
         generate(config, output="kafka", topic=kafka_topic, bootstrap=settings.kafka_bootstrap, compression="lzma")
 
 
+@pytest.mark.kafka
+def test_kafka_output_stops_on_records_the_broker_rejects(settings, kafka_topic):
+    # The broker refuses record timestamps more than an hour ahead of its clock.
+    config = GeneratorConfig(seed=3, customers=20, days=1,
+                             start_date=datetime.now(timezone.utc).date() + timedelta(days=10))
+    with pytest.raises(RuntimeError, match=r"Kafka (records were not delivered to|rejected records for) "
+                                           + re.escape(kafka_topic) + r": KafkaError\{code=INVALID_RECORD"):
+        generate(config, output="kafka", topic=kafka_topic, bootstrap=settings.kafka_bootstrap,
+                 kafka_timestamps="arrival")
+
+
 def test_generator_imports_neither_spark_nor_jobs():
     import subprocess
     import sys
