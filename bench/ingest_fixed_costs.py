@@ -3,7 +3,8 @@ the dedup against silver's event ids: a scan that grows with the day's partition
 mirror that replaced it.
 
     python -m bench.ingest_fixed_costs [--appends 20] [--partition-rows 500000,2000000,8000000]
-                                       [--batch-rows 85000] [--repeat 3] [--seed 42]
+                                       [--silver-rows 2000000,8000000] [--batch-rows 85000]
+                                       [--repeat 3] [--seed 42]
 
 1. Commits: one-row appends to a fresh Delta table (the reconciliation table's schema, the smallest
    write a batch makes), in turn: with `txnAppId`/`txnVersion` (as the ingest sink wrote every table
@@ -18,6 +19,13 @@ mirror that replaced it.
    2026-12-05), and by the ingest sink's keyed mirror of silver's keys (`streaming.silver_keys`,
    caught up with the change feed). Reports the median of each, their ratio, the mirror's first
    lookup (which loads the date), and checks the inserts are exactly the new ids.
+3. Orders: a silver of `--silver-rows` rows over 90 dates, 1.3 % of them orders (the generator's
+   share), then `--repeat` rounds as above, with batches of today's rows, 1.3 % orders, and 10
+   orders that come back with an order id silver holds and an earlier time (the earliest order
+   wins: each displaces a silver order). The batch is planned with its orders both ways: by
+   scanning every order of silver (`silver_orders_sharing_an_id`, every batch until 2026-12-05)
+   and the day's event ids, and by the keyed mirror's event ids and orders. Checks both give the
+   batch's rows plus the 10 as inserts and the 10 silver orders as displaced.
 """
 
 from __future__ import annotations
@@ -74,25 +82,34 @@ def commit_costs(spark, path: str, appends: int) -> dict:
             "all_seconds": {kind: [round(v, 3) for v in values] for kind, values in seconds.items()}}
 
 
-def event_ids(spark, first: int, count: int, seed: int):
-    """`count` distinct UUID-shaped ids (a hash of the row number and the seed), all of EVENT_DATE, as
-    silver's page views (the columns the dedup and the keyed mirror read)."""
+def event_ids(spark, first: int, count: int, seed: int, days: int = 1, order_every: int = 0):
+    """`count` distinct UUID-shaped ids (a hash of the row number and the seed), as silver's rows (the
+    columns the dedup and the keyed mirror read): page views on EVENT_DATE, or with `days`, spread
+    over the `days` dates up to it; with `order_every`, every such row is an order with an order id
+    of its own (`order-<row number>`)."""
     from pyspark.sql import functions as F
 
     digest = F.sha2(F.concat_ws(":", F.lit(str(seed)), F.col("id").cast("string")), 256)
     uuid = F.concat_ws("-", *[F.substring(digest, start, length)
                               for start, length in ((1, 8), (9, 4), (13, 4), (17, 4), (21, 12))])
+    days_back = (F.col("id") % days).cast("int")
+    is_order = (F.col("id") % order_every == 0) if order_every else F.lit(False)
     return spark.range(first, first + count).select(
-        uuid.alias("event_id"), F.lit(EVENT_DATE).alias("event_date"), F.lit("page_view").alias("event_type"),
-        F.lit(None).cast("string").alias("order_id"), F.lit(EVENT_TS).alias("event_ts"))
+        uuid.alias("event_id"), F.date_sub(F.lit(EVENT_DATE), days_back).alias("event_date"),
+        F.when(is_order, "order").otherwise("page_view").alias("event_type"),
+        F.when(is_order, F.concat(F.lit("order-"), F.col("id").cast("string"))).alias("order_id"),
+        (F.lit(EVENT_TS) - F.make_dt_interval(days_back)).alias("event_ts"))
 
 
-def batch_of(spark, first: int, batch_rows: int, copies: int, seed: int):
-    """A micro-batch's accepted rows: `batch_rows` new ids from row `first` on, then copies of the
-    day's first `copies` ids (already in silver)."""
+def batch_of(spark, first: int, batch_rows: int, copies: int, seed: int, order_every: int = 0, extra=None):
+    """A micro-batch's accepted rows: `batch_rows` new ids from row `first` on (every `order_every`-th
+    an order), then copies of the day's first `copies` ids (already in silver), and `extra` rows."""
     from pyspark.sql import functions as F
 
-    rows = event_ids(spark, first, batch_rows, seed).unionByName(event_ids(spark, 0, copies, seed))
+    rows = event_ids(spark, first, batch_rows, seed, order_every=order_every).unionByName(
+        event_ids(spark, 0, copies, seed))
+    if extra is not None:
+        rows = rows.unionByName(extra)
     return (rows.withColumn("source_ts", F.lit(EVENT_TS)).withColumn("source_topic", F.lit("bench"))
             .withColumn("source_partition", F.lit(0)).withColumn("source_offset", F.monotonically_increasing_id())
             .localCheckpoint(eager=True))
@@ -152,15 +169,92 @@ def dedup_lookups(spark, root: Path, partition_rows: int, batch_rows: int, repea
             "all_seconds": {how: [round(v, 2) for v in values] for how, values in seconds.items()}}
 
 
+ORDER_DAYS = 90
+ORDER_EVERY = 77  # 1.3 % of the rows, the generator's share of orders
+ORDERS_BACK = 10  # orders per batch that come back earlier with an order id silver holds
+
+
+def orders_back(spark, silver_first: int, seed: int):
+    """ORDERS_BACK orders with new event ids and the order ids of silver's orders from row
+    `silver_first` on, each a day before the silver order (so the earliest-order rule keeps them)."""
+    from pyspark.sql import functions as F
+
+    rows = [silver_first + ORDER_EVERY * n for n in range(ORDERS_BACK)]
+    return (event_ids(spark, 0, 1, seed).limit(0).unionByName(spark.createDataFrame(
+        [(f"back-{seed}-{row}", f"order-{row}", row % ORDER_DAYS) for row in rows],
+        "event_id string, order_id string, days_back int").select(
+        "event_id", F.date_sub(F.lit(EVENT_DATE), F.col("days_back") + 1).alias("event_date"),
+        F.lit("order").alias("event_type"), "order_id",
+        (F.lit(EVENT_TS) - F.make_dt_interval(F.col("days_back") + 1)).alias("event_ts"))))
+
+
+def order_lookups(spark, root: Path, silver_rows: int, batch_rows: int, repeat: int, seed: int) -> dict:
+    """Silver of `silver_rows` rows over ORDER_DAYS dates (1.3 % orders), then `repeat` rounds: the
+    previous batch's new rows are appended, and a batch of today's `batch_rows` new rows (1.3 %
+    orders) plus ORDERS_BACK earlier orders reusing silver's order ids is planned with its orders,
+    by the scans (every order of silver, the day's ids) and by the keyed mirror, alternating."""
+    from touchpoint.streaming.ingest import IngestSink, plan_silver_changes
+
+    settings = lake_settings(root / f"orders_{silver_rows}", state_dir=str(root / "state"))
+    sink = IngestSink(settings, source_id="bench:orders")
+    silver_path = sink.paths["silver.events"]
+    (event_ids(spark, 0, silver_rows, seed, days=ORDER_DAYS, order_every=ORDER_EVERY)
+     .repartition(max(1, silver_rows // FILE_ROWS)).write.format("delta").partitionBy("event_date").save(silver_path))
+    spark.sql(f"ALTER TABLE delta.`{silver_path}` SET TBLPROPERTIES (delta.enableChangeDataFeed = true)")
+    silver_orders = len(range(0, silver_rows, ORDER_EVERY))
+    next_id = silver_rows
+    started = time.monotonic()
+    first = sink._looked_up_keys(spark, batch_of(spark, next_id, batch_rows, 0, seed, ORDER_EVERY,
+                                                 orders_back(spark, 0, seed)), [EVENT_DATE], True)
+    load_seconds = time.monotonic() - started
+    if first is None:
+        raise RuntimeError("the keyed mirror failed (see the log)")
+    seconds: dict[str, list[float]] = {"scan": [], "keyed": []}
+    for round_number in range(repeat):
+        event_ids(spark, next_id, batch_rows, seed, order_every=ORDER_EVERY).write.format("delta").mode(
+            "append").save(silver_path)
+        next_id += batch_rows
+        # Each round brings back other silver orders (ORDER_EVERY * ORDERS_BACK rows further on).
+        accepted = batch_of(spark, next_id, batch_rows, 0, seed, ORDER_EVERY,
+                            orders_back(spark, (round_number + 1) * ORDER_EVERY * ORDERS_BACK, seed))
+        for how in (("scan", "keyed") if round_number % 2 == 0 else ("keyed", "scan")):
+            silver = spark.read.format("delta").load(silver_path)
+            started = time.monotonic()
+            if how == "scan":
+                changes = plan_silver_changes(accepted, silver, [EVENT_DATE])
+            else:
+                silver_ids, found_orders = sink._looked_up_keys(spark, accepted, [EVENT_DATE], True)
+                changes = plan_silver_changes(accepted, silver, [EVENT_DATE], silver_orders=found_orders,
+                                              silver_ids=silver_ids)
+            inserted, displaced = changes.inserts.count(), changes.displaced.count()
+            seconds[how].append(time.monotonic() - started)
+            if (inserted, displaced) != (batch_rows + ORDERS_BACK, ORDERS_BACK):
+                raise RuntimeError(f"{how}: {inserted:,} inserts and {displaced} displaced orders, expected "
+                                   f"{batch_rows + ORDERS_BACK:,} and {ORDERS_BACK}")
+    if sink.keyed_fallbacks:
+        raise RuntimeError(f"the keyed mirror failed in {sink.keyed_fallbacks} rounds (see the log)")
+    mirror_orders = sink._keys.orders_held
+    shutil.rmtree(root / f"orders_{silver_rows}", ignore_errors=True)
+    median = {how: statistics.median(values) for how, values in seconds.items()}
+    return {"silver_rows": silver_rows, "silver_orders": silver_orders, "dates": ORDER_DAYS,
+            "median_seconds": {how: round(value, 2) for how, value in median.items()},
+            "keyed_to_scan": round(median["keyed"] / median["scan"], 2),
+            "keyed_first_lookup_seconds": round(load_seconds, 2), "mirror_orders": mirror_orders,
+            "all_seconds": {how: [round(v, 2) for v in values] for how, values in seconds.items()}}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--appends", type=int, default=20, help="appends of each kind")
     parser.add_argument("--partition-rows", default="500000,2000000,8000000")
+    parser.add_argument("--silver-rows", default="2000000,8000000",
+                        help="silver sizes (over 90 dates, 1.3 %% orders) for the orders lookup")
     parser.add_argument("--batch-rows", type=int, default=85_000)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--seed", type=int, default=42)
     args = parser.parse_args(argv)
     sizes = [int(size) for size in args.partition_rows.split(",") if size]
+    silver_sizes = [int(size) for size in args.silver_rows.split(",") if size]
 
     from touchpoint.core.spark import get_spark
 
@@ -178,12 +272,20 @@ def main(argv: list[str] | None = None) -> int:
             progress(f"dedup of {args.batch_rows:,} new ids against a partition of {size:,} rows "
                      f"({lookups[-1]['files']} files), median s: {lookups[-1]['median_seconds']} "
                      f"(the mirror's first lookup, which loads the date: {lookups[-1]['keyed_first_lookup_seconds']} s)")
+        orders = []
+        for size in silver_sizes:
+            orders.append(order_lookups(spark, workdir, size, args.batch_rows, args.repeat, args.seed))
+            progress(f"a batch of {args.batch_rows:,} rows with orders against silver of {size:,} rows "
+                     f"({orders[-1]['silver_orders']:,} orders over {ORDER_DAYS} dates), median s: "
+                     f"{orders[-1]['median_seconds']} (the mirror's first lookup, which loads the date and "
+                     f"every order: {orders[-1]['keyed_first_lookup_seconds']} s)")
     spark.stop()
     shutil.rmtree(workdir, ignore_errors=True)
     write_result("ingest_fixed_costs", {
         "parameters": {**vars(args), "file_rows": FILE_ROWS},
         "commits": commits,
         "dedup": lookups,
+        "orders": orders,
         "peak_rss_mb": sampler.peaks_mb,
     })
     return 0

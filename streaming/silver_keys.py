@@ -201,6 +201,11 @@ class SilverKeys:
         """How many event ids the mirror holds (over its loaded dates)."""
         return sum(len(keys) for keys in self._dates.values())
 
+    @property
+    def orders_held(self) -> int:
+        """How many of silver's orders the mirror holds (none until a batch first has an order)."""
+        return sum(len(events) for events in (self._orders or {}).values())
+
     def _reset(self, table_id: str, version: int) -> None:
         self.table_id, self.version = table_id, version
         self._dates, self._orders, self._last_asked = {}, None, {}
