@@ -22,10 +22,11 @@ mirror that replaced it.
 3. Orders: a silver of `--silver-rows` rows over 90 dates, 1.3 % of them orders (the generator's
    share), then `--repeat` rounds as above, with batches of today's rows, 1.3 % orders, and 10
    orders that come back with an order id silver holds and an earlier time (the earliest order
-   wins: each displaces a silver order). The batch is planned with its orders both ways: by
-   scanning every order of silver (`silver_orders_sharing_an_id`, every batch until 2026-12-05)
-   and the day's event ids, and by the keyed mirror's event ids and orders. Checks both give the
-   batch's rows plus the 10 as inserts and the 10 silver orders as displaced.
+   wins: each displaces a silver order). The batch is planned with its orders both ways, through
+   the sink's steps (orders found, plan, inserts kept, displaced orders): by scanning every order
+   of silver (`silver_orders_sharing_an_id`, every batch until 2026-12-05) and the day's event
+   ids, and by the keyed mirror's event ids and orders. Checks both give the batch's rows plus the
+   10 as inserts and the 10 silver orders as displaced.
 """
 
 from __future__ import annotations
@@ -193,7 +194,11 @@ def order_lookups(spark, root: Path, silver_rows: int, batch_rows: int, repeat: 
     previous batch's new rows are appended, and a batch of today's `batch_rows` new rows (1.3 %
     orders) plus ORDERS_BACK earlier orders reusing silver's order ids is planned with its orders,
     by the scans (every order of silver, the day's ids) and by the keyed mirror, alternating."""
-    from touchpoint.streaming.ingest import IngestSink, plan_silver_changes
+    from pyspark.sql import functions as F
+
+    from touchpoint.streaming.ingest import (
+        IngestSink, displaced_orders, plan_silver_changes, silver_orders_sharing_an_id,
+    )
 
     settings = lake_settings(root / f"orders_{silver_rows}", state_dir=str(root / "state"))
     sink = IngestSink(settings, source_id="bench:orders")
@@ -220,13 +225,17 @@ def order_lookups(spark, root: Path, silver_rows: int, batch_rows: int, repeat: 
         for how in (("scan", "keyed") if round_number % 2 == 0 else ("keyed", "scan")):
             silver = spark.read.format("delta").load(silver_path)
             started = time.monotonic()
+            # The sink's steps (IngestSink._process): the orders found, kept; the plan; its inserts,
+            # kept; the displaced orders among those found.
             if how == "scan":
-                changes = plan_silver_changes(accepted, silver, [EVENT_DATE])
+                silver_ids = None
+                found_orders = silver_orders_sharing_an_id(silver, accepted).localCheckpoint(eager=True)
             else:
                 silver_ids, found_orders = sink._looked_up_keys(spark, accepted, [EVENT_DATE], True)
-                changes = plan_silver_changes(accepted, silver, [EVENT_DATE], silver_orders=found_orders,
-                                              silver_ids=silver_ids)
-            inserted, displaced = changes.inserts.count(), changes.displaced.count()
+            changes = plan_silver_changes(accepted, silver, [EVENT_DATE], silver_orders=found_orders,
+                                          silver_ids=silver_ids)
+            inserts = changes.inserts.localCheckpoint(eager=True)
+            inserted, displaced = inserts.count(), displaced_orders(found_orders, inserts).count()
             seconds[how].append(time.monotonic() - started)
             if (inserted, displaced) != (batch_rows + ORDERS_BACK, ORDERS_BACK):
                 raise RuntimeError(f"{how}: {inserted:,} inserts and {displaced} displaced orders, expected "
@@ -234,9 +243,13 @@ def order_lookups(spark, root: Path, silver_rows: int, batch_rows: int, repeat: 
     if sink.keyed_fallbacks:
         raise RuntimeError(f"the keyed mirror failed in {sink.keyed_fallbacks} rounds (see the log)")
     mirror_orders = sink._keys.orders_held
+    final_silver = spark.read.format("delta").load(silver_path)
+    if mirror_orders != final_silver.where(F.col("event_type") == "order").count():
+        raise RuntimeError(f"the mirror holds {mirror_orders:,} orders, silver another number")
+    files = len(final_silver.inputFiles())
     shutil.rmtree(root / f"orders_{silver_rows}", ignore_errors=True)
     median = {how: statistics.median(values) for how, values in seconds.items()}
-    return {"silver_rows": silver_rows, "silver_orders": silver_orders, "dates": ORDER_DAYS,
+    return {"silver_rows": silver_rows, "silver_orders": silver_orders, "dates": ORDER_DAYS, "files": files,
             "median_seconds": {how: round(value, 2) for how, value in median.items()},
             "keyed_to_scan": round(median["keyed"] / median["scan"], 2),
             "keyed_first_lookup_seconds": round(load_seconds, 2), "mirror_orders": mirror_orders,
@@ -276,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
         for size in silver_sizes:
             orders.append(order_lookups(spark, workdir, size, args.batch_rows, args.repeat, args.seed))
             progress(f"a batch of {args.batch_rows:,} rows with orders against silver of {size:,} rows "
-                     f"({orders[-1]['silver_orders']:,} orders over {ORDER_DAYS} dates), median s: "
+                     f"({orders[-1]['silver_orders']:,} orders over {ORDER_DAYS} dates, {orders[-1]['files']:,} files), median s: "
                      f"{orders[-1]['median_seconds']} (the mirror's first lookup, which loads the date and "
                      f"every order: {orders[-1]['keyed_first_lookup_seconds']} s)")
     spark.stop()

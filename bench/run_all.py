@@ -219,6 +219,12 @@ def render_table() -> str:
                     + " / ".join(f"{commits['median_seconds'][kind]} ({commits['median_jobs'][kind]:.0f})"
                                  for kind in kinds) + "; " + dedup[1]
                     + f" | | {_memory(costs)} | {_when(costs)} |")
+        if costs.get("orders"):  # since 2026-12-05 (session 34)
+            rows.append(f"| ingest orders lookup ({costs['parameters']['batch_rows']:,}-row batches, 1.3 % orders, "
+                        "10 displacing) | s to plan a batch with its orders by silver's rows (over "
+                        f"{costs['orders'][0]['dates']} dates), scans / keyed mirror | " + ", ".join(
+                            f"{o['silver_rows']:,} rows ({o['silver_orders']:,} orders) {o['median_seconds']['scan']} / "
+                            f"{o['median_seconds']['keyed']}" for o in costs["orders"]) + " | | | |")
     validation = _load("validation")
     if validation:
         machine = machine or validation["machine"]

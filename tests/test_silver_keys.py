@@ -48,6 +48,7 @@ def test_the_mirror_follows_other_writers_and_a_recreated_table(spark, tmp_path)
     append(spark, path, [silver_row("a"), silver_row("b"), silver_row("c", NEXT_DAY),
                          silver_row("x1", hour=11, order_id="o1")])
     keys = SilverKeys(path)
+    assert keys.orders_held == 0
 
     version = keys.sync([DAY], orders=True)
 
@@ -68,6 +69,7 @@ def test_the_mirror_follows_other_writers_and_a_recreated_table(spark, tmp_path)
     assert sorted(keys.ids_in_silver(["a", "b", "c", "d", "e", "x1"], [DAY, NEXT_DAY])) == ["a", "c", "d", "e"]
     assert keys.orders_sharing(["o1"]) == [("o1", "x0", micros(NEXT_DAY, 9), "2026-03-02")]
     assert keys.event_ids == 5  # a, c, d, e, x0: both dates loaded, b and x1 deleted
+    assert keys.orders_held == 1  # x0: x1 deleted
 
     # the table deleted and created again at the same path: another table id, so the mirror starts again
     shutil.rmtree(path)
