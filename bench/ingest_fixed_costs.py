@@ -26,7 +26,9 @@ mirror that replaced it.
    the sink's steps (orders found, plan, inserts kept, displaced orders): by scanning every order
    of silver (`silver_orders_sharing_an_id`, every batch until 2026-12-05) and the day's event
    ids, and by the keyed mirror's event ids and orders. Checks both give the batch's rows plus the
-   10 as inserts and the 10 silver orders as displaced.
+   10 as inserts and the 10 silver orders as displaced. One step differs from the sink's: event
+   ids are looked up on today's date only, where the sink would also look on the 10 orders' dates
+   (their ids are new, so the answer is the same; the part measured is the orders').
 """
 
 from __future__ import annotations
