@@ -3,7 +3,7 @@ through confluent-kafka, since 2026-12-05) against the kafka-python producer it 
 that one was (idempotent, acks=all, lz4, linger 20 ms, 256 KiB batches, partition = CRC-32 of the key).
 
     python -m bench.generator_producer [--lines 200000] [--rate 5000] [--seconds 80]
-                                       [--warmup-lines 200000] [--repeat 2]
+                                       [--warmup-lines 200000] [--repeat 3]
 
 Why it matters: the freshness benchmark runs the generator on the same 2 cores as the broker and the
 streams, so every CPU-second it spends is taken from ingestion and the speed layer.
@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--rate", type=float, default=5000)
     parser.add_argument("--seconds", type=float, default=80)
     parser.add_argument("--warmup-lines", type=int, default=200_000)
-    parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--customers", type=int, default=200_000)
     args = parser.parse_args(argv)
