@@ -1435,7 +1435,7 @@ class KafkaSink:
 
     def __init__(self, bootstrap: str, topic: str, compression: str = "auto", arrival_timestamps: bool = True,
                  metadata_timeout: float = 20.0):
-        from confluent_kafka import KafkaException, Producer
+        from confluent_kafka import Producer
 
         if compression == "auto":
             compression = DEFAULT_COMPRESSION
@@ -1452,18 +1452,33 @@ class KafkaSink:
             "queue.buffering.max.kbytes": self.MAX_QUEUED_KIB,
             "logger": log,  # librdkafka's connection notices go to logging, not raw stderr
         })
-        try:
-            described = self.producer.list_topics(topic, timeout=metadata_timeout).topics.get(topic)
-        except KafkaException as error:
-            raise RuntimeError(f"Kafka at {bootstrap} did not answer within {metadata_timeout:.0f}s: {error}") from None
-        if described is None or described.error is not None or not described.partitions:
-            raise RuntimeError(f"Kafka topic {topic!r} does not exist; create it first "
-                               "(touchpoint up creates the default one)")
-        # Partition chosen here (CRC-32 of the key, same key -> same partition, so a device's
-        # events stay in order), as every earlier run of the generator did.
-        self.partitions = sorted(described.partitions)
+        self.partitions = self._partitions(bootstrap, metadata_timeout)
         self.delivered = 0
         self.errors: list[str] = []
+
+    def _partitions(self, bootstrap: str, timeout: float) -> list[int]:
+        """The topic's partitions. A topic created a moment ago may not have leaders yet (its
+        metadata carries an error), so the question is asked again until `timeout`, as kafka-python's
+        `partitions_for` waited; a topic still unknown then is reported as missing."""
+        from confluent_kafka import KafkaException
+
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                described = self.producer.list_topics(
+                    self.topic, timeout=max(1.0, deadline - time.monotonic())).topics.get(self.topic)
+            except KafkaException as error:
+                raise RuntimeError(f"Kafka at {bootstrap} did not answer within {timeout:.0f}s: {error}") from None
+            if described is not None and described.error is None and described.partitions:
+                # Partition chosen by the generator (CRC-32 of the key, same key -> same partition,
+                # so a device's events stay in order), as every earlier run of it did.
+                return sorted(described.partitions)
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(0.2)
+        reason = described.error if described is not None and described.error is not None else "no partitions"
+        raise RuntimeError(f"Kafka topic {self.topic!r} does not exist; create it first (touchpoint up creates the "
+                           f"default one). The broker said: {reason}")
 
     def _done(self, error, _message) -> None:
         if error is None:
