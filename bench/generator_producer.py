@@ -30,6 +30,7 @@ import uuid
 import zlib
 from itertools import islice
 
+from bench.collector_load import topic_records
 from bench.common import progress, write_result
 from bench.faults import RssSampler
 
@@ -70,17 +71,6 @@ def open_sink(producer: str, bootstrap: str, topic: str):
     if producer == "confluent_kafka":
         return KafkaSink(bootstrap, topic, "lz4", arrival_timestamps=False)
     return KafkaPythonSink(bootstrap, topic)
-
-
-def topic_size(bootstrap: str, topic: str) -> int:
-    from kafka import KafkaConsumer, TopicPartition
-
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap)
-    try:
-        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic)]
-        return sum(consumer.end_offsets(partitions).values())
-    finally:
-        consumer.close()
 
 
 def bulk(producer: str, bootstrap: str, topic: str, records: list) -> float:
@@ -168,7 +158,7 @@ def main(argv: list[str] | None = None) -> dict:
                 paced = realtime(NO_SINK, bootstrap, topic, config, args.rate, args.seconds, args.warmup_lines)
                 rounds[NO_SINK]["realtime"].append(paced)
                 progress(f"round {attempt + 1} no sink: real time {paced['cpu_us_per_line']} µs/line after the warm-up")
-            in_topic = topic_size(bootstrap, topic)
+            in_topic = topic_records(bootstrap, topic)
             if in_topic != sent:
                 raise RuntimeError(f"the topic holds {in_topic:,} records, {sent:,} were sent")
         result["generation_cpu_us_per_line"] = round(generation, 2)
