@@ -1,18 +1,24 @@
-"""Loopback load test of the HTTP collector: requests/s, events/s and latency percentiles.
+"""Loopback load test of the HTTP collector: requests/s, events/s, latency percentiles and the
+collector's CPU per event, with its producer (librdkafka) against the kafka-python one it had.
 
     .venv/bin/python -m bench.collector_load [--duration 20] [--concurrency 16] [--batch-size 10]
                                              [--single-share 0.2] [--invalid-rate 0.02] [--seed 7]
+                                             [--producer both|librdkafka|kafka-python] [--rounds 2]
 
-Starts `touchpoint collect` as its own process (its own GIL, as deployed) on a free loopback port,
+Starts the collector as its own process (its own GIL, as deployed) on a free loopback port,
 producing to a fresh topic of the running broker (`touchpoint up`), and drives it from this
 process with `concurrency` asyncio workers over keep-alive HTTP/1.1 connections for `duration`
 seconds. A share `single_share` of requests carries one event, the others a JSON array of
 `batch_size`; `invalid_rate` of the events have no identifier, so they are answered "rejected"
 and still produced for quarantine. Event contents come from a fixed seed.
 
-Latency is measured per request, from send to the 202, which the collector returns only after
-the broker acked every record (acks=all). At the end the topic's end offsets must equal the
-events the collector reported as stored. Writes bench/results/collector_load.json.
+`--producer both` (the default) runs `rounds` rounds, each of the two collectors once, in
+alternating order: `touchpoint collect` (librdkafka, `touchpoint.collector.KafkaSink`) and the same
+app on `KafkaPythonSink` below (the kafka-python producer the collector had until session 35, kept
+here as the baseline). Latency is measured per request, from send to the 202, which the collector
+returns only after the broker acked every record (acks=all). The collector process's CPU seconds
+(user + system) are sampled around the load. After each round the topic's end offsets must equal
+the events the collector reported as stored. Writes bench/results/collector_load.json.
 """
 
 from __future__ import annotations
@@ -128,6 +134,49 @@ def topic_records(bootstrap: str, topic: str) -> int:
         consumer.close()
 
 
+class KafkaPythonSink:
+    """The collector's producer until session 35 (kafka-python), the baseline: `send` returns only
+    once the broker acked every record."""
+
+    def __init__(self, settings, topic: str):
+        from kafka import KafkaProducer
+
+        self.topic = topic
+        self.timeout = settings.collector.produce_timeout_seconds
+        self.producer = KafkaProducer(
+            bootstrap_servers=settings.kafka_bootstrap, acks="all", enable_idempotence=True, linger_ms=2,
+            max_request_size=2_000_000, request_timeout_ms=int(self.timeout * 1000),
+            max_block_ms=int(self.timeout * 1000), client_id="touchpoint-collector",
+        )
+
+    def send(self, records, timestamp_ms: int) -> None:
+        futures = [self.producer.send(self.topic, value=r.value, key=r.key, timestamp_ms=timestamp_ms)
+                   for r in records]
+        deadline = time.monotonic() + self.timeout
+        for future in futures:
+            future.get(timeout=max(0.0, deadline - time.monotonic()))
+
+    def close(self) -> None:
+        self.producer.flush(timeout=self.timeout)
+        self.producer.close(timeout=self.timeout)
+
+
+def serve_baseline(port: int, topic: str) -> None:
+    """The collector app on the kafka-python producer, served like `touchpoint collect` serves it."""
+    import uvicorn
+
+    from touchpoint.collector import create_app
+    from touchpoint.core.config import get_settings
+
+    settings = get_settings()
+    sink = KafkaPythonSink(settings, topic)
+    try:
+        uvicorn.run(create_app(settings, topic=topic, sink=sink), host="127.0.0.1", port=port, log_level="info",
+                    access_log=False)
+    finally:
+        sink.close()
+
+
 def wait_until_up(url: str, server: subprocess.Popen, timeout: float = 60) -> None:
     import httpx
 
@@ -144,25 +193,32 @@ def wait_until_up(url: str, server: subprocess.Popen, timeout: float = 60) -> No
     raise RuntimeError("the collector did not answer /healthz in time")
 
 
-def run(args: argparse.Namespace) -> dict:
-    from touchpoint.core.config import get_settings, require_kafka
+PRODUCERS = ("librdkafka", "kafka-python")
+
+
+def one_round(args: argparse.Namespace, settings, producer: str) -> dict:
+    """One collector process with `producer` on a fresh topic, driven for `args.duration` seconds."""
+    from bench.faults import RssSampler
     from touchpoint.infra import kafka
 
-    settings = get_settings()
-    require_kafka(settings)
     topic = f"bench.collector.{uuid.uuid4().hex[:10]}"
     kafka.ensure_topic(topic, settings=settings)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = {**os.environ, "TOUCHPOINT_COLLECTOR__API_KEYS": f"bench={API_KEY}",
            "TOUCHPOINT_COLLECTOR__RATE_PER_SECOND": "1000000", "TOUCHPOINT_COLLECTOR__RATE_BURST": "1000000"}
-    progress(f"starting the collector on {url} -> topic {topic}")
-    server = subprocess.Popen([sys.executable, "-m", "touchpoint", "collect", "--port", str(port), "--topic", topic],
-                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    command = ([sys.executable, "-m", "touchpoint", "collect", "--port", str(port), "--topic", topic]
+               if producer == "librdkafka" else
+               [sys.executable, "-m", "bench.collector_load", "--serve-kafka-python", str(port), "--topic", topic])
+    progress(f"starting the collector ({producer}) on {url} -> topic {topic}")
+    server = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         wait_until_up(url, server)
         progress(f"driving {args.concurrency} workers for {args.duration}s, batches of {args.batch_size}")
-        measured = asyncio.run(drive(url, args))
+        with RssSampler(lambda: [server.pid]) as memory:
+            cpu_before = memory.cpu_by_root().get(server.pid, 0.0)
+            measured = asyncio.run(drive(url, args))
+            cpu_used = memory.cpu_by_root().get(server.pid, 0.0) - cpu_before
     finally:
         server.terminate()
         try:
@@ -172,9 +228,40 @@ def run(args: argparse.Namespace) -> dict:
     in_kafka = topic_records(settings.kafka_bootstrap, topic)
     kafka.delete_topic(topic, settings=settings)
     stored = measured["accepted"] + measured["rejected"]
-    progress(f"{measured['requests_per_s']} requests/s, {measured['events_per_s']} events/s, "
-             f"p99 {measured['latency_ms']['p99']} ms; {in_kafka} records in Kafka for {stored} stored")
-    return {"params": vars(args), **measured, "records_in_kafka": in_kafka, "all_stored_in_kafka": in_kafka == stored}
+    cpu_us = round(1e6 * cpu_used / stored, 1) if stored else None
+    progress(f"{producer}: {measured['requests_per_s']} requests/s, {measured['events_per_s']} events/s, "
+             f"p99 {measured['latency_ms']['p99']} ms, collector CPU {cpu_us} µs/event; "
+             f"{in_kafka} records in Kafka for {stored} stored")
+    return {"producer": producer, **measured, "collector_cpu_seconds": round(cpu_used, 1),
+            "collector_cpu_us_per_event": cpu_us, "collector_peak_rss_mb": memory.peaks_mb,
+            "records_in_kafka": in_kafka, "all_stored_in_kafka": in_kafka == stored}
+
+
+def run(args: argparse.Namespace) -> dict:
+    from statistics import median
+
+    from touchpoint.core.config import get_settings, require_kafka
+
+    settings = get_settings()
+    require_kafka(settings)
+    producers = PRODUCERS if args.producer == "both" else (args.producer,)
+    rounds = []
+    for number in range(args.rounds):
+        order = producers if number % 2 == 0 else tuple(reversed(producers))
+        rounds += [one_round(args, settings, producer) for producer in order]
+    medians = {}
+    for producer in producers:
+        mine = [r for r in rounds if r["producer"] == producer]
+        medians[producer] = {
+            "requests_per_s": round(median(r["requests_per_s"] for r in mine), 1),
+            "events_per_s": round(median(r["events_per_s"] for r in mine), 1),
+            "latency_p50_ms": round(median(r["latency_ms"]["p50"] for r in mine), 2),
+            "latency_p99_ms": round(median(r["latency_ms"]["p99"] for r in mine), 2),
+            "collector_cpu_us_per_event": round(median(r["collector_cpu_us_per_event"] for r in mine), 1),
+        }
+    params = {k: v for k, v in vars(args).items() if k not in ("serve_kafka_python", "topic")}
+    return {"params": params, "rounds": rounds, "median": medians,
+            "all_stored_in_kafka": all(r["all_stored_in_kafka"] for r in rounds)}
 
 
 def parser() -> argparse.ArgumentParser:
@@ -185,11 +272,20 @@ def parser() -> argparse.ArgumentParser:
     options.add_argument("--single-share", type=float, default=0.2, help="share of single-event requests")
     options.add_argument("--invalid-rate", type=float, default=0.02, help="share of events without an identifier")
     options.add_argument("--seed", type=int, default=7)
+    options.add_argument("--producer", choices=("both", *PRODUCERS), default="both",
+                         help="the collector's producer, or both in alternating rounds")
+    options.add_argument("--rounds", type=int, default=2, help="rounds (each producer once per round)")
+    options.add_argument("--serve-kafka-python", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    options.add_argument("--topic", help=argparse.SUPPRESS)
     return options
 
 
-def main(argv: list[str] | None = None) -> dict:
-    result = run(parser().parse_args(argv))
+def main(argv: list[str] | None = None) -> dict | None:
+    args = parser().parse_args(argv)
+    if args.serve_kafka_python is not None:  # a baseline collector process of one_round
+        serve_baseline(args.serve_kafka_python, args.topic)
+        return None
+    result = run(args)
     write_result("collector_load", result)
     if not result["all_stored_in_kafka"]:
         raise SystemExit("the collector reported events as stored that are not in Kafka")

@@ -175,3 +175,51 @@ def test_accepted_events_reach_silver_and_rejected_ones_quarantine(spark, settin
     sources = {json.loads(r["payload"]).get("event_id"): json.loads(r["payload"])[SOURCE_FIELD]
                for r in rows(settings, "bronze.events") if r["payload"].startswith(b"{\"event_id\":\"")}
     assert sources == {"s-1": "web", "b-1": "app", "o-1": "app", "bad-1": "app", "bad-2": "app"}
+
+
+@pytest.mark.kafka
+def test_a_key_keeps_the_partition_java_clients_give_it(settings, kafka_topic):
+    """murmur2 of the key, as kafka-python's and Java's partitioners: a device's events stay on the
+    partition earlier collectors put them on. Some of these keys would land elsewhere by CRC-32."""
+    import zlib
+
+    from kafka.partitioner.default import murmur2
+
+    devices = [f"device-{n}" for n in range(12)]
+    by_murmur2 = {d: (murmur2(d.encode()) & 0x7FFFFFFF) % 2 for d in devices}
+    assert any(by_murmur2[d] != zlib.crc32(d.encode()) % 2 for d in devices)  # the keys tell the two apart
+    settings = collector_settings(settings)
+    with running_in_thread(create_app(settings, topic=kafka_topic)) as url, httpx.Client(base_url=url) as http:
+        answer = http.post("/v1/events", json=[event(f"k-{d}", anonymous_id=d) for d in devices],
+                           headers={"X-API-Key": WEB_KEY})
+        assert answer.status_code == 202
+    consumer = KafkaConsumer(kafka_topic, bootstrap_servers=settings.kafka_bootstrap, auto_offset_reset="earliest",
+                             consumer_timeout_ms=5000)
+    try:
+        placed = {r.key.decode(): r.partition for r in consumer}
+    finally:
+        consumer.close()
+    assert placed == by_murmur2
+
+
+@pytest.mark.kafka
+def test_a_missing_topic_stops_the_start_and_a_lost_topic_answers_503(settings, kafka_topic):
+    import re
+
+    from touchpoint.infra import kafka
+
+    settings = collector_settings(settings, produce_timeout_seconds=2)
+    missing = f"{kafka_topic}.missing"
+    with pytest.raises(RuntimeError, match=re.escape(
+            f"the collector did not start: Kafka topic '{missing}' does not exist; create it first")):
+        with running_in_thread(create_app(settings, topic=missing)):
+            pass
+    assert kafka.ensure_topic(missing, partitions=1, settings=settings)  # created now: the start did not create it
+    kafka.delete_topic(missing, settings=settings)
+
+    with running_in_thread(create_app(settings, topic=kafka_topic)) as url, httpx.Client(base_url=url) as http:
+        headers = {"X-API-Key": WEB_KEY}
+        assert http.post("/v1/events", json=event("before"), headers=headers).status_code == 202
+        kafka.delete_topic(kafka_topic, settings=settings)
+        lost = http.post("/v1/events", json=event("after"), headers=headers)
+        assert (lost.status_code, lost.json()["error"], lost.headers["retry-after"]) == (503, "kafka_unavailable", "1")

@@ -5,7 +5,7 @@ event is judged by `touchpoint.core.events.validate_payload`, the very function 
 runs, so the per-event answer equals what silver will do. Accepted *and* rejected events are
 produced to the topic: the stream re-validates and puts the rejected ones in silver.quarantine with
 the same code, so nothing a client sent inside the size limit is ever dropped. The 202 is sent only
-after the broker acknowledged every record (acks=all).
+after the broker acknowledged every record (acks=all; the producer is librdkafka's).
 """
 
 from __future__ import annotations
@@ -172,30 +172,84 @@ def _partition_key(event: dict | None) -> bytes | None:
 
 # ---- the app --------------------------------------------------------------------------------------
 
+class _Acks:
+    """Delivery reports of one request's records: done when each has one, holding the first error."""
+
+    def __init__(self, expected: int):
+        self.outstanding = expected
+        self.error: str | None = None
+        self._lock = threading.Lock()
+        self._done = threading.Event()
+        if expected == 0:
+            self._done.set()
+
+    def report(self, error, _message) -> None:
+        with self._lock:
+            if error is not None and self.error is None:
+                self.error = str(error)
+            self.outstanding -= 1
+            if self.outstanding == 0:
+                self._done.set()
+
+    def wait(self, timeout: float) -> bool:
+        return self._done.wait(timeout)
+
+
 class KafkaSink:
-    """An idempotent kafka-python producer; `send` returns only once the broker acked every record."""
+    """The collector's producer: librdkafka, idempotent with acks=all (core.kafka_producer). `send`
+    returns only once the broker acked every record of the request, and raises when one failed or
+    the acks took longer than `produce_timeout_seconds`. The server's worker threads send at once;
+    one thread of the sink serves librdkafka's delivery reports for all of them."""
 
     def __init__(self, settings: Settings, topic: str | None = None):
-        from kafka import KafkaProducer
+        from confluent_kafka import Producer
+
+        from touchpoint.core.kafka_producer import producer_config, topic_partitions
 
         self.topic = topic or settings.kafka_topic
         self.timeout = settings.collector.produce_timeout_seconds
-        self.producer = KafkaProducer(
-            bootstrap_servers=settings.kafka_bootstrap, acks="all", enable_idempotence=True, linger_ms=2,
-            max_request_size=2_000_000, request_timeout_ms=int(self.timeout * 1000),
-            max_block_ms=int(self.timeout * 1000), client_id="touchpoint-collector",
-        )
+        timeout_ms = max(1, int(self.timeout * 1000))
+        self.producer = Producer(producer_config(
+            settings.kafka_bootstrap, linger_ms=2, client_id="touchpoint-collector",
+            # A record not acked in time fails its request (503, the client resends) instead of
+            # being retried long after the answer.
+            message_timeout_ms=timeout_ms, request_timeout_ms=timeout_ms,
+            # Java's and kafka-python's partitioner (murmur2 of the key): a device keeps the
+            # partition earlier collectors gave it, so its events stay in order.
+            partitioner="murmur2_random"))
+        # A missing topic or an unreachable broker stops the start, not the first request.
+        topic_partitions(self.producer, self.topic, settings.kafka_bootstrap, self.timeout)
+        self._closing = threading.Event()
+        self._reports = threading.Thread(target=self._serve_reports, name="collector-delivery-reports", daemon=True)
+        self._reports.start()
+
+    def _serve_reports(self) -> None:
+        while not self._closing.is_set():
+            self.producer.poll(0.1)  # returns at once when a report is there; runs its callback here
 
     def send(self, records: list[OutgoingRecord], timestamp_ms: int) -> None:
-        futures = [self.producer.send(self.topic, value=r.value, key=r.key, timestamp_ms=timestamp_ms)
-                   for r in records]
+        acks = _Acks(len(records))
         deadline = time.monotonic() + self.timeout
-        for future in futures:
-            future.get(timeout=max(0.0, deadline - time.monotonic()))
+        for record in records:
+            while True:
+                try:
+                    self.producer.produce(self.topic, record.value, record.key, timestamp=timestamp_ms,
+                                          on_delivery=acks.report)
+                    break
+                except BufferError:  # librdkafka's queue is full: the reports thread empties it
+                    if time.monotonic() >= deadline:
+                        raise TimeoutError(f"the producer's queue stayed full for {self.timeout:g}s") from None
+                    time.sleep(0.005)
+        if not acks.wait(max(0.0, deadline - time.monotonic())):
+            raise TimeoutError(f"the broker did not ack {acks.outstanding} of {len(records)} records "
+                               f"within {self.timeout:g}s")
+        if acks.error is not None:
+            raise RuntimeError(f"Kafka did not store every record: {acks.error}")
 
     def close(self) -> None:
-        self.producer.flush(timeout=self.timeout)
-        self.producer.close(timeout=self.timeout)
+        self._closing.set()
+        self._reports.join()
+        self.producer.flush(self.timeout)  # serves the last reports itself
 
 
 class Collector:
@@ -220,9 +274,14 @@ class Collector:
 
     @contextlib.asynccontextmanager
     async def _lifespan(self, app):
-        # The producer connects at startup, so the first request does not pay for the metadata fetch.
+        # The producer connects at startup, so the first request does not pay for the metadata fetch
+        # and a missing topic stops the start.
         if self._owns_sink:
-            self.sink = await run_in_threadpool(KafkaSink, self.settings, self.topic)
+            try:
+                self.sink = await run_in_threadpool(KafkaSink, self.settings, self.topic)
+            except Exception as error:
+                app.state.startup_error = error  # for running_in_thread's message; uvicorn logs it too
+                raise
         try:
             yield
         finally:
@@ -265,7 +324,7 @@ class Collector:
         try:
             await run_in_threadpool(self.sink.send, batch.records, arrival_ms)
         except Exception as error:  # broker down or slow: the client retries, event_id dedup absorbs resends
-            log.warning("collector: produce failed for source %s: %s", source, error.__class__.__name__)
+            log.warning("collector: produce failed for source %s: %s: %s", source, error.__class__.__name__, error)
             return _error(503, "kafka_unavailable", "the events could not be stored; retry later",
                           {"Retry-After": "1"})
         results = [r.result for r in batch.records]
@@ -334,13 +393,24 @@ def running_in_thread(app: Starlette, host: str = "127.0.0.1", port: int = 0, st
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     listener.bind((host, port))
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, name="collector", daemon=True)
+
+    def serve() -> None:
+        try:
+            server.run(sockets=[listener])
+        except SystemExit:  # uvicorn exits when the app's startup fails: reported below
+            pass
+
+    thread = threading.Thread(target=serve, name="collector", daemon=True)
     thread.start()
     deadline = time.monotonic() + startup_timeout
     while not server.started:
         if not thread.is_alive() or time.monotonic() > deadline:
             server.should_exit = True
-            raise RuntimeError("the collector did not start (is Kafka up? see the log above)")
+            thread.join(startup_timeout)
+            listener.close()
+            reason = getattr(app.state, "startup_error", None)
+            raise RuntimeError(f"the collector did not start: {reason}" if reason is not None else
+                               "the collector did not start (is Kafka up? see the log above)")
         time.sleep(0.02)
     try:
         yield f"http://{host}:{listener.getsockname()[1]}"

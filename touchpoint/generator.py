@@ -1415,20 +1415,12 @@ class _JsonlSink:
             self.file.close()
 
 
-# Codecs built into librdkafka (confluent-kafka's wheels carry them all); "auto" picks lz4, the
-# cheapest to compress here.
-COMPRESSION_CODECS = ("none", "gzip", "snappy", "lz4", "zstd")
-DEFAULT_COMPRESSION = "lz4"
-
-
 class KafkaSink:
-    """Idempotent, acks=all producer: librdkafka through confluent-kafka, whose batching,
-    compression and checksums run in C. The real-time generator at 5,000 lines/s spends 7 µs of
-    CPU a line in it against 38 µs in kafka-python's pure-Python record batches
-    (bench/generator_producer.py): the benchmarks run the generator on the streams' 2 cores. At
-    most MAX_QUEUED_RECORDS wait for their delivery report; a full queue makes `write` wait,
-    serving reports, so memory stays bounded while the broker is away. The first delivery error
-    stops the run."""
+    """The generator's producer: librdkafka, idempotent with acks=all (core.kafka_producer), which
+    costs the real-time generator a fifth of kafka-python's CPU a line; the benchmarks run the
+    generator on the streams' 2 cores. At most MAX_QUEUED_RECORDS wait for their delivery report; a
+    full queue makes `write` wait, serving reports, so memory stays bounded while the broker is
+    away. The first delivery error stops the run."""
 
     MAX_QUEUED_RECORDS = 50_000
     MAX_QUEUED_KIB = 256 * 1024  # oversize (malformed) payloads are ~1.1 MB each
@@ -1437,48 +1429,19 @@ class KafkaSink:
                  metadata_timeout: float = 20.0):
         from confluent_kafka import Producer
 
-        if compression == "auto":
-            compression = DEFAULT_COMPRESSION
-        if compression not in COMPRESSION_CODECS:
-            raise ValueError(f"compression must be one of {', '.join(COMPRESSION_CODECS)} or auto, got {compression!r}")
-        self.topic, self.compression = topic, compression
+        from touchpoint.core.kafka_producer import compression_codec, producer_config, topic_partitions
+
+        self.topic, self.compression = topic, compression_codec(compression)
         self.arrival_timestamps = arrival_timestamps
-        self.producer = Producer({
-            "bootstrap.servers": bootstrap, "acks": "all", "enable.idempotence": True,
-            "compression.type": compression, "linger.ms": 20, "batch.size": 256 * 1024,
-            # Oversize (malformed) payloads are ~1.1 MB; the broker accepts batches up to 2 MiB.
-            "message.max.bytes": 2_000_000, "request.timeout.ms": 60_000, "message.timeout.ms": 300_000,
-            "queue.buffering.max.messages": self.MAX_QUEUED_RECORDS,
-            "queue.buffering.max.kbytes": self.MAX_QUEUED_KIB,
-            "logger": log,  # librdkafka's connection notices go to logging, not raw stderr
-        })
-        self.partitions = self._partitions(bootstrap, metadata_timeout)
+        self.producer = Producer(producer_config(
+            bootstrap, self.compression, linger_ms=20, batch_size=256 * 1024, request_timeout_ms=60_000,
+            message_timeout_ms=300_000, queue_buffering_max_messages=self.MAX_QUEUED_RECORDS,
+            queue_buffering_max_kbytes=self.MAX_QUEUED_KIB))
+        # Partition chosen here (CRC-32 of the key, same key -> same partition, so a device's events
+        # stay in order), as every earlier run of the generator did.
+        self.partitions = topic_partitions(self.producer, topic, bootstrap, metadata_timeout)
         self.delivered = 0
         self.errors: list[str] = []
-
-    def _partitions(self, bootstrap: str, timeout: float) -> list[int]:
-        """The topic's partitions. A topic created a moment ago may not have leaders yet (its
-        metadata carries an error), so the question is asked again until `timeout`, as kafka-python's
-        `partitions_for` waited; a topic still unknown then is reported as missing."""
-        from confluent_kafka import KafkaException
-
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                described = self.producer.list_topics(
-                    self.topic, timeout=max(1.0, deadline - time.monotonic())).topics.get(self.topic)
-            except KafkaException as error:
-                raise RuntimeError(f"Kafka at {bootstrap} did not answer within {timeout:.0f}s: {error}") from None
-            if described is not None and described.error is None and described.partitions:
-                # Partition chosen by the generator (CRC-32 of the key, same key -> same partition,
-                # so a device's events stay in order), as every earlier run of it did.
-                return sorted(described.partitions)
-            if time.monotonic() >= deadline:
-                break
-            time.sleep(0.2)
-        reason = described.error if described is not None and described.error is not None else "no partitions"
-        raise RuntimeError(f"Kafka topic {self.topic!r} does not exist; create it first (touchpoint up creates the "
-                           f"default one). The broker said: {reason}")
 
     def _done(self, error, _message) -> None:
         if error is None:
