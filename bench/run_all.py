@@ -242,6 +242,20 @@ def render_table() -> str:
                     f"{medians['kafka_python']['realtime']} / {medians['no_sink']['realtime']}; "
                     f"{medians['confluent_kafka']['bulk']} / {medians['kafka_python']['bulk']} | | "
                     f"{_memory(producer)} | {_when(producer)} |")
+    collector = _load("collector_load")
+    if collector and "median" in collector:
+        machine = machine or collector["machine"]
+        medians, parameters = collector["median"], collector["params"]
+        if set(medians) == {"librdkafka", "kafka-python"}:
+            ours, theirs = medians["librdkafka"], medians["kafka-python"]
+            rows.append(f"| HTTP collector under load ({parameters['concurrency']} clients on the same 2 cores, "
+                        f"batches of {parameters['batch_size']}, {parameters['duration']:g} s x "
+                        f"{parameters['rounds']} rounds) | events/s; latency p50 / p99 ms; collector CPU µs per "
+                        f"event: librdkafka / kafka-python producer | {_fmt(ours['events_per_s'])} / "
+                        f"{_fmt(theirs['events_per_s'])}; {ours['latency_p50_ms']} / {ours['latency_p99_ms']} "
+                        f"against {theirs['latency_p50_ms']} / {theirs['latency_p99_ms']}; "
+                        f"{ours['collector_cpu_us_per_event']} / {theirs['collector_cpu_us_per_event']} | | "
+                        f"{_memory(collector)} | {_when(collector)} |")
     if machine is None:
         return "(no results yet: run `make bench`)"
     if machine:
