@@ -86,8 +86,8 @@ def test_a_checkpoint_with_no_blocks_keeps_the_estimate_of_its_plan(spark):
 
 
 def test_speed_identity_frees_its_round_checkpoints_and_the_stack_frees_the_rest(spark):
-    """A chain of links that takes three groups of propagation rounds: the labels a group started
-    from are freed once the next labels exist; the two checkpoints the result reads go with the stack."""
+    """A chain of links: the linking events' checkpoint is freed once their labels exist; the two
+    checkpoints the result reads (the nodes and the labels) go with the stack."""
     import hashlib
     from contextlib import ExitStack
 

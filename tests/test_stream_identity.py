@@ -17,13 +17,18 @@ def provisional(identifier_type: str, value: str) -> str:
 COLUMNS = "event_id string, anonymous_id string, user_id string, email string, phone string"
 
 
-def test_a_long_chain_of_links_is_one_customer_under_its_least_id(spark):
-    """61 identifiers in one path (device, user, device, user, ...): a label crosses one link per
-    propagation round, so 16 rounds leave the path split and the connected components join it. The
-    checkpoints of both are freed when the caller's stack closes. Plus a published
-    customer joined by a new device, a blocklisted and an all-zero value that link nothing, and a
-    shared device held back: its two users stay apart and it gets no customer."""
+@pytest.mark.parametrize("driver_labels_max_pairs", [None, 0], ids=["driver", "spark"])
+def test_a_long_chain_of_links_is_one_customer_under_its_least_id(spark, monkeypatch, driver_labels_max_pairs):
+    """61 identifiers in one path (device, user, device, user, ...), labelled by the driver's
+    union-find or by Spark's connected components; the checkpoints of either are freed when the
+    caller's stack closes. Plus a published customer joined by a new device, a blocklisted and an
+    all-zero value that link nothing, and a shared device held back: its two users stay apart and
+    it gets no customer."""
+    from touchpoint.core import stream_identity
     from touchpoint.core.stream_identity import extend_identity_map
+
+    if driver_labels_max_pairs is not None:
+        monkeypatch.setattr(stream_identity, "DRIVER_LABELS_MAX_PAIRS", driver_labels_max_pairs)
 
     chain = []
     for k in range(30):
@@ -60,25 +65,43 @@ def test_a_long_chain_of_links_is_one_customer_under_its_least_id(spark):
     assert extended == expected
 
 
-@pytest.mark.parametrize("components_from_nodes", [None, 0], ids=["propagation", "components"])
+@pytest.mark.parametrize("driver_labels_max_pairs", [None, 0], ids=["driver", "spark"])
 def test_a_new_event_linking_two_published_customers_and_a_new_identifier_gives_them_the_smaller_id(
-        spark, monkeypatch, components_from_nodes):
-    """The same map whether propagation labels the components or (for an input above
-    COMPONENTS_FROM_NODES, here every input) the connected components do."""
+        spark, monkeypatch, driver_labels_max_pairs):
+    """The same map whether the driver's union-find labels the components or (for an input above
+    DRIVER_LABELS_MAX_PAIRS, here every input) Spark's connected components do."""
     from touchpoint.core import stream_identity
     from touchpoint.core.stream_identity import extend_identity_map
 
-    if components_from_nodes is not None:
-        monkeypatch.setattr(stream_identity, "COMPONENTS_FROM_NODES", components_from_nodes)
+    if driver_labels_max_pairs is not None:
+        monkeypatch.setattr(stream_identity, "DRIVER_LABELS_MAX_PAIRS", driver_labels_max_pairs)
 
     published = spark.createDataFrame([("user_id", "u1", "cus_b"), ("email", "b@x.io", "cus_b"),
                                        ("user_id", "u2", "cus_a"), ("user_id", "u3", "cus_c")],
                                       "identifier_type string, identifier_value string, customer_id string")
+    # e4's identifiers are both cus_b's: it links nothing, and cus_b still joins cus_a through e1, e2.
     events = spark.createDataFrame([("e1", "d1", "u1", None, None), ("e2", "d1", "u2", None, None),
-                                    ("e3", None, "u3", None, "555-1")], COLUMNS)
+                                    ("e3", None, "u3", None, "555-1"), ("e4", None, "u1", "b@x.io", None)], COLUMNS)
 
     extended = extend_identity_map(published, events, [])
 
     assert sorted(tuple(r) for r in extended.collect()) == [
         ("anonymous_id", "d1", "cus_a"), ("email", "b@x.io", "cus_a"), ("phone", "555-1", "cus_c"),
         ("user_id", "u1", "cus_a"), ("user_id", "u2", "cus_a"), ("user_id", "u3", "cus_c")]
+
+
+def test_only_events_with_two_distinct_nodes_link(spark):
+    from chispa import assert_df_equality
+
+    from touchpoint.core.stream_identity import linking_pairs
+
+    nodes = spark.createDataFrame([
+        ("same", "cus_a"), ("same", "cus_a"),  # two identifiers of one known customer
+        ("lone", "p-1"),  # one new identifier
+        ("joins", "cus_a"), ("joins", "p-2"),  # a new identifier for a known customer
+        ("merges", "cus_b"), ("merges", "cus_c"), ("merges", "cus_b"),  # two customers, one of them twice
+    ], "event_id string, node string")
+
+    expected = spark.createDataFrame([("joins", "cus_a"), ("joins", "p-2"), ("merges", "cus_b"), ("merges", "cus_c")],
+                                     "event_id string, node string")
+    assert_df_equality(linking_pairs(nodes), expected, ignore_row_order=True, ignore_nullable=True)

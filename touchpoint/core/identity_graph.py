@@ -1,7 +1,7 @@
 """Connected components on Spark: alternating large-star / small-star (Kiveris et al., SoCC 2014).
 
 Shared by the batch identity job (jobs/identity.py) and the speed layer's identity extension
-(core/stream_identity.py: for large inputs, and when its own bounded propagation has not converged;
+(core/stream_identity.py: for linking graphs too large for its union-find on the driver;
 docs/SERVING.md, "Identity in the speed layer"); jobs/profiles.py uses its checkpointers.
 
 GraphFrames, the maintained library for this, publishes no build for Spark 4.2 on Maven Central

@@ -4,14 +4,14 @@ Events the published gold.identity_map does not cover (those after its high-wate
 arrived after the silver version it read) may carry new identifiers or link two known customers.
 `extend_identity_map` returns a map covering them too, built like the batch graph: identifiers
 that co-occur in an event are linked, blocklisted values (BRIEF §5) link nothing, and identifiers
-the batch held back as shared devices link nothing. Components are found by min-label propagation
-over (published customer ids, new identifiers): a micro-batch's links rarely chain, so a few rounds
-converge. When 16 rounds have not, or the input is large (a map rebuilt from every uncovered row,
-a micro-batch of well over 100,000 events), the batch job's connected components
-(core/identity_graph.py) label them instead, each with its least node. A new component gets a
+the batch held back as shared devices link nothing. Only the events with two or more distinct
+nodes (known customers, or provisional ids of new identifiers) link anything; a micro-batch of a
+kept map has few of them (about 50,000 (event, node) pairs in 143,000 events), so their
+components are found on the driver by union-find, each labelled with its least node. A larger
+graph (a map rebuilt from every uncovered row of a large input) is labelled the same way by the
+batch job's connected components (core/identity_graph.py), in Spark. A new component gets a
 provisional id `p-<sha256 of its anchor>`; two published customers linked by a new event take the
-smaller id.
-The next batch run replaces all of this with the real graph (docs/SERVING.md lists the limits:
+smaller id. The next batch run replaces all of this with the real graph (docs/SERVING.md lists the limits:
 a device that becomes shared inside the stream is not detected until then).
 """
 
@@ -30,10 +30,9 @@ from touchpoint.core.spark import checkpoint_with_own_size, release_checkpoint
 # Same rule as the batch guardrails (BRIEF §5): only 0 - + _ and spaces, with at least one 0.
 ALL_ZERO_PATTERN = r"^[0\-+_ ]*0[0\-+_ ]*$"
 PROVISIONAL_PREFIX = "p-"
-MAX_ITERATIONS = 16
-ROUNDS_PER_CHECK = 2
-# (event, identifier) pairs above which the components run without propagation first.
-COMPONENTS_FROM_NODES = 200_000
+# (event, node) pairs of linking events up to which the components are found on the driver, above
+# which in Spark. At the bound: 1.7 s of the driver's Python and 380 MB at its peak (session 35).
+DRIVER_LABELS_MAX_PAIRS = 1_000_000
 
 
 def is_blocklisted(value: Column, blocklist: Iterable[str]) -> Column:
@@ -72,14 +71,18 @@ def extend_identity_map(identity_map: DataFrame, events: DataFrame, blocklist: I
                  .select("event_id", "identifier_type", "identifier_value",
                          F.coalesce("customer_id", provisional_id(F.col("identifier_type"), F.col("identifier_value")))
                          .alias("node")))
-    # Propagation joins every event twice a round; the components pay checkpoints and rounds of a
-    # graph whatever its size. Small inputs (a micro-batch of tens of thousands of events) favour
-    # propagation, large ones (a rebuilt map, a large micro-batch) the components (bench/README.md,
-    # session 32).
-    large = nodes.count() > COMPONENTS_FROM_NODES
-    labels = None if large else _propagated_labels(nodes)
-    if labels is None:  # a large input, or a long chain in this micro-batch
-        labels = _component_labels(nodes)
+    # Only events with two or more distinct nodes link anything. Once the map knows a customer's
+    # identifiers, their new events resolve to that one node, so in a kept map's micro-batch these
+    # are the few events that bring a new identifier or join two customers (bench/README.md,
+    # session 35); the labels are computed over them alone.
+    linking = linking_pairs(nodes).localCheckpoint()
+    # One union-find over a few hundred thousand strings takes the driver well under a second, where
+    # Spark pays a few seconds of jobs for any graph (bench/README.md, session 35).
+    if linking.count() <= DRIVER_LABELS_MAX_PAIRS:
+        labels = _driver_labels(linking)
+    else:
+        labels = _component_labels(linking)
+    release_checkpoint(linking)  # the labels are computed
     if checkpoints is not None:
         checkpoints.callback(release_checkpoint, labels)
     # Published identifiers whose customer joined a component keep the component's label.
@@ -93,37 +96,45 @@ def extend_identity_map(identity_map: DataFrame, events: DataFrame, blocklist: I
     return published.unionByName(new)
 
 
-def _propagated_labels(nodes: DataFrame) -> DataFrame | None:
-    """(node, label): the least node of each component as a local checkpoint, or None when
-    MAX_ITERATIONS rounds of min-label propagation have not converged."""
-    membership = nodes.select("event_id", "node").distinct()
-    labels = membership.select("node").distinct().withColumn("label", F.col("node"))
+def linking_pairs(nodes: DataFrame) -> DataFrame:
+    """(event_id, node) -> the distinct pairs of the events with two or more distinct nodes: the
+    only events that link anything."""
+    return (nodes.groupBy("event_id").agg(F.array_distinct(F.collect_list("node")).alias("nodes"))
+            .where(F.size("nodes") > 1)
+            .select("event_id", F.explode("nodes").alias("node")))
 
-    def propagate(current: DataFrame) -> DataFrame:
-        per_event = membership.join(current, "node").groupBy("event_id").agg(F.min("label").alias("label"))
-        return membership.join(per_event, "event_id").groupBy("node").agg(F.min("label").alias("label"))
 
-    # A few rounds per Spark action, then one convergence check: most micro-batches need one check.
-    started_from = None  # the checkpoint a group of rounds starts from; the first group has none
-    for _ in range(MAX_ITERATIONS // ROUNDS_PER_CHECK):
-        previous = labels
-        for _ in range(ROUNDS_PER_CHECK - 1):
-            previous = propagate(previous)
-        labels = propagate(previous).localCheckpoint()
-        # converged when the last round changed nothing
-        converged = labels.alias("u").join(previous.alias("l"), "node").where(
-            F.col("u.label") != F.col("l.label")).isEmpty()
-        if started_from is not None:  # only the check read it; the new labels are computed
-            release_checkpoint(started_from)
-        started_from = labels
-        if converged:
-            return labels
-    release_checkpoint(labels)
-    return None
+def _driver_labels(pairs: DataFrame) -> DataFrame:
+    """(event_id, node) pairs -> (node, label) for each of their nodes, label the least node of its
+    component, as a local checkpoint: union-find on the driver, for a graph small enough to collect.
+    Strings compare here by code point, as Spark's min compares their UTF-8 bytes: the same order."""
+    import pyarrow as pa
+
+    collected = pairs.select("event_id", "node").toArrow()
+    parent: dict[str, str] = {}
+
+    def root(node: str) -> str:
+        top = node
+        while parent[top] != top:
+            top = parent[top]
+        while parent[node] != top:  # path compression
+            parent[node], node = top, parent[node]
+        return top
+
+    first_of_event: dict[str, str] = {}
+    for event_id, node in zip(collected.column("event_id").to_pylist(), collected.column("node").to_pylist()):
+        parent.setdefault(node, node)
+        a, b = root(first_of_event.setdefault(event_id, node)), root(node)
+        if a != b:  # the smaller root stays the root, so a root is always its set's least node
+            parent[max(a, b)] = min(a, b)
+    nodes = list(parent)
+    labels = pa.table({"node": pa.array(nodes, pa.string()), "label": pa.array([root(n) for n in nodes], pa.string())})
+    return pairs.sparkSession.createDataFrame(labels, "node string, label string").localCheckpoint()
 
 
 def _component_labels(nodes: DataFrame) -> DataFrame:
-    """(node, label) for every node that links another, label the least node of its component."""
+    """(event_id, node) pairs -> (node, label) for every node that links another, label the least
+    node of its component."""
     with ExitStack() as scratch:
         def scratch_checkpoint(frame: DataFrame) -> DataFrame:
             # Own size estimates: the graph's rounds read each other, so inherited join estimates
