@@ -33,6 +33,7 @@ import random
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 
@@ -213,9 +214,14 @@ def one_round(args: argparse.Namespace, settings, producer: str) -> dict:
                if producer == "librdkafka" else
                [sys.executable, "-m", "bench.collector_load", "--serve-kafka-python", str(port), "--topic", topic])
     progress(f"starting the collector ({producer}) on {url} -> topic {topic}")
-    server = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    # Its log goes to a file: a pipe nobody reads would stop the server once full.
+    server_log = tempfile.NamedTemporaryFile(prefix="collector-", suffix=".log", delete=False)
+    server = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=server_log)
     try:
-        wait_until_up(url, server)
+        try:
+            wait_until_up(url, server)
+        except RuntimeError as error:
+            raise RuntimeError(f"{error}; its log: {server_log.name}") from None
         progress(f"driving {args.concurrency} workers for {args.duration}s, batches of {args.batch_size}")
         with RssSampler(lambda: [server.pid]) as memory:
             cpu_before, client_before = memory.cpu_by_root().get(server.pid, 0.0), time.process_time()
@@ -228,6 +234,8 @@ def one_round(args: argparse.Namespace, settings, producer: str) -> dict:
             server.wait(30)
         except subprocess.TimeoutExpired:
             server.kill()
+        server_log.close()
+    os.unlink(server_log.name)  # kept only when the round failed
     in_kafka = topic_records(settings.kafka_bootstrap, topic)
     kafka.delete_topic(topic, settings=settings)
     stored = measured["accepted"] + measured["rejected"]

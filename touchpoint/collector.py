@@ -208,7 +208,7 @@ class KafkaSink:
 
         self.topic = topic or settings.kafka_topic
         self.timeout = settings.collector.produce_timeout_seconds
-        timeout_ms = max(1, int(self.timeout * 1000))
+        timeout_ms = max(10, int(self.timeout * 1000))  # librdkafka wants it above linger.ms
         self.producer = Producer(producer_config(
             settings.kafka_bootstrap, linger_ms=2, client_id="touchpoint-collector",
             # A record not acked in time fails its request (503, the client resends) instead of

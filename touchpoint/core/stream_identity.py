@@ -11,8 +11,8 @@ components are found on the driver by union-find, each labelled with its least n
 graph (a map rebuilt from every uncovered row of a large input) is labelled the same way by the
 batch job's connected components (core/identity_graph.py), in Spark. A new component gets a
 provisional id `p-<sha256 of its anchor>`; two published customers linked by a new event take the
-smaller id. The next batch run replaces all of this with the real graph (docs/SERVING.md lists the limits:
-a device that becomes shared inside the stream is not detected until then).
+smaller id. The next batch run replaces all of this with the real graph (docs/SERVING.md lists
+the limits: a device that becomes shared inside the stream is not detected until then).
 """
 
 from __future__ import annotations
