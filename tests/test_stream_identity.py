@@ -93,7 +93,7 @@ def test_a_new_event_linking_two_published_customers_and_a_new_identifier_gives_
 def test_only_events_with_two_distinct_nodes_link(spark):
     from chispa import assert_df_equality
 
-    from touchpoint.core.stream_identity import linking_pairs
+    from touchpoint.core.stream_identity import linking_events
 
     nodes = spark.createDataFrame([
         ("same", "cus_a"), ("same", "cus_a"),  # two identifiers of one known customer
@@ -102,6 +102,6 @@ def test_only_events_with_two_distinct_nodes_link(spark):
         ("merges", "cus_b"), ("merges", "cus_c"), ("merges", "cus_b"),  # two customers, one of them twice
     ], "event_id string, node string")
 
-    expected = spark.createDataFrame([("joins", "cus_a"), ("joins", "p-2"), ("merges", "cus_b"), ("merges", "cus_c")],
-                                     "event_id string, node string")
-    assert_df_equality(linking_pairs(nodes), expected, ignore_row_order=True, ignore_nullable=True)
+    expected = spark.createDataFrame([("joins", ["cus_a", "p-2"]), ("merges", ["cus_b", "cus_c"])],
+                                     "event_id string, nodes array<string>")
+    assert_df_equality(linking_events(nodes), expected, ignore_row_order=True, ignore_nullable=True)

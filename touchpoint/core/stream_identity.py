@@ -75,10 +75,11 @@ def extend_identity_map(identity_map: DataFrame, events: DataFrame, blocklist: I
     # identifiers, their new events resolve to that one node, so in a kept map's micro-batch these
     # are the few events that bring a new identifier or join two customers (bench/README.md,
     # session 35); the labels are computed over them alone.
-    linking = linking_pairs(nodes).localCheckpoint()
+    linking = linking_events(nodes).localCheckpoint()
     # One union-find over a few hundred thousand strings takes the driver well under a second, where
     # Spark pays a few seconds of jobs for any graph (bench/README.md, session 35).
-    if linking.count() <= DRIVER_LABELS_MAX_PAIRS:
+    pairs = linking.agg(F.sum(F.size("nodes"))).first()[0] or 0
+    if pairs <= DRIVER_LABELS_MAX_PAIRS:
         labels = _driver_labels(linking)
     else:
         labels = _component_labels(linking)
@@ -96,21 +97,20 @@ def extend_identity_map(identity_map: DataFrame, events: DataFrame, blocklist: I
     return published.unionByName(new)
 
 
-def linking_pairs(nodes: DataFrame) -> DataFrame:
-    """(event_id, node) -> the distinct pairs of the events with two or more distinct nodes: the
-    only events that link anything."""
-    return (nodes.groupBy("event_id").agg(F.array_distinct(F.collect_list("node")).alias("nodes"))
-            .where(F.size("nodes") > 1)
-            .select("event_id", F.explode("nodes").alias("node")))
+def linking_events(nodes: DataFrame) -> DataFrame:
+    """(event_id, node) -> (event_id, nodes: its distinct nodes, sorted) of the events with two or
+    more distinct nodes: the only events that link anything."""
+    return (nodes.groupBy("event_id").agg(F.array_sort(F.array_distinct(F.collect_list("node"))).alias("nodes"))
+            .where(F.size("nodes") > 1))
 
 
-def _driver_labels(pairs: DataFrame) -> DataFrame:
-    """(event_id, node) pairs -> (node, label) for each of their nodes, label the least node of its
+def _driver_labels(linking: DataFrame) -> DataFrame:
+    """Linking events (event_id, nodes) -> (node, label) for each of their nodes, label the least node of its
     component, as a local checkpoint: union-find on the driver, for a graph small enough to collect.
     Strings compare here by code point, as Spark's min compares their UTF-8 bytes: the same order."""
     import pyarrow as pa
 
-    collected = pairs.select("event_id", "node").toArrow()
+    collected = linking.select("nodes").toArrow()
     parent: dict[str, str] = {}
 
     def root(node: str) -> str:
@@ -121,20 +121,21 @@ def _driver_labels(pairs: DataFrame) -> DataFrame:
             parent[node], node = top, parent[node]
         return top
 
-    first_of_event: dict[str, str] = {}
-    for event_id, node in zip(collected.column("event_id").to_pylist(), collected.column("node").to_pylist()):
-        parent.setdefault(node, node)
-        a, b = root(first_of_event.setdefault(event_id, node)), root(node)
-        if a != b:  # the smaller root stays the root, so a root is always its set's least node
-            parent[max(a, b)] = min(a, b)
+    for event_nodes in collected.column("nodes").to_pylist():
+        for node in event_nodes:
+            parent.setdefault(node, node)
+        for node in event_nodes[1:]:
+            a, b = root(event_nodes[0]), root(node)
+            if a != b:  # the smaller root stays the root, so a root is always its set's least node
+                parent[max(a, b)] = min(a, b)
     nodes = list(parent)
     labels = pa.table({"node": pa.array(nodes, pa.string()), "label": pa.array([root(n) for n in nodes], pa.string())})
-    return pairs.sparkSession.createDataFrame(labels, "node string, label string").localCheckpoint()
+    return linking.sparkSession.createDataFrame(labels, "node string, label string").localCheckpoint()
 
 
-def _component_labels(nodes: DataFrame) -> DataFrame:
-    """(event_id, node) pairs -> (node, label) for every node that links another, label the least
-    node of its component."""
+def _component_labels(linking: DataFrame) -> DataFrame:
+    """Linking events (event_id, nodes) -> (node, label) for every node that links another, label
+    the least node of its component."""
     with ExitStack() as scratch:
         def scratch_checkpoint(frame: DataFrame) -> DataFrame:
             # Own size estimates: the graph's rounds read each other, so inherited join estimates
@@ -143,12 +144,10 @@ def _component_labels(nodes: DataFrame) -> DataFrame:
             scratch.callback(release_checkpoint, frame)
             return frame
 
-        # An event links its nodes: a star from its least node to each other one. Events with one
-        # node link nothing, so the graph holds the distinct links, not every event.
-        per_event = (nodes.groupBy("event_id").agg(F.array_distinct(F.collect_list("node")).alias("nodes"))
-                     .where(F.size("nodes") > 1))
+        # An event links its nodes: a star from its least node to each other one; the graph holds
+        # the distinct links, not every event.
         links = scratch_checkpoint(
-            per_event.select(F.array_min("nodes").alias("dst_key"), F.explode("nodes").alias("src_key"))
+            linking.select(F.array_min("nodes").alias("dst_key"), F.explode("nodes").alias("src_key"))
             .where(F.col("src_key") != F.col("dst_key")).distinct())
         linked = links.select(F.col("src_key").alias("key")).unionByName(links.select(F.col("dst_key").alias("key")))
         components, _ = components_by_key(linked, links, scratch_checkpoint)
