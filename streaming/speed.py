@@ -342,7 +342,7 @@ class SpeedSink:
         guardrails = self._published_table(spark, "gold.identity_guardrails", versions)
         held_back = guardrails.where(F.col("reason") == "shared_device") if guardrails is not None else None
         with ExitStack() as intermediate:
-            extended = extend_identity_map(base, uncovered.select("event_id", *IDENTIFIERS).distinct(),
+            extended = extend_identity_map(base, uncovered.select(*IDENTIFIERS),
                                            self.settings.identity.blocklist, held_back, intermediate)
             # Computed now, so the intermediate checkpoints and the previous map can go.
             frame = checkpoint_with_own_size(extended)  # the next extension joins it: keep estimates flat

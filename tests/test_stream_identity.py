@@ -90,18 +90,20 @@ def test_a_new_event_linking_two_published_customers_and_a_new_identifier_gives_
         ("user_id", "u1", "cus_a"), ("user_id", "u2", "cus_a"), ("user_id", "u3", "cus_c")]
 
 
-def test_only_events_with_two_distinct_nodes_link(spark):
+def test_only_distinct_sets_of_two_or_more_nodes_link(spark):
     from chispa import assert_df_equality
 
-    from touchpoint.core.stream_identity import linking_events
+    from touchpoint.core.stream_identity import linking_node_sets
 
     nodes = spark.createDataFrame([
         ("same", "cus_a"), ("same", "cus_a"),  # two identifiers of one known customer
         ("lone", "p-1"),  # one new identifier
         ("joins", "cus_a"), ("joins", "p-2"),  # a new identifier for a known customer
-        ("merges", "cus_b"), ("merges", "cus_c"), ("merges", "cus_b"),  # two customers, one of them twice
-    ], "event_id string, node string")
+        ("merges", "cus_c"), ("merges", "cus_b"), ("merges", "cus_b"),  # two customers, one of them twice
+        ("merges again", "cus_b"), ("merges again", "cus_c"),  # the same two: the same set, kept once
+        ("joins more", "p-2"), ("joins more", "cus_a"), ("joins more", "p-3"),  # a larger set
+    ], "identifier_set string, node string")
 
-    expected = spark.createDataFrame([("joins", ["cus_a", "p-2"]), ("merges", ["cus_b", "cus_c"])],
-                                     "event_id string, nodes array<string>")
-    assert_df_equality(linking_events(nodes), expected, ignore_row_order=True, ignore_nullable=True)
+    expected = spark.createDataFrame([(["cus_a", "p-2"],), (["cus_b", "cus_c"],), (["cus_a", "p-2", "p-3"],)],
+                                     "nodes array<string>")
+    assert_df_equality(linking_node_sets(nodes), expected, ignore_row_order=True, ignore_nullable=True)

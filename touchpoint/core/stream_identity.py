@@ -4,12 +4,12 @@ Events the published gold.identity_map does not cover (those after its high-wate
 arrived after the silver version it read) may carry new identifiers or link two known customers.
 `extend_identity_map` returns a map covering them too, built like the batch graph: identifiers
 that co-occur in an event are linked, blocklisted values (BRIEF §5) link nothing, and identifiers
-the batch held back as shared devices link nothing. Only the events with two or more distinct
-nodes (known customers, or provisional ids of new identifiers) link anything; a micro-batch of a
-kept map has few of them (about 50,000 (event, node) pairs in 143,000 events), so their
-components are found on the driver by union-find, each labelled with its least node. A larger
-graph (a map rebuilt from every uncovered row of a large input) is labelled the same way by the
-batch job's connected components (core/identity_graph.py), in Spark. A new component gets a
+the batch held back as shared devices link nothing. Each distinct set of identifier values is
+resolved once, and only the distinct sets of two or more nodes (known customers, or provisional
+ids of new identifiers) link anything. A kept map's micro-batch has few of them, and even a map
+rebuilt from 4.9M events has 317,000 (776,000 nodes), so their components are found on the
+driver by union-find, each labelled with its least node. A larger graph is labelled the same way
+by the batch job's connected components (core/identity_graph.py), in Spark. A new component gets a
 provisional id `p-<sha256 of its anchor>`; two published customers linked by a new event take the
 smaller id. The next batch run replaces all of this with the real graph (docs/SERVING.md lists
 the limits: a device that becomes shared inside the stream is not detected until then).
@@ -24,14 +24,14 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from touchpoint.core.identity_graph import components_by_key
-from touchpoint.core.identity_lookup import event_identifiers
+from touchpoint.core.identity_lookup import IDENTIFIER_PRECEDENCE, event_identifiers
 from touchpoint.core.spark import checkpoint_with_own_size, release_checkpoint
 
 # Same rule as the batch guardrails (BRIEF §5): only 0 - + _ and spaces, with at least one 0.
 ALL_ZERO_PATTERN = r"^[0\-+_ ]*0[0\-+_ ]*$"
 PROVISIONAL_PREFIX = "p-"
-# (event, node) pairs of linking events up to which the components are found on the driver, above
-# which in Spark. At the bound: 1.7 s of the driver's Python and 380 MB at its peak (session 35).
+# Nodes in the linking node sets (counted once per set) up to which the components are found on
+# the driver, above which in Spark. At the bound: 1.7 s of the driver's Python and 380 MB at its peak (session 35).
 DRIVER_LABELS_MAX_PAIRS = 1_000_000
 
 
@@ -56,7 +56,13 @@ def extend_identity_map(identity_map: DataFrame, events: DataFrame, blocklist: I
     The returned frame reads two local checkpoints. With `checkpoints`, they are freed when that
     stack closes (after the caller is done with the frame); otherwise when the driver collects them."""
     lookup = identity_map.select("identifier_type", "identifier_value", "customer_id")
-    ids = event_identifiers(events).where(~is_blocklisted(F.col("identifier_value"), blocklist))
+    # Events with the same identifiers link the same nodes, so each distinct set of identifier
+    # values is resolved once, however many events carry it: the 5M drain's rebuild read 4.9M events
+    # and 693,330 sets (bench/README.md, session 36).
+    identifier_sets = (events.select(*IDENTIFIER_PRECEDENCE).distinct()
+                       .withColumn("identifier_set", F.struct(*IDENTIFIER_PRECEDENCE)))
+    ids = (event_identifiers(identifier_sets, key="identifier_set")
+           .where(~is_blocklisted(F.col("identifier_value"), blocklist)))
     if held_back is not None:
         ids = ids.join(held_back.select("identifier_type", "identifier_value"),
                        ["identifier_type", "identifier_value"], "left_anti")
@@ -68,14 +74,14 @@ def extend_identity_map(identity_map: DataFrame, events: DataFrame, blocklist: I
         return frame
 
     nodes = kept(ids.join(lookup, ["identifier_type", "identifier_value"], "left")
-                 .select("event_id", "identifier_type", "identifier_value",
+                 .select("identifier_set", "identifier_type", "identifier_value",
                          F.coalesce("customer_id", provisional_id(F.col("identifier_type"), F.col("identifier_value")))
                          .alias("node")))
-    # Only events with two or more distinct nodes link anything. Once the map knows a customer's
+    # Only sets with two or more distinct nodes link anything. Once the map knows a customer's
     # identifiers, their new events resolve to that one node, so in a kept map's micro-batch these
     # are the few events that bring a new identifier or join two customers (bench/README.md,
     # session 35); the labels are computed over them alone.
-    linking = linking_events(nodes).localCheckpoint()
+    linking = linking_node_sets(nodes).localCheckpoint()
     # One union-find over a few hundred thousand strings takes the driver well under a second, where
     # Spark pays a few seconds of jobs for any graph (bench/README.md, session 35).
     pairs = linking.agg(F.sum(F.size("nodes"))).first()[0] or 0
@@ -97,15 +103,16 @@ def extend_identity_map(identity_map: DataFrame, events: DataFrame, blocklist: I
     return published.unionByName(new)
 
 
-def linking_events(nodes: DataFrame) -> DataFrame:
-    """(event_id, node) -> (event_id, nodes: its distinct nodes, sorted) of the events with two or
-    more distinct nodes: the only events that link anything."""
-    return (nodes.groupBy("event_id").agg(F.array_sort(F.array_distinct(F.collect_list("node"))).alias("nodes"))
-            .where(F.size("nodes") > 1))
+def linking_node_sets(nodes: DataFrame) -> DataFrame:
+    """(identifier_set, node) -> (nodes): the distinct sets of two or more nodes that identifier sets
+    resolve to (each sorted, once however many sets resolve to it). Only these link anything, and
+    the same nodes link the same way wherever they come from."""
+    return (nodes.groupBy("identifier_set").agg(F.array_sort(F.array_distinct(F.collect_list("node"))).alias("nodes"))
+            .where(F.size("nodes") > 1).select("nodes").distinct())
 
 
 def _driver_labels(linking: DataFrame) -> DataFrame:
-    """Linking events (event_id, nodes) -> (node, label) for each of their nodes, label the least node of its
+    """Linking node sets (nodes) -> (node, label) for each of their nodes, label the least node of its
     component, as a local checkpoint: union-find on the driver, for a graph small enough to collect.
     Strings compare here by code point, as Spark's min compares their UTF-8 bytes: the same order."""
     import pyarrow as pa
@@ -121,11 +128,11 @@ def _driver_labels(linking: DataFrame) -> DataFrame:
             parent[node], node = top, parent[node]
         return top
 
-    for event_nodes in collected.column("nodes").to_pylist():
-        for node in event_nodes:
+    for set_nodes in collected.column("nodes").to_pylist():
+        for node in set_nodes:
             parent.setdefault(node, node)
-        for node in event_nodes[1:]:
-            a, b = root(event_nodes[0]), root(node)
+        for node in set_nodes[1:]:
+            a, b = root(set_nodes[0]), root(node)
             if a != b:  # the smaller root stays the root, so a root is always its set's least node
                 parent[max(a, b)] = min(a, b)
     nodes = list(parent)
@@ -134,8 +141,8 @@ def _driver_labels(linking: DataFrame) -> DataFrame:
 
 
 def _component_labels(linking: DataFrame) -> DataFrame:
-    """Linking events (event_id, nodes) -> (node, label) for every node that links another, label
-    the least node of its component."""
+    """Linking node sets (nodes) -> (node, label) for every node that links another, label the least
+    node of its component."""
     with ExitStack() as scratch:
         def scratch_checkpoint(frame: DataFrame) -> DataFrame:
             # Own size estimates: the graph's rounds read each other, so inherited join estimates
@@ -144,8 +151,8 @@ def _component_labels(linking: DataFrame) -> DataFrame:
             scratch.callback(release_checkpoint, frame)
             return frame
 
-        # An event links its nodes: a star from its least node to each other one; the graph holds
-        # the distinct links, not every event.
+        # A set links its nodes: a star from its least node to each other one; the graph holds the
+        # distinct links.
         links = scratch_checkpoint(
             linking.select(F.array_min("nodes").alias("dst_key"), F.explode("nodes").alias("src_key"))
             .where(F.col("src_key") != F.col("dst_key")).distinct())
