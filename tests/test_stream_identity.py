@@ -17,8 +17,8 @@ def provisional(identifier_type: str, value: str) -> str:
 COLUMNS = "event_id string, anonymous_id string, user_id string, email string, phone string"
 
 
-@pytest.mark.parametrize("driver_labels_max_pairs", [None, 0], ids=["driver", "spark"])
-def test_a_long_chain_of_links_is_one_customer_under_its_least_id(spark, monkeypatch, driver_labels_max_pairs):
+@pytest.mark.parametrize("driver_labels_max_nodes", [None, 0], ids=["driver", "spark"])
+def test_a_long_chain_of_links_is_one_customer_under_its_least_id(spark, monkeypatch, driver_labels_max_nodes):
     """61 identifiers in one path (device, user, device, user, ...), labelled by the driver's
     union-find or by Spark's connected components; the checkpoints of either are freed when the
     caller's stack closes. Plus a published customer joined by a new device, a blocklisted and an
@@ -27,8 +27,8 @@ def test_a_long_chain_of_links_is_one_customer_under_its_least_id(spark, monkeyp
     from touchpoint.core import stream_identity
     from touchpoint.core.stream_identity import extend_identity_map
 
-    if driver_labels_max_pairs is not None:
-        monkeypatch.setattr(stream_identity, "DRIVER_LABELS_MAX_PAIRS", driver_labels_max_pairs)
+    if driver_labels_max_nodes is not None:
+        monkeypatch.setattr(stream_identity, "DRIVER_LABELS_MAX_NODES", driver_labels_max_nodes)
 
     chain = []
     for k in range(30):
@@ -65,16 +65,16 @@ def test_a_long_chain_of_links_is_one_customer_under_its_least_id(spark, monkeyp
     assert extended == expected
 
 
-@pytest.mark.parametrize("driver_labels_max_pairs", [None, 0], ids=["driver", "spark"])
+@pytest.mark.parametrize("driver_labels_max_nodes", [None, 0], ids=["driver", "spark"])
 def test_a_new_event_linking_two_published_customers_and_a_new_identifier_gives_them_the_smaller_id(
-        spark, monkeypatch, driver_labels_max_pairs):
+        spark, monkeypatch, driver_labels_max_nodes):
     """The same map whether the driver's union-find labels the components or (for an input above
-    DRIVER_LABELS_MAX_PAIRS, here every input) Spark's connected components do."""
+    DRIVER_LABELS_MAX_NODES, here every input) Spark's connected components do."""
     from touchpoint.core import stream_identity
     from touchpoint.core.stream_identity import extend_identity_map
 
-    if driver_labels_max_pairs is not None:
-        monkeypatch.setattr(stream_identity, "DRIVER_LABELS_MAX_PAIRS", driver_labels_max_pairs)
+    if driver_labels_max_nodes is not None:
+        monkeypatch.setattr(stream_identity, "DRIVER_LABELS_MAX_NODES", driver_labels_max_nodes)
 
     published = spark.createDataFrame([("user_id", "u1", "cus_b"), ("email", "b@x.io", "cus_b"),
                                        ("user_id", "u2", "cus_a"), ("user_id", "u3", "cus_c")],

@@ -31,8 +31,9 @@ from touchpoint.core.spark import checkpoint_with_own_size, release_checkpoint
 ALL_ZERO_PATTERN = r"^[0\-+_ ]*0[0\-+_ ]*$"
 PROVISIONAL_PREFIX = "p-"
 # Nodes in the linking node sets (counted once per set) up to which the components are found on
-# the driver, above which in Spark. At the bound: 1.7 s of the driver's Python and 380 MB at its peak (session 35).
-DRIVER_LABELS_MAX_PAIRS = 1_000_000
+# the driver, above which in Spark. At the bound: 1.7 s of the driver's Python and 380 MB at its
+# peak (session 35).
+DRIVER_LABELS_MAX_NODES = 1_000_000
 
 
 def is_blocklisted(value: Column, blocklist: Iterable[str]) -> Column:
@@ -84,8 +85,8 @@ def extend_identity_map(identity_map: DataFrame, events: DataFrame, blocklist: I
     linking = linking_node_sets(nodes).localCheckpoint()
     # One union-find over a few hundred thousand strings takes the driver well under a second, where
     # Spark pays a few seconds of jobs for any graph (bench/README.md, session 35).
-    pairs = linking.agg(F.sum(F.size("nodes"))).first()[0] or 0
-    if pairs <= DRIVER_LABELS_MAX_PAIRS:
+    linking_nodes = linking.agg(F.sum(F.size("nodes"))).first()[0] or 0
+    if linking_nodes <= DRIVER_LABELS_MAX_NODES:
         labels = _driver_labels(linking)
     else:
         labels = _component_labels(linking)
@@ -133,7 +134,7 @@ def _driver_labels(linking: DataFrame) -> DataFrame:
             parent.setdefault(node, node)
         for node in set_nodes[1:]:
             a, b = root(set_nodes[0]), root(node)
-            if a != b:  # the smaller root stays the root, so a root is always its set's least node
+            if a != b:  # the smaller root stays the root, so a root is always its component's least node
                 parent[max(a, b)] = min(a, b)
     nodes = list(parent)
     labels = pa.table({"node": pa.array(nodes, pa.string()), "label": pa.array([root(n) for n in nodes], pa.string())})
