@@ -333,6 +333,18 @@ def process_role(cmdline: list[str]) -> str:
     return "other"
 
 
+JVM_ROLES = ("broker_jvm", "spark_driver_jvm", "spark_executor_jvm")
+
+
+def unexeced_jvm_fork(role: str, cmdline: list[str], parent_cmdline: list[str] | None) -> bool:
+    """Whether a process is a JVM's child caught between fork and exec: it still shows its parent's
+    command line and, sharing its parent's pages, its parent's resident set. A Spark JVM spawns a
+    process for every `readlink` Hadoop's local file system runs (155 in a few small Delta writes,
+    session 36), so a sample taken then would count the JVM twice. JVMs never fork without exec;
+    Python's workers do (pyspark.daemon), and are counted."""
+    return role in JVM_ROLES and parent_cmdline is not None and cmdline == parent_cmdline
+
+
 @dataclass
 class RssSampler:
     """Samples resident memory (and CPU time) of process trees every `interval` s in a thread. Memory
@@ -397,7 +409,11 @@ class RssSampler:
         names = self.names() if self.names else {}
         for proc in seen.values():
             try:
-                role = process_role(proc.cmdline())
+                cmdline = proc.cmdline()
+                role = process_role(cmdline)
+                parent = seen.get(proc.ppid())
+                if unexeced_jvm_fork(role, cmdline, parent.cmdline() if parent is not None else None):
+                    continue
                 memory = proc.memory_info()
                 now[role] = now.get(role, 0.0) + memory.rss / 2**20
                 # Linux: `shared` is the resident file-backed and shared-memory pages (RssFile + RssShmem).
