@@ -345,6 +345,16 @@ def unexeced_jvm_fork(role: str, cmdline: list[str], parent_cmdline: list[str] |
     return role in JVM_ROLES and parent_cmdline is not None and cmdline == parent_cmdline
 
 
+def _cmdline(proc) -> list[str] | None:
+    """A process's command line, None when there is no process or it has exited."""
+    import psutil
+
+    try:
+        return proc.cmdline() if proc is not None else None
+    except psutil.Error:
+        return None
+
+
 @dataclass
 class RssSampler:
     """Samples resident memory (and CPU time) of process trees every `interval` s in a thread. Memory
@@ -411,8 +421,7 @@ class RssSampler:
             try:
                 cmdline = proc.cmdline()
                 role = process_role(cmdline)
-                parent = seen.get(proc.ppid())
-                if unexeced_jvm_fork(role, cmdline, parent.cmdline() if parent is not None else None):
+                if unexeced_jvm_fork(role, cmdline, _cmdline(seen.get(proc.ppid()))):
                     continue
                 memory = proc.memory_info()
                 now[role] = now.get(role, 0.0) + memory.rss / 2**20

@@ -4,7 +4,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import psutil
 
@@ -28,7 +27,7 @@ def test_a_forked_copy_of_a_driver_jvm_is_counted_once(tmp_path):
     # A process the sampler takes for a Spark driver JVM ("pyspark-shell" in its command line) that
     # holds 200 MB and forks a copy of itself that does not exec, as a JVM does for an instant.
     script = ("import os, sys, time\n"
-              "ballast = bytearray(200 * 2**20)\n"
+              "ballast = b'x' * (200 * 2**20)\n"
               "child = os.fork()\n"
               "if child == 0:\n"
               "    time.sleep(60)\n"
@@ -49,4 +48,3 @@ def test_a_forked_copy_of_a_driver_jvm_is_counted_once(tmp_path):
     finally:
         os.killpg(parent.pid, signal.SIGKILL)
         parent.wait(10)
-        time.sleep(0.1)
