@@ -56,7 +56,8 @@ def synthetic_events(spark: SparkSession, groups: int, chain: int) -> DataFrame:
     return per_group.unionByName(links)
 
 
-def check(spark: SparkSession, groups: int, chain: int, local_checkpoint: bool) -> dict:
+def check(spark: SparkSession, groups: int, chain: int, local_checkpoint: bool,
+          driver_max_edges: int | None = None) -> dict:
     from touchpoint.core.config import load_settings
     from touchpoint.jobs.identity import resolve
     from touchpoint.core.identity_graph import LakeCheckpointer
@@ -70,7 +71,8 @@ def check(spark: SparkSession, groups: int, chain: int, local_checkpoint: bool) 
         "group_id", "i.*").where(F.col("identifier_value").isNotNull()).distinct()
     started = time.time()
     with tempfile.TemporaryDirectory() as scratch, LakeCheckpointer(spark, scratch, local=local_checkpoint) as cp:
-        result = resolve(events.drop("group_id"), None, Guardrails.from_settings(settings.identity), cp)
+        result = resolve(events.drop("group_id"), None, Guardrails.from_settings(settings.identity), cp,
+                         settings.identity.driver_labels_max_edges if driver_max_edges is None else driver_max_edges)
         resolved = cp(result.identity_map.join(group_of, ["identifier_type", "identifier_value"]))
         identifiers = resolved.count()
         seconds = time.time() - started
@@ -90,11 +92,13 @@ def main() -> None:
     parser.add_argument("--groups", type=int, default=300_000, help="4 identifiers each (default 1.2M in all)")
     parser.add_argument("--chain", type=int, default=1_000)
     parser.add_argument("--local-checkpoint", action="store_true")
+    parser.add_argument("--executor-labels", action="store_true",
+                        help="label on the executors whatever the graph's size (identity.driver_labels_max_edges = 0)")
     args = parser.parse_args()
     from touchpoint.core.spark import get_spark
 
     spark = get_spark("identity-scale-bench", **{"spark.databricks.delta.snapshotPartitions": "2"})
-    print(check(spark, args.groups, args.chain, args.local_checkpoint))
+    print(check(spark, args.groups, args.chain, args.local_checkpoint, 0 if args.executor_labels else None))
 
 
 if __name__ == "__main__":

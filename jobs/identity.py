@@ -27,7 +27,9 @@ from pyspark.sql.types import (
 
 from touchpoint.core.catalog import table_path
 from touchpoint.core.config import Settings
-from touchpoint.core.identity_graph import Checkpoint, LakeCheckpointer, components_by_key, local_checkpoints
+from touchpoint.core.identity_graph import (
+    DRIVER_LABELS_MAX_EDGES, Checkpoint, LakeCheckpointer, components_by_key, local_checkpoints,
+)
 from touchpoint.jobs.identity_rules import (
     DEVICE_TYPE, REASON_SHARED_DEVICE, Guardrails, assign_customer_ids, blocked_from_facts,
     customer_key, edges_from_facts, id_changes, identifier_key, identity_facts, linking_edges, linking_events,
@@ -91,11 +93,13 @@ class Resolution:
 
 # ---- the resolution itself (pure: DataFrames in, DataFrames out) --------------------------------
 
-def resolve(events: DataFrame, base: State | None, guardrails: Guardrails, checkpoint: Checkpoint) -> Resolution:
+def resolve(events: DataFrame, base: State | None, guardrails: Guardrails, checkpoint: Checkpoint,
+            driver_max_edges: int = DRIVER_LABELS_MAX_EDGES) -> Resolution:
     """New events (+ the previous state, if incremental) -> the new identity state.
 
     With `base`, `events` are the rows not yet seen by the base run (re-reading some old ones is
-    harmless: every fact is a min, max or distinct pair). Without it, all events.
+    harmless: every fact is a min, max or distinct pair). Without it, all events. A linking graph
+    of at most `driver_max_edges` edges is labelled on the driver (core.identity_graph): the same labels.
     """
     facts = checkpoint(events.transform(identity_facts(guardrails)))
     new_nodes = nodes_from_facts(facts)
@@ -113,13 +117,13 @@ def resolve(events: DataFrame, base: State | None, guardrails: Guardrails, check
         keyed = new_nodes.withColumn("key", identifier_key(F.col("identifier_type"), F.col("identifier_value")))
         keyed_edges = new_linking.select(identifier_key(F.col("a_type"), F.col("a_value")).alias("src_key"),
                                          identifier_key(F.col("b_type"), F.col("b_value")).alias("dst_key"))
-        components, rounds = components_by_key(keyed.select("key"), keyed_edges, checkpoint)
+        components, rounds = components_by_key(keyed.select("key"), keyed_edges, checkpoint, driver_max_edges)
         identity_map = checkpoint(assign_customer_ids(keyed.join(components, "key")))
         compare_previous = None
         compare_new = identity_map
     else:
         identity_map, compare_previous, compare_new, rounds = _resolve_incrementally(
-            base, new_nodes, new_linking, devices, checkpoint)
+            base, new_nodes, new_linking, devices, checkpoint, driver_max_edges)
 
     device_seen = identity_map.where(F.col("identifier_type") == DEVICE_TYPE).join(
         devices, "identifier_value").select(
@@ -134,7 +138,8 @@ def resolve(events: DataFrame, base: State | None, guardrails: Guardrails, check
 
 
 def _resolve_incrementally(base: State, new_nodes: DataFrame, new_linking: DataFrame, devices: DataFrame,
-                           checkpoint: Checkpoint) -> tuple[DataFrame, DataFrame, DataFrame, int]:
+                           checkpoint: Checkpoint, driver_max_edges: int
+                           ) -> tuple[DataFrame, DataFrame, DataFrame, int]:
     """Recompute only the components the new rows touch.
 
     A previous component becomes one node ("c:<customer_id>"): it is still connected, because
@@ -187,7 +192,7 @@ def _resolve_incrementally(base: State, new_nodes: DataFrame, new_linking: DataF
                                                           F.col("identifier_value").alias("a_value"))
         kept_inside = linking_edges(base.edges, devices).join(split_members, ["a_type", "a_value"], "left_semi")
         graph_edges = graph_edges.unionByName(keyed(kept_inside))
-    components, rounds = components_by_key(affected.select("key"), graph_edges, checkpoint)
+    components, rounds = components_by_key(affected.select("key"), graph_edges, checkpoint, driver_max_edges)
     changed = checkpoint(assign_customer_ids(affected.join(components, "key")))
     unchanged = annotated.where(~F.col("touched")).select(*IDENTITY_MAP_SCHEMA.fieldNames())
     compare_previous = annotated.where(F.col("touched") & F.col("customer_id").isNotNull()).select(
@@ -242,7 +247,8 @@ def run(spark: SparkSession, settings: Settings, logical_date: dt.date, full_reb
     events = silver if increment.full else silver.where(F.col("event_date").isin(increment.dates))
     scratch = f"{settings.lake_uri}/_scratch/identity"
     with LakeCheckpointer(spark, scratch, local=local_checkpoints(spark, settings.identity.checkpoint)) as checkpoint:
-        result = resolve(events, None if increment.full else previous_state, guardrails, checkpoint)
+        result = resolve(events, None if increment.full else previous_state, guardrails, checkpoint,
+                         settings.identity.driver_labels_max_edges)
         guardrail_rows = result.guardrails.withColumn("as_of", F.lit(as_of))
         this_run = f"as_of = TIMESTAMP'{as_of:%Y-%m-%d %H:%M:%S}'"
 

@@ -266,6 +266,10 @@ def _random_events(seed: int, count: int) -> list[dict]:
 def test_random_graph_matches_independent_union_find(spark, settings):
     from touchpoint.jobs import identity
 
+    # The rounds on the executors, full and incremental (every other test's graph is labelled on
+    # the driver; test_driver_and_executor_labels_are_the_same compares the two).
+    settings = settings.model_copy(update={"identity": settings.identity.model_copy(
+        update={"driver_labels_max_edges": 0})})
     events = _random_events(seed=20260301, count=1500)
     # Day 1's rows first; day 2's rows and a third of day 1's arrive late, before the run of day 2.
     early = [e for i, e in enumerate(events) if e["event_ts"] < ts(2) and i % 3]
@@ -295,6 +299,41 @@ def test_random_graph_matches_independent_union_find(spark, settings):
     assert {"dev-x", "dev-y"} <= shared
     assert summary["shared_devices"] == len(shared)
     assert partition_of(identity_rows(spark, settings)) == union_find_partition(events, BLOCKLIST, 3)
+    runs = read_table(spark, settings, "gold.identity_runs").orderBy("logical_date").collect()
+    assert all(run["cc_rounds"] > 0 for run in runs) and len(runs) == 2  # the executors' rounds ran
+
+
+def test_driver_and_executor_labels_are_the_same(spark):
+    """Each node gets the least id of its component, whichever side labels the graph: exact labels
+    on a hand-built graph, and the same labels on a random one."""
+    from chispa import assert_df_equality
+
+    from touchpoint.core.identity_graph import connected_components, least_labels
+
+    def labels(edges, nodes, driver_max_edges):
+        found, rounds = connected_components(
+            spark.createDataFrame(edges, "src long, dst long"), spark.createDataFrame([(n,) for n in nodes], "id long"),
+            lambda frame: frame.localCheckpoint(), driver_max_edges=driver_max_edges)
+        return found, rounds
+
+    # {1, 5, 9}; {2, 3} (a duplicate, a reversed copy and a self-loop); a chain 40-30-20-10; 7 alone.
+    edges = [(9, 5), (5, 1), (2, 3), (3, 2), (2, 3), (3, 3), (40, 30), (20, 30), (10, 20)]
+    nodes = [1, 2, 3, 5, 7, 9, 10, 20, 30, 40]
+    expected = spark.createDataFrame([(1, 1), (5, 1), (9, 1), (2, 2), (3, 2), (7, 7), (10, 10), (20, 10), (30, 10),
+                                      (40, 10)], "id long, component long")
+    on_driver, driver_rounds = labels(edges, nodes, 1_000)
+    on_executors, executor_rounds = labels(edges, nodes, 0)
+    assert (driver_rounds, executor_rounds > 0) == (0, True)
+    assert_df_equality(on_driver, expected, ignore_row_order=True, ignore_nullable=True)
+    assert_df_equality(on_executors, expected, ignore_row_order=True, ignore_nullable=True)
+    assert least_labels([("b", "c"), ("c", "a"), ("d",)]) == {"a": "a", "b": "a", "c": "a", "d": "d"}
+
+    rng = random.Random(11)
+    random_edges = [(rng.randrange(400), rng.randrange(400)) for _ in range(300)]
+    random_nodes = list(range(450))
+    on_driver, _ = labels(random_edges, random_nodes, len(random_edges))  # at the bound: still the driver
+    on_executors, _ = labels(random_edges, random_nodes, len(random_edges) // 2)
+    assert_df_equality(on_driver, on_executors, ignore_row_order=True, ignore_nullable=True)
 
 
 def test_guardrail_reasons(spark):
@@ -332,9 +371,9 @@ def test_scale_smoke_chain_of_1000_and_many_components(spark):
     spec = importlib.util.spec_from_file_location("identity_scale", bench)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    result = module.check(spark, groups=5_000, chain=1_000, local_checkpoint=False)
+    result = module.check(spark, groups=5_000, chain=1_000, local_checkpoint=False, driver_max_edges=0)
     assert (result["identifiers"], result["customers"], result["chain_identifiers"]) == (22_000, 5_001, 2_000)
-    assert result["ok"]
+    assert result["ok"] and result["rounds"] > 0
 
 
 def test_increment_plan_finds_late_rows_and_falls_back_on_deletes(spark, settings):

@@ -54,6 +54,10 @@ class IdentitySettings(_Section):
         "auto", description="how connected components cut lineage: scratch files under the lake, or "
                             "localCheckpoint; auto = localCheckpoint on a local master, the lake otherwise")
     full_rebuild: bool = Field(False, description="identity: rebuild from all of silver, not incrementally")
+    driver_labels_max_edges: int = Field(
+        1_000_000, ge=0, description="identity: a linking graph of up to this many edges is labelled by union-find "
+        "on the driver (one collect); a larger one by large-star/small-star rounds on the executors; 0: always "
+        "the rounds. The labels are the same either way")
 
 
 class ProfileSettings(_Section):

@@ -23,7 +23,7 @@ from typing import Iterable
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
-from touchpoint.core.identity_graph import components_by_key
+from touchpoint.core.identity_graph import components_by_key, least_labels
 from touchpoint.core.identity_lookup import IDENTIFIER_PRECEDENCE, event_identifiers
 from touchpoint.core.spark import checkpoint_with_own_size, release_checkpoint
 
@@ -114,30 +114,13 @@ def linking_node_sets(nodes: DataFrame) -> DataFrame:
 
 def _driver_labels(linking: DataFrame) -> DataFrame:
     """Linking node sets (nodes) -> (node, label) for each of their nodes, label the least node of its
-    component, as a local checkpoint: union-find on the driver, for a graph small enough to collect.
-    Strings compare here by code point, as Spark's min compares their UTF-8 bytes: the same order."""
+    component, as a local checkpoint: union-find on the driver, for a graph small enough to collect."""
     import pyarrow as pa
 
     collected = linking.select("nodes").toArrow()
-    parent: dict[str, str] = {}
-
-    def root(node: str) -> str:
-        top = node
-        while parent[top] != top:
-            top = parent[top]
-        while parent[node] != top:  # path compression
-            parent[node], node = top, parent[node]
-        return top
-
-    for set_nodes in collected.column("nodes").to_pylist():
-        for node in set_nodes:
-            parent.setdefault(node, node)
-        for node in set_nodes[1:]:
-            a, b = root(set_nodes[0]), root(node)
-            if a != b:  # the smaller root stays the root, so a root is always its component's least node
-                parent[max(a, b)] = min(a, b)
-    nodes = list(parent)
-    labels = pa.table({"node": pa.array(nodes, pa.string()), "label": pa.array([root(n) for n in nodes], pa.string())})
+    least = least_labels(collected.column("nodes").to_pylist())
+    nodes = list(least)
+    labels = pa.table({"node": pa.array(nodes, pa.string()), "label": pa.array([least[n] for n in nodes], pa.string())})
     return linking.sparkSession.createDataFrame(labels, "node string, label string").localCheckpoint()
 
 
@@ -158,7 +141,8 @@ def _component_labels(linking: DataFrame) -> DataFrame:
             linking.select(F.array_min("nodes").alias("dst_key"), F.explode("nodes").alias("src_key"))
             .where(F.col("src_key") != F.col("dst_key")).distinct())
         linked = links.select(F.col("src_key").alias("key")).unionByName(links.select(F.col("dst_key").alias("key")))
-        components, _ = components_by_key(linked, links, scratch_checkpoint)
+        # Beyond the driver's bound: the rounds on the executors.
+        components, _ = components_by_key(linked, links, scratch_checkpoint, driver_max_edges=0)
         # A component's label is its least node: a published id before any provisional one, and the
         # smaller of two published ids. Checkpointed now, so the graph's checkpoints can go.
         return checkpoint_with_own_size(
