@@ -21,7 +21,7 @@ def test_the_rule_skips_only_a_jvm_child_with_its_parents_command_line():
     assert not unexeced_jvm_fork("python_workers", daemon, daemon)
 
 
-def test_a_forked_copy_of_a_driver_jvm_is_counted_once(tmp_path):
+def test_a_forked_copy_of_a_driver_jvm_is_counted_once():
     from bench.faults import RssSampler
 
     # A process the sampler takes for a Spark driver JVM ("pyspark-shell" in its command line) that
