@@ -1,23 +1,35 @@
 """Scale check of identity resolution: >= 1M identifiers and a chain of 1,000 resolve correctly.
 
-    .venv/bin/python bench/identity_scale.py [--groups 300000] [--chain 1000] [--local-checkpoint]
+    .venv/bin/python -m bench.identity_scale [--groups 300000] [--chain 1000] [--local-checkpoint]
+        [--executor-labels | --repeat N]
 
 Builds synthetic silver-like events with Spark (nothing on the driver): `groups` customers of 4
 identifiers (a device, a user id, an email, a phone) linked by 3 events each, plus one chain of
 `chain` devices and users alternating (device_i - user_i - device_{i+1} ...), runs the same resolver
 as `touchpoint run identity` (full rebuild path) and checks with Spark aggregates that every
 customer is exactly one generated group and the chain is one customer. Prints timings and rounds.
+
+A graph of up to `identity.driver_labels_max_edges` edges (1,000,000 by default; this one has
+about 3 per group) is labelled on the driver; `--executor-labels` forces the rounds. `--repeat N`
+runs both, alternating in one session, N times each, checks that every run gave the same map, and
+writes results/identity_scale.json (median seconds of each, their ratio, peak memory).
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
+import os
+import statistics
 import tempfile
 import time
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
+
+from bench.common import frame_digest, progress, write_result
+from bench.faults import RssSampler
 
 START = dt.datetime(2026, 3, 1, tzinfo=dt.timezone.utc)
 
@@ -76,6 +88,7 @@ def check(spark: SparkSession, groups: int, chain: int, local_checkpoint: bool,
         resolved = cp(result.identity_map.join(group_of, ["identifier_type", "identifier_value"]))
         identifiers = resolved.count()
         seconds = time.time() - started
+        digest = frame_digest(resolved.drop("group_id"))
         ids_per_group = resolved.groupBy("group_id").agg(F.countDistinct("customer_id").alias("n"))
         groups_per_id = resolved.groupBy("customer_id").agg(F.countDistinct("group_id").alias("n"))
         ok = ids_per_group.where("n != 1").isEmpty() and groups_per_id.where("n != 1").isEmpty()
@@ -83,7 +96,7 @@ def check(spark: SparkSession, groups: int, chain: int, local_checkpoint: bool,
         customers = resolved.select("customer_id").distinct().count()
     return {"identifiers": identifiers, "customers": customers, "expected_customers": groups + 1,
             "chain_identifiers": chain_size, "expected_chain_identifiers": 2 * chain,
-            "rounds": result.rounds, "resolve_seconds": round(seconds, 1),
+            "rounds": result.rounds, "resolve_seconds": round(seconds, 1), "map_digest": digest,
             "ok": ok and customers == groups + 1 and chain_size == 2 * chain}
 
 
@@ -92,13 +105,38 @@ def main() -> None:
     parser.add_argument("--groups", type=int, default=300_000, help="4 identifiers each (default 1.2M in all)")
     parser.add_argument("--chain", type=int, default=1_000)
     parser.add_argument("--local-checkpoint", action="store_true")
+    parser.add_argument("--repeat", type=int, default=0,
+                        help="compare driver labels and executor rounds, N runs each, alternating")
     parser.add_argument("--executor-labels", action="store_true",
                         help="label on the executors whatever the graph's size (identity.driver_labels_max_edges = 0)")
     args = parser.parse_args()
     from touchpoint.core.spark import get_spark
 
     spark = get_spark("identity-scale-bench", **{"spark.databricks.delta.snapshotPartitions": "2"})
-    print(check(spark, args.groups, args.chain, args.local_checkpoint, 0 if args.executor_labels else None))
+    if not args.repeat:
+        print(check(spark, args.groups, args.chain, args.local_checkpoint, 0 if args.executor_labels else None))
+        return
+    bounds = {"driver": None, "executors": 0}
+    runs: dict[str, list[dict]] = {way: [] for way in bounds}
+    with RssSampler(lambda: [os.getpid()]) as memory:
+        for round_number in range(args.repeat):
+            for way in list(bounds) if round_number % 2 == 0 else list(bounds)[::-1]:
+                outcome = check(spark, args.groups, args.chain, args.local_checkpoint, bounds[way])
+                progress(f"round {round_number + 1} {way}: {outcome['resolve_seconds']} s, "
+                         f"{outcome['rounds']} rounds, ok={outcome['ok']}")
+                runs[way].append(outcome)
+    spark.stop()
+    digests = {json.dumps(run["map_digest"]) for way_runs in runs.values() for run in way_runs}
+    if len(digests) != 1 or not all(run["ok"] for way_runs in runs.values() for run in way_runs):
+        raise AssertionError(f"the runs gave different or wrong maps: {runs}")
+    medians = {way: statistics.median(run["resolve_seconds"] for run in way_runs) for way, way_runs in runs.items()}
+    progress(f"driver labels {medians['driver']} s, executor rounds {medians['executors']} s")
+    write_result("identity_scale", {
+        "parameters": {**vars(args)}, "identifiers": runs["driver"][0]["identifiers"],
+        "customers": runs["driver"][0]["customers"], "rounds": {way: r[0]["rounds"] for way, r in runs.items()},
+        "seconds": {way: [run["resolve_seconds"] for run in way_runs] for way, way_runs in runs.items()},
+        "median_seconds": medians, "ratio_executors_to_driver": round(medians["executors"] / medians["driver"], 2),
+        "map_digest": runs["driver"][0]["map_digest"], "identical_maps": True, "peak_rss_mb": dict(memory.peaks_mb)})
 
 
 if __name__ == "__main__":

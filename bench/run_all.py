@@ -34,6 +34,7 @@ BENCHMARKS = {
                                 ["--events", "60000", "--days", "30", "--repeat", "1"]),
     "profiles_incremental": (["--events", "2000000", "--days", "90"],
                              ["--events", "60000", "--days", "30", "--repeat", "1"]),
+    "identity_scale": (["--repeat", "2"], ["--groups", "5000", "--repeat", "1"]),
     "speed_identity": ([], ["--events", "40000", "--customers", "2000", "--increments", "2"]),
     "speed_customers": ([], ["--events", "40000", "--customers", "2000", "--increments", "2"]),
     "lake_maintenance": ([], ["--appends", "8", "--repeat", "1"]),
@@ -157,6 +158,15 @@ def render_table() -> str:
                         f"| changed customers re-derived s vs every customer s; ratio | {_fmt(timing['changed'], 1)} "
                         f"vs {_fmt(timing['all'], 1)}; {_fmt(incremental['ratio_all_to_changed'], 2)} | | "
                         f"{_memory(incremental)} | {_when(incremental)} |")
+    scale = _load("identity_scale")
+    if scale:
+        machine = machine or scale["machine"]
+        timing, p = scale["median_seconds"], scale["parameters"]
+        rows.append(f"| batch identity resolution ({scale['identifiers']:,} identifiers, {scale['customers']:,} "
+                    f"customers, a chain of {2 * p['chain']:,}) | labels by union-find on the driver s vs "
+                    f"large-star/small-star rounds on the executors s ({scale['rounds']['executors']} rounds); ratio "
+                    f"| {_fmt(timing['driver'], 1)} vs {_fmt(timing['executors'], 1)}; "
+                    f"{_fmt(scale['ratio_executors_to_driver'], 2)} | | {_memory(scale)} | {_when(scale)} |")
     identity = _load("speed_identity")
     if identity:
         machine = machine or identity["machine"]
