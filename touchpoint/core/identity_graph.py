@@ -13,7 +13,7 @@ labelling (the paper's bound). After each round the stars that are already whole
 set aside (see flag_finished_stars) and the rest is checkpointed, so the plan stays one round
 deep however long a chain is, and later rounds only carry unfinished components. The loop stops
 when no edge is left: the edge set has become a star forest, each star rooted at the smallest
-label of its component. Nothing is collected to the driver.
+label of its component. The rounds collect nothing to the driver.
 
 A graph of at most `driver_max_edges` edges is labelled on the driver instead (`least_labels`, one
 collect of the edges): the same labels without the rounds' jobs, which take seconds whatever the
@@ -32,8 +32,9 @@ from touchpoint.core.spark import checkpoint_with_own_size
 
 # Far above the O(log^2 n) rounds any real graph needs; reaching it means a bug, not a big graph.
 MAX_ROUNDS = 100
-# Up to this many edges a graph is labelled by union-find on the driver: about a second of Python
-# and 16 MB of collected longs at the bound, against a few seconds of jobs per round on executors.
+# Up to this many edges a graph is labelled by union-find on the driver. At the bound: 16 MB of
+# collected longs, and 1.05 s and 226 MB of Python for 1M edges among 1.33M nodes (measured in
+# session 37), against a few seconds of jobs per round on the executors.
 DRIVER_LABELS_MAX_EDGES = 1_000_000
 
 Checkpoint = Callable[[DataFrame], DataFrame]
@@ -140,7 +141,7 @@ def flag_finished_stars(edges: DataFrame) -> DataFrame:
 
 
 def least_labels(groups: Iterable[Sequence[Hashable]]) -> dict:
-    """Union-find on the driver: each value of `groups` (sequences of values linked together) ->
+    """Union-find on the driver: each value of `groups` (non-empty sequences of values linked together) ->
     the least value of its component. Values must be of one ordered type (str compares by code
     point, as Spark's min compares UTF-8 bytes: the same order)."""
     parent: dict = {}
