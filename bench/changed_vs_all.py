@@ -9,12 +9,11 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import statistics
 import time
 from pathlib import Path
 from typing import Callable
 
-from bench.common import frame_digest, progress
+from bench.common import alternate_ways, frame_digest, progress
 from bench.faults import lake_settings
 
 WAYS = ("changed", "all")
@@ -76,22 +75,16 @@ def alternate(repeat: int, restore: Callable[[str], None], run: Callable[[str], 
     """`repeat` rounds of both ways, the order alternating; before each run `restore(way)` puts the
     stored state back. Returns the seconds, medians, ratio, the last summary of each way and the
     tables written, after checking that every run of both ways wrote the same tables."""
-    seconds: dict[str, list[float]] = {way: [] for way in WAYS}
-    summaries, digests = {}, {}
-    for round_number in range(repeat):
-        for way in WAYS if round_number % 2 == 0 else WAYS[::-1]:
-            restore(way)
-            started = time.monotonic()
-            summaries[way] = run(way)
-            seconds[way].append(round(time.monotonic() - started, 1))
-            written = digest()
-            if digests.setdefault(way, written) != written:
-                raise AssertionError(f"{way}: round {round_number + 1} wrote other tables than round 1")
-            progress(f"round {round_number + 1} {way}: {seconds[way][-1]} s ({summaries[way]['derivation']})")
-    if digests["changed"] != digests["all"]:
-        raise AssertionError(f"the two ways wrote different tables: {digests}")
-    medians = {way: statistics.median(values) for way, values in seconds.items()}
+    def timed(way: str) -> tuple[float, dict, dict]:
+        restore(way)
+        started = time.monotonic()
+        summary = run(way)
+        return round(time.monotonic() - started, 1), summary, digest()
+
+    outcome = alternate_ways(WAYS, repeat, timed, lambda summary: summary["derivation"])
+    medians = outcome["median_seconds"]
     progress(f"changed customers {medians['changed']} s, every customer {medians['all']} s")
-    return {"seconds": seconds, "median_seconds": medians,
+    return {"seconds": outcome["seconds"], "median_seconds": medians,
             "ratio_all_to_changed": round(medians["all"] / medians["changed"], 2),
-            "summaries": summaries, "tables": digests["changed"], "identical_tables": True}
+            "summaries": {way: runs[-1] for way, runs in outcome["summaries"].items()},
+            "tables": outcome["digest"], "identical_tables": True}

@@ -8,6 +8,7 @@ import json
 import os
 import platform
 import re
+import statistics
 import subprocess
 import sys
 import time
@@ -36,6 +37,30 @@ def frame_digest(frame) -> list:
 
 def progress(message: str) -> None:
     print(f"[{time.monotonic() - _T0:8.1f}s] {message}", flush=True)
+
+
+def alternate_ways(ways: tuple[str, ...], repeat: int, run, describe) -> dict:
+    """`repeat` rounds of every way in one process, the order reversed each round (whichever runs
+    second finds files in the page cache and a warmer JIT). `run(way)` returns its seconds, a summary
+    and a digest of its output; every run of every way must give the same digest. `describe(summary)`
+    is printed after each run. Returns each way's seconds and summaries in run order, the median
+    seconds and the one digest."""
+    seconds: dict[str, list[float]] = {way: [] for way in ways}
+    summaries: dict[str, list[dict]] = {way: [] for way in ways}
+    first = None
+    for round_number in range(repeat):
+        for way in ways if round_number % 2 == 0 else ways[::-1]:
+            took, summary, digest = run(way)
+            seconds[way].append(took)
+            summaries[way].append(summary)
+            progress(f"round {round_number + 1} {way}: {took} s ({describe(summary)})")
+            if first is None:
+                first = (way, digest)
+            elif digest != first[1]:
+                raise AssertionError(f"round {round_number + 1} {way} gave other output than round 1 "
+                                     f"{first[0]}: {digest} against {first[1]}")
+    return {"seconds": seconds, "summaries": summaries, "digest": first[1] if first else None,
+            "median_seconds": {way: round(statistics.median(values), 2) for way, values in seconds.items()}}
 
 
 def machine() -> dict:

@@ -19,16 +19,14 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import os
-import statistics
 import tempfile
 import time
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from bench.common import frame_digest, progress, write_result
+from bench.common import alternate_ways, frame_digest, progress, write_result
 from bench.faults import RssSampler
 
 START = dt.datetime(2026, 3, 1, tzinfo=dt.timezone.utc)
@@ -117,26 +115,26 @@ def main() -> None:
         print(check(spark, args.groups, args.chain, args.local_checkpoint, 0 if args.executor_labels else None))
         return
     bounds = {"driver": None, "executors": 0}
-    runs: dict[str, list[dict]] = {way: [] for way in bounds}
+
+    def run(way: str) -> tuple[float, dict, list]:
+        outcome = check(spark, args.groups, args.chain, args.local_checkpoint, bounds[way])
+        return outcome["resolve_seconds"], outcome, outcome["map_digest"]
+
     with RssSampler(lambda: [os.getpid()]) as memory:
-        for round_number in range(args.repeat):
-            for way in list(bounds) if round_number % 2 == 0 else list(bounds)[::-1]:
-                outcome = check(spark, args.groups, args.chain, args.local_checkpoint, bounds[way])
-                progress(f"round {round_number + 1} {way}: {outcome['resolve_seconds']} s, "
-                         f"{outcome['rounds']} rounds, ok={outcome['ok']}")
-                runs[way].append(outcome)
+        outcome = alternate_ways(tuple(bounds), args.repeat, run,
+                                 lambda summary: f"{summary['rounds']} rounds, ok={summary['ok']}")
     spark.stop()
-    digests = {json.dumps(run["map_digest"]) for way_runs in runs.values() for run in way_runs}
-    if len(digests) != 1 or not all(run["ok"] for way_runs in runs.values() for run in way_runs):
-        raise AssertionError(f"the runs gave different or wrong maps: {runs}")
-    medians = {way: statistics.median(run["resolve_seconds"] for run in way_runs) for way, way_runs in runs.items()}
+    runs = outcome["summaries"]
+    if not all(run["ok"] for way_runs in runs.values() for run in way_runs):
+        raise AssertionError(f"a run gave a wrong map: {runs}")
+    medians = outcome["median_seconds"]
     progress(f"driver labels {medians['driver']} s, executor rounds {medians['executors']} s")
     write_result("identity_scale", {
         "parameters": {**vars(args)}, "identifiers": runs["driver"][0]["identifiers"],
         "customers": runs["driver"][0]["customers"], "rounds": {way: r[0]["rounds"] for way, r in runs.items()},
-        "seconds": {way: [run["resolve_seconds"] for run in way_runs] for way, way_runs in runs.items()},
-        "median_seconds": medians, "ratio_executors_to_driver": round(medians["executors"] / medians["driver"], 2),
-        "map_digest": runs["driver"][0]["map_digest"], "identical_maps": True, "peak_rss_mb": dict(memory.peaks_mb)})
+        "seconds": outcome["seconds"], "median_seconds": medians,
+        "ratio_executors_to_driver": round(medians["executors"] / medians["driver"], 2),
+        "map_digest": outcome["digest"], "identical_maps": True, "peak_rss_mb": dict(memory.peaks_mb)})
 
 
 if __name__ == "__main__":
