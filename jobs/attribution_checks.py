@@ -84,7 +84,10 @@ def assert_attribution_invariants(
     credits: DataFrame, conversions: DataFrame, lookback_us: int, models: Iterable[str] = MODELS, shown: int = 10
 ) -> None:
     """Raise AttributionInvariantError listing the first violations, if any."""
-    found = attribution_violations(credits, conversions, lookback_us, models).limit(shown).collect()
+    # Ordered, so one job finds the first few in every partition (a bare limit scans partitions
+    # in growing waves, one job each, until it has them: all of them when there are none).
+    found = (attribution_violations(credits, conversions, lookback_us, models)
+             .orderBy(*VIOLATION_COLUMNS).limit(shown).collect())
     if found:
         lines = [f"{v['check']}: model={v['model']} conversion={v['conversion_id']}: {v['detail']}" for v in found]
         raise AttributionInvariantError(

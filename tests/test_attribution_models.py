@@ -259,8 +259,15 @@ def test_invariants_hold_on_hand_credits_and_catch_each_violation(spark, hand_cr
         ("credits_sum_to_one", "shapley", "empty"),
         ("revenue_conserved", "shapley", None),
     ])
-    with pytest.raises(AttributionInvariantError, match="credits_sum_to_one"):
-        assert_attribution_invariants(frame, paths, lookback_micros(DEFAULTS))
+    with pytest.raises(AttributionInvariantError) as raised:
+        assert_attribution_invariants(frame, paths, lookback_micros(DEFAULTS), shown=3)
+    header, *shown = str(raised.value).splitlines()
+    assert header == "attribution invariants violated (first 3 shown):"
+    # the first three in (check, model, conversion_id) order, whatever the partitions
+    assert [line.strip().rsplit(": ", 1)[0] for line in shown] == [
+        "credit_in_unit_interval: model=first_touch conversion=one",
+        "credits_sum_to_one: model=first_touch conversion=one",
+        "credits_sum_to_one: model=linear conversion=two"]
 
 
 def test_daily_sums_credits_per_conversion_date(spark, hand_credits):
