@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 from bench.faults import JARS, REPO
 
@@ -39,7 +40,8 @@ def progress(message: str) -> None:
     print(f"[{time.monotonic() - _T0:8.1f}s] {message}", flush=True)
 
 
-def alternate_ways(ways: tuple[str, ...], repeat: int, run, describe) -> dict:
+def alternate_ways(ways: tuple[str, ...], repeat: int, run: Callable[[str], tuple[float, dict, object]],
+                   describe: Callable[[dict], str]) -> dict:
     """`repeat` rounds of every way in one process, the order reversed each round (whichever runs
     second finds files in the page cache and a warmer JIT). `run(way)` returns its seconds, a summary
     and a digest of its output; every run of every way must give the same digest. `describe(summary)`

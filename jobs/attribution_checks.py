@@ -84,8 +84,8 @@ def assert_attribution_invariants(
     credits: DataFrame, conversions: DataFrame, lookback_us: int, models: Iterable[str] = MODELS, shown: int = 10
 ) -> None:
     """Raise AttributionInvariantError listing the first violations, if any."""
-    # Ordered, so one job finds the first few in every partition (a bare limit scans partitions
-    # in growing waves, one job each, until it has them: all of them when there are none).
+    # Ordered: the same first few whatever the partitions, taken by one job over all of them (a
+    # bare limit scans partitions in growing waves, a job each: all of them when there are none).
     found = (attribution_violations(credits, conversions, lookback_us, models)
              .orderBy(*VIOLATION_COLUMNS).limit(shown).collect())
     if found:
