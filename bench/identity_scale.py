@@ -1,7 +1,7 @@
 """Scale check of identity resolution: >= 1M identifiers and a chain of 1,000 resolve correctly.
 
     .venv/bin/python -m bench.identity_scale [--groups 300000] [--chain 1000] [--local-checkpoint]
-        [--executor-labels | --repeat N]
+        [--executor-labels | --repeat N] [--lake DIR]
 
 Builds synthetic silver-like events with Spark (nothing on the driver): `groups` customers of 4
 identifiers (a device, a user id, an email, a phone) linked by 3 events each, plus one chain of
@@ -13,6 +13,11 @@ A graph of up to `identity.driver_labels_max_edges` edges (1,000,000 by default;
 about 3 per group) is labelled on the driver; `--executor-labels` forces the rounds. `--repeat N`
 runs both, alternating in one session, N times each, checks that every run gave the same map, and
 writes results/identity_scale.json (median seconds of each, their ratio, peak memory).
+
+`--lake DIR` resolves all of that lake's silver.events instead (e.g. `DIR/lake` of
+`bench.batch_pipeline --workdir DIR`; nothing is written there): the identity job's full rebuild
+without its as-of bound and its writes. There is no generated truth to check, so `--repeat` checks
+the two ways against each other and writes results/identity_scale_lake.json.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from bench.common import alternate_ways, frame_digest, progress, write_result
-from bench.faults import RssSampler
+from bench.faults import RssSampler, lake_settings
 
 START = dt.datetime(2026, 3, 1, tzinfo=dt.timezone.utc)
 
@@ -98,26 +103,58 @@ def check(spark: SparkSession, groups: int, chain: int, local_checkpoint: bool,
             "ok": ok and customers == groups + 1 and chain_size == 2 * chain}
 
 
+def resolve_lake(spark: SparkSession, lake: str, local_checkpoint: bool, driver_max_edges: int) -> dict:
+    """The full rebuild's resolution of all of a lake's silver.events (nothing written to the lake):
+    no generated groups to check against, so the two ways are checked against each other."""
+    from touchpoint.core.catalog import table_path
+    from touchpoint.core.identity_graph import LakeCheckpointer
+    from touchpoint.jobs.identity import resolve
+    from touchpoint.jobs.identity_rules import Guardrails
+
+    settings = lake_settings(lake)
+    events = spark.read.format("delta").load(table_path("silver.events", settings))
+    started = time.time()
+    with tempfile.TemporaryDirectory() as scratch, LakeCheckpointer(spark, scratch, local=local_checkpoint) as cp:
+        result = resolve(events, None, Guardrails.from_settings(settings.identity), cp, driver_max_edges)
+        resolved = cp(result.identity_map)
+        identifiers = resolved.count()
+        seconds = time.time() - started
+        digest = frame_digest(resolved)
+        customers = resolved.select("customer_id").distinct().count()
+    return {"identifiers": identifiers, "customers": customers, "rounds": result.rounds,
+            "resolve_seconds": round(seconds, 1), "map_digest": digest, "ok": True}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--groups", type=int, default=300_000, help="4 identifiers each (default 1.2M in all)")
     parser.add_argument("--chain", type=int, default=1_000)
     parser.add_argument("--local-checkpoint", action="store_true")
+    parser.add_argument("--lake", default=None,
+                        help="resolve this lake's silver.events instead of generated groups (with --repeat: "
+                             "results/identity_scale_lake.json)")
     parser.add_argument("--repeat", type=int, default=0,
                         help="compare driver labels and executor rounds, N runs each, alternating")
     parser.add_argument("--executor-labels", action="store_true",
                         help="label on the executors whatever the graph's size (identity.driver_labels_max_edges = 0)")
     args = parser.parse_args()
+    from touchpoint.core.config import load_settings
     from touchpoint.core.spark import get_spark
 
     spark = get_spark("identity-scale-bench", **{"spark.databricks.delta.snapshotPartitions": "2"})
+    bounds = {"driver": load_settings().identity.driver_labels_max_edges, "executors": 0}
+
+    def measure(driver_max_edges: int) -> dict:
+        if args.lake:
+            return resolve_lake(spark, args.lake, args.local_checkpoint, driver_max_edges)
+        return check(spark, args.groups, args.chain, args.local_checkpoint, driver_max_edges)
+
     if not args.repeat:
-        print(check(spark, args.groups, args.chain, args.local_checkpoint, 0 if args.executor_labels else None))
+        print(measure(bounds["executors" if args.executor_labels else "driver"]))
         return
-    bounds = {"driver": None, "executors": 0}
 
     def run(way: str) -> tuple[float, dict, list]:
-        outcome = check(spark, args.groups, args.chain, args.local_checkpoint, bounds[way])
+        outcome = measure(bounds[way])
         return outcome["resolve_seconds"], outcome, outcome["map_digest"]
 
     with RssSampler(lambda: [os.getpid()]) as memory:
@@ -129,7 +166,7 @@ def main() -> None:
         raise AssertionError(f"a run gave a wrong map: {runs}")
     medians = outcome["median_seconds"]
     progress(f"driver labels {medians['driver']} s, executor rounds {medians['executors']} s")
-    write_result("identity_scale", {
+    write_result("identity_scale_lake" if args.lake else "identity_scale", {
         "parameters": {**vars(args)}, "identifiers": runs["driver"][0]["identifiers"],
         "customers": runs["driver"][0]["customers"], "rounds": {way: r[0]["rounds"] for way, r in runs.items()},
         "seconds": outcome["seconds"], "median_seconds": medians,
