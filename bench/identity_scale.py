@@ -71,12 +71,32 @@ def synthetic_events(spark: SparkSession, groups: int, chain: int) -> DataFrame:
     return per_group.unionByName(links)
 
 
+def timed_resolution(spark: SparkSession, events: DataFrame, settings, local_checkpoint: bool,
+                     driver_max_edges: int, group_of: DataFrame | None = None, inspect=lambda resolved: {}) -> dict:
+    """The job's full-rebuild resolution of `events`, timed until the map is materialised, with its
+    size, rounds and digest; `group_of` joins each identifier's generated group on, and
+    `inspect(resolved)` adds checks while the checkpointed map still exists."""
+    from touchpoint.core.identity_graph import LakeCheckpointer
+    from touchpoint.jobs.identity import resolve
+    from touchpoint.jobs.identity_rules import Guardrails
+
+    started = time.time()
+    with tempfile.TemporaryDirectory() as scratch, LakeCheckpointer(spark, scratch, local=local_checkpoint) as cp:
+        result = resolve(events, None, Guardrails.from_settings(settings.identity), cp, driver_max_edges)
+        identity_map = result.identity_map
+        resolved = cp(identity_map if group_of is None else identity_map.join(
+            group_of, ["identifier_type", "identifier_value"]))
+        identifiers = resolved.count()
+        seconds = time.time() - started
+        outcome = {"identifiers": identifiers, "customers": resolved.select("customer_id").distinct().count(),
+                   "rounds": result.rounds, "resolve_seconds": round(seconds, 1),
+                   "map_digest": frame_digest(resolved.drop("group_id")), **inspect(resolved)}
+    return outcome
+
+
 def check(spark: SparkSession, groups: int, chain: int, local_checkpoint: bool,
           driver_max_edges: int | None = None) -> dict:
     from touchpoint.core.config import load_settings
-    from touchpoint.jobs.identity import resolve
-    from touchpoint.core.identity_graph import LakeCheckpointer
-    from touchpoint.jobs.identity_rules import Guardrails
 
     settings = load_settings()
     events = synthetic_events(spark, groups, chain)
@@ -84,45 +104,30 @@ def check(spark: SparkSession, groups: int, chain: int, local_checkpoint: bool,
         F.struct(F.lit(t).alias("identifier_type"), F.col(t).alias("identifier_value"))
         for t in ("anonymous_id", "user_id", "email", "phone")])).alias("i")).select(
         "group_id", "i.*").where(F.col("identifier_value").isNotNull()).distinct()
-    started = time.time()
-    with tempfile.TemporaryDirectory() as scratch, LakeCheckpointer(spark, scratch, local=local_checkpoint) as cp:
-        result = resolve(events.drop("group_id"), None, Guardrails.from_settings(settings.identity), cp,
-                         settings.identity.driver_labels_max_edges if driver_max_edges is None else driver_max_edges)
-        resolved = cp(result.identity_map.join(group_of, ["identifier_type", "identifier_value"]))
-        identifiers = resolved.count()
-        seconds = time.time() - started
-        digest = frame_digest(resolved.drop("group_id"))
+
+    def groups_are_customers(resolved: DataFrame) -> dict:
         ids_per_group = resolved.groupBy("group_id").agg(F.countDistinct("customer_id").alias("n"))
         groups_per_id = resolved.groupBy("customer_id").agg(F.countDistinct("group_id").alias("n"))
-        ok = ids_per_group.where("n != 1").isEmpty() and groups_per_id.where("n != 1").isEmpty()
-        chain_size = resolved.where("group_id = -1").count()
-        customers = resolved.select("customer_id").distinct().count()
-    return {"identifiers": identifiers, "customers": customers, "expected_customers": groups + 1,
-            "chain_identifiers": chain_size, "expected_chain_identifiers": 2 * chain,
-            "rounds": result.rounds, "resolve_seconds": round(seconds, 1), "map_digest": digest,
-            "ok": ok and customers == groups + 1 and chain_size == 2 * chain}
+        return {"one_to_one": ids_per_group.where("n != 1").isEmpty() and groups_per_id.where("n != 1").isEmpty(),
+                "chain_identifiers": resolved.where("group_id = -1").count()}
+
+    outcome = timed_resolution(
+        spark, events.drop("group_id"), settings, local_checkpoint,
+        settings.identity.driver_labels_max_edges if driver_max_edges is None else driver_max_edges,
+        group_of, groups_are_customers)
+    one_to_one = outcome.pop("one_to_one")
+    return {**outcome, "expected_customers": groups + 1, "expected_chain_identifiers": 2 * chain,
+            "ok": one_to_one and outcome["customers"] == groups + 1 and outcome["chain_identifiers"] == 2 * chain}
 
 
 def resolve_lake(spark: SparkSession, lake: str, local_checkpoint: bool, driver_max_edges: int) -> dict:
     """The full rebuild's resolution of all of a lake's silver.events (nothing written to the lake):
     no generated groups to check against, so the two ways are checked against each other."""
     from touchpoint.core.catalog import table_path
-    from touchpoint.core.identity_graph import LakeCheckpointer
-    from touchpoint.jobs.identity import resolve
-    from touchpoint.jobs.identity_rules import Guardrails
 
     settings = lake_settings(lake)
     events = spark.read.format("delta").load(table_path("silver.events", settings))
-    started = time.time()
-    with tempfile.TemporaryDirectory() as scratch, LakeCheckpointer(spark, scratch, local=local_checkpoint) as cp:
-        result = resolve(events, None, Guardrails.from_settings(settings.identity), cp, driver_max_edges)
-        resolved = cp(result.identity_map)
-        identifiers = resolved.count()
-        seconds = time.time() - started
-        digest = frame_digest(resolved)
-        customers = resolved.select("customer_id").distinct().count()
-    return {"identifiers": identifiers, "customers": customers, "rounds": result.rounds,
-            "resolve_seconds": round(seconds, 1), "map_digest": digest, "ok": True}
+    return {**timed_resolution(spark, events, settings, local_checkpoint, driver_max_edges), "ok": True}
 
 
 def main() -> None:
