@@ -107,6 +107,17 @@ def test_url_host_is_lowercased_without_one_leading_www(spark):
         "https://www./": None,  # nothing left
         "not a url": None,
         None: None,
+        # the host of a URL a strict URI parser refuses (raw space, pipe, template, non-ASCII)
+        "https://www.google.com/search?q=red shoes": "google.com",
+        "https://l.facebook.com/l.php?u=a|b": "l.facebook.com",
+        "https://blog.example.org/?kw={keyword}": "blog.example.org",
+        "https://Bücher.example/": "bücher.example",
+        # userinfo, port and an IPv6 literal are not the host's; no scheme and authority, no host
+        "https://user:pa@ss@Shop.Example:8443/p": "shop.example",
+        "http://[2001:db8::1]:80/": "[2001:db8::1]",
+        "www.google.com/search": None,
+        "mailto:a@google.com": None,
+        "https:///path": None,
     }
     urls = spark.createDataFrame([(url,) for url in expected], "url string")
     hosts = urls.select("url", url_host(F.col("url")).alias("host")).collect()

@@ -83,9 +83,16 @@ def url_host(url: Column) -> Column:
     return bare_host(raw_host(url))
 
 
+# scheme "://" [userinfo "@"] host, where host is a bracketed IPv6 literal or runs up to ":", "/", "?" or
+# "#". Read off the authority rather than by a strict URI parser: a referrer such as
+# "https://www.google.com/search?q=red shoes" (a raw space) has a plain host, which BRIEF §3 groups by.
+_URL_HOST = r"^\s*[A-Za-z][A-Za-z0-9+.-]*://(?:[^/?#]*@)?(\[[^\]/?#]*\]|[^:/?#]*)"
+
+
 def raw_host(url: Column) -> Column:
-    """Lowercased host of a URL as written; null when the URL has none or does not parse."""
-    return F.lower(F.try_parse_url(url, F.lit("HOST")))
+    """Lowercased host of a URL as written; null when the URL has no scheme and authority or an empty host."""
+    host = F.lower(F.regexp_extract(url, _URL_HOST, 1))
+    return F.when(F.length(host) > 0, host)
 
 
 def bare_host(host: Column) -> Column:
