@@ -129,14 +129,31 @@ class MarkovChain:
         absorbed = np.linalg.solve(np.eye(len(keep)) - q, self.to_conversion[keep])
         return float(self.start[keep] @ absorbed)
 
+    def carrying_channels(self) -> set[str]:
+        """Channels of the states on some route start -> conversion (every step of positive
+        probability): removing any other channel cannot change P."""
+        forward = set(np.flatnonzero(self.start > 0))
+        backward = set(np.flatnonzero(self.to_conversion > 0))
+        for reached, edges in ((forward, self.transient > 0), (backward, (self.transient > 0).T)):
+            frontier = list(reached)
+            while frontier:
+                for j in np.flatnonzero(edges[frontier.pop()]):
+                    if j not in reached:
+                        reached.add(j)
+                        frontier.append(j)
+        return {c for i in forward & backward for c in state_channels(self.states[i])}
+
     def removal_effects(self) -> dict[str, float]:
         """RE(c) = (P − P_without_c) / P for every channel; 0 for all when P = 0.
-        Mathematically RE ∈ [0, 1]; rounding noise outside is clipped."""
+        A channel on no route to conversion has RE exactly 0 (the solve would leave rounding noise
+        of 1e-16 there, which would write credit rows and defeat the equal split of an all-zero
+        path). Mathematically RE ∈ [0, 1]; rounding noise outside is clipped."""
         total = self.conversion_probability()
         if total <= 0:
             return {c: 0.0 for c in self.channels}
+        carrying = self.carrying_channels()
         return {
-            c: min(1.0, max(0.0, (total - self.conversion_probability(c)) / total))
+            c: min(1.0, max(0.0, (total - self.conversion_probability(c)) / total)) if c in carrying else 0.0
             for c in self.channels
         }
 
