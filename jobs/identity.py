@@ -94,12 +94,14 @@ class Resolution:
 # ---- the resolution itself (pure: DataFrames in, DataFrames out) --------------------------------
 
 def resolve(events: DataFrame, base: State | None, guardrails: Guardrails, checkpoint: Checkpoint,
-            driver_max_edges: int = DRIVER_LABELS_MAX_EDGES) -> Resolution:
+            driver_max_edges: int = DRIVER_LABELS_MAX_EDGES, previous_map: DataFrame | None = None) -> Resolution:
     """New events (+ the previous state, if incremental) -> the new identity state.
 
     With `base`, `events` are the rows not yet seen by the base run (re-reading some old ones is
-    harmless: every fact is a min, max or distinct pair). Without it, all events. A linking graph
-    of at most `driver_max_edges` edges is labelled on the driver (core.identity_graph): the same labels.
+    harmless: every fact is a min, max or distinct pair). Without it, all events, and the ids of
+    `previous_map` (the previous run's map, when a full rebuild has one) are kept as an incremental
+    run keeps them (assign_customer_ids). A linking graph of at most `driver_max_edges` edges is
+    labelled on the driver (core.identity_graph): the same labels.
     """
     facts = checkpoint(events.transform(identity_facts(guardrails)))
     new_nodes = nodes_from_facts(facts)
@@ -118,7 +120,7 @@ def resolve(events: DataFrame, base: State | None, guardrails: Guardrails, check
         keyed_edges = new_linking.select(identifier_key(F.col("a_type"), F.col("a_value")).alias("src_key"),
                                          identifier_key(F.col("b_type"), F.col("b_value")).alias("dst_key"))
         components, rounds = components_by_key(keyed.select("key"), keyed_edges, checkpoint, driver_max_edges)
-        identity_map = checkpoint(assign_customer_ids(keyed.join(components, "key")))
+        identity_map = checkpoint(assign_customer_ids(keyed.join(components, "key"), previous_map))
         compare_previous = None
         compare_new = identity_map
     else:
@@ -193,10 +195,11 @@ def _resolve_incrementally(base: State, new_nodes: DataFrame, new_linking: DataF
         kept_inside = linking_edges(base.edges, devices).join(split_members, ["a_type", "a_value"], "left_semi")
         graph_edges = graph_edges.unionByName(keyed(kept_inside))
     components, rounds = components_by_key(affected.select("key"), graph_edges, checkpoint, driver_max_edges)
-    changed = checkpoint(assign_customer_ids(affected.join(components, "key")))
-    unchanged = annotated.where(~F.col("touched")).select(*IDENTITY_MAP_SCHEMA.fieldNames())
+    # The touched previous customers, whole: the ids the changed components may keep.
     compare_previous = annotated.where(F.col("touched") & F.col("customer_id").isNotNull()).select(
         *IDENTITY_MAP_SCHEMA.fieldNames())
+    changed = checkpoint(assign_customer_ids(affected.join(components, "key"), compare_previous))
+    unchanged = annotated.where(~F.col("touched")).select(*IDENTITY_MAP_SCHEMA.fieldNames())
     return unchanged.unionByName(changed), compare_previous, changed, rounds
 
 
@@ -248,7 +251,8 @@ def run(spark: SparkSession, settings: Settings, logical_date: dt.date, full_reb
     scratch = f"{settings.lake_uri}/_scratch/identity"
     with LakeCheckpointer(spark, scratch, local=local_checkpoints(spark, settings.identity.checkpoint)) as checkpoint:
         result = resolve(events, None if increment.full else previous_state, guardrails, checkpoint,
-                         settings.identity.driver_labels_max_edges)
+                         settings.identity.driver_labels_max_edges,
+                         previous_state.identity_map if previous_state is not None else None)
         guardrail_rows = result.guardrails.withColumn("as_of", F.lit(as_of))
         this_run = f"as_of = TIMESTAMP'{as_of:%Y-%m-%d %H:%M:%S}'"
 

@@ -166,21 +166,45 @@ def linking_edges(edges: DataFrame, devices: DataFrame) -> DataFrame:
 
 # ---- components and ids ------------------------------------------------------------------------
 
-def assign_customer_ids(members: DataFrame) -> DataFrame:
+def assign_customer_ids(members: DataFrame, previous_map: DataFrame | None = None) -> DataFrame:
     """(identifier_type, identifier_value, first_seen, last_seen, component) -> identity_map rows.
 
-    The customer id is derived from the component's anchor: its identifier with the smallest
-    (first_seen, identifier_type, identifier_value). Growing a component never changes its
-    anchor unless an identifier seen earlier joins (late data); in a merge the anchor of the
-    merged component is the older of the two anchors, so the older id survives.
+    An id is minted from one identifier, its origin: "cus_" + a hash of it (customer_id_of). With no
+    previous map, each component's id is minted from its anchor: its identifier with the smallest
+    (first_seen, identifier_type, identifier_value). With `previous_map` (the rows of the previous
+    run's map for the identifiers of `members`, whole previous customers), a component keeps a
+    previous id whose origin it holds, so an id stays while its component only grows, late data
+    included (BRIEF §5); when it holds several (a merge), the oldest survives: the customer first
+    seen first (its first_seen in the previous map), ties by its origin. A component holding no
+    origin (new, or the part of a split without it) takes its anchor's id.
     """
     anchors = members.groupBy("component").agg(
         F.min(anchor_order(F.col("first_seen"), F.col("identifier_type"), F.col("identifier_value"))).alias("anchor")
     ).select("component", customer_id_of(F.col("anchor.identifier_type"), F.col("anchor.identifier_value"))
-             .alias("customer_id"))
-    return members.join(anchors, "component").select(
+             .alias("anchor_id"))
+    if previous_map is None:
+        ids = anchors.select("component", F.col("anchor_id").alias("customer_id"))
+    else:
+        since = previous_map.groupBy(F.col("customer_id").alias("previous_id")).agg(F.min("first_seen").alias("since"))
+        survivors = (
+            members.join(id_origins(previous_map), ["identifier_type", "identifier_value"])
+            .join(since, "previous_id")
+            .groupBy("component")
+            .agg(F.min(F.struct("since", "identifier_type", "identifier_value", "previous_id")).alias("oldest"))
+            .select("component", F.col("oldest.previous_id").alias("survivor_id"))
+        )
+        ids = anchors.join(survivors, "component", "left").select(
+            "component", F.coalesce("survivor_id", "anchor_id").alias("customer_id"))
+    return members.join(ids, "component").select(
         "identifier_type", "identifier_value", "customer_id", "first_seen", "last_seen"
     )
+
+
+def id_origins(identity_map: DataFrame) -> DataFrame:
+    """(identifier_type, identifier_value, previous_id): each id's origin, the identifier it was minted from."""
+    return identity_map.where(
+        customer_id_of(F.col("identifier_type"), F.col("identifier_value")) == F.col("customer_id")
+    ).select("identifier_type", "identifier_value", F.col("customer_id").alias("previous_id"))
 
 
 def identifier_key(identifier_type: Column, identifier_value: Column) -> Column:
@@ -194,11 +218,10 @@ def customer_key(customer_id: Column) -> Column:
 # ---- what changed since the previous map ---------------------------------------------------------
 
 def old_anchors(previous_map: DataFrame) -> DataFrame:
-    """(old_customer_id, anchor_type, anchor_value): the identifier each previous id was derived from."""
-    return previous_map.groupBy(F.col("customer_id").alias("old_customer_id")).agg(
-        F.min(anchor_order(F.col("first_seen"), F.col("identifier_type"), F.col("identifier_value"))).alias("a")
-    ).select("old_customer_id", F.col("a.identifier_type").alias("anchor_type"),
-             F.col("a.identifier_value").alias("anchor_value"))
+    """(old_customer_id, anchor_type, anchor_value): the identifier each previous id was minted from."""
+    return id_origins(previous_map).select(F.col("previous_id").alias("old_customer_id"),
+                                           F.col("identifier_type").alias("anchor_type"),
+                                           F.col("identifier_value").alias("anchor_value"))
 
 
 def id_changes(previous_map: DataFrame, new_map: DataFrame) -> tuple[DataFrame, DataFrame]:
