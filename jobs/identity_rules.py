@@ -229,12 +229,13 @@ def id_changes(previous_map: DataFrame, new_map: DataFrame) -> tuple[DataFrame, 
 
     Returns (retired, splits):
     - retired: (old_customer_id, new_customer_id, kind) for every previous id that no longer
-      exists: it follows its anchor identifier to the anchor's new customer. kind is 'merge' when
-      that new customer holds identifiers of several previous customers, else 'rekey' (late data
-      brought an earlier identifier into the component).
+      exists: it follows its origin (the identifier it was minted from) to the origin's new
+      customer. kind is 'merge': that new customer holds identifiers of several previous customers.
+      ('rekey', an id that moved without a merge, was late data's doing before ids were kept by
+      assign_customer_ids; it cannot happen when the new map was assigned from this previous map.)
     - splits: (old_customer_id, new_customer_id) for each part of a previous customer that no longer
-      holds its anchor (a device became shared and stopped linking).
-    Previous ids whose anchor is gone from the new map (erased) are left out.
+      holds its origin (a device became shared and stopped linking).
+    Previous ids whose origin is gone from the new map (erased) are left out.
     """
     joined = previous_map.select(
         "identifier_type", "identifier_value", F.col("customer_id").alias("old_customer_id")
