@@ -246,21 +246,29 @@ def run(spark: SparkSession, settings: Settings, logical_date: dt.date, full_reb
             previous_state = _read_state(spark, paths, versions)
         else:  # vacuumed, replaced, or written by a run that did not finish: rebuild from silver
             increment = Increment(None, "previous state not found")
+    # The ids to keep: the previous run's map; without its state, the map as it stands (a rerun
+    # after an erasure's VACUUM, a date re-staged on an object store), so that no id is minted
+    # anew because the history it came from is gone. None only before any map exists.
+    if previous_state is not None:
+        previous_map = previous_state.identity_map
+    elif is_delta(spark, paths["gold.identity_map"]):
+        previous_map = read_version(spark, paths["gold.identity_map"], latest_version(spark, paths["gold.identity_map"]))
+    else:
+        previous_map = None
 
     events = silver if increment.full else silver.where(F.col("event_date").isin(increment.dates))
     scratch = f"{settings.lake_uri}/_scratch/identity"
     with LakeCheckpointer(spark, scratch, local=local_checkpoints(spark, settings.identity.checkpoint)) as checkpoint:
         result = resolve(events, None if increment.full else previous_state, guardrails, checkpoint,
-                         settings.identity.driver_labels_max_edges,
-                         previous_state.identity_map if previous_state is not None else None)
+                         settings.identity.driver_labels_max_edges, previous_map)
         guardrail_rows = result.guardrails.withColumn("as_of", F.lit(as_of))
         this_run = f"as_of = TIMESTAMP'{as_of:%Y-%m-%d %H:%M:%S}'"
 
         changes = {"merges": 0, "splits": 0}
-        if previous_state is not None:
+        if previous_map is not None:
             compare_previous = result.compare_previous
             if compare_previous is None:
-                compare_previous = previous_state.identity_map
+                compare_previous = previous_map
             retired_ids, split_ids = id_changes(compare_previous, result.compare_new)
             retired = checkpoint(linking_events(retired_ids, compare_previous, result.compare_new,
                                                 result.new_linking_edges, result.new_nodes)

@@ -246,6 +246,29 @@ def test_incremental_days_equal_full_rebuild_with_merges_splits_and_late_data(sp
     assert len(incremental_profiles) == len(set(customer_of(day4).values()))
 
 
+def test_a_rebuild_without_the_previous_state_keeps_the_ids_of_the_map(spark, settings):
+    """Late data made an id's origin other than its anchor; a rerun without the previous run's state
+    (its log or tables gone: vacuumed, re-staged) rebuilds from silver and still keeps the map's ids."""
+    from delta.tables import DeltaTable
+
+    from touchpoint.core.catalog import table_path
+    from touchpoint.jobs import identity
+
+    cid = expected_customer_id
+    append_silver(spark, settings, [_ev("x1", ts(1, 9), anonymous_id="x-a", user_id="x-u")])
+    identity.run(spark, settings, date(1))
+    append_silver(spark, settings, [_ev("late", ts(1, 8, 30), anonymous_id="early-a", user_id="x-u"),
+                                    _ev("y1", ts(2, 9), anonymous_id="y-a")])
+    assert identity.run(spark, settings, date(2))["mode"] == "incremental"
+    kept = identity_rows(spark, settings)
+    assert set(customer_of(kept).values()) == {cid("anonymous_id", "x-a"), cid("anonymous_id", "y-a")}
+    # the run log of day 1 is gone: day 2's rerun has no previous run to start from
+    DeltaTable.forPath(spark, table_path("gold.identity_runs", settings)).delete("logical_date < DATE'2026-03-02'")
+    rerun = identity.run(spark, settings, date(2))
+    assert (rerun["mode"], rerun["reason"], rerun["merges"], rerun["splits"]) == ("full", "no previous run", 0, 0)
+    assert identity_rows(spark, settings) == kept
+
+
 def _random_events(seed: int, count: int) -> list[dict]:
     rng = random.Random(seed)
     pools = {
