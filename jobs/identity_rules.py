@@ -217,13 +217,6 @@ def customer_key(customer_id: Column) -> Column:
 
 # ---- what changed since the previous map ---------------------------------------------------------
 
-def old_anchors(previous_map: DataFrame) -> DataFrame:
-    """(old_customer_id, anchor_type, anchor_value): the identifier each previous id was minted from."""
-    return id_origins(previous_map).select(F.col("previous_id").alias("old_customer_id"),
-                                           F.col("identifier_type").alias("anchor_type"),
-                                           F.col("identifier_value").alias("anchor_value"))
-
-
 def id_changes(previous_map: DataFrame, new_map: DataFrame) -> tuple[DataFrame, DataFrame]:
     """Compare the previous identity map (or the part of it that may have changed) with the new one.
 
@@ -241,24 +234,24 @@ def id_changes(previous_map: DataFrame, new_map: DataFrame) -> tuple[DataFrame, 
         "identifier_type", "identifier_value", F.col("customer_id").alias("old_customer_id")
     ).join(new_map.select("identifier_type", "identifier_value", F.col("customer_id").alias("new_customer_id")),
            ["identifier_type", "identifier_value"])
-    anchor_now = old_anchors(previous_map).join(
-        joined.select(F.col("identifier_type").alias("anchor_type"), F.col("identifier_value").alias("anchor_value"),
-                      F.col("new_customer_id").alias("anchor_customer_id")),
-        ["anchor_type", "anchor_value"],
-    ).select("old_customer_id", "anchor_customer_id")
+    # where each previous id's origin is now
+    origin_now = id_origins(previous_map).join(
+        joined.select("identifier_type", "identifier_value", F.col("new_customer_id").alias("origin_customer_id")),
+        ["identifier_type", "identifier_value"],
+    ).select(F.col("previous_id").alias("old_customer_id"), "origin_customer_id")
     previous_per_new = joined.groupBy("new_customer_id").agg(
         F.countDistinct("old_customer_id").alias("previous_customers")
     )
     retired = (
-        anchor_now.where(F.col("anchor_customer_id") != F.col("old_customer_id"))
-        .join(previous_per_new, F.col("anchor_customer_id") == F.col("new_customer_id"))
+        origin_now.where(F.col("origin_customer_id") != F.col("old_customer_id"))
+        .join(previous_per_new, F.col("origin_customer_id") == F.col("new_customer_id"))
         .select("old_customer_id", "new_customer_id",
                 F.when(F.col("previous_customers") > 1, F.lit("merge")).otherwise(F.lit("rekey")).alias("kind"))
     )
     splits = (
         joined.select("old_customer_id", "new_customer_id").distinct()
-        .join(anchor_now, "old_customer_id")
-        .where(F.col("new_customer_id") != F.col("anchor_customer_id"))
+        .join(origin_now, "old_customer_id")
+        .where(F.col("new_customer_id") != F.col("origin_customer_id"))
         .select("old_customer_id", "new_customer_id")
     )
     return retired, splits
