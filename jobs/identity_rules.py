@@ -223,9 +223,10 @@ def id_changes(previous_map: DataFrame, new_map: DataFrame) -> tuple[DataFrame, 
     Returns (retired, splits):
     - retired: (old_customer_id, new_customer_id, kind) for every previous id that no longer
       exists: it follows its origin (the identifier it was minted from) to the origin's new
-      customer. kind is 'merge': that new customer holds identifiers of several previous customers.
-      ('rekey', an id that moved without a merge, was late data's doing before ids were kept by
-      assign_customer_ids; it cannot happen when the new map was assigned from this previous map.)
+      customer. kind is 'merge': a new map assigned from this previous map (assign_customer_ids)
+      drops an id only when its origin's component kept an older one, so that customer holds
+      identifiers of several previous customers. (Before ids were kept, late data could move an id
+      without a merge: kind 'rekey' in old logs.)
     - splits: (old_customer_id, new_customer_id) for each part of a previous customer that no longer
       holds its origin (a device became shared and stopped linking).
     Previous ids whose origin is gone from the new map (erased) are left out.
@@ -239,15 +240,8 @@ def id_changes(previous_map: DataFrame, new_map: DataFrame) -> tuple[DataFrame, 
         joined.select("identifier_type", "identifier_value", F.col("new_customer_id").alias("origin_customer_id")),
         ["identifier_type", "identifier_value"],
     ).select(F.col("previous_id").alias("old_customer_id"), "origin_customer_id")
-    previous_per_new = joined.groupBy("new_customer_id").agg(
-        F.countDistinct("old_customer_id").alias("previous_customers")
-    )
-    retired = (
-        origin_now.where(F.col("origin_customer_id") != F.col("old_customer_id"))
-        .join(previous_per_new, F.col("origin_customer_id") == F.col("new_customer_id"))
-        .select("old_customer_id", "new_customer_id",
-                F.when(F.col("previous_customers") > 1, F.lit("merge")).otherwise(F.lit("rekey")).alias("kind"))
-    )
+    retired = origin_now.where(F.col("origin_customer_id") != F.col("old_customer_id")).select(
+        "old_customer_id", F.col("origin_customer_id").alias("new_customer_id"), F.lit("merge").alias("kind"))
     splits = (
         joined.select("old_customer_id", "new_customer_id").distinct()
         .join(origin_now, "old_customer_id")

@@ -22,7 +22,6 @@ appended to silver directly.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import random
 from collections import defaultdict
@@ -31,7 +30,8 @@ import phonenumbers
 import pytest
 from pyspark.sql import functions as F
 
-from test_identity_support import append_silver, read_table, restore_delta_state, rows_of, small_delta_state
+from test_identity_support import (append_silver, expected_customer_id, read_table, restore_delta_state, rows_of,
+                                   small_delta_state)
 
 UTC = dt.timezone.utc
 TYPES = ("anonymous_id", "user_id", "email", "phone")
@@ -103,8 +103,7 @@ def usable_ids(event: dict) -> list[tuple[str, str]]:
 
 
 def customer_id_of(identifier: tuple[str, str]) -> str:
-    digest = hashlib.sha256(f"touchpoint-customer-v1:{identifier[0]}:{identifier[1]}".encode()).hexdigest()
-    return "cus_" + digest[:32]
+    return expected_customer_id(*identifier)
 
 
 class Resolution:
