@@ -187,6 +187,12 @@ def _overwrite(frame: DataFrame, path: str, partition_by: tuple[str, ...] = ()) 
     writer.save(path)
 
 
+def _replace_partition(frame: DataFrame, path: str, column: str, value: str) -> None:
+    """Replace the rows of one partition (`column` = `value`) by `frame`'s, in one commit."""
+    (frame.write.format("delta").mode("overwrite").option("replaceWhere", f"{column} = '{value}'")
+     .save(path))
+
+
 def _merge(spark: SparkSession, path: str, source: DataFrame, keys: str, columns: Iterable[str]) -> None:
     """Upsert the source rows with deleted = false, delete the target rows whose key comes with
     deleted = true; one atomic Delta commit."""
@@ -332,9 +338,9 @@ def run(spark: SparkSession, settings: Settings, logical_date: dt.date, mode: st
             new_rows = keep(all_convs.transform(credits(cfg, removal_effects, MODELS)))
             final_credits = new_rows
         else:
-            markov_rows = all_convs.transform(credits(cfg, removal_effects, ["markov"]))
-            new_rows = keep(rebuilt.transform(credits(cfg, removal_effects, HEURISTIC_MODELS))
-                            .unionByName(markov_rows))
+            markov_rows = keep(all_convs.transform(credits(cfg, removal_effects, ["markov"])))
+            heuristic_rows = keep(rebuilt.transform(credits(cfg, removal_effects, HEURISTIC_MODELS)))
+            new_rows = heuristic_rows.unionByName(markov_rows)
             kept = previous_credits.where(F.col("model") != "markov").join(affected, "conversion_id", "left_anti")
             final_credits = kept.select(*CREDIT_COLUMNS).unionByName(new_rows)
         assert_attribution_invariants(final_credits, all_convs, lookback_us)
@@ -347,18 +353,24 @@ def run(spark: SparkSession, settings: Settings, logical_date: dt.date, mode: st
             _overwrite(touches, paths["attribution_touchpoints"])
             _overwrite(new_rows, paths["attribution_credits"], partition_by=("model",))
         else:
-            conversion_source = rebuilt.withColumn("deleted", F.lit(False)).unionByName(
-                removed.withColumn("deleted", F.lit(True)), allowMissingColumns=True)
-            _merge(spark, paths["attribution_conversions"], conversion_source,
-                   "t.conversion_id = s.conversion_id", list(CONVERSION_COLUMNS) + ["path"])
-            _merge(spark, paths["attribution_touchpoints"], touch_changes,
-                   "t.touch_event_id = s.touch_event_id", TOUCHPOINT_COLUMNS)
-            stale = previous_credits.where(F.col("model") == "markov").unionByName(
-                previous_credits.where(F.col("model") != "markov").join(affected, "conversion_id", "left_semi")
-                .select(*CREDIT_COLUMNS))
-            _merge(spark, paths["attribution_credits"], credit_merge_source(new_rows, stale),
-                   "t.model = s.model AND t.conversion_id = s.conversion_id "
-                   "AND t.touch_event_id <=> s.touch_event_id", CREDIT_COLUMNS)
+            # A MERGE with nothing to change still costs its jobs and a commit: skipped.
+            if recomputed or removed_count:
+                conversion_source = rebuilt.withColumn("deleted", F.lit(False)).unionByName(
+                    removed.withColumn("deleted", F.lit(True)), allowMissingColumns=True)
+                _merge(spark, paths["attribution_conversions"], conversion_source,
+                       "t.conversion_id = s.conversion_id", list(CONVERSION_COLUMNS) + ["path"])
+            if not touch_changes.isEmpty():
+                _merge(spark, paths["attribution_touchpoints"], touch_changes,
+                       "t.touch_event_id = s.touch_event_id", TOUCHPOINT_COLUMNS)
+            # Markov credits follow the latest chain, so their partition is replaced whole: a MERGE
+            # matched every row of it, and rewrote nearly every file of the table (bench/README.md).
+            _replace_partition(markov_rows, paths["attribution_credits"], "model", "markov")
+            if recomputed or removed_count:  # the heuristic credits of the conversions rebuilt or gone
+                stale = (previous_credits.where(F.col("model") != "markov")
+                         .join(affected, "conversion_id", "left_semi").select(*CREDIT_COLUMNS))
+                _merge(spark, paths["attribution_credits"], credit_merge_source(heuristic_rows, stale),
+                       "t.model = s.model AND t.conversion_id = s.conversion_id "
+                       "AND t.touch_event_id <=> s.touch_event_id", CREDIT_COLUMNS)
         step("state tables and credits written")
         _overwrite(daily(final_credits), paths["attribution_daily"])
         _overwrite(training, paths["attribution_paths"])
