@@ -363,7 +363,7 @@ def run(spark: SparkSession, settings: Settings, logical_date: dt.date, mode: st
                 _merge(spark, paths["attribution_touchpoints"], touch_changes,
                        "t.touch_event_id = s.touch_event_id", TOUCHPOINT_COLUMNS)
             # Markov credits follow the latest chain, so their partition is replaced whole: a MERGE
-            # matched every row of it, and rewrote nearly every file of the table (bench/README.md).
+            # matched every row of it and rewrote nearly every file of the table (bench/README.md).
             _replace_partition(markov_rows, paths["attribution_credits"], "model", "markov")
             if recomputed or removed_count:  # the heuristic credits of the conversions rebuilt or gone
                 stale = (previous_credits.where(F.col("model") != "markov")

@@ -8,6 +8,7 @@ events, an identity merge, a late click that turns a page view into a landing, a
 import datetime as dt
 import shutil
 from pathlib import Path
+from unittest.mock import ANY
 
 import pytest
 from deltalake import DeltaTable
@@ -22,6 +23,7 @@ from touchpoint.schemas.lake import SILVER_SCHEMA
 UTC = dt.timezone.utc
 D1, D2, D3 = (dt.date(2026, 3, d) for d in (1, 2, 3))
 
+STATE_TABLES = ("gold.attribution_conversions", "gold.attribution_touchpoints", "gold.attribution_credits")
 COMPARED_TABLES = ("gold.attribution_conversions", "gold.attribution_touchpoints", "gold.attribution_credits",
                    "gold.attribution_daily", "gold.attribution_paths")
 
@@ -138,6 +140,10 @@ def test_daily_incremental_runs_equal_a_full_recompute(spark, tmp_path):
     ])
     second = attribution.run(spark, lakes.incremental, D2)
     assert (second["mode"], second["conversions_recomputed"], second["conversions_removed"]) == ("incremental", 3, 0)
+    # The Markov partition is replaced whole, then the heuristic credits of the rebuilt conversions merged.
+    assert [(c["operation"], c.get("operationParameters", {}).get("predicate")) for c in DeltaTable(
+        table_path("gold.attribution_credits", lakes.incremental)).history(2)] == [
+        ("MERGE", ANY), ("WRITE", "model = 'markov'")]
     # customers 1 and 2 have new events; customer 3 is not re-derived
     assert second["derivation"] == "changed customers: 2"
     assert credits_of(lakes, "o1", "linear") == {"e02": 0.5, "e08": 0.5}
@@ -178,8 +184,12 @@ def test_daily_incremental_runs_equal_a_full_recompute(spark, tmp_path):
     assert [(r["run_id"], r["logical_date"], r["mode"]) for r in runs] == [
         (1, D1, "full"), (2, D2, "incremental"), (3, D3, "incremental")]
 
-    # Re-running the same day changes nothing and recomputes nothing.
+    # Re-running the same day changes nothing and recomputes nothing: no MERGE commits, one Markov write.
+    versions = {name: latest_version(spark, table_path(name, lakes.incremental)) for name in STATE_TABLES}
     again = attribution.run(spark, lakes.incremental, D3)
+    assert {name: latest_version(spark, table_path(name, lakes.incremental)) - versions[name]
+            for name in STATE_TABLES} == {"gold.attribution_conversions": 0, "gold.attribution_touchpoints": 0,
+                                          "gold.attribution_credits": 1}
     assert (again["mode"], again["conversions_recomputed"], again["conversions_removed"]) == ("incremental", 0, 0)
     assert again["derivation"] == "changed customers: 0"
     lakes.assert_same_tables(D3)
