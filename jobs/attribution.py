@@ -187,10 +187,9 @@ def _overwrite(frame: DataFrame, path: str, partition_by: tuple[str, ...] = ()) 
     writer.save(path)
 
 
-def _replace_partition(frame: DataFrame, path: str, column: str, value: str) -> None:
-    """Replace the rows of one partition (`column` = `value`) by `frame`'s, in one commit."""
-    (frame.write.format("delta").mode("overwrite").option("replaceWhere", f"{column} = '{value}'")
-     .save(path))
+def _replace_where(frame: DataFrame, path: str, predicate: str) -> None:
+    """Replace the rows matching `predicate` (a SQL condition) by `frame`'s, in one commit."""
+    frame.write.format("delta").mode("overwrite").option("replaceWhere", predicate).save(path)
 
 
 def _merge(spark: SparkSession, path: str, source: DataFrame, keys: str, columns: Iterable[str]) -> None:
@@ -364,7 +363,7 @@ def run(spark: SparkSession, settings: Settings, logical_date: dt.date, mode: st
                        "t.touch_event_id = s.touch_event_id", TOUCHPOINT_COLUMNS)
             # Markov credits follow the latest chain, so their partition is replaced whole: a MERGE
             # matched every row of it and rewrote nearly every file of the table (bench/README.md).
-            _replace_partition(markov_rows, paths["attribution_credits"], "model", "markov")
+            _replace_where(markov_rows, paths["attribution_credits"], "model = 'markov'")
             if recomputed or removed_count:  # the heuristic credits of the conversions rebuilt or gone
                 stale = (previous_credits.where(F.col("model") != "markov")
                          .join(affected, "conversion_id", "left_semi").select(*CREDIT_COLUMNS))
@@ -407,9 +406,7 @@ def run(spark: SparkSession, settings: Settings, logical_date: dt.date, mode: st
 
 def _write_removal_effects(spark: SparkSession, rows: DataFrame, path: str, as_of: dt.datetime) -> None:
     """Replace this as-of's rows; the removal effects of other as-ofs are history."""
-    writer = rows.write.format("delta")
     if is_delta(spark, path):
-        literal = as_of.strftime("%Y-%m-%d %H:%M:%S")
-        writer.mode("overwrite").option("replaceWhere", f"as_of = TIMESTAMP '{literal}'").save(path)
+        _replace_where(rows, path, f"as_of = TIMESTAMP '{as_of.strftime('%Y-%m-%d %H:%M:%S')}'")
     else:
-        writer.mode("overwrite").save(path)
+        rows.write.format("delta").mode("overwrite").save(path)

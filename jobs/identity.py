@@ -100,8 +100,8 @@ def resolve(events: DataFrame, base: State | None, guardrails: Guardrails, check
     With `base`, `events` are the rows not yet seen by the base run (re-reading some old ones is
     harmless: every fact is a min, max or distinct pair). Without it, all events, and the ids of
     `previous_map` (the previous run's map, or the map as it stands when that run's state is gone)
-    are kept as an incremental run keeps them (assign_customer_ids). A linking graph of at most `driver_max_edges` edges is
-    labelled on the driver (core.identity_graph): the same labels.
+    are kept as an incremental run keeps them (assign_customer_ids). A linking graph of at most
+    `driver_max_edges` edges is labelled on the driver (core.identity_graph): the same labels.
     """
     facts = checkpoint(events.transform(identity_facts(guardrails)))
     new_nodes = nodes_from_facts(facts)
