@@ -33,7 +33,8 @@ from touchpoint.core.identity_lookup import attach_customer_id
 from touchpoint.core.spark import local_checkpoint
 from touchpoint.jobs.attribution_checks import assert_attribution_invariants
 from touchpoint.jobs.attribution_scope import (
-    changed_customers, conversions_in_scope, events_in_scope, scope_conversion_ids, scope_identifiers, scope_seeds,
+    changed_customers, conversions_in_scope, events_in_scope, scope_candidates, scope_conversion_ids,
+    scope_identifiers, scope_seeds,
 )
 from touchpoint.jobs.attribution_models import (
     CLICK_TYPES, CONVERSION_COLUMNS, CREDIT_COLUMNS, HEURISTIC_MODELS, MODELS, TOUCHPOINT_COLUMNS, conversions,
@@ -285,9 +286,11 @@ def run(spark: SparkSession, settings: Settings, logical_date: dt.date, mode: st
         else:
             customers = keep(changed_customers(
                 changes, changed_events.transform(resolve).select("customer_id")))
-            seeds = keep(relevant.transform(scope_seeds(scope_identifiers(current_map, customers, changes),
-                                                        changed_events)))
-            events = keep(relevant.transform(events_in_scope(seeds)).transform(resolve))
+            # one scan of silver: the events in scope are among these
+            candidates = keep(relevant.transform(scope_candidates(
+                scope_identifiers(current_map, customers, changes), changed_events)))
+            seeds = keep(candidates.transform(scope_seeds(changed_events)))
+            events = keep(candidates.transform(events_in_scope(seeds)).transform(resolve))
             # The changed customers' touchpoints; an order event in scope only for its order id
             # may belong to a customer whose touchpoints did not change.
             touches = keep(events.join(customers, "customer_id", "left_semi").transform(touchpoints(cfg)))

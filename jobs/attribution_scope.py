@@ -21,7 +21,7 @@ from typing import Callable
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
-from touchpoint.core.identity_lookup import IDENTIFIER_PRECEDENCE, event_identifiers
+from touchpoint.core.identity_lookup import IDENTIFIER_PRECEDENCE, carrier_flag
 
 IDENTIFIER_KEY = ["identifier_type", "identifier_value"]
 # What a changed event must carry to find its customer and its order id.
@@ -66,18 +66,36 @@ def order_key() -> Column:
     return F.when((F.col("event_type") == "order") & (F.length(order_id) > 0), order_id)
 
 
-def scope_seeds(identifiers: DataFrame, changed_events: DataFrame) -> Callable[[DataFrame], DataFrame]:
-    """Relevant silver events -> (event_id, conversion_id) of the events in scope by themselves: those
-    carrying an identifier in `identifiers`, and the changed events (deleted ones included).
-    One scan of the events; the result is small."""
+# Set on a scope candidate that is in scope by itself (scope_candidates).
+SEED_FLAG = "_scope_seed"
+
+
+def scope_candidates(identifiers: DataFrame, changed_events: DataFrame) -> Callable[[DataFrame], DataFrame]:
+    """Relevant silver events -> every event that can be in scope, with a boolean `SEED_FLAG`: true
+    for those in scope by themselves (carrying an identifier in `identifiers`, or changed). The others
+    are order events with an order id: whether theirs is in scope is known only from the seeds.
+
+    One scan of the events, by broadcast probes (`identifiers` and the changed events must fit a
+    broadcast); scope_seeds and events_in_scope read the kept result, not silver again."""
 
     def transform(events: DataFrame) -> DataFrame:
-        keyed = events.select(F.struct("event_id", order_key().alias("conversion_id")).alias("_scope_key"),
-                              *IDENTIFIER_PRECEDENCE)
-        by_identifier = (event_identifiers(keyed, "_scope_key").join(F.broadcast(identifiers), IDENTIFIER_KEY, "left_semi")
-                         .select("_scope_key.*"))
-        return by_identifier.unionByName(
-            changed_events.select("event_id", order_key().alias("conversion_id"))).distinct()
+        changed_ids = F.broadcast(changed_events.select("event_id", F.lit(True).alias("_changed")).distinct())
+        return (events.transform(carrier_flag(identifiers, SEED_FLAG))
+                .join(changed_ids, "event_id", "left")
+                .withColumn(SEED_FLAG, F.col(SEED_FLAG) | F.col("_changed").isNotNull())
+                .where(F.col(SEED_FLAG) | order_key().isNotNull())
+                .drop("_changed"))
+
+    return transform
+
+
+def scope_seeds(changed_events: DataFrame) -> Callable[[DataFrame], DataFrame]:
+    """Scope candidates -> (event_id, conversion_id) of the events in scope by themselves: the
+    flagged candidates and the changed events (deleted ones included). The result is small."""
+
+    def transform(candidates: DataFrame) -> DataFrame:
+        return (candidates.where(F.col(SEED_FLAG)).select("event_id", order_key().alias("conversion_id"))
+                .unionByName(changed_events.select("event_id", order_key().alias("conversion_id"))).distinct())
 
     return transform
 
@@ -88,18 +106,16 @@ def scope_conversion_ids(seeds: DataFrame) -> DataFrame:
 
 
 def events_in_scope(seeds: DataFrame) -> Callable[[DataFrame], DataFrame]:
-    """Relevant silver events -> those in scope: the seeds, and every order event of an order id in
-    scope (a conversion is the earliest of all its order id's events). One scan of the events."""
+    """Scope candidates -> the events in scope, without the flag: the seeds, and every order event of
+    an order id in scope (a conversion is the earliest of all its order id's events)."""
 
-    def transform(events: DataFrame) -> DataFrame:
-        seed_ids = seeds.select("event_id", F.lit(True).alias("_seed")).distinct()
+    def transform(candidates: DataFrame) -> DataFrame:
         order_ids = scope_conversion_ids(seeds).select(F.col("conversion_id").alias("_order_key"),
                                                        F.lit(True).alias("_same_order"))
-        return (events.withColumn("_order_key", order_key())
-                .join(F.broadcast(seed_ids), "event_id", "left")
+        return (candidates.withColumn("_order_key", order_key())
                 .join(F.broadcast(order_ids), "_order_key", "left")
-                .where(F.col("_seed") | F.col("_same_order"))
-                .select(*events.columns))
+                .where(F.col(SEED_FLAG) | F.col("_same_order").isNotNull())
+                .select(*[c for c in candidates.columns if c != SEED_FLAG]))
 
     return transform
 

@@ -34,7 +34,7 @@ from touchpoint.core.delta import read_version, rs_table, snapshot_fingerprint
 from touchpoint.core.hashing import hashed_email, hashed_phone_e164
 from touchpoint.core.identity_lookup import attach_customer_id
 from touchpoint.core.rfm import rfm_scores, rfm_segment
-from touchpoint.jobs.attribution_scope import changed_customers, scope_identifiers, scope_seeds
+from touchpoint.jobs.attribution_scope import changed_customers, scope_candidates, scope_identifiers, scope_seeds
 from touchpoint.core.identity_graph import LakeCheckpointer, local_checkpoints
 from touchpoint.jobs.identity_state import (
     locate_version, lookup_by_broadcast, run_log, snapshot_rows, write_snapshot,
@@ -278,8 +278,9 @@ def run(spark: SparkSession, settings: Settings, logical_date: dt.date, mode: st
             profiles = build_profiles(events, identity_map, as_of, checkpoint, partitions, broadcast_map)
             derivation = f"all customers: {full_reason}"
         else:
-            seeds = checkpoint(events.transform(scope_seeds(scope_identifiers(identity_map, customers, changes),
-                                                            changed_events)))
+            identifiers = scope_identifiers(identity_map, customers, changes)
+            seeds = checkpoint(events.transform(scope_candidates(identifiers, changed_events))
+                               .transform(scope_seeds(changed_events)))
             previous_profiles = read_version(spark, path, previous["customer_profiles_version"])
             profiles = update_profiles(events, identity_map, previous_profiles, customers, seeds, as_of,
                                        checkpoint, partitions, broadcast_map)

@@ -4,8 +4,8 @@ on hand-built frames with exact expected rows."""
 from chispa import assert_df_equality
 
 from touchpoint.jobs.attribution_scope import (
-    changed_customers, conversions_in_scope, events_in_scope, identity_changes, scope_conversion_ids,
-    scope_identifiers, scope_seeds,
+    SEED_FLAG, changed_customers, conversions_in_scope, events_in_scope, identity_changes, scope_candidates,
+    scope_conversion_ids, scope_identifiers, scope_seeds,
 )
 
 MAP_SCHEMA = "identifier_type string, identifier_value string, customer_id string"
@@ -59,12 +59,17 @@ def test_events_in_scope_take_every_event_of_an_order_id_in_scope(spark):
                                         "identifier_type string, identifier_value string")
     changed = spark.createDataFrame([("e2", "order", " o1 ", "b1", None, None, None),
                                      ("e10", "order", "o2", "b9", None, None, None)], EVENTS_SCHEMA)
-    seeds = events.transform(scope_seeds(identifiers, changed))
+    candidates = events.transform(scope_candidates(identifiers, changed))
+    # one scan of silver keeps the seeds and every order event with an order id, flagged
+    assert candidates.columns == [*events.columns, SEED_FLAG]
+    assert sorted((r["event_id"], r[SEED_FLAG]) for r in candidates.collect()) == [
+        ("e1", True), ("e2", True), ("e3", False), ("e5", False), ("e6", True), ("e7", False), ("e9", True)]
+    seeds = candidates.transform(scope_seeds(changed))
     expected = spark.createDataFrame([("e1", None), ("e10", "o2"), ("e2", "o1"), ("e6", "o3"), ("e9", None)],
                                      "event_id string, conversion_id string")
     assert_df_equality(seeds.orderBy("event_id"), expected, ignore_nullable=True)
     assert sorted(r["conversion_id"] for r in scope_conversion_ids(seeds).collect()) == ["o1", "o2", "o3"]
-    in_scope = events.transform(events_in_scope(seeds))
+    in_scope = candidates.transform(events_in_scope(seeds))
     assert in_scope.columns == events.columns
     assert sorted(r["event_id"] for r in in_scope.collect()) == ["e1", "e2", "e3", "e5", "e6", "e9"]
 
