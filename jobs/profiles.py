@@ -32,9 +32,9 @@ from touchpoint.core.config import Settings
 from touchpoint.core.dates import as_of_for
 from touchpoint.core.delta import read_version, rs_table, snapshot_fingerprint
 from touchpoint.core.hashing import hashed_email, hashed_phone_e164
-from touchpoint.core.identity_lookup import attach_customer_id
+from touchpoint.core.identity_lookup import attach_customer_id, events_carrying
 from touchpoint.core.rfm import rfm_scores, rfm_segment
-from touchpoint.jobs.attribution_scope import changed_customers, scope_candidates, scope_identifiers, scope_seeds
+from touchpoint.jobs.attribution_scope import changed_customers, scope_identifiers
 from touchpoint.core.identity_graph import LakeCheckpointer, local_checkpoints
 from touchpoint.jobs.identity_state import (
     locate_version, lookup_by_broadcast, run_log, snapshot_rows, write_snapshot,
@@ -194,14 +194,14 @@ def build_profiles(events: DataFrame, identity_map: DataFrame, as_of: dt.datetim
 
 
 def update_profiles(events: DataFrame, identity_map: DataFrame, previous_profiles: DataFrame,
-                    customers: DataFrame, seeds: DataFrame, as_of: dt.datetime, checkpoint,
+                    customers: DataFrame, carrying: DataFrame, as_of: dt.datetime, checkpoint,
                     partitions: int, broadcast: bool = False) -> DataFrame:
     """Like build_profiles, but the event summaries of customers outside `customers` (the changed
     customers, jobs.attribution_scope) are those of `previous_profiles`: they have the same events
-    as then. `seeds` (scope_seeds) holds every event of a changed customer, so only those events
-    are resolved and summarised."""
-    scoped = (events.join(seeds.select("event_id"), "event_id", "left_semi")
-              .transform(resolved_events(identity_map, broadcast)).join(customers, "customer_id", "left_semi"))
+    as then. `carrying` (events_carrying) holds every event of a changed customer, so only those
+    events are resolved and summarised."""
+    scoped = (carrying.transform(resolved_events(identity_map, broadcast))
+              .join(customers, "customer_id", "left_semi"))
     summaries = (previous_profiles.join(customers, "customer_id", "left_anti")
                  .select("customer_id", *EVENT_SUMMARY_COLUMNS)
                  .unionByName(event_summary(scoped)))
@@ -278,11 +278,11 @@ def run(spark: SparkSession, settings: Settings, logical_date: dt.date, mode: st
             profiles = build_profiles(events, identity_map, as_of, checkpoint, partitions, broadcast_map)
             derivation = f"all customers: {full_reason}"
         else:
+            # every event of the changed customers, their changed events included, in one scan
             identifiers = scope_identifiers(identity_map, customers, changes)
-            seeds = checkpoint(events.transform(scope_candidates(identifiers, changed_events))
-                               .transform(scope_seeds(changed_events)))
+            carrying = checkpoint(events.transform(events_carrying(identifiers)))
             previous_profiles = read_version(spark, path, previous["customer_profiles_version"])
-            profiles = update_profiles(events, identity_map, previous_profiles, customers, seeds, as_of,
+            profiles = update_profiles(events, identity_map, previous_profiles, customers, carrying, as_of,
                                        checkpoint, partitions, broadcast_map)
             derivation = f"changed customers: {customers.count()}"
         state = {"state": PROFILE_STATE, "logical_date": logical_date.isoformat(), "silver_version": silver_version,
