@@ -222,14 +222,15 @@ def id_changes(previous_map: DataFrame, new_map: DataFrame) -> tuple[DataFrame, 
 
     Returns (retired, splits):
     - retired: (old_customer_id, new_customer_id, kind) for every previous id that no longer
-      exists: it follows its origin (the identifier it was minted from) to the origin's new
-      customer. kind is 'merge': a new map assigned from this previous map (assign_customer_ids)
-      drops an id only when its origin's component kept an older one, so that customer holds
-      identifiers of several previous customers. (Before ids were kept, late data could move an id
-      without a merge: kind 'rekey' in old logs.)
+      exists. kind 'merge': it follows its origin (the identifier it was minted from) to the
+      origin's new customer; a new map assigned from this previous map (assign_customer_ids) drops
+      an id whose origin it still holds only when the origin's component kept an older one.
+      kind 'origin_removed': its origin is no longer in the map (a blocklist that now names it, or
+      its events erased), so no component can keep the id; one row for each new customer of its
+      remaining identifiers, none when nothing of it remains (a person forgotten whole).
+      (Before ids were kept, late data could move an id without a merge: kind 'rekey' in old logs.)
     - splits: (old_customer_id, new_customer_id) for each part of a previous customer that no longer
-      holds its origin (a device became shared and stopped linking).
-    Previous ids whose origin is gone from the new map (erased) are left out.
+      holds its origin (a device became shared and stopped linking) while the id lives on.
     """
     joined = previous_map.select(
         "identifier_type", "identifier_value", F.col("customer_id").alias("old_customer_id")
@@ -240,8 +241,14 @@ def id_changes(previous_map: DataFrame, new_map: DataFrame) -> tuple[DataFrame, 
         joined.select("identifier_type", "identifier_value", F.col("new_customer_id").alias("origin_customer_id")),
         ["identifier_type", "identifier_value"],
     ).select(F.col("previous_id").alias("old_customer_id"), "origin_customer_id")
-    retired = origin_now.where(F.col("origin_customer_id") != F.col("old_customer_id")).select(
+    merged = origin_now.where(F.col("origin_customer_id") != F.col("old_customer_id")).select(
         "old_customer_id", F.col("origin_customer_id").alias("new_customer_id"), F.lit("merge").alias("kind"))
+    origin_removed = (
+        joined.join(origin_now, "old_customer_id", "left_anti")
+        .where(F.col("new_customer_id") != F.col("old_customer_id"))
+        .select("old_customer_id", "new_customer_id", F.lit("origin_removed").alias("kind")).distinct()
+    )
+    retired = merged.unionByName(origin_removed)
     splits = (
         joined.select("old_customer_id", "new_customer_id").distinct()
         .join(origin_now, "old_customer_id")

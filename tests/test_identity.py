@@ -269,6 +269,39 @@ def test_a_rebuild_without_the_previous_state_keeps_the_ids_of_the_map(spark, se
     assert identity_rows(spark, settings) == kept
 
 
+
+def test_an_id_whose_origin_is_blocklisted_is_logged_against_the_customers_of_the_rest(spark, settings):
+    """A blocklist that now names an id's origin: no component can keep that id, so
+    gold.identity_merges logs it (kind 'origin_removed') against each new customer of its other
+    identifiers, for segments and erasure to follow. Before, the id vanished unlogged."""
+    from touchpoint.jobs import identity
+
+    cid = expected_customer_id
+    append_silver(spark, settings, [
+        _ev("h0", ts(1, 1), email="hub@x.io"),  # seen first: the origin of the hub's id
+        _ev("h1", ts(1, 2), email="hub@x.io", anonymous_id="h-a1"),
+        _ev("h2", ts(1, 3), email="hub@x.io", anonymous_id="h-a2"),
+        _ev("k1", ts(1, 4), anonymous_id="k-a", user_id="k-u"),
+    ])
+    identity.run(spark, settings, date(1))
+    assert set(customer_of(identity_rows(spark, settings)).values()) == {
+        cid("email", "hub@x.io"), cid("anonymous_id", "k-a")}
+    blocked = settings.model_copy(update={"identity": settings.identity.model_copy(
+        update={"blocklist": (*settings.identity.blocklist, "hub@x.io")})})
+    append_silver(spark, settings, [_ev("k2", ts(2, 1), anonymous_id="k-a")])
+
+    second = identity.run(spark, blocked, date(2))
+
+    assert (second["mode"], second["merges"], second["splits"]) == ("full", 2, 0)
+    assert customer_of(identity_rows(spark, blocked)) == {
+        A("h-a1"): cid("anonymous_id", "h-a1"), A("h-a2"): cid("anonymous_id", "h-a2"),
+        A("k-a"): cid("anonymous_id", "k-a"), U("k-u"): cid("anonymous_id", "k-a")}
+    # without a linking event, the first event of the new customer's anchor
+    assert _merges(spark, blocked) == [
+        (cid("email", "hub@x.io"), cid("anonymous_id", "h-a1"), ts(1, 2), "h1", "origin_removed", ts(3)),
+        (cid("email", "hub@x.io"), cid("anonymous_id", "h-a2"), ts(1, 3), "h2", "origin_removed", ts(3)),
+    ]
+
 def _random_events(seed: int, count: int) -> list[dict]:
     rng = random.Random(seed)
     pools = {
