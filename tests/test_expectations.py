@@ -25,7 +25,7 @@ MODELS = ("first_touch", "last_touch", "linear", "position_based", "time_decay",
 SUITE_TABLES = {"silver.events", "silver.quarantine", "gold.identity_map", "gold.customer_profiles",
                 "gold.attribution_credits", "gold.segment_membership", "exports", "gold.campaign_minute",
                 "gold.campaign_daily", "gold.campaign_conversions", "gold.customer_activity"}
-EXPECTATIONS = 94  # 51 in the seven original suites, 43 in the four serving-layer tables
+EXPECTATIONS = 95  # 52 in the seven original suites, 43 in the four serving-layer tables
 
 
 def sha(text: str) -> str:
@@ -100,7 +100,8 @@ def quarantine(spark, rows):
 
 
 def identity_map(spark, rows):
-    return spark.createDataFrame([(*r, AS_OF, AS_OF) for r in rows],
+    """(identifier_type, identifier_value, customer_id[, first_seen]) rows, first seen at AS_OF unless given."""
+    return spark.createDataFrame([(*r[:3], r[3] if len(r) > 3 else AS_OF, AS_OF) for r in rows],
                                  "identifier_type string, identifier_value string, customer_id string, "
                                  "first_seen timestamp, last_seen timestamp")
 
@@ -177,6 +178,7 @@ def frames(spark, defects: bool) -> dict:
     identities = [("email", "a@x.com", "c1"), ("anonymous_id", "d1", "c1"), ("user_id", "u2", "c2")]
     if defects:
         identities.append(("email", "a@x.com", "c2"))  # one identifier mapped to two customers
+        identities.append(("phone", "+4930123456", "c2", None))  # never seen
     profiles = spark.createDataFrame(GOOD_PROFILES, PROFILE_COLUMNS)
     if defects:
         profiles = profiles.withColumn("email", profiles["customer_id"])  # a raw PII column
@@ -263,6 +265,7 @@ def test_injected_defects_fail_exactly_their_expectations_and_reruns_replace_row
         ("silver.events", None, "expect_column_values_to_be_unique", ("event_id",)),
         ("silver.quarantine", None, "expect_column_values_to_not_be_null", ("error_code",)),
         ("gold.identity_map", None, "expect_compound_columns_to_be_unique", ("identifier_type", "identifier_value")),
+        ("gold.identity_map", None, "expect_column_values_to_not_be_null", ("first_seen",)),
         ("gold.customer_profiles", "table_columns", "expect_column_values_to_not_be_in_set", ("column_name",)),
         ("gold.attribution_credits", "credit_sums_per_conversion", "expect_column_values_to_be_between",
          ("credit_error",)),
