@@ -286,9 +286,10 @@ def run(spark: SparkSession, settings: Settings, logical_date: dt.date, mode: st
         else:
             customers = keep(changed_customers(
                 changes, changed_events.transform(resolve).select("customer_id")))
+            # kept: each identifier type's broadcast probe reads it (else each would read the map again)
+            identifiers = keep(scope_identifiers(current_map, customers, changes))
             # one scan of silver: the events in scope are among these
-            candidates = keep(relevant.transform(scope_candidates(
-                scope_identifiers(current_map, customers, changes), changed_events)))
+            candidates = keep(relevant.transform(scope_candidates(identifiers, changed_events)))
             seeds = keep(candidates.transform(scope_seeds(changed_events)))
             events = keep(candidates.transform(events_in_scope(seeds)).transform(resolve))
             # The changed customers' touchpoints; an order event in scope only for its order id

@@ -279,7 +279,7 @@ def run(spark: SparkSession, settings: Settings, logical_date: dt.date, mode: st
             derivation = f"all customers: {full_reason}"
         else:
             # every event of the changed customers, their changed events included, in one scan
-            identifiers = scope_identifiers(identity_map, customers, changes)
+            identifiers = checkpoint(scope_identifiers(identity_map, customers, changes))  # read by 4 probes
             carrying = checkpoint(events.transform(events_carrying(identifiers)))
             previous_profiles = read_version(spark, path, previous["customer_profiles_version"])
             profiles = update_profiles(events, identity_map, previous_profiles, customers, carrying, as_of,
