@@ -269,7 +269,6 @@ def test_a_rebuild_without_the_previous_state_keeps_the_ids_of_the_map(spark, se
     assert identity_rows(spark, settings) == kept
 
 
-
 def test_an_id_whose_origin_is_blocklisted_is_logged_against_the_customers_of_the_rest(spark, settings):
     """A blocklist that now names an id's origin: no component can keep that id, so
     gold.identity_merges logs it (kind 'origin_removed') against each new customer of its other
@@ -301,6 +300,7 @@ def test_an_id_whose_origin_is_blocklisted_is_logged_against_the_customers_of_th
         (cid("email", "hub@x.io"), cid("anonymous_id", "h-a1"), ts(1, 2), "h1", "origin_removed", ts(3)),
         (cid("email", "hub@x.io"), cid("anonymous_id", "h-a2"), ts(1, 3), "h2", "origin_removed", ts(3)),
     ]
+
 
 def _random_events(seed: int, count: int) -> list[dict]:
     rng = random.Random(seed)
