@@ -226,8 +226,8 @@ def id_changes(previous_map: DataFrame, new_map: DataFrame) -> tuple[DataFrame, 
       origin's new customer; a new map assigned from this previous map (assign_customer_ids) drops
       an id whose origin it still holds only when the origin's component kept an older one.
       kind 'origin_removed': its origin is no longer in the map (a blocklist that now names it, or
-      its events erased), so no component can keep the id; one row for each new customer of its
-      remaining identifiers, none when nothing of it remains (a person forgotten whole).
+      every event of it deleted from silver), so no component can keep the id; one row for each new
+      customer of its remaining identifiers, none when nothing of it remains (a person forgotten whole).
       (Before ids were kept, late data could move an id without a merge: kind 'rekey' in old logs.)
     - splits: (old_customer_id, new_customer_id) for each part of a previous customer that no longer
       holds its origin (a device became shared and stopped linking) while the id lives on.
