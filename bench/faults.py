@@ -251,29 +251,46 @@ class BackgroundGenerator(threading.Thread):
     """The generator in real time (`rate` lines/s) into a Kafka topic, in a thread, until its traffic
     ends or `stop()` is called, through the generator's own producer (`touchpoint.generator.KafkaSink`:
     idempotent, acks=all, partition = CRC-32 of the key). `result()` returns the generator's report of
-    what it sent; `valid_event_ids(config, report["lines"])` are the valid ids among them."""
+    what it sent; `valid_event_ids(config, report["lines"])` are the valid ids among them. With
+    `processes` > 1 the generator runs in that many processes (`touchpoint.generator.generate`), each
+    a shard of the customers; the report's "shards" name each shard's seed, offset and lines."""
 
-    def __init__(self, topic: str, bootstrap: str, config, rate: float, **pacing):
-        """`pacing`: the generator's Pacer options (burst_factor, burst_start, burst_seconds, duration)."""
+    def __init__(self, topic: str, bootstrap: str, config, rate: float, processes: int = 1, lookahead: int = 0,
+                 **pacing):
+        """`pacing`: the generator's Pacer options (burst_factor, burst_start, burst_seconds, duration);
+        `lookahead`: lines simulated ahead while the pacing waits (`touchpoint.generator.iter_records`)."""
+        import multiprocessing
+
         super().__init__(daemon=True, name="generator")
         self.topic, self.bootstrap, self.config, self.rate, self.pacing = topic, bootstrap, config, rate, pacing
+        self.processes, self.lookahead = processes, lookahead
         self.report: dict | None = None
         self.error: BaseException | None = None
-        self._stop_requested = threading.Event()
+        # the generator's processes, when it has them, are spawned: the event must reach them
+        self._stop_requested = (threading.Event() if processes == 1
+                                else multiprocessing.get_context("spawn").Event())
 
     def stop(self) -> None:
         self._stop_requested.set()
 
     def run(self) -> None:
-        from touchpoint.generator import GenerationReport, KafkaSink, Pacer, iter_records
+        from touchpoint.generator import GenerationReport, KafkaSink, Pacer, generate, iter_records
 
+        if self.processes > 1:
+            try:
+                self.report = generate(self.config, output="kafka", topic=self.topic, bootstrap=self.bootstrap,
+                                       rate=self.rate, processes=self.processes, lookahead=self.lookahead,
+                                       stop_event=self._stop_requested, **self.pacing)
+            except BaseException as error:  # surfaced by result()
+                self.error = error
+            return
         try:
             sink = KafkaSink(self.bootstrap, self.topic, metadata_timeout=60)
             report = GenerationReport()
             pacer = Pacer(self.rate, **self.pacing)
             stop = lambda: self._stop_requested.is_set() or pacer.expired()  # noqa: E731
             try:
-                for record in iter_records(self.config, report, clock=pacer, stop=stop):
+                for record in iter_records(self.config, report, clock=pacer, stop=stop, lookahead=self.lookahead):
                     sink.write(record)
             except BaseException:
                 sink.abort()

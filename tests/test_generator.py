@@ -17,7 +17,8 @@ import phonenumbers
 import pytest
 
 from touchpoint.generator import (
-    MALFORMED_KINDS, GeneratorConfig, Pacer, arrivals_fit_kafka, generate, generate_command, iter_records,
+    MALFORMED_KINDS, GenerationReport, GeneratorConfig, Pacer, arrivals_fit_kafka, generate, generate_command,
+    iter_records, shard_configs,
 )
 
 EVENT_TYPES = ("page_view", "ad_impression", "ad_click", "email_send", "email_open", "email_click",
@@ -596,6 +597,42 @@ def test_realtime_mode_stamps_now_and_keeps_lateness():
     assert late > 0 and on_time > late
 
 
+def test_lookahead_simulates_while_the_pacer_waits_and_sends_the_same_events():
+    config = GeneratorConfig(seed=9, customers=200, days=2, duplicate_rate=0.05, malformed_rate=0.01)
+
+    def run(lookahead: int):
+        clock = {"t": 1_800_000_000.0}
+
+        def sleep(seconds):
+            clock["t"] += seconds
+
+        pacer = Pacer(rate=50, now=lambda: clock["t"], sleep=sleep, duration=30)
+        return list(iter_records(config, clock=pacer, stop=pacer.expired, lookahead=lookahead)), pacer
+
+    plain, _ = run(0)
+    ahead, pacer = run(300)
+    # this clock stands still while the buffer fills: every wait fills it to the limit (the line
+    # the stop left unsent was the one taken from it last)
+    assert len(pacer.idle.__self__.buffer) == 300 - 1
+    assert len(ahead) == len(plain) and 1400 <= len(plain) <= 1501
+    # The same events in the same order. A duplicate waits behind the buffered lines, so within the
+    # same 30 s fewer of them and more new events go out; each is still a byte copy of a line sent before.
+    def valid_ids(records):
+        return [json.loads(r.payload)["event_id"] for r in records if r.kind == "valid"]
+
+    shared = min(len(valid_ids(ahead)), len(valid_ids(plain)))
+    assert shared > 1000 and valid_ids(ahead)[:shared] == valid_ids(plain)[:shared]
+    kinds_ahead, kinds_plain = Counter(r.kind for r in ahead), Counter(r.kind for r in plain)
+    assert 0 < kinds_ahead["duplicate"] <= kinds_plain["duplicate"]
+    assert kinds_ahead["valid"] - kinds_plain["valid"] == kinds_plain["duplicate"] - kinds_ahead["duplicate"]
+    sent = set()
+    for record in ahead:
+        assert record.kind != "duplicate" or record.payload in sent
+        sent.add(record.payload)
+    with pytest.raises(ValueError, match="lookahead must be >= 0 lines, got -1"):
+        generate(config, output="jsonl", path="unused.jsonl", lookahead=-1)
+
+
 def test_generate_command_is_typer_compatible(tmp_path):
     import typer
     from typer.testing import CliRunner
@@ -677,6 +714,122 @@ def test_kafka_output_stops_on_records_the_broker_rejects(settings, kafka_topic)
                                            + re.escape(kafka_topic) + r": KafkaError\{code=INVALID_RECORD"):
         generate(config, output="kafka", topic=kafka_topic, bootstrap=settings.kafka_bootstrap,
                  kafka_timestamps="arrival")
+
+
+def test_shards_split_customers_and_events_with_seeds_of_their_own():
+    config = GeneratorConfig(seed=7, customers=10, max_events=101, customer_offset=5)
+    shards = shard_configs(config, 3)
+    assert [(s.seed, s.customers, s.customer_offset, s.max_events) for s in shards] == [
+        (7000, 4, 5, 34), (7001, 3, 9, 34), (7002, 3, 12, 33)]
+    assert {s.days for s in shards} == {config.days} and {s.late_rate for s in shards} == {config.late_rate}
+    assert shard_configs(config, 1) == [config]
+    with pytest.raises(ValueError, match=re.escape("processes (11) must not exceed customers (10)")):
+        shard_configs(config, 11)
+    with pytest.raises(ValueError, match="customer_offset must be >= 0, got -1"):
+        GeneratorConfig(customer_offset=-1)
+    with pytest.raises(ValueError, match="processes > 1 needs output kafka: a JSONL file has one writer"):
+        generate(config, output="jsonl", path="unused.jsonl", processes=2)
+
+
+def _numbers(lines: list[bytes]) -> dict[str, set[int]]:
+    """The customer numbers the identifiers carry: user ids u<100000 + n>, emails <name><n>@,
+    kiosk personas kiosk<n>-visitor<p>."""
+    found = {"user_id": set(), "email": set(), "kiosk": set()}
+    for line in lines:
+        if classify(line) != "valid":
+            continue
+        event = json.loads(line)
+        user, email = event.get("user_id"), (event.get("email") or "").strip().lower()
+        if user and re.fullmatch(r"u\d+", user):
+            found["user_id"].add(int(user[1:]) - 100_000)
+        elif user and user.startswith("kiosk"):
+            found["kiosk"].add(int(user[5:user.index("-")]))
+        if re.fullmatch(r"[a-z]+\.[a-z]+\d+@[a-z.]+", email):
+            found["email"].add(int(re.search(r"(\d+)@", email).group(1)))
+    return found
+
+
+def test_an_offset_renumbers_the_customers_and_nothing_else():
+    base = GeneratorConfig(seed=5, customers=60, days=2)
+    moved = GeneratorConfig(seed=5, customers=60, days=2, customer_offset=999)  # 999 % 3 == 0: same email domains
+    base_lines = [r.payload for r in iter_records(base)]
+    moved_lines = [r.payload for r in iter_records(moved)]
+    assert len(moved_lines) == len(base_lines)
+    base_numbers, moved_numbers = _numbers(base_lines), _numbers(moved_lines)
+    assert base_numbers["user_id"] and base_numbers["email"] and base_numbers["kiosk"] == {0}
+    assert {kind: {n + 999 for n in numbers} for kind, numbers in base_numbers.items()} == moved_numbers
+    assert max(base_numbers["user_id"] | base_numbers["email"]) < 60
+    # the lines differ only where a number (or a phone made from it) is written
+    assert sum(a != b for a, b in zip(base_lines, moved_lines)) < len(base_lines)
+
+
+def _consume(settings, topic: str, count: int) -> list[tuple]:
+    from kafka import KafkaConsumer
+
+    consumer = KafkaConsumer(topic, bootstrap_servers=settings.kafka_bootstrap, auto_offset_reset="earliest",
+                             enable_auto_commit=False, consumer_timeout_ms=10_000, max_partition_fetch_bytes=4 << 20,
+                             fetch_max_bytes=8 << 20)
+    received = []
+    for message in consumer:
+        received.append((message.value, message.key, message.timestamp))
+        if len(received) == count:
+            break
+    consumer.close()
+    return received
+
+
+@pytest.mark.kafka
+def test_processes_send_their_shards_and_one_report_sums_them(settings, kafka_topic):
+    start = (datetime.now(timezone.utc) - timedelta(days=5)).date()
+    config = GeneratorConfig(seed=21, customers=60, days=1, start_date=start, malformed_rate=0.05,
+                             duplicate_rate=0.05)
+    shard_reports = [GenerationReport() for _ in range(2)]
+    shard_lines = [[r for r in iter_records(shard, report)]
+                   for shard, report in zip(shard_configs(config, 2), shard_reports)]
+    expected = shard_lines[0] + shard_lines[1]
+    report = generate(config, output="kafka", topic=kafka_topic, bootstrap=settings.kafka_bootstrap,
+                      kafka_timestamps="arrival", processes=2)
+    assert report["lines"] == len(expected) == report["output"]["delivered"]
+    assert report["shards"] == [
+        {"seed": 21000 + i, "customers": 30, "customer_offset": 30 * i, "lines": len(shard_lines[i]),
+         "expected_silver": shard_reports[i].valid_unique_events} for i in range(2)]
+    assert sorted(_consume(settings, kafka_topic, len(expected))) == sorted(
+        (r.payload, r.key, r.timestamp_ms) for r in expected)
+    # the report is the sum of the shards' own reports; the shards share no customer
+    assert report["events_by_type"] == {t: sum(r.events_by_type[t] for r in shard_reports) for t in EVENT_TYPES}
+    assert report["malformed"] == {k: sum(r.malformed[k] for r in shard_reports) for k in MALFORMED_KINDS}
+    assert (report["expected_silver"], report["expected_quarantine"], report["expected_duplicates"]) == (
+        sum(r.valid_unique_events for r in shard_reports), sum(r.malformed_total for r in shard_reports),
+        sum(r.duplicates_injected for r in shard_reports))
+    assert report["seed"] == 21 and report["parameters"]["customers"] == 60
+    numbers = [_numbers([r.payload for r in lines]) for lines in shard_lines]
+    assert numbers[0]["user_id"] and max(numbers[0]["user_id"] | numbers[0]["email"]) < 30
+    assert numbers[1]["user_id"] and min(numbers[1]["user_id"] | numbers[1]["email"]) >= 30
+
+    # a shard's failure fails the run, named
+    with pytest.raises(RuntimeError, match=re.escape(
+            "generator shard(s) failed: shard 0 (seed 21000): ValueError: compression must be one of none, gzip, "
+            "snappy, lz4, zstd or auto, got 'lzma'; shard 1 (seed 21001): ValueError: compression must be")):
+        generate(config, output="kafka", topic=kafka_topic, bootstrap=settings.kafka_bootstrap, compression="lzma",
+                 processes=2)
+
+
+@pytest.mark.kafka
+def test_processes_share_the_rate_and_stop_on_the_event(settings, kafka_topic):
+    import multiprocessing
+    import threading
+
+    config = GeneratorConfig(seed=4, customers=400, days=2)
+    # 2 processes at 100 lines/s each for 3 s: at most 301 lines each (one more than are due).
+    paced = generate(config, output="kafka", topic=kafka_topic, bootstrap=settings.kafka_bootstrap, rate=200,
+                     duration=3, processes=2)
+    assert 300 <= paced["lines"] <= 602 and [s["lines"] <= 301 for s in paced["shards"]] == [True, True]
+    assert paced["realtime"]["processes"] == 2 and paced["stopped_early"]
+    stop = multiprocessing.get_context("spawn").Event()
+    threading.Timer(3.0, stop.set).start()
+    stopped = generate(config, output="kafka", topic=kafka_topic, bootstrap=settings.kafka_bootstrap, rate=200,
+                       processes=2, stop_event=stop)
+    assert stopped["stopped_early"] and 0 < stopped["lines"] < 2_000
 
 
 def test_generator_imports_neither_spark_nor_jobs():
