@@ -94,6 +94,14 @@ def machine() -> dict:
             "versions": versions, "kafka_jars": sorted(p.name for p in (JARS / "kafka").glob("kafka_*.jar"))[:1]}
 
 
+def own_cpu_seconds() -> float:
+    """CPU seconds of this process and of the children it has reaped."""
+    import resource
+
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + children.ru_utime + children.ru_stime
+
+
 def write_result(name: str, result: dict) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"

@@ -37,7 +37,7 @@ import time
 import uuid
 from pathlib import Path
 
-from bench.common import progress, stream_default, write_result
+from bench.common import own_cpu_seconds, progress, stream_default, write_result
 from bench.faults import (
     BackgroundGenerator, ChildProcess, JARS, RssSampler, broker_pid, ingest_args, lake_table, speed_args,
     subprocess_env, wait_for,
@@ -101,14 +101,6 @@ def query_lags(batches: list[dict], rows: list[dict], burst: tuple[float, float]
         (during_burst if burst[0] <= produced < burst[1] else steady).append(lag)
     return {"steady": percentiles(steady), "burst": percentiles(during_burst), "not_visible": unseen,
             "speed_batches": len(batches)}
-
-
-def own_cpu_seconds() -> float:
-    """CPU seconds of this process and of the children it has reaped."""
-    import resource
-
-    children = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return time.process_time() + children.ru_utime + children.ru_stime
 
 
 def streams_alive(*streams: ChildProcess) -> bool:

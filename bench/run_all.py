@@ -41,6 +41,7 @@ BENCHMARKS = {
     "publish": ([], ["--rows", "100000", "--repeat", "1"]),
     "validation": ([], ["--lines", "10000", "--repeat", "1"]),
     "generator_producer": ([], ["--lines", "20000", "--seconds", "30", "--warmup-lines", "50000", "--repeat", "1"]),
+    "generator_burst": ([], ["--steady-seconds", "10", "--burst-seconds", "5", "--repeat", "1", "--customers", "20000"]),
     "ingest_steps": ([], ["--events", "100000", "--max-offsets", "20000"]),
     "ingest_fixed_costs": ([], ["--appends", "5", "--partition-rows", "100000,400000", "--repeat", "1"]),
     "collector_load": ([], ["--duration", "5"]),  # the collector engineer's script; run when present
@@ -252,6 +253,18 @@ def render_table() -> str:
                     f"{medians['kafka_python']['realtime']} / {medians['no_sink']['realtime']}; "
                     f"{medians['confluent_kafka']['bulk']} / {medians['kafka_python']['bulk']} | | "
                     f"{_memory(producer)} | {_when(producer)} |")
+    burst = _load("generator_burst")
+    if burst:
+        machine = machine or burst["machine"]
+        medians, parameters = burst["median"], burst["parameters"]
+        variants = ("one_process", "one_process_lookahead", "two_processes_lookahead")
+        rows.append(f"| generator burst, alone ({parameters['rate']:,.0f} lines/s for {parameters['steady_seconds']:g} s, "
+                    f"then {burst['requested_burst_lines_per_second']:,} asked for {parameters['burst_seconds']:g} s) | "
+                    "lines/s sent in the burst: one process / one process with lookahead / two processes with "
+                    "lookahead; CPU µs per line over the run | "
+                    + " / ".join(f"{medians[v]['burst_lines_per_second']:,}" for v in variants) + "; "
+                    + " / ".join(str(medians[v]["cpu_us_per_line"]) for v in variants)
+                    + f" | {burst['requested_burst_lines_per_second']:,} asked | {_memory(burst)} | {_when(burst)} |")
     collector = _load("collector_load")
     if collector and "median" in collector:
         machine = machine or collector["machine"]
