@@ -120,10 +120,12 @@ def render_table() -> str:
             views = ("all views (one speed query)" if legacy else
                      "customer views" if query.endswith("_customers") else "campaign views")
             trigger = p.get("customer_trigger_seconds") if query.endswith("_customers") else p["trigger_seconds"]
+            achieved = fresh["generator"].get("burst_valid_events_per_second")
             for phase in ("steady", "burst"):
                 lag = lags[phase]
+                produced = f", produced {_fmt(achieved)} valid events/s" if phase == "burst" and achieved else ""
                 rows.append(f"| freshness of {views}, {phase} (requested "
-                            f"{_fmt(p['rate'] * (p['burst_factor'] if phase == 'burst' else 1))}/s, "
+                            f"{_fmt(p['rate'] * (p['burst_factor'] if phase == 'burst' else 1))}/s{produced}, "
                             f"speed trigger {trigger} s) | p50 / p95 / p99 lag s | "
                             f"{_fmt(lag.get('p50'), 2)} / {_fmt(lag.get('p95'), 2)} / {_fmt(lag.get('p99'), 2)} "
                             f"| p95 10 / 3 | {_memory(fresh) if first else ''} | {_when(fresh) if first else ''} |")

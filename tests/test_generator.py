@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections import Counter, defaultdict
 from datetime import datetime, timedelta, timezone
 from urllib.parse import parse_qsl, urlsplit
@@ -18,7 +19,7 @@ import pytest
 
 from touchpoint.generator import (
     MALFORMED_KINDS, GenerationReport, GeneratorConfig, Pacer, arrivals_fit_kafka, generate, generate_command,
-    iter_records, shard_configs,
+    iter_records, merge_reports, shard_configs,
 )
 
 EVENT_TYPES = ("page_view", "ad_impression", "ad_click", "email_send", "email_open", "email_click",
@@ -731,6 +732,33 @@ def test_shards_split_customers_and_events_with_seeds_of_their_own():
         generate(config, output="jsonl", path="unused.jsonl", processes=2)
 
 
+def test_a_merged_report_sums_the_shards_and_keeps_the_extremes():
+    def shard_report(seed, offset, lines, valid, revenue, first, last, elapsed, stopped):
+        report = GenerationReport(seed=seed, lines=lines, valid_unique_events=valid, customers=10,
+                                  revenue_by_currency=revenue, first_event_ts=first, last_event_ts=last,
+                                  first_arrival=first, last_arrival=last, elapsed_seconds=elapsed,
+                                  stopped_early=stopped, parameters={"customer_offset": offset})
+        report.events_by_type["order"] = valid // 10
+        return {**report.as_dict(), "output": {"kind": "kafka", "topic": "t", "delivered": lines}}
+
+    config = GeneratorConfig(seed=3, customers=20)
+    merged = merge_reports(config, [
+        shard_report(3000, 0, 120, 100, {"USD": 10.25, "EUR": 1.0}, "2026-12-06T10:00:01.000Z",
+                     "2026-12-06T10:00:09.000Z", 4.0, False),
+        shard_report(3001, 10, 60, 50, {"USD": 0.1}, "2026-12-06T10:00:00.500Z", "2026-12-06T10:00:08.000Z",
+                     6.0, True)])
+    assert (merged["seed"], merged["customers"], merged["lines"], merged["valid_unique_events"]) == (3, 20, 180, 150)
+    assert merged["expected_silver"] == 150 and merged["events_by_type"]["order"] == 15
+    assert merged["revenue_by_currency"] == {"EUR": 1.0, "USD": 10.35}
+    assert (merged["first_event_ts"], merged["last_event_ts"]) == ("2026-12-06T10:00:00.500Z", "2026-12-06T10:00:09.000Z")
+    assert (merged["elapsed_seconds"], merged["lines_per_second"], merged["stopped_early"]) == (6.0, 30.0, True)
+    assert merged["shards"] == [
+        {"seed": 3000, "customers": 10, "customer_offset": 0, "lines": 120, "expected_silver": 100},
+        {"seed": 3001, "customers": 10, "customer_offset": 10, "lines": 60, "expected_silver": 50}]
+    assert merged["output"] == {"kind": "kafka", "topic": "t", "delivered": 180}
+    assert merged["parameters"]["customers"] == 20
+
+
 def _numbers(lines: list[bytes]) -> dict[str, set[int]]:
     """The customer numbers the identifiers carry: user ids u<100000 + n>, emails <name><n>@,
     kiosk personas kiosk<n>-visitor<p>."""
@@ -825,11 +853,25 @@ def test_processes_share_the_rate_and_stop_on_the_event(settings, kafka_topic):
                      duration=3, processes=2)
     assert 300 <= paced["lines"] <= 602 and [s["lines"] <= 301 for s in paced["shards"]] == [True, True]
     assert paced["realtime"]["processes"] == 2 and paced["stopped_early"]
+    # Stopped once the topic holds 100 more records; the run would take about 40 s.
     stop = multiprocessing.get_context("spawn").Event()
-    threading.Timer(3.0, stop.set).start()
+
+    def stop_when_sending() -> None:
+        from kafka import KafkaConsumer, TopicPartition
+
+        consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap)
+        partitions = [TopicPartition(kafka_topic, p) for p in consumer.partitions_for_topic(kafka_topic)]
+        while sum(consumer.end_offsets(partitions).values()) < paced["lines"] + 100:
+            time.sleep(0.2)
+        consumer.close()
+        stop.set()
+
+    watcher = threading.Thread(target=stop_when_sending, daemon=True)
+    watcher.start()
     stopped = generate(config, output="kafka", topic=kafka_topic, bootstrap=settings.kafka_bootstrap, rate=200,
                        processes=2, stop_event=stop)
-    assert stopped["stopped_early"] and 0 < stopped["lines"] < 2_000
+    watcher.join(5)
+    assert stop.is_set() and stopped["stopped_early"] and 100 <= stopped["lines"] < 2_000
 
 
 def test_generator_imports_neither_spark_nor_jobs():
