@@ -874,6 +874,42 @@ def test_processes_share_the_rate_and_stop_on_the_event(settings, kafka_topic):
     assert stop.is_set() and stopped["stopped_early"] and 100 <= stopped["lines"] < 2_000
 
 
+@pytest.mark.kafka
+def test_a_shard_killed_while_sending_fails_the_run_and_the_other_stops(settings, kafka_topic):
+    import os
+    import signal
+    import threading
+
+    import psutil
+    from kafka import KafkaConsumer, TopicPartition
+
+    config = GeneratorConfig(seed=4, customers=400, days=2)  # about 40 s at 200 lines/s
+    killed: list[int] = []
+
+    def kill_a_shard_once_sending() -> None:
+        consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap)
+        partitions = [TopicPartition(kafka_topic, p) for p in consumer.partitions_for_topic(kafka_topic)]
+        while sum(consumer.end_offsets(partitions).values()) < 50:
+            time.sleep(0.2)
+        consumer.close()
+        shards = [child for child in psutil.Process().children()
+                  if "spawn_main" in " ".join(child.cmdline())]  # not multiprocessing's resource tracker
+        assert len(shards) == 2
+        os.kill(shards[0].pid, signal.SIGKILL)  # a child of this process, by its PID
+        killed.append(shards[0].pid)
+
+    killer = threading.Thread(target=kill_a_shard_once_sending, daemon=True)
+    killer.start()
+    started = time.monotonic()
+    with pytest.raises(RuntimeError, match=r"^generator shard\(s\) failed: shard [01] \(seed 400[01]\): exited with "
+                                           r"code -9 before reporting$"):
+        generate(config, output="kafka", topic=kafka_topic, bootstrap=settings.kafka_bootstrap, rate=200,
+                 processes=2)
+    killer.join(5)
+    assert len(killed) == 1 and time.monotonic() - started < 30  # the other shard stopped, not ran its 40 s
+    assert not [child for child in psutil.Process().children() if "spawn_main" in " ".join(child.cmdline())]
+
+
 def test_generator_imports_neither_spark_nor_jobs():
     import subprocess
     import sys
