@@ -94,6 +94,16 @@ def machine() -> dict:
             "versions": versions, "kafka_jars": sorted(p.name for p in (JARS / "kafka").glob("kafka_*.jar"))[:1]}
 
 
+def realtime_traffic(seed: int, customers: int):
+    """The real-time generator's config of the freshness and generator benchmarks: two days up to
+    today, so the pacer's clock stamps fall in its window, and enough traffic that the generator is
+    never the one to stop first."""
+    from touchpoint.generator import GeneratorConfig
+
+    return GeneratorConfig(seed=seed, customers=customers, days=2, start_date=dt.date.today() - dt.timedelta(days=2),
+                           events_per_customer=20)
+
+
 def own_cpu_seconds() -> float:
     """CPU seconds of this process and of the children it has reaped."""
     import resource

@@ -37,7 +37,7 @@ import time
 import uuid
 from pathlib import Path
 
-from bench.common import own_cpu_seconds, progress, stream_default, write_result
+from bench.common import own_cpu_seconds, progress, realtime_traffic, stream_default, write_result
 from bench.faults import (
     BackgroundGenerator, ChildProcess, JARS, RssSampler, broker_pid, ingest_args, lake_table, speed_args,
     subprocess_env, wait_for,
@@ -141,7 +141,6 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
 
     from touchpoint.core.config import load_settings, require_kafka
-    from touchpoint.generator import GeneratorConfig
     from touchpoint.infra import kafka
 
     workdir = Path(tempfile.mkdtemp(prefix="bench-freshness-"))
@@ -161,9 +160,7 @@ def main(argv: list[str] | None = None) -> dict:
     duration = args.steady_seconds + args.burst_seconds + args.tail_seconds
     lookahead = args.lookahead if args.lookahead is not None else int(
         args.rate * args.burst_factor * args.burst_seconds)
-    # Enough simulated traffic that the generator is never the one to stop first.
-    config = GeneratorConfig(seed=args.seed, customers=args.customers, days=2,
-                             start_date=dt.date.today() - dt.timedelta(days=2), events_per_customer=20)
+    config = realtime_traffic(args.seed, args.customers)
     ingest = speed = customers = None
     failed = False
     try:

@@ -24,13 +24,12 @@ Every run is checked: the topic's offsets grow by exactly the lines its report c
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import os
 import statistics
 import uuid
 
 from bench.collector_load import topic_records
-from bench.common import own_cpu_seconds, progress, write_result
+from bench.common import own_cpu_seconds, progress, realtime_traffic, write_result
 from bench.faults import RssSampler
 
 VARIANTS = {"one_process": (1, False), "one_process_lookahead": (1, True), "two_processes_lookahead": (2, True)}
@@ -66,7 +65,6 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
 
     from touchpoint.core.config import load_settings, require_kafka
-    from touchpoint.generator import GeneratorConfig
     from touchpoint.infra import kafka
 
     settings = load_settings()
@@ -74,9 +72,7 @@ def main(argv: list[str] | None = None) -> dict:
     bootstrap = settings.kafka_bootstrap
     topic = f"bench.generator-burst.{args.seed}.{uuid.uuid4().hex[:6]}"
     kafka.ensure_topic(topic, settings=settings)
-    # bench.freshness's traffic: today's window, so the pacer's clock stamps are in it
-    config = GeneratorConfig(seed=args.seed, customers=args.customers, days=2,
-                             start_date=dt.date.today() - dt.timedelta(days=2), events_per_customer=20)
+    config = realtime_traffic(args.seed, args.customers)
     lookahead = int(args.rate * args.burst_factor * args.burst_seconds)
     result: dict = {"parameters": {**vars(args), "topic": topic, "lookahead": lookahead}}
     rounds: dict[str, list[dict]] = {name: [] for name in VARIANTS}

@@ -22,7 +22,6 @@ Every send is checked: the topic's offsets grow by exactly the lines sent.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import os
 import statistics
 import time
@@ -31,7 +30,7 @@ import zlib
 from itertools import islice
 
 from bench.collector_load import topic_records
-from bench.common import progress, write_result
+from bench.common import progress, realtime_traffic, write_result
 from bench.faults import RssSampler
 
 PRODUCERS = ("confluent_kafka", "kafka_python")
@@ -122,7 +121,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
 
     from touchpoint.core.config import load_settings, require_kafka
-    from touchpoint.generator import GenerationReport, GeneratorConfig, iter_records
+    from touchpoint.generator import GenerationReport, iter_records
     from touchpoint.infra import kafka
 
     settings = load_settings()
@@ -130,9 +129,7 @@ def main(argv: list[str] | None = None) -> dict:
     bootstrap = settings.kafka_bootstrap
     topic = f"bench.generator.{args.seed}.{uuid.uuid4().hex[:6]}"
     kafka.ensure_topic(topic, settings=settings)
-    # The freshness benchmark's traffic: today's window, so the pacer's clock stamps are in it.
-    config = GeneratorConfig(seed=args.seed, customers=args.customers, days=2,
-                             start_date=dt.date.today() - dt.timedelta(days=2), events_per_customer=20)
+    config = realtime_traffic(args.seed, args.customers)
     result: dict = {"parameters": {**vars(args), "topic": topic, "compression": "lz4"}}
     try:
         with RssSampler(roots=lambda: [os.getpid()]) as sampler:

@@ -666,8 +666,6 @@ def test_kafka_timestamps_only_when_the_broker_keeps_them():
 
 @pytest.mark.kafka
 def test_kafka_output_round_trip(settings, kafka_topic, tmp_path):
-    from kafka import KafkaConsumer
-
     # A window the broker keeps: arrival timestamps older than its retention would be deleted
     # within minutes, ones more than an hour ahead of its clock rejected.
     start = (datetime.now(timezone.utc) - timedelta(days=5)).date()
@@ -678,15 +676,7 @@ def test_kafka_output_round_trip(settings, kafka_topic, tmp_path):
                       kafka_timestamps="arrival")
     assert report["lines"] == len(expected) == report["output"]["delivered"]
     assert report["output"]["record_timestamps"] == "arrival"
-    consumer = KafkaConsumer(kafka_topic, bootstrap_servers=settings.kafka_bootstrap, auto_offset_reset="earliest",
-                             enable_auto_commit=False, consumer_timeout_ms=10_000, max_partition_fetch_bytes=4 << 20,
-                             fetch_max_bytes=8 << 20)
-    received = []
-    for message in consumer:
-        received.append((message.value, message.key, message.timestamp))
-        if len(received) == len(expected):
-            break
-    consumer.close()
+    received = _consume(settings, kafka_topic, len(expected))
     assert sorted(received) == sorted((r.payload, r.key, r.timestamp_ms) for r in expected)
     assert any(len(value) > 1_048_576 for value, _, _ in received)
 
@@ -806,6 +796,16 @@ def _consume(settings, topic: str, count: int) -> list[tuple]:
     return received
 
 
+def _wait_for_records(settings, topic: str, count: int) -> None:
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap)
+    partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic)]
+    while sum(consumer.end_offsets(partitions).values()) < count:
+        time.sleep(0.2)
+    consumer.close()
+
+
 @pytest.mark.kafka
 def test_processes_send_their_shards_and_one_report_sums_them(settings, kafka_topic):
     start = (datetime.now(timezone.utc) - timedelta(days=5)).date()
@@ -857,13 +857,7 @@ def test_processes_share_the_rate_and_stop_on_the_event(settings, kafka_topic):
     stop = multiprocessing.get_context("spawn").Event()
 
     def stop_when_sending() -> None:
-        from kafka import KafkaConsumer, TopicPartition
-
-        consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap)
-        partitions = [TopicPartition(kafka_topic, p) for p in consumer.partitions_for_topic(kafka_topic)]
-        while sum(consumer.end_offsets(partitions).values()) < paced["lines"] + 100:
-            time.sleep(0.2)
-        consumer.close()
+        _wait_for_records(settings, kafka_topic, paced["lines"] + 100)
         stop.set()
 
     watcher = threading.Thread(target=stop_when_sending, daemon=True)
@@ -881,17 +875,12 @@ def test_a_shard_killed_while_sending_fails_the_run_and_the_other_stops(settings
     import threading
 
     import psutil
-    from kafka import KafkaConsumer, TopicPartition
 
     config = GeneratorConfig(seed=4, customers=400, days=2)  # about 40 s at 200 lines/s
     killed: list[int] = []
 
     def kill_a_shard_once_sending() -> None:
-        consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap)
-        partitions = [TopicPartition(kafka_topic, p) for p in consumer.partitions_for_topic(kafka_topic)]
-        while sum(consumer.end_offsets(partitions).values()) < 50:
-            time.sleep(0.2)
-        consumer.close()
+        _wait_for_records(settings, kafka_topic, 50)
         shards = [child for child in psutil.Process().children()
                   if "spawn_main" in " ".join(child.cmdline())]  # not multiprocessing's resource tracker
         assert len(shards) == 2
