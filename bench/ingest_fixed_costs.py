@@ -118,58 +118,87 @@ def batch_of(spark, first: int, batch_rows: int, copies: int, seed: int, order_e
             .localCheckpoint(eager=True))
 
 
+def silver_with_mirror(spark, root: Path, name: str, source_id: str, rows):
+    """A lake of its own under root/name whose silver.events holds `rows` (change feed on), and an
+    ingest sink on it, as a live stream's: (sink, silver path)."""
+    from touchpoint.streaming.ingest import IngestSink
+
+    sink = IngestSink(lake_settings(root / name, state_dir=str(root / "state")), source_id=source_id)
+    silver_path = sink.paths["silver.events"]
+    rows.write.format("delta").partitionBy("event_date").save(silver_path)
+    spark.sql(f"ALTER TABLE delta.`{silver_path}` SET TBLPROPERTIES (delta.enableChangeDataFeed = true)")
+    return sink, silver_path
+
+
+def first_lookup_seconds(spark, sink, batch, with_orders: bool) -> float:
+    """The mirror's first lookup (it loads the keys), timed; raises when it fell back."""
+    started = time.monotonic()
+    if sink._looked_up_keys(spark, batch, [EVENT_DATE], with_orders) is None:
+        raise RuntimeError("the keyed mirror failed (see the log)")
+    return time.monotonic() - started
+
+
+def alternating_rounds(spark, sink, silver_path: str, repeat: int, prepare, plan) -> dict[str, list[float]]:
+    """`repeat` rounds: prepare(round) makes the round's batch, then plan(how, batch, silver) runs
+    for "scan" and "keyed", in alternating order, on silver as it is then (read before the clock
+    starts); the seconds of each plan, per way."""
+    seconds: dict[str, list[float]] = {"scan": [], "keyed": []}
+    for round_number in range(repeat):
+        batch = prepare(round_number)
+        for how in (("scan", "keyed") if round_number % 2 == 0 else ("keyed", "scan")):
+            silver = spark.read.format("delta").load(silver_path)
+            started = time.monotonic()
+            plan(how, batch, silver)
+            seconds[how].append(time.monotonic() - started)
+    if sink.keyed_fallbacks:
+        raise RuntimeError(f"the keyed mirror failed in {sink.keyed_fallbacks} rounds (see the log)")
+    return seconds
+
+
+def timings(seconds: dict[str, list[float]], first_lookup: float) -> dict:
+    median = {how: statistics.median(values) for how, values in seconds.items()}
+    return {"median_seconds": {how: round(value, 2) for how, value in median.items()},
+            "keyed_to_scan": round(median["keyed"] / median["scan"], 2),
+            "keyed_first_lookup_seconds": round(first_lookup, 2),
+            "all_seconds": {how: [round(v, 2) for v in values] for how, values in seconds.items()}}
+
+
 def dedup_lookups(spark, root: Path, partition_rows: int, batch_rows: int, repeat: int, seed: int) -> dict:
     """The day's partition of `partition_rows` ids, then `repeat` rounds, each as a live stream's next
     micro-batch: the last round's batch is appended to silver (the inserts of the batch before), and
     a new batch of `batch_rows` new ids plus 1 % copies is deduplicated both ways, in alternating
     order: by the scan of the partition, and by the sink's keyed mirror (`IngestSink._looked_up_keys`:
     catch up with the change feed, collect the batch's keys, look them up), each to the inserts."""
-    from touchpoint.streaming.ingest import IngestSink, plan_silver_changes
+    from touchpoint.streaming.ingest import plan_silver_changes
 
-    settings = lake_settings(root / f"lake_{partition_rows}", state_dir=str(root / "state"))
-    sink = IngestSink(settings, source_id="bench:keys")
-    silver_path = sink.paths["silver.events"]
-    (event_ids(spark, 0, partition_rows, seed).repartition(max(1, partition_rows // FILE_ROWS))
-     .write.format("delta").partitionBy("event_date").save(silver_path))
-    spark.sql(f"ALTER TABLE delta.`{silver_path}` SET TBLPROPERTIES (delta.enableChangeDataFeed = true)")
+    sink, silver_path = silver_with_mirror(
+        spark, root, f"lake_{partition_rows}", "bench:keys",
+        event_ids(spark, 0, partition_rows, seed).repartition(max(1, partition_rows // FILE_ROWS)))
     copies = batch_rows // 100
     next_id = partition_rows
-    started = time.monotonic()
-    first = sink._looked_up_keys(spark, batch_of(spark, next_id, batch_rows, copies, seed), [EVENT_DATE], False)
-    load_seconds = time.monotonic() - started
-    if first is None:
-        raise RuntimeError("the keyed mirror failed (see the log)")
-    seconds: dict[str, list[float]] = {"scan": [], "keyed": []}
-    for round_number in range(repeat):
+    first_lookup = first_lookup_seconds(spark, sink, batch_of(spark, next_id, batch_rows, copies, seed), False)
+
+    def prepare(_round: int):
+        nonlocal next_id
         # the previous round's batch reached silver: the mirror reads it from the change feed
         event_ids(spark, next_id, batch_rows, seed).write.format("delta").mode("append").save(silver_path)
         next_id += batch_rows
-        accepted = batch_of(spark, next_id, batch_rows, copies, seed)
-        for how in (("scan", "keyed") if round_number % 2 == 0 else ("keyed", "scan")):
-            silver = spark.read.format("delta").load(silver_path)
-            started = time.monotonic()
-            if how == "scan":
-                inserts = plan_silver_changes(accepted, silver, [EVENT_DATE], with_orders=False).inserts
-            else:
-                silver_ids, _ = sink._looked_up_keys(spark, accepted, [EVENT_DATE], False)
-                inserts = plan_silver_changes(accepted, silver, [EVENT_DATE], with_orders=False,
-                                              silver_ids=silver_ids).inserts
-            inserted = inserts.count()
-            seconds[how].append(time.monotonic() - started)
-            if inserted != batch_rows:
-                raise RuntimeError(f"{how}: {inserted:,} inserts from a batch of {batch_rows:,} new ids "
-                                   f"and {copies:,} copies")
-    if sink.keyed_fallbacks:
-        raise RuntimeError(f"the keyed mirror failed in {sink.keyed_fallbacks} rounds (see the log)")
+        return batch_of(spark, next_id, batch_rows, copies, seed)
+
+    def plan(how: str, accepted, silver) -> None:
+        silver_ids = None if how == "scan" else sink._looked_up_keys(spark, accepted, [EVENT_DATE], False)[0]
+        inserted = plan_silver_changes(accepted, silver, [EVENT_DATE], with_orders=False,
+                                       silver_ids=silver_ids).inserts.count()
+        if inserted != batch_rows:
+            raise RuntimeError(f"{how}: {inserted:,} inserts from a batch of {batch_rows:,} new ids "
+                               f"and {copies:,} copies")
+
+    seconds = alternating_rounds(spark, sink, silver_path, repeat, prepare, plan)
     files = len(spark.read.format("delta").load(silver_path).inputFiles())
     mirror_ids = sink._keys.event_ids
     shutil.rmtree(root / f"lake_{partition_rows}", ignore_errors=True)
-    median = {how: statistics.median(values) for how, values in seconds.items()}
-    return {"partition_rows": partition_rows, "files": files,
-            "median_seconds": {how: round(value, 2) for how, value in median.items()},
-            "keyed_to_scan": round(median["keyed"] / median["scan"], 2),
-            "keyed_first_lookup_seconds": round(load_seconds, 2), "mirror_event_ids": mirror_ids,
-            "all_seconds": {how: [round(v, 2) for v in values] for how, values in seconds.items()}}
+    return {"partition_rows": partition_rows, "files": files, **timings(seconds, first_lookup),
+            "mirror_event_ids": mirror_ids}
 
 
 ORDER_DAYS = 90
@@ -198,64 +227,51 @@ def order_lookups(spark, root: Path, silver_rows: int, batch_rows: int, repeat: 
     by the scans (every order of silver, the day's ids) and by the keyed mirror, alternating."""
     from pyspark.sql import functions as F
 
-    from touchpoint.streaming.ingest import (
-        IngestSink, displaced_orders, plan_silver_changes, silver_orders_sharing_an_id,
-    )
+    from touchpoint.streaming.ingest import displaced_orders, plan_silver_changes, silver_orders_sharing_an_id
 
-    settings = lake_settings(root / f"orders_{silver_rows}", state_dir=str(root / "state"))
-    sink = IngestSink(settings, source_id="bench:orders")
-    silver_path = sink.paths["silver.events"]
-    (event_ids(spark, 0, silver_rows, seed, days=ORDER_DAYS, order_every=ORDER_EVERY)
-     .repartition(max(1, silver_rows // FILE_ROWS)).write.format("delta").partitionBy("event_date").save(silver_path))
-    spark.sql(f"ALTER TABLE delta.`{silver_path}` SET TBLPROPERTIES (delta.enableChangeDataFeed = true)")
+    sink, silver_path = silver_with_mirror(
+        spark, root, f"orders_{silver_rows}", "bench:orders",
+        event_ids(spark, 0, silver_rows, seed, days=ORDER_DAYS, order_every=ORDER_EVERY)
+        .repartition(max(1, silver_rows // FILE_ROWS)))
     silver_orders = len(range(0, silver_rows, ORDER_EVERY))
     next_id = silver_rows
-    started = time.monotonic()
-    first = sink._looked_up_keys(spark, batch_of(spark, next_id, batch_rows, 0, seed, ORDER_EVERY,
-                                                 orders_back(spark, 0, seed)), [EVENT_DATE], True)
-    load_seconds = time.monotonic() - started
-    if first is None:
-        raise RuntimeError("the keyed mirror failed (see the log)")
-    seconds: dict[str, list[float]] = {"scan": [], "keyed": []}
-    for round_number in range(repeat):
+    first_lookup = first_lookup_seconds(spark, sink, batch_of(spark, next_id, batch_rows, 0, seed, ORDER_EVERY,
+                                                              orders_back(spark, 0, seed)), True)
+
+    def prepare(round_number: int):
+        nonlocal next_id
         event_ids(spark, next_id, batch_rows, seed, order_every=ORDER_EVERY).write.format("delta").mode(
             "append").save(silver_path)
         next_id += batch_rows
         # Each round brings back other silver orders (ORDER_EVERY * ORDERS_BACK rows further on).
-        accepted = batch_of(spark, next_id, batch_rows, 0, seed, ORDER_EVERY,
-                            orders_back(spark, (round_number + 1) * ORDER_EVERY * ORDERS_BACK, seed))
-        for how in (("scan", "keyed") if round_number % 2 == 0 else ("keyed", "scan")):
-            silver = spark.read.format("delta").load(silver_path)
-            started = time.monotonic()
-            # The sink's steps (IngestSink._process): the orders found, kept; the plan; its inserts,
-            # kept; the displaced orders among those found.
-            if how == "scan":
-                silver_ids = None
-                found_orders = silver_orders_sharing_an_id(silver, accepted).localCheckpoint(eager=True)
-            else:
-                silver_ids, found_orders = sink._looked_up_keys(spark, accepted, [EVENT_DATE], True)
-            changes = plan_silver_changes(accepted, silver, [EVENT_DATE], silver_orders=found_orders,
-                                          silver_ids=silver_ids)
-            inserts = changes.inserts.localCheckpoint(eager=True)
-            inserted, displaced = inserts.count(), displaced_orders(found_orders, inserts).count()
-            seconds[how].append(time.monotonic() - started)
-            if (inserted, displaced) != (batch_rows + ORDERS_BACK, ORDERS_BACK):
-                raise RuntimeError(f"{how}: {inserted:,} inserts and {displaced} displaced orders, expected "
-                                   f"{batch_rows + ORDERS_BACK:,} and {ORDERS_BACK}")
-    if sink.keyed_fallbacks:
-        raise RuntimeError(f"the keyed mirror failed in {sink.keyed_fallbacks} rounds (see the log)")
+        return batch_of(spark, next_id, batch_rows, 0, seed, ORDER_EVERY,
+                        orders_back(spark, (round_number + 1) * ORDER_EVERY * ORDERS_BACK, seed))
+
+    def plan(how: str, accepted, silver) -> None:
+        # The sink's steps (IngestSink._process): the orders found, kept; the plan; its inserts,
+        # kept; the displaced orders among those found.
+        if how == "scan":
+            silver_ids = None
+            found_orders = silver_orders_sharing_an_id(silver, accepted).localCheckpoint(eager=True)
+        else:
+            silver_ids, found_orders = sink._looked_up_keys(spark, accepted, [EVENT_DATE], True)
+        changes = plan_silver_changes(accepted, silver, [EVENT_DATE], silver_orders=found_orders,
+                                      silver_ids=silver_ids)
+        inserts = changes.inserts.localCheckpoint(eager=True)
+        inserted, displaced = inserts.count(), displaced_orders(found_orders, inserts).count()
+        if (inserted, displaced) != (batch_rows + ORDERS_BACK, ORDERS_BACK):
+            raise RuntimeError(f"{how}: {inserted:,} inserts and {displaced} displaced orders, expected "
+                               f"{batch_rows + ORDERS_BACK:,} and {ORDERS_BACK}")
+
+    seconds = alternating_rounds(spark, sink, silver_path, repeat, prepare, plan)
     mirror_orders = sink._keys.orders_held
     final_silver = spark.read.format("delta").load(silver_path)
     if mirror_orders != final_silver.where(F.col("event_type") == "order").count():
         raise RuntimeError(f"the mirror holds {mirror_orders:,} orders, silver another number")
     files = len(final_silver.inputFiles())
     shutil.rmtree(root / f"orders_{silver_rows}", ignore_errors=True)
-    median = {how: statistics.median(values) for how, values in seconds.items()}
     return {"silver_rows": silver_rows, "silver_orders": silver_orders, "dates": ORDER_DAYS, "files": files,
-            "median_seconds": {how: round(value, 2) for how, value in median.items()},
-            "keyed_to_scan": round(median["keyed"] / median["scan"], 2),
-            "keyed_first_lookup_seconds": round(load_seconds, 2), "mirror_orders": mirror_orders,
-            "all_seconds": {how: [round(v, 2) for v in values] for how, values in seconds.items()}}
+            **timings(seconds, first_lookup), "mirror_orders": mirror_orders}
 
 
 def main(argv: list[str] | None = None) -> int:
