@@ -36,6 +36,11 @@ def producer_config(bootstrap: str, compression: str = "auto", **overrides) -> d
         "bootstrap.servers": bootstrap, "acks": "all", "enable.idempotence": True,
         "compression.type": compression_codec(compression), "message.max.bytes": MAX_MESSAGE_BYTES,
         "logger": log,  # librdkafka's connection notices go to logging, not raw stderr
+        # A partition that lost its leader is looked up fast only until one metadata answer comes
+        # back; a broker just restarted may still answer "no leader", and the next look was then the
+        # periodic one, 5 minutes later by default: records waited that long and timed out (the
+        # broker-restart drill, docs/DRILLS.md session 42). Every 10 s bounds the wait.
+        "topic.metadata.refresh.interval.ms": 10_000,
     }
     config.update({name.replace("_", "."): value for name, value in overrides.items()})
     return config
