@@ -1639,37 +1639,38 @@ def shard_configs(config: GeneratorConfig, processes: int) -> list[GeneratorConf
 
 
 SUMMED = ("lines", "bytes", "valid_unique_events", "duplicates_injected", "late_events", "malformed_total",
-          "impossible_phone_events", "impossible_phones", "blocklisted_identifier_events", "customers", "orders",
-          "expected_silver", "expected_quarantine", "expected_duplicates")
+          "impossible_phone_events", "impossible_phones", "blocklisted_identifier_events", "customers", "orders")
 SUMMED_BY_KEY = ("events_by_type", "malformed", "sessions_by_entry_channel", "revenue_by_currency")
 
 
 def merge_reports(config: GeneratorConfig, reports: list[dict]) -> dict:
     """One report for a run made by shards: counts summed (``impossible_phones`` is the sum of
     each shard's distinct ones), first/last times the extremes, the rate over the longest shard;
-    each shard's seed, customers and lines under "shards" (enough to generate its lines again)."""
-    merged: dict = {"seed": config.seed, "parameters": _parameters(config)}
-    merged.update({name: sum(r[name] for r in reports) for name in SUMMED})
+    each shard's seed, customers and lines under "shards" (enough to generate its lines again).
+    The expected_* numbers follow from the sums, as in any ``GenerationReport``."""
+    merged = GenerationReport(seed=config.seed, parameters=_parameters(config),
+                              **{name: sum(r[name] for r in reports) for name in SUMMED})
     for name in SUMMED_BY_KEY:
         totals: dict = {}
         for report in reports:
             for key, value in report[name].items():
                 totals[key] = totals.get(key, 0) + value
-        merged[name] = {k: round(v, 2) for k, v in sorted(totals.items())} if name == "revenue_by_currency" else totals
+        setattr(merged, name, {k: round(v, 2) for k, v in sorted(totals.items())}
+                if name == "revenue_by_currency" else totals)
     for name, pick in (("first_event_ts", min), ("last_event_ts", max), ("first_arrival", min),
                        ("last_arrival", max)):
-        values = [r[name] for r in reports if r[name] is not None]
-        merged[name] = pick(values) if values else None
-    merged["elapsed_seconds"] = max(r["elapsed_seconds"] for r in reports)
-    merged["lines_per_second"] = (round(merged["lines"] / merged["elapsed_seconds"], 1)
-                                  if merged["elapsed_seconds"] else 0.0)
-    merged["stopped_early"] = any(r["stopped_early"] for r in reports)
-    merged["shards"] = [{"seed": r["seed"], "customers": r["customers"],
+        values = [r[name] for r in reports if r[name] is not None]  # one format, so text order is time order
+        setattr(merged, name, pick(values) if values else None)
+    merged.elapsed_seconds = max(r["elapsed_seconds"] for r in reports)
+    merged.lines_per_second = round(merged.lines / merged.elapsed_seconds, 1) if merged.elapsed_seconds else 0.0
+    merged.stopped_early = any(r["stopped_early"] for r in reports)
+    result = merged.as_dict()
+    result["shards"] = [{"seed": r["seed"], "customers": r["customers"],
                          "customer_offset": r["parameters"]["customer_offset"], "lines": r["lines"],
                          "expected_silver": r["expected_silver"]} for r in reports]
     outputs = [r["output"] for r in reports]
-    merged["output"] = {**outputs[0], "delivered": sum(o["delivered"] for o in outputs)}
-    return merged
+    result["output"] = {**outputs[0], "delivered": sum(o["delivered"] for o in outputs)}
+    return result
 
 
 def _generate_sharded(config: GeneratorConfig, shards: list[GeneratorConfig], sink_args: tuple,
