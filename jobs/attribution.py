@@ -40,7 +40,7 @@ from touchpoint.jobs.attribution_models import (
     CLICK_TYPES, CONVERSION_COLUMNS, CREDIT_COLUMNS, HEURISTIC_MODELS, MODELS, TOUCHPOINT_COLUMNS, conversions,
     credits, daily, lookback_micros, micros, touchpoint_types, touchpoints, training_paths, with_paths,
 )
-from touchpoint.core.delta import is_delta, latest_version, read_version, snapshot_fingerprint
+from touchpoint.core.delta import commit_metadata, is_delta, latest_version, read_version, rs_table, snapshot_fingerprint
 from touchpoint.jobs.identity_state import lookup_by_broadcast, snapshot_rows
 from touchpoint.jobs.input_changes import changes_since
 from touchpoint.jobs.markov import fit_chain
@@ -72,7 +72,8 @@ log = logging.getLogger(__name__)
 # The state tables one run hands to the next: the run log records each one's Delta version and row
 # count. Write-audit-publish on an object store re-creates them (a copy in staging, an overwrite on
 # publish) under other version numbers, so the state is also found at the current version when its
-# row count still matches. (On a local lake publish exchanges folders: the versions stay.)
+# row count still matches, unless a later run wrote to it (RUN_MARK). (On a local lake publish
+# exchanges folders: the versions stay.)
 STATE_TABLES = {
     "conversions_version": "gold.attribution_conversions",
     "touchpoints_version": "gold.attribution_touchpoints",
@@ -80,6 +81,35 @@ STATE_TABLES = {
 }
 STATE_ROWS = {"conversions_version": "conversions_rows", "touchpoints_version": "touchpoints_rows",
               "credits_version": "credits_rows"}
+
+
+# Every commit of a run to a state table carries {RUN_MARK: run_id} as its userMetadata. A run that
+# died between its commits left some tables written and no run record; the next run finds its marks
+# and recomputes everything: the row counts alone can match (a conversion added, another removed)
+# while the credits still belong to the older paths.
+RUN_MARK = "touchpoint_attribution_run"
+
+
+def run_mark(run_id: int) -> str:
+    return json.dumps({RUN_MARK: run_id})
+
+
+def _marked_run(commit: dict) -> int | None:
+    try:
+        run_id = json.loads(commit.get("userMetadata") or "")[RUN_MARK]
+    except (ValueError, TypeError, KeyError):  # no mark, or someone else's metadata
+        return None
+    return run_id if isinstance(run_id, int) else None
+
+
+def unfinished_run(path: str, recorded_version: int, run_id: int) -> int | None:
+    """The id of a run after `run_id` whose marked commits the table holds since `recorded_version`
+    (all of its history when it was re-created with fewer versions), None if there is none."""
+    table = rs_table(path)
+    commits = table.history(table.version() - recorded_version) if table.version() > recorded_version \
+        else table.history()
+    later = [marked for marked in map(_marked_run, commits) if marked is not None and marked > run_id]
+    return max(later, default=None)
 
 
 def settings_fingerprint(settings: AttributionSettings) -> str:
@@ -224,8 +254,12 @@ def _previous_run(spark: SparkSession, settings: Settings) -> tuple[dict | None,
         if rows is None or not is_delta(spark, path):
             return record, f"{name} has no state recorded by the last run"
         current = latest_version(spark, path)
-        if current != record[column] and snapshot_rows(path, current) != rows:
-            return record, f"{name} changed since the last run"
+        if current != record[column]:
+            unfinished = unfinished_run(path, record[column], record["run_id"])
+            if unfinished is not None:
+                return record, f"{name} holds writes of attribution run {unfinished}, which did not finish"
+            if snapshot_rows(path, current) != rows:
+                return record, f"{name} changed since the last run"
         record[column] = current
     return record, None
 
@@ -253,6 +287,7 @@ def run(spark: SparkSession, settings: Settings, logical_date: dt.date, mode: st
         inputs[name] = read_version(spark, path, input_versions[name])
 
     previous, full_reason = _previous_run(spark, settings)
+    run_id = (previous["run_id"] + 1) if previous else 1
     if mode == "full":
         full_reason = "full recompute requested"
     checkpoints = ExitStack()  # every kept frame is freed when the run ends
@@ -350,30 +385,31 @@ def run(spark: SparkSession, settings: Settings, logical_date: dt.date, mode: st
         step("credits and invariants")
 
         # 4. Publish. Versions are recorded last: a run that dies half way leaves them stale, and
-        # the next run then recomputes everything.
-        if affected is None:
-            _overwrite(rebuilt, paths["attribution_conversions"])
-            _overwrite(touches, paths["attribution_touchpoints"])
-            _overwrite(new_rows, paths["attribution_credits"], partition_by=("model",))
-        else:
-            # A MERGE with nothing to change still costs its jobs and a commit: skipped.
-            if recomputed or removed_count:
-                conversion_source = rebuilt.withColumn("deleted", F.lit(False)).unionByName(
-                    removed.withColumn("deleted", F.lit(True)), allowMissingColumns=True)
-                _merge(spark, paths["attribution_conversions"], conversion_source,
-                       "t.conversion_id = s.conversion_id", list(CONVERSION_COLUMNS) + ["path"])
-            if not touch_changes.isEmpty():
-                _merge(spark, paths["attribution_touchpoints"], touch_changes,
-                       "t.touch_event_id = s.touch_event_id", TOUCHPOINT_COLUMNS)
-            # Markov credits follow the latest chain, so their partition is replaced whole: a MERGE
-            # matched every row of it and rewrote nearly every file of the table (bench/README.md).
-            _replace_where(markov_rows, paths["attribution_credits"], "model = 'markov'")
-            if recomputed or removed_count:  # the heuristic credits of the conversions rebuilt or gone
-                stale = (previous_credits.where(F.col("model") != "markov")
-                         .join(affected, "conversion_id", "left_semi").select(*CREDIT_COLUMNS))
-                _merge(spark, paths["attribution_credits"], credit_merge_source(heuristic_rows, stale),
-                       "t.model = s.model AND t.conversion_id = s.conversion_id "
-                       "AND t.touch_event_id <=> s.touch_event_id", CREDIT_COLUMNS)
+        # the next run then finds this run's marks on the tables it wrote and recomputes everything.
+        with commit_metadata(spark, run_mark(run_id)):
+            if affected is None:
+                _overwrite(rebuilt, paths["attribution_conversions"])
+                _overwrite(touches, paths["attribution_touchpoints"])
+                _overwrite(new_rows, paths["attribution_credits"], partition_by=("model",))
+            else:
+                # A MERGE with nothing to change still costs its jobs and a commit: skipped.
+                if recomputed or removed_count:
+                    conversion_source = rebuilt.withColumn("deleted", F.lit(False)).unionByName(
+                        removed.withColumn("deleted", F.lit(True)), allowMissingColumns=True)
+                    _merge(spark, paths["attribution_conversions"], conversion_source,
+                           "t.conversion_id = s.conversion_id", list(CONVERSION_COLUMNS) + ["path"])
+                if not touch_changes.isEmpty():
+                    _merge(spark, paths["attribution_touchpoints"], touch_changes,
+                           "t.touch_event_id = s.touch_event_id", TOUCHPOINT_COLUMNS)
+                # Markov credits follow the latest chain, so their partition is replaced whole: a MERGE
+                # matched every row of it and rewrote nearly every file of the table (bench/README.md).
+                _replace_where(markov_rows, paths["attribution_credits"], "model = 'markov'")
+                if recomputed or removed_count:  # the heuristic credits of the conversions rebuilt or gone
+                    stale = (previous_credits.where(F.col("model") != "markov")
+                             .join(affected, "conversion_id", "left_semi").select(*CREDIT_COLUMNS))
+                    _merge(spark, paths["attribution_credits"], credit_merge_source(heuristic_rows, stale),
+                           "t.model = s.model AND t.conversion_id = s.conversion_id "
+                           "AND t.touch_event_id <=> s.touch_event_id", CREDIT_COLUMNS)
         step("state tables and credits written")
         _overwrite(daily(final_credits), paths["attribution_daily"])
         _overwrite(training, paths["attribution_paths"])
@@ -385,7 +421,7 @@ def run(spark: SparkSession, settings: Settings, logical_date: dt.date, mode: st
                       for column, name in STATE_TABLES.items()}
         run_mode = "full" if full_reason else "incremental"
         record = (
-            (previous["run_id"] + 1) if previous else 1, logical_date, as_of, run_mode,
+            run_id, logical_date, as_of, run_mode,
             settings_fingerprint(cfg), versions["conversions_version"], versions["touchpoints_version"],
             versions["credits_version"], recomputed, removed_count,
             state_rows["conversions_rows"], state_rows["touchpoints_rows"], state_rows["credits_rows"],

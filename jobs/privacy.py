@@ -46,7 +46,7 @@ from pyspark.sql.types import (
 
 from touchpoint.core.catalog import TABLES, Table, table_path
 from touchpoint.core.config import Settings
-from touchpoint.core.delta import ensure_table, gold_write_lock, is_delta, latest_version, rs_table
+from touchpoint.core.delta import commit_metadata, ensure_table, gold_write_lock, is_delta, latest_version, rs_table
 from touchpoint.core.privacy import (
     IDENTIFIER_TYPES, REQUEST_TYPES, Suppression, hashed_value_in, load_suppression, payload_identifiers,
     request_identifier, sha256_hex,
@@ -305,11 +305,8 @@ def delete_rows(spark: SparkSession, path: str, predicate: Column, tag: str) -> 
     from delta.tables import DeltaTable
 
     before = latest_version(spark, path)
-    spark.conf.set("spark.databricks.delta.commitInfo.userMetadata", tag)
-    try:
+    with commit_metadata(spark, tag):
         with_retries(lambda: DeltaTable.forPath(spark, path).delete(predicate), f"DELETE on {path}")
-    finally:
-        spark.conf.unset("spark.databricks.delta.commitInfo.userMetadata")
     return _deleted_rows(path, before, tag)
 
 

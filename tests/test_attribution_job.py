@@ -253,6 +253,59 @@ def test_when_the_changes_cannot_be_read_every_customer_is_re_derived(spark, tmp
 
 
 @pytest.mark.slow
+def test_a_run_that_died_between_its_state_writes_is_followed_by_a_full_recompute(spark, tmp_path, monkeypatch):
+    """A run dies after its conversions and touchpoints MERGEs, before the credits. Both tables keep
+    their row counts (a touchpoint in, another erased; paths rebuilt in place), so only the dead
+    run's commit marks tell the next run that the stored credits still follow the older paths."""
+    lakes = Lakes(spark, tmp_path)
+    lakes.set_identity(IDENTITY_DAY_1)
+    lakes.add_events([
+        silver_row("e02", "ad_click", at(D1, 9), "paid_search", "brand", anon="a1"),
+        silver_row("e04", "order", at(D1, 12), anon="a1", user="u1", order_id="o1", revenue=100.0),
+        silver_row("e05", "page_view", at(D1, 8), "organic_search", anon="a2"),
+        silver_row("e06", "email_click", at(D1, 10), "email", "news", anon="a2"),
+        silver_row("e10", "order", at(D1, 13), anon="a2", order_id="o3", revenue=50.0),
+    ])
+    assert attribution.run(spark, lakes.incremental, D1)["mode"] == "full"
+    recorded = {name: (latest_version(spark, table_path(name, lakes.incremental)),
+                       DeltaTable(table_path(name, lakes.incremental)).to_pyarrow_table().num_rows)
+                for name in STATE_TABLES}
+    # A late click for o1, and customer 2's page view erased: one touchpoint in, one out.
+    lakes.add_events([silver_row("e08", "email_click", at(D1, 11), "email", "promo", anon="a1")])
+    lakes.delete_events("event_id = 'e05'")
+
+    def killed(*_args):
+        raise RuntimeError("killed before the credits")
+
+    with monkeypatch.context() as patch:  # the credits' first write: the Markov partition
+        patch.setattr(attribution, "_replace_where", killed)
+        with pytest.raises(RuntimeError, match="killed before the credits"):
+            attribution.run(spark, lakes.incremental, D1)
+    left = {name: (latest_version(spark, table_path(name, lakes.incremental)),
+                   DeltaTable(table_path(name, lakes.incremental)).to_pyarrow_table().num_rows,
+                   DeltaTable(table_path(name, lakes.incremental)).history(1)[0].get("userMetadata"))
+            for name in STATE_TABLES}
+    assert left == {
+        "gold.attribution_conversions": (recorded["gold.attribution_conversions"][0] + 1, 2,
+                                         '{"touchpoint_attribution_run": 2}'),
+        "gold.attribution_touchpoints": (recorded["gold.attribution_touchpoints"][0] + 1, 3,
+                                         '{"touchpoint_attribution_run": 2}'),
+        "gold.attribution_credits": (*recorded["gold.attribution_credits"], '{"touchpoint_attribution_run": 1}')}
+    assert {name: rows for name, (_, rows) in recorded.items() if name != "gold.attribution_credits"} == {
+        "gold.attribution_conversions": 2, "gold.attribution_touchpoints": 3}
+
+    rerun = attribution.run(spark, lakes.incremental, D1)
+    reason = "gold.attribution_conversions holds writes of attribution run 2, which did not finish"
+    assert (rerun["mode"], rerun["full_reason"], rerun["derivation"]) == ("full", reason, f"all customers: {reason}")
+    assert credits_of(lakes, "o1", "linear") == {"e02": 0.5, "e08": 0.5}
+    assert credits_of(lakes, "o3", "linear") == {"e06": 1.0}
+    attribution.run(spark, lakes.full, D1, mode="full")
+    lakes.assert_same_tables(D1)
+    # The next run finds the state intact again: the marks it sees are its predecessor's own.
+    assert attribution.run(spark, lakes.incremental, D1)["derivation"] == "changed customers: 0"
+
+
+@pytest.mark.slow
 def test_run_on_its_own_a_job_waits_for_the_gold_write_lock_as_a_pipeline_step_it_does_not(spark, tmp_path):
     import threading
 

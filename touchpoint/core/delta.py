@@ -138,6 +138,18 @@ def retry_on_conflict(write: Callable[[], None], what: str, attempts: int = CONF
 
 
 @contextmanager
+def commit_metadata(spark: SparkSession, text: str) -> Iterator[None]:
+    """Tag every Delta commit made inside the block with `text` (its userMetadata, shown by DESCRIBE
+    HISTORY): DML such as MERGE and DELETE takes it only from the session, not as a write option."""
+    key = "spark.databricks.delta.commitInfo.userMetadata"
+    spark.conf.set(key, text)
+    try:
+        yield
+    finally:
+        spark.conf.unset(key)
+
+
+@contextmanager
 def idempotent_merge_conf(spark: SparkSession, app_id: str, version: int) -> Iterator[None]:
     """Make the DML inside the block a no-op if (app_id, version) already committed to its table."""
     spark.conf.set("spark.databricks.delta.write.txnAppId", app_id)

@@ -46,14 +46,22 @@ def producer_config(bootstrap: str, compression: str = "auto", **overrides) -> d
     return config
 
 
+# How long a broker may call a topic unknown before it is taken as missing: a topic the admin API
+# created a moment ago can be unknown to the broker until it applies the new metadata (milliseconds
+# on an idle machine), and waiting the whole timeout made a mistyped topic name cost 20 s.
+UNKNOWN_TOPIC_GRACE_SECONDS = 5.0
+
+
 def topic_partitions(producer, topic: str, bootstrap: str, timeout: float) -> list[int]:
     """The topic's partitions, through `producer`'s metadata. A topic created a moment ago may not
     have leaders yet (its metadata carries an error), so the question is asked again until
-    `timeout`, as kafka-python's `partitions_for` waited; a topic still unknown then is reported as
+    `timeout`, as kafka-python's `partitions_for` waited; a topic the broker keeps calling unknown
+    for UNKNOWN_TOPIC_GRACE_SECONDS, or still without partitions at `timeout`, is reported as
     missing (the broker does not create topics on first use), an unreachable broker as such."""
-    from confluent_kafka import KafkaException
+    from confluent_kafka import KafkaError, KafkaException
 
-    deadline = time.monotonic() + timeout
+    start = time.monotonic()
+    deadline = start + timeout
     while True:
         try:
             described = producer.list_topics(topic, timeout=max(1.0, deadline - time.monotonic())).topics.get(topic)
@@ -61,7 +69,10 @@ def topic_partitions(producer, topic: str, bootstrap: str, timeout: float) -> li
             raise RuntimeError(f"Kafka at {bootstrap} did not answer within {timeout:.0f}s: {error}") from None
         if described is not None and described.error is None and described.partitions:
             return sorted(described.partitions)
-        if time.monotonic() >= deadline:
+        now = time.monotonic()
+        unknown = described is not None and described.error is not None and \
+            described.error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART
+        if now >= deadline or (unknown and now - start >= UNKNOWN_TOPIC_GRACE_SECONDS):
             break
         time.sleep(0.2)
     reason = described.error if described is not None and described.error is not None else "no partitions"
