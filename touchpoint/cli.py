@@ -90,7 +90,7 @@ def status(as_json: bool = typer.Option(False, "--json", help="machine-readable 
         "versions": {p: version(p) for p in ("touchpoint", "pyspark", "delta-spark", "apache-airflow",
                                              "great-expectations", "kafka-python")},
     }
-    report.update(_freshness(settings))
+    report.update(_freshness(settings, broker.answering))
     if as_json:
         print(json.dumps(report, indent=2, default=str))
         return
@@ -107,14 +107,14 @@ def status(as_json: bool = typer.Option(False, "--json", help="machine-readable 
     console.print(grid)
 
 
-def _freshness(settings) -> dict:
+def _freshness(settings, kafka_answering: bool) -> dict:
     """Stream freshness from the speed layer's progress table, when one exists (JVM-free)."""
     try:
         from touchpoint.streaming.progress import freshness_report
     except ImportError:
         return {}
     try:
-        return freshness_report(settings)
+        return freshness_report(settings, kafka_answering)
     except Exception as error:  # status must never crash on a missing or empty table
         return {"freshness": f"unavailable ({error.__class__.__name__})"}
 
