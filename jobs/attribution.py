@@ -19,7 +19,7 @@ import hashlib
 import json
 import logging
 from contextlib import ExitStack
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Mapping
 
 from delta.tables import DeltaTable
 from pyspark.sql import DataFrame, SparkSession
@@ -40,7 +40,9 @@ from touchpoint.jobs.attribution_models import (
     CLICK_TYPES, CONVERSION_COLUMNS, CREDIT_COLUMNS, HEURISTIC_MODELS, MODELS, TOUCHPOINT_COLUMNS, conversions,
     credits, daily, lookback_micros, micros, touchpoint_types, touchpoints, training_paths, with_paths,
 )
-from touchpoint.core.delta import commit_metadata, is_delta, latest_version, read_version, rs_table, snapshot_fingerprint
+from touchpoint.core.delta import (
+    commit_metadata, is_delta, latest_version, newest_mark, read_version, rs_table, snapshot_fingerprint,
+)
 from touchpoint.jobs.identity_state import lookup_by_broadcast, snapshot_rows
 from touchpoint.jobs.input_changes import changes_since
 from touchpoint.jobs.markov import fit_chain
@@ -86,7 +88,8 @@ STATE_ROWS = {"conversions_version": "conversions_rows", "touchpoints_version": 
 # Every commit of a run to a state table carries {RUN_MARK: run_id} as its userMetadata. A run that
 # died between its commits left some tables written and no run record; the next run finds its marks
 # and recomputes everything: the row counts alone can match (a conversion added, another removed)
-# while the credits still belong to the older paths.
+# while the credits still belong to the older paths. Every run writes the credits (the Markov
+# partition at least), so their newest mark also names the last run whose credits they hold.
 RUN_MARK = "touchpoint_attribution_run"
 
 
@@ -94,12 +97,13 @@ def run_mark(run_id: int) -> str:
     return json.dumps({RUN_MARK: run_id})
 
 
-def _marked_run(commit: dict) -> int | None:
+def marked_run(commit: Mapping) -> int | None:
+    """The attribution run a commit (a history entry) belongs to, None for any other commit."""
     try:
         run_id = json.loads(commit.get("userMetadata") or "")[RUN_MARK]
     except (ValueError, TypeError, KeyError):  # no mark, or someone else's metadata
         return None
-    return run_id if isinstance(run_id, int) else None
+    return run_id if type(run_id) is int else None  # not a bool
 
 
 def unfinished_run(path: str, recorded_version: int, run_id: int) -> int | None:
@@ -108,7 +112,7 @@ def unfinished_run(path: str, recorded_version: int, run_id: int) -> int | None:
     table = rs_table(path)
     commits = table.history(table.version() - recorded_version) if table.version() > recorded_version \
         else table.history()
-    later = [marked for marked in map(_marked_run, commits) if marked is not None and marked > run_id]
+    later = [marked for marked in map(marked_run, commits) if marked is not None and marked > run_id]
     return max(later, default=None)
 
 
@@ -258,9 +262,18 @@ def _previous_run(spark: SparkSession, settings: Settings) -> tuple[dict | None,
             unfinished = unfinished_run(path, record[column], record["run_id"])
             if unfinished is not None:
                 return record, f"{name} holds writes of attribution run {unfinished}, which did not finish"
+            # On a local lake a table keeps its versions (publish exchanges folders): an older one is
+            # another table, e.g. left behind by a publish that crashed half way.
+            if current < record[column] and "://" not in path:
+                return record, f"{name} is at version {current}, before the last run's {record[column]}"
             if snapshot_rows(path, current) != rows:
                 return record, f"{name} changed since the last run"
         record[column] = current
+    credits_path = table_path("gold.attribution_credits", settings)
+    newest = newest_mark(rs_table(credits_path), marked_run)
+    if newest is not None and newest != record["run_id"]:  # None: a copy, or tables older than marks
+        return record, (f"gold.attribution_credits holds the writes of attribution run {newest}, "
+                        f"not of run {record['run_id']}, the last one recorded")
     return record, None
 
 

@@ -98,6 +98,10 @@ class Lakes:
             assert rows[0] or name != "gold.markov_removal_effects", f"no removal effects as of {as_of}"
 
 
+def table_rows(path):
+    return DeltaTable(path).to_pyarrow_table().num_rows
+
+
 def credits_of(lakes, conversion_id, model):
     rows = lakes.read(lakes.incremental, "gold.attribution_credits").where(
         (F.col("conversion_id") == conversion_id) & (F.col("model") == model)).collect()
@@ -268,8 +272,7 @@ def test_a_run_that_died_between_its_state_writes_is_followed_by_a_full_recomput
     ])
     assert attribution.run(spark, lakes.incremental, D1)["mode"] == "full"
     recorded = {name: (latest_version(spark, table_path(name, lakes.incremental)),
-                       DeltaTable(table_path(name, lakes.incremental)).to_pyarrow_table().num_rows)
-                for name in STATE_TABLES}
+                       table_rows(table_path(name, lakes.incremental))) for name in STATE_TABLES}
     # A late click for o1, and customer 2's page view erased: one touchpoint in, one out.
     lakes.add_events([silver_row("e08", "email_click", at(D1, 11), "email", "promo", anon="a1")])
     lakes.delete_events("event_id = 'e05'")
@@ -282,7 +285,7 @@ def test_a_run_that_died_between_its_state_writes_is_followed_by_a_full_recomput
         with pytest.raises(RuntimeError, match="killed before the credits"):
             attribution.run(spark, lakes.incremental, D1)
     left = {name: (latest_version(spark, table_path(name, lakes.incremental)),
-                   DeltaTable(table_path(name, lakes.incremental)).to_pyarrow_table().num_rows,
+                   table_rows(table_path(name, lakes.incremental)),
                    DeltaTable(table_path(name, lakes.incremental)).history(1)[0].get("userMetadata"))
             for name in STATE_TABLES}
     assert left == {
@@ -301,7 +304,32 @@ def test_a_run_that_died_between_its_state_writes_is_followed_by_a_full_recomput
     assert credits_of(lakes, "o3", "linear") == {"e06": 1.0}
     attribution.run(spark, lakes.full, D1, mode="full")
     lakes.assert_same_tables(D1)
-    # (A finished run's marks are its own: the runs after it stay incremental, as in the first test.)
+
+    # A publish that crashed half way leaves tables of different runs: here the credits of run 2
+    # beside run 3's record and other tables. On a local lake that table is at an older version.
+    credits_path = table_path("gold.attribution_credits", lakes.incremental)
+    shutil.copytree(credits_path, tmp_path / "credits_of_run_2")
+    before = latest_version(spark, credits_path)
+    lakes.add_events([silver_row("e11", "ad_click", at(D1, 11, 30), "display", "banner", anon="a1")])
+    assert attribution.run(spark, lakes.incremental, D1)["derivation"] == "changed customers: 1"
+    after = latest_version(spark, credits_path)
+    shutil.rmtree(credits_path)
+    shutil.copytree(tmp_path / "credits_of_run_2", credits_path)
+    record, reason = attribution._previous_run(spark, lakes.incremental)
+    assert (record["run_id"], reason) == (3, f"gold.attribution_credits is at version {before}, before the last "
+                                             f"run's {after}")
+    # Wherever the version numbers land, the credits' newest mark must be the last run's (every run
+    # writes credits): a record of run 4 naming these very versions is not taken either.
+    runs = lakes.read(lakes.incremental, "gold.attribution_runs")
+    runs.where("run_id = 3").withColumn("run_id", F.lit(4).cast("long")).withColumn(
+        "credits_version", F.lit(before).cast("long")).withColumn(
+        "credits_rows", F.lit(table_rows(credits_path)).cast("long")).write.format("delta").mode("append").save(
+        table_path("gold.attribution_runs", lakes.incremental))
+    assert attribution._previous_run(spark, lakes.incremental)[1] == (
+        "gold.attribution_credits holds the writes of attribution run 2, not of run 4, the last one recorded")
+    # The credits' log: run 1's overwrite (version 0), then the full rerun's, as run 2 (version 1).
+    assert [attribution.unfinished_run(credits_path, recorded_version, run_id)
+            for recorded_version, run_id in ((0, 1), (0, 2), (5, 1), (5, 2))] == [2, None, 2, None]
 
 
 @pytest.mark.slow

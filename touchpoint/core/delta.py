@@ -12,7 +12,7 @@ import re
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator, Mapping, Sequence
+from typing import Callable, Iterator, Mapping, Sequence, TypeVar
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql.types import StructType
@@ -21,6 +21,7 @@ from touchpoint.core.catalog import TABLES
 
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 CONFLICT_ATTEMPTS = 3
 # A live table creation commits within seconds; a `_delta_log` without a commit this old was abandoned.
 ABANDONED_CREATE_SECONDS = 15.0
@@ -142,11 +143,15 @@ def commit_metadata(spark: SparkSession, text: str) -> Iterator[None]:
     """Tag every Delta commit made inside the block with `text` (its userMetadata, shown by DESCRIBE
     HISTORY): DML such as MERGE and DELETE takes it only from the session, not as a write option."""
     key = "spark.databricks.delta.commitInfo.userMetadata"
+    outer = spark.conf.get(key, None)
     spark.conf.set(key, text)
     try:
         yield
     finally:
-        spark.conf.unset(key)
+        if outer is None:
+            spark.conf.unset(key)
+        else:  # a block inside another's: the outer tag again
+            spark.conf.set(key, outer)
 
 
 @contextmanager
@@ -245,15 +250,22 @@ def committed_batch(path: str, app_id: str) -> int | None:
         table = rs_table(path)
     except TableNotFoundError:
         return None
+    batch = newest_mark(table, lambda commit: marked_batch(commit, app_id))
+    return batch if batch is not None else table.transaction_version(app_id)
+
+
+def newest_mark(table, mark: Callable[[Mapping], T | None]) -> T | None:
+    """`mark(commit)` of the newest commit of a delta-rs table for which it is not None, searched
+    back through the log in growing pages; None when no commit log retention kept has one."""
     limit = _HISTORY_FIRST_PAGE
     while True:
         commits = table.history(limit)
         for commit in commits:
-            batch = marked_batch(commit, app_id)
-            if batch is not None:
-                return batch
-        if len(commits) < limit:  # the whole log read (what log retention kept of it)
-            return table.transaction_version(app_id)
+            found = mark(commit)
+            if found is not None:
+                return found
+        if len(commits) < limit:  # the whole log read
+            return None
         limit *= 8
 
 
