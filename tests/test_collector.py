@@ -6,8 +6,9 @@ import json
 import httpx
 import pytest
 from deltalake import DeltaTable
-from kafka import KafkaConsumer, TopicPartition
+from kafka import KafkaConsumer
 
+from bench.collector_load import topic_records
 from touchpoint.collector import SOURCE_FIELD, KeyRing, TokenBucket, create_app, running_in_thread
 from touchpoint.core.catalog import table_path
 from touchpoint.core.config import CollectorSettings, load_settings
@@ -25,14 +26,6 @@ def event(event_id, **fields):
     return {"event_id": event_id, "event_type": "page_view", "event_ts": "2026-03-01T10:00:00+01:00",
             "anonymous_id": "anon-1", "context": {"page_url": "https://shop.example/"}, **fields}
 
-
-def end_offsets(settings, topic):
-    consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap)
-    try:
-        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic)]
-        return sum(consumer.end_offsets(partitions).values())
-    finally:
-        consumer.close()
 
 
 def rows(settings, name):
@@ -120,7 +113,7 @@ def test_unauthorised_oversized_and_rate_limited_requests_store_nothing(settings
         assert other_source.status_code == 202  # buckets are per key
         deep = http.post("/v1/events", content=b"[" * 3000, headers=app)  # would trip the parser's recursion limit
         assert (deep.status_code, deep.json()["error"]) == (400, "too_deeply_nested")
-    assert end_offsets(settings, kafka_topic) == 1  # only the one 202 request reached Kafka
+    assert topic_records(settings.kafka_bootstrap, kafka_topic) == 1  # only the one 202 request reached Kafka
 
 
 @pytest.mark.kafka

@@ -806,13 +806,12 @@ def _consume(settings, topic: str, count: int) -> list[tuple]:
 
 
 def _wait_for_records(settings, topic: str, count: int) -> None:
-    from kafka import KafkaConsumer, TopicPartition
+    """Until the topic holds `count` records; bounded, so a watcher thread never outlives its test."""
+    from bench.collector_load import topic_records
+    from bench.faults import wait_for
 
-    consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap)
-    partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic)]
-    while sum(consumer.end_offsets(partitions).values()) < count:
-        time.sleep(0.2)
-    consumer.close()
+    wait_for(lambda: topic_records(settings.kafka_bootstrap, topic) >= count, timeout=120, interval=0.2,
+             what=f"{count} records in {topic}")
 
 
 @pytest.mark.kafka
