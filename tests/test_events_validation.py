@@ -226,6 +226,9 @@ UTC = dt.timezone.utc
     # RFC 3339 allows any number of fraction digits: kept to microseconds, truncated
     ("2026-03-01T10:00:00.123456789012-00:30", dt.datetime(2026, 3, 1, 10, 30, 0, 123_456, tzinfo=UTC)),
     ("2026-03-01T10:00:00+23:59", dt.datetime(2026, 3, 1, 10, 1, tzinfo=UTC) - dt.timedelta(days=1)),
+    # a leap second (RFC 3339 5.6, at 23:59:60 UTC) is the last microsecond of its minute, on its own day
+    ("2016-12-31T23:59:60Z", dt.datetime(2016, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC)),
+    ("2016-12-31T18:59:60.25-05:00", dt.datetime(2016, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC)),
 ])
 def test_timestamps_in_every_accepted_shape(text, instant):
     parsed = parse_timestamp(text, "event_ts")
@@ -236,7 +239,11 @@ def test_timestamps_in_every_accepted_shape(text, instant):
     ("2026-03-01T24:00:00Z", "'event_ts' is not a valid instant (hour must be in 0..23): \"2026-03-01T24:00:00Z\""),
     ("2026-02-29T10:00:00Z", "'event_ts' is not a valid instant (day is out of range for month): "
                              "\"2026-02-29T10:00:00Z\""),
-    ("2026-03-01T10:00:60Z", "'event_ts' is not a valid instant (second must be in 0..59): \"2026-03-01T10:00:60Z\""),
+    ("2026-03-01T10:00:60Z", "'event_ts' has second 60, which only a leap second at 23:59:60 UTC has: "
+                             "\"2026-03-01T10:00:60Z\""),
+    ("2016-12-31T23:59:60+01:00", "'event_ts' has second 60, which only a leap second at 23:59:60 UTC has: "
+                                  "\"2016-12-31T23:59:60+01:00\""),
+    ("2016-12-31T23:59:61Z", "'event_ts' is not a valid instant (second must be in 0..59): \"2016-12-31T23:59:61Z\""),
     ("2026-03-01T10:00:00+24:00", "'event_ts' has an offset outside -23:59..+23:59: \"2026-03-01T10:00:00+24:00\""),
     ("2026-03-01T10:00:00+05:60", "'event_ts' has an offset outside -23:59..+23:59: \"2026-03-01T10:00:00+05:60\""),
     # RFC 3339's DIGIT is ASCII: other Unicode digits are not a timestamp

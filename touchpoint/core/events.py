@@ -235,18 +235,27 @@ def parse_timestamp(text: str, field: str) -> dt.datetime:
             return dt.datetime.fromisoformat(stripped).astimezone(dt.timezone.utc)
         except (ValueError, OverflowError):
             pass
+    leap = second == "60"
     try:
         tz = dt.timezone.utc if offset in ("Z", "z") else dt.timezone(
             (1 if offset[0] == "+" else -1) * dt.timedelta(hours=int(offset[1:3]), minutes=int(offset[4:6]))
         )
-        local = dt.datetime(int(year), int(month), int(day), int(hour), int(minute), int(second),
+        local = dt.datetime(int(year), int(month), int(day), int(hour), int(minute), 59 if leap else int(second),
                             int((fraction or "0").ljust(6, "0")[:6]), tzinfo=tz)
     except ValueError as error:
         raise Rejected("bad_timestamp", f"'{field}' is not a valid instant ({error}): {_describe(text)}") from None
     try:
-        return local.astimezone(dt.timezone.utc)
+        instant = local.astimezone(dt.timezone.utc)
     except OverflowError:  # e.g. 9999-12-31T23:59:59-14:00: a valid local time, but after year 9999 in UTC
         raise Rejected("bad_timestamp", f"'{field}' is outside years 1-9999 in UTC: {_describe(text)}") from None
+    if leap:
+        # RFC 3339 allows second 60 for a leap second, which is inserted at 23:59:60 UTC. A UTC instant
+        # has no such second: it is read as the last microsecond of its minute, so it stays on its day.
+        if (instant.hour, instant.minute) != (23, 59):
+            raise Rejected("bad_timestamp", f"'{field}' has second 60, which only a leap second at 23:59:60 UTC "
+                                            f"has: {_describe(text)}")
+        return instant.replace(microsecond=999_999)
+    return instant
 
 
 def clean_id(value: Any) -> str | None:
