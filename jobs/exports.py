@@ -96,7 +96,12 @@ def erased_customers(spark: SparkSession, settings: Settings) -> DataFrame | Non
     log = spark.read.format("delta").load(path)
     if "customer_id" not in log.columns:
         raise RuntimeError(f"{ERASURE_TABLE} has no customer_id column: exports cannot exclude erased customers")
-    return log.where(F.col("customer_id").isNotNull()).select("customer_id").distinct()
+    # A request erases every id of the person (the current one and those merged into it); customer_id
+    # holds only the first of them.
+    ids = log.select("customer_id")
+    if "customer_ids" in log.columns:
+        ids = ids.unionByName(log.select(F.explode("customer_ids").alias("customer_id")))
+    return ids.where(F.col("customer_id").isNotNull()).distinct()
 
 
 def latest_segments_date(spark: SparkSession, settings: Settings) -> dt.date:
@@ -146,15 +151,18 @@ def _log_record(manifest: dict, seq: int, path: Path, manifest_sha256: str) -> d
 
 
 def _recover(spark: SparkSession, log_path: str, folder: Path, published: Path, logged: list[dict]) -> list[dict]:
-    """Log the committed runs whose log row was lost (a crash between the rename and the log)."""
+    """Log the committed runs whose log row was lost: a crash between the rename and the log, or,
+    for a staging namespace, a publish that released the runs and died before the tables (its
+    re-run stages the log as it was published, without those runs)."""
     known = {r["run_id"] for r in logged}
-    for run_folder in files.committed_runs(folder):
+    for run_folder in [*files.committed_runs(published), *files.committed_runs(folder)]:
         manifest = files.read_manifest(run_folder)
         if manifest["run_id"] not in known:
             record = _log_record(manifest, manifest["seq"], published / run_folder.name,
                                  files.sha256_file(run_folder / files.MANIFEST))
             _append_log(spark, log_path, record)
             logged.append(record)
+            known.add(manifest["run_id"])
     return logged
 
 

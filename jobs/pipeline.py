@@ -4,7 +4,7 @@ For logical date D the batch jobs run against a staging namespace of the gold la
 (`<lake>/staging/<D>/...`), seeded from copies of the published tables. The audit
 validates the staged tables; only a passing run is published: each staged table replaces its
 published table in one atomic step (on a local lake the folders are exchanged; elsewhere a Delta
-overwrite), staged exports are moved into place, and the
+overwrite), after the staged exports were moved into place, and the
 batch high-water mark H = as_of_for(D) is recorded. A failing audit publishes nothing, so readers of
 `gold.*` keep seeing the previous state.
 
@@ -119,14 +119,17 @@ def publish(spark: SparkSession, settings: Settings, logical_date: dt.date) -> d
          .option("overwriteSchema", "true").save(target))
         return name
 
+    from touchpoint.jobs.exports import publish_staged_exports
+
+    # Export runs first: a run released before a crash is found in the published tree by the re-run's
+    # exports step, which logs it and redoes nothing. Tables first would publish gold.export_log rows
+    # of runs the re-run's fresh staging no longer holds, and they would never be released.
+    released = publish_staged_exports(settings, staged)
     # The lock keeps an erasure from committing to a table while its folder is exchanged.
     with gold_write_lock(settings.lake_uri):
         # Tables are independent; their small Spark jobs and Delta commits overlap well in threads.
         with ThreadPoolExecutor(max_workers=PUBLISH_THREADS) as pool:
             published = [name for name in pool.map(publish_table, gold_tables()) if name]
-    from touchpoint.jobs.exports import publish_staged_exports
-
-    released = publish_staged_exports(settings, staged)
     record_high_water_mark(spark, settings, logical_date)
     from touchpoint.core.serving import expire_speed_rows
 

@@ -63,7 +63,7 @@ HASHED_IDENTIFIER = StructType([StructField("identifier_type", _S), StructField(
 ERASURE_LOG_SCHEMA = StructType([StructField(n, k, True) for n, k in (
     ("request_id", _S), ("requested_type", _S), ("requested_sha256", _S), ("requested_at", _TS),
     ("started_at", _TS), ("completed_at", _TS), ("status", _S),
-    ("customer_id", _S),  # one row per request; the first of customer_ids (exports suppress by it)
+    ("customer_id", _S),  # one row per request; the first of customer_ids (exports suppress all of them)
     ("customer_ids", ArrayType(_S)), ("identifiers", ArrayType(HASHED_IDENTIFIER)),
     ("rows_removed", MapType(_S, _L)), ("export_files_rewritten", _L), ("tables_purged", ArrayType(_S)),
 )])

@@ -323,6 +323,79 @@ def test_staged_exports_stay_hidden_until_published(spark, lake):
     assert not hidden.exists()
 
 
+@pytest.mark.parametrize("crash", ["after the exports", "after gold.export_log"])
+def test_a_date_rerun_after_a_crashed_publish_releases_each_export_run_once(spark, lake, monkeypatch, crash):
+    """publish dies after releasing the staged export runs (before any table), or after publishing
+    gold.export_log; the date is then re-run from scratch (prepare_staging drops the staged runs).
+    Either way run D1 is in the published tree and the published log exactly once, and D2 diffs against it."""
+    from touchpoint.jobs import pipeline
+
+    lake.segment([("c1", T1, None), ("c2", T1, T2)], (D1, D2))
+    lake.profiles({"c1": (True, True), "c2": (True, True)})
+    settings = lake.settings.model_copy(update={"exports": lake.settings.exports.model_copy(
+        update={"daily": (ExportTarget(segment="vip", destination="esp"),)})})
+    published = settings.exports_dir / "vip" / "esp"
+
+    def stage_and_export(day):
+        pipeline.prepare_staging(spark, settings, day)
+        return exports.run(spark, pipeline.staging_settings(settings, day), day)["exports"]
+
+    assert [(r["run_id"], r["mode"], r["full_rows"]) for r in stage_and_export(D1)] == [("2024-05-01", "full", 2)]
+    if crash == "after the exports":
+        def dying_lock(*_):
+            raise OSError("driver killed")
+
+        monkeypatch.setattr(pipeline, "gold_write_lock", dying_lock)
+    else:  # the published log is new here, so it is moved into place (an exchange otherwise)
+        def dying_after(publish_folder):
+            def publish_then_die(staged, target):
+                published_folder = publish_folder(staged, target)
+                if target.name == "export_log":
+                    raise OSError("driver killed")
+                return published_folder
+            return publish_then_die
+
+        for name in ("_exchange_into_place", "_move_into_place"):
+            monkeypatch.setattr(pipeline, name, dying_after(getattr(pipeline, name)))
+    with pytest.raises(OSError, match="driver killed"):
+        pipeline.publish(spark, settings, D1)
+    monkeypatch.undo()
+    assert export_files.committed_runs(published) == [published / "2024-05-01"]
+
+    rerun = stage_and_export(D1)
+    assert [(r["run_id"], r["status"]) for r in rerun] == [("2024-05-01", "already exported")]
+    pipeline.publish(spark, settings, D1)
+    assert lake.log() == [("esp", "2024-05-01", 1, "full", None, 2, None, None, 2)]
+    assert run_files(published / "2024-05-01", "full") == {("ann@example.com", "c1"), ("bob@example.com", "c2")}
+
+    # D2: c2 left the segment at T2; the diff's base is the released D1 run.
+    assert [(r["run_id"], r["mode"], r["base_run_id"], r["adds"], r["removes"]) for r in stage_and_export(D2)] == [
+        ("2024-05-02", "diff", "2024-05-01", 0, 1)]
+    pipeline.publish(spark, settings, D2)
+    assert run_files(published / "2024-05-02", "removes") == {("bob@example.com", "c2")}
+    assert [run.name for run in export_files.committed_runs(published)] == ["2024-05-01", "2024-05-02"]
+    assert lake.log() == [("esp", "2024-05-01", 1, "full", None, 2, None, None, 2),
+                          ("esp", "2024-05-02", 2, "diff", "2024-05-01", 1, 0, 1, None)]
+
+
+def test_the_suppression_list_holds_every_customer_id_of_an_erasure(spark, lake):
+    """gold.erasure_log keeps the first id of a request in customer_id and all of them in customer_ids."""
+    from touchpoint.jobs.privacy import ERASURE_LOG_SCHEMA
+
+    row = {field.name: None for field in ERASURE_LOG_SCHEMA.fields}
+    rows = [{**row, "request_id": "r1", "customer_id": "c1", "customer_ids": ["c1", "c2"]},
+            {**row, "request_id": "r2", "customer_id": None, "customer_ids": []},  # not found
+            {**row, "request_id": "r3", "customer_id": "c4", "customer_ids": None}]
+    spark.createDataFrame(rows, ERASURE_LOG_SCHEMA).write.format("delta").save(
+        table_path(exports.ERASURE_TABLE, lake.settings))
+    assert rows_of(exports.erased_customers(spark, lake.settings)) == {("c1",), ("c2",), ("c4",)}
+
+    lake.segment([("c1", T1, None), ("c2", T1, None), ("c3", T1, None)], (D1,))
+    lake.profiles({"c1": (True, True), "c2": (True, True), "c3": (True, True)})
+    exports.export_segment(spark, lake.settings, "vip", "esp", D1)
+    assert run_files(lake.settings.exports_dir / "vip" / "esp" / "2024-05-01", "full") == {("cy@example.fr", "c3")}
+
+
 def test_default_exports_folder_sits_next_to_the_lake(settings):
     assert exports.exports_root(settings) == Path(settings.lake_uri).parent / "exports"
     s3 = settings.model_copy(update={"lake_root": "s3a://bucket/lake"})
