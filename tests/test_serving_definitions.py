@@ -80,3 +80,22 @@ def test_campaign_totals_sum_signed_changes_and_customer_activity(spark):
         ("add_to_cart", 1, Decimal("6.000000000"), False)  # carts after the order; last one 25 min ago
     assert (b["events_last_30m"], b["page_views_last_30m"], b["open_cart_value"], b["cart_abandoned"]) == \
         (1, 1, Decimal("4.000000000"), True)
+
+
+def test_revenue_keeps_its_nine_decimals_with_and_without_a_sign(spark):
+    """The batch (no sign) and the speed layer (a sign from the change feed) sum the same revenue to
+    the last of its 9 decimals: an FX-converted revenue has more than 6."""
+    from pyspark.sql import functions as F
+
+    from touchpoint.core.campaign_metrics import campaign_totals, measure_rows
+
+    frame = events(spark, [("o1", "order", minutes(0), "A", "direct", "spring", "O-1", 12.856781549),
+                           ("o2", "order", minutes(1), "A", "direct", "spring", "O-2", 18.509259259)])
+    batch = measure_rows(frame)
+    speed = measure_rows(frame.withColumn("sign", F.when(F.col("event_id") == "o2", -1).otherwise(1)))
+    assert [(r["revenue"], r["orders"]) for r in batch.collect()] == [
+        (Decimal("12.856781549"), 1), (Decimal("18.509259259"), 1)]
+    assert [(r["revenue"], r["orders"]) for r in speed.collect()] == [
+        (Decimal("12.856781549"), 1), (Decimal("-18.509259259"), -1)]
+    assert [tuple(r) for r in speed.transform(campaign_totals("date")).collect()] == [
+        (T0.date(), "spring", 0, 0, 0, Decimal("-5.652477710"))]

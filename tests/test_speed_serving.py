@@ -90,9 +90,12 @@ def lake(spark, settings):
 
 
 def daily(frame):
+    return daily_rows(frame.collect())
+
+
+def daily_rows(rows):
     return sorted(((r["date"], r["campaign"], r["impressions"], r["clicks"], r["orders"], r["revenue"],
-                    r["last_touch_orders"], r["last_touch_revenue"]) for r in frame.collect()),
-                  key=lambda r: (r[0], r[1] or ""))
+                    r["last_touch_orders"], r["last_touch_revenue"]) for r in rows), key=lambda r: (r[0], r[1] or ""))
 
 
 def test_late_touch_after_batch_moves_last_touch_and_new_customer_is_served(spark, settings, lake):
@@ -125,10 +128,7 @@ def test_late_touch_after_batch_moves_last_touch_and_new_customer_is_served(spar
     # The same view without a JVM: duckdb over delta-rs.
     from touchpoint.core.serving import query
 
-    table = query(settings, "select * from serving.campaign_daily").to_pylist()
-    assert sorted(((r["date"], r["campaign"], r["impressions"], r["clicks"], r["orders"], r["revenue"],
-                    r["last_touch_orders"], r["last_touch_revenue"]) for r in table),
-                  key=lambda r: (r[0], r[1] or "")) == expected
+    assert daily_rows(query(settings, "select * from serving.campaign_daily").to_pylist()) == expected
 
 
 def clicks_by_campaign(frame):
@@ -163,6 +163,40 @@ def test_crash_replay_late_beyond_lateness_and_expiry_never_double_count(spark, 
     assert expired["speed.campaign_daily"] == 2 and expired["speed.campaign_minute"] == 3
     assert clicks_by_campaign(lake.serving()) == {(D, "spring"): (3, 0), (D, "other"): (1, 0)}
     assert spark.read.format("delta").load(lake.path("speed.campaign_daily")).count() == 0
+
+
+def test_a_displaced_or_removed_order_is_never_served_from_an_older_recomputation(spark, settings, lake):
+    """A conversion's speed rows are recomputations; only its latest may be served, and the batch's
+    cut applies to that one. o1's first order event (after H) is displaced by a late one before H;
+    o2's only order event (after H) is deleted. Before and after expiry, serving equals the batch
+    for D plus the speed rows after H, and no older recomputation resurfaces."""
+    from delta.tables import DeltaTable
+
+    from touchpoint.core.serving import expire_speed_rows
+
+    lake.identity({"u1": "cus_1"})
+    lake.arrive(event("k1", "ad_click", at(1, 23, 40), "u1", "spring"),
+                event("k2", "ad_click", at(2, 0, 5), "u1", "summer"),
+                event("oA", "order", at(2, 0, 10), "u1", None, channel="direct", order_id="o1", revenue=40.0),
+                event("oC", "order", at(2, 0, 20), "u1", None, channel="direct", order_id="o2", revenue=7.0))
+    lake.speed()
+    # As the ingest sink displaces an order (delete the loser, insert the winner), and as an erasure deletes.
+    DeltaTable.forPath(spark, lake.path("silver.events")).delete("event_id IN ('oA', 'oC')")
+    lake.arrive(event("oB", "order", at(1, 23, 50), "u1", None, channel="direct", order_id="o1", revenue=40.0))
+    lake.speed()
+    lake.batch(D)  # reads every version: o1 at D 23:50, its last touch spring
+    zero, forty = Decimal("0E-9"), Decimal("40.000000000")
+    expected = [(D, None, 0, 0, 1, forty, 0, zero), (D, "spring", 0, 1, 0, zero, 1, forty),
+                (D + dt.timedelta(days=1), "summer", 0, 1, 0, zero, 0, zero)]
+    assert daily(lake.serving()) == expected
+    recomputations = spark.read.format("delta").load(lake.path("speed.campaign_conversions"))
+    assert sorted((r["conversion_id"], r["removed"]) for r in recomputations.collect()) == [
+        ("o1", False), ("o1", False), ("o2", False), ("o2", True)]
+    assert expire_speed_rows(spark, lake.settings)["speed.campaign_conversions"] == 4
+    assert daily(lake.serving()) == expected
+    from touchpoint.core.serving import query  # the same view without a JVM: duckdb over delta-rs
+
+    assert daily_rows(query(lake.settings, "select * from serving.campaign_daily").to_pylist()) == expected
 
 
 CART_ABANDONED_NOW = """

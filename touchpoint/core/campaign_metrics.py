@@ -53,6 +53,13 @@ def money(value: Column) -> Column:
     return value.cast(MONEY)
 
 
+def signed(value: Column, sign: Column) -> Column:
+    """value × sign (±1), in value's own type. Spark types a DECIMAL(38,9) times an integer as a
+    decimal of scale 6 or 7 (by the integer's precision: a column or a literal) and rounds the
+    product there, so batch and speed would round revenue differently."""
+    return F.when(sign < 0, -value).otherwise(value)
+
+
 def micros(value: str | Column) -> Column:
     return F.unix_micros(F.col(value) if isinstance(value, str) else value)
 
@@ -80,8 +87,8 @@ def measure_rows(events: DataFrame) -> DataFrame:
         (F.when(kind.isin(*IMPRESSION_TYPES), 1).otherwise(0) * sign).cast("long").alias("impressions"),
         (F.when(kind.isin(*CLICK_TYPES), 1).otherwise(0) * sign).cast("long").alias("clicks"),
         (F.when(is_order, 1).otherwise(0) * sign).cast("long").alias("orders"),
-        money(F.when(is_order, F.coalesce(money(F.col("revenue_reporting")), F.lit(0).cast(MONEY)))
-              .otherwise(F.lit(0).cast(MONEY)) * sign).alias("revenue"),
+        signed(F.when(is_order, F.coalesce(money(F.col("revenue_reporting")), F.lit(0).cast(MONEY)))
+               .otherwise(F.lit(0).cast(MONEY)), sign).alias("revenue"),
         *[c for c in ("silver_version",) if c in events.columns],
     )
 

@@ -116,12 +116,15 @@ def _campaign_sql(grain: str, ref: Callable[[str], str]) -> str:
     return f"""
 WITH cut AS ({_cut_cte(ref, gold)}),
 conv_cut AS ({_cut_cte(ref, "gold.campaign_conversions")}),
-served_recomputations AS (
+recomputations AS (
   SELECT s.*, ROW_NUMBER() OVER (PARTITION BY s.conversion_id ORDER BY s.silver_version DESC, s.batch_id DESC) AS rank
-  FROM {ref("speed.campaign_conversions")} s CROSS JOIN conv_cut cut
-  WHERE {_kept("conversion_ts", "ts")}
+  FROM {ref("speed.campaign_conversions")} s
 ),
-speed_conversions AS (SELECT * FROM served_recomputations WHERE rank = 1),
+-- Each conversion's latest recomputation, when the batch does not hold it. The cut applies to the
+-- latest only: an older row (the order before it was displaced, at another time) is never served.
+speed_conversions AS (
+  SELECT s.* FROM recomputations s CROSS JOIN conv_cut cut WHERE s.rank = 1 AND {_kept("conversion_ts", "ts")}
+),
 conversions AS (
   SELECT conversion_id, conversion_ts, revenue, last_touch_campaign FROM speed_conversions WHERE NOT removed
   UNION ALL
@@ -246,6 +249,9 @@ def expire_speed_rows(spark, settings: Settings) -> dict[str, int]:
         path = table_path(speed, settings)
         if high_water_mark is None or not is_delta(spark, path):
             continue
+        if speed == "speed.campaign_conversions":
+            removed[speed] = _expire_recomputations(spark, path, high_water_mark, version)
+            continue
         below = F.col(column) < (F.lit(high_water_mark).cast("date") if kind == "date" else F.lit(high_water_mark))
         condition = below & (F.col("silver_version") <= F.lit(version))
         removed[speed] = _delete(spark, path, condition)
@@ -256,6 +262,31 @@ def expire_speed_rows(spark, settings: Settings) -> dict[str, int]:
             ensure_table(spark, path, SCHEMAS[speed], (), speed)
             removed[speed] = _delete(spark, path, F.col("as_of") < F.lit(high_water_mark))
     return removed
+
+
+def _expire_recomputations(spark, path: str, high_water_mark: dt.datetime, version: int) -> int:
+    """Delete the conversion recomputations the views can no longer serve: every row read by the
+    batch (silver_version <= V) except a conversion's latest when that one is at or after H. So the
+    latest row of each conversion stays what the view decides on: a displaced order's older row,
+    after H, never becomes the latest, and the tombstones of removed orders (no conversion_ts) go."""
+    from delta.tables import DeltaTable
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    latest = F.row_number().over(Window.partitionBy("conversion_id").orderBy(
+        F.col("silver_version").desc(), F.col("batch_id").desc())) == 1
+    served = F.coalesce(latest & (F.col("conversion_ts") >= F.lit(high_water_mark)), F.lit(False))
+    doomed = (spark.read.format("delta").load(path).withColumn("_served", served)
+              .where((F.col("silver_version") <= F.lit(version)) & ~F.col("_served"))
+              .select("conversion_id", "silver_version", "batch_id").localCheckpoint())
+    if doomed.isEmpty():
+        return 0
+    table = DeltaTable.forPath(spark, path)
+    (table.alias("t").merge(doomed.alias("d"), "t.conversion_id <=> d.conversion_id AND "
+                            "t.silver_version = d.silver_version AND t.batch_id = d.batch_id")
+     .whenMatchedDelete().execute())
+    metrics = table.history(1).select("operationMetrics").first()["operationMetrics"] or {}
+    return int(metrics.get("numTargetRowsDeleted", 0) or 0)
 
 
 def _delete(spark, path: str, condition) -> int:
