@@ -25,6 +25,7 @@ from pyspark.sql import functions as F
 from pyspark.sql.types import ArrayType, DateType, LongType, StringType, StructField, StructType, TimestampType
 
 from touchpoint.core.catalog import table_path
+from touchpoint.core.channels import load_rules
 from touchpoint.core.config import Settings
 from touchpoint.core.delta import ensure_table, is_delta, latest_version, read_version
 from touchpoint.core.identity_lookup import attach_customer_id
@@ -238,7 +239,7 @@ def run(spark: SparkSession, settings: Settings, logical_date: dt.date) -> dict:
         "gold.customer_profiles", "gold.segment_membership", "gold.segment_sizes"))
     if not is_delta(spark, profiles_path):
         raise RuntimeError(f"gold.customer_profiles not found at {profiles_path}: run profiles first")
-    definitions = load_segments(settings.segments_dir)
+    definitions = load_segments(settings.segments_dir, load_rules(settings.channel_rules_file).channels)
 
     profiles = spark.read.format("delta").load(profiles_path)
     compiled = compile_segments(definitions, profiles.schema, as_of)

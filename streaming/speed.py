@@ -40,6 +40,7 @@ from touchpoint.core.campaign_metrics import (
     measure_rows, micros, touchpoints,
 )
 from touchpoint.core.catalog import table_path
+from touchpoint.core.channels import load_rules
 from touchpoint.core.config import Settings
 from touchpoint.core.delta import (
     BatchWrites, ensure_table, is_delta, latest_version, read_version, snapshot_fingerprint,
@@ -440,7 +441,9 @@ class SpeedSink:
             # Real-time segments are evaluated at the instant right after the latest event seen.
             as_of = clock + dt.timedelta(microseconds=1)
             wanted = set(self.settings.stream.realtime_segments)
-            definitions = [d for d in load_segments(self.settings.segments_dir) if d.name in wanted] if wanted else []
+            channels = load_rules(self.settings.channel_rules_file).channels
+            definitions = ([d for d in load_segments(self.settings.segments_dir, channels) if d.name in wanted]
+                           if wanted else [])
             if not definitions:
                 return
             base = window.where(F.col("customer_id").isNotNull()).select("customer_id").distinct()

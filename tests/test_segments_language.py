@@ -226,7 +226,7 @@ def test_schema_errors_name_file_path_line_and_fix():
     assert problems_of("name: a\ncondition:\n  behaviour: {event_type: order, within_last_days: 0}\n") == [
         (3, "condition.behaviour", "none of the keys at_least, at_most is present", "add 'at_least: n', 'at_most: n' or both"),
         (3, "condition.behaviour.within_last_days", "0 is too small",
-         "give a number of days greater than 0 (fractions allowed, 1 day = 86,400 s)"),
+         "give a number of days greater than 0 and at most 36525 (100 years; fractions allowed, 1 day = 86,400 s)"),
     ]
     assert problems_of("name: Big-Spenders\ndescripton: typo\n") == [
         (2, "descripton", "unknown key 'descripton'",
@@ -258,6 +258,52 @@ def test_yaml_problems_are_reported_with_their_line():
     assert message.startswith("not valid YAML: could not determine a constructor")
     [(_, _, message, _)] = problems_of("")
     assert message == "the file is empty"
+
+
+def test_values_the_schema_lets_through_but_no_condition_can_use(tmp_path):
+    """.nan and .inf pass JSON Schema's bounds; keys that are not names, and integers beyond 64 bits,
+    made the checks or Spark raise without naming the file. Each is now a problem with its fix."""
+    finite_fix = "write a number (.nan and .inf cannot be compared or counted)"
+    assert problems_of("name: a\ncondition:\n  behaviour: {event_type: order, at_least: 1, within_last_days: .nan}\n") == [
+        (3, "condition.behaviour.within_last_days", "nan is not a finite number", finite_fix)]
+    assert problems_of("name: a\ncondition: {attribute: lifetime_revenue, gt: -.inf}\n") == [
+        (2, "condition.gt", "-inf is not a finite number", finite_fix)]
+    assert problems_of("name: a\ncondition: {attribute: lifetime_orders, gt: 99999999999999999999}\n") == [
+        (2, "condition.gt", "99999999999999999999 is beyond 64-bit integers",
+         "write a whole number between -9223372036854775807 and 9223372036854775807")]
+    assert problems_of("name: a\ncondition:\n  behaviour: {event_type: order, at_least: 1, within_last_days: 1000000}\n") == [
+        (3, "condition.behaviour.within_last_days", "1000000 is too large",
+         "give a number of days greater than 0 and at most 36525 (100 years; fractions allowed, 1 day = 86,400 s)")]
+    assert problems_of("name: a\ncondition:\n  behaviour: {event_type: order, at_least: 3000000000, within_last_days: 1}\n") == [
+        (3, "condition.behaviour.at_least", "3000000000 is too large", "give a whole number of events, 0 to 2147483647")]
+    key_fix = "write every key as a name (name, description, condition, all, any, not, attribute, behaviour, ...)"
+    assert problems_of("name: a\ncondition: {attribute: country, eq: US}\n1: x\nfoo: y\n") == [
+        (3, "<root>", "key 1 is not a name", key_fix)]
+    assert problems_of("name: a\ncondition: {attribute: country, eq: US}\n? [a, b]\n: x\n") == [
+        (3, "<root>", "a key is a list or a mapping, not a name", key_fix)]
+    (tmp_path / "latin1.yaml").write_bytes("name: a\ndescription: caf\xe9\ncondition: {attribute: country, eq: US}\n"
+                                           .encode("latin-1"))
+    with pytest.raises(SegmentDefinitionError) as caught:
+        load_segments(tmp_path)
+    assert [(Path(p.source).name, p.message, p.fix) for p in caught.value.problems] == [
+        ("latin1.yaml", "the file is not UTF-8 text (byte 24)", "save the file as UTF-8")]
+
+
+def test_a_misspelt_channel_is_named_with_the_channels_of_the_rules(tmp_path):
+    from touchpoint.core.channels import load_rules
+
+    (tmp_path / "searchers.yaml").write_text(
+        "name: searchers\ncondition:\n  any:\n"
+        "    - behaviour: {event_type: ad_click, at_least: 1, within_last_days: 7, channel: paid-search}\n"
+        "    - not: {behaviour: {event_type: order, at_most: 0, within_last_days: 3, channel: [email, Direct]}}\n")
+    assert [d.name for d in load_segments(tmp_path)] == ["searchers"]  # without the rules: not checked
+    with pytest.raises(SegmentDefinitionError) as caught:
+        load_segments(tmp_path, load_rules().channels)
+    fix = ("use a channel of the channel rules: affiliate, direct, display, email, organic_search, organic_social, "
+           "paid_search, paid_social, referral")
+    assert [(p.line, seg.format_path(p.path), p.message, p.fix) for p in caught.value.problems] == [
+        (4, "condition.any[0].behaviour.channel", "unknown channel 'paid-search'", fix),
+        (5, "condition.any[1].not.behaviour.channel", "unknown channel 'Direct'", fix)]
 
 
 def compile_problems(spark, condition: str) -> list[tuple[int | None, str, str, str]]:

@@ -32,6 +32,11 @@ class ChannelRules:
     rules: tuple[tuple[str, tuple[dict[str, Any], ...]], ...]  # (channel, alternatives of AND-conditions)
     default: str
 
+    @property
+    def channels(self) -> tuple[str, ...]:
+        """Every channel these rules can give an event."""
+        return tuple(dict.fromkeys([*(channel for channel, _ in self.rules), self.default]))
+
 
 def load_rules(path: str | Path | None = None) -> ChannelRules:
     """Read and check a rules file; errors name the file, the rule and the fix."""

@@ -21,6 +21,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from functools import lru_cache, reduce
@@ -101,6 +102,8 @@ def _node_lines(node: yaml.Node, path: Path_, lines: dict[Path_, int], duplicate
     if isinstance(node, yaml.MappingNode):
         seen: set[Any] = set()
         for key_node, value_node in node.value:
+            if not isinstance(key_node, yaml.ScalarNode):  # a list or mapping as a key: never a name
+                raise _NotAName(path, key_node.start_mark.line + 1)
             key = key_node.value
             if key in seen:
                 duplicates.append((path + (key,), key_node.start_mark.line + 1))
@@ -110,6 +113,39 @@ def _node_lines(node: yaml.Node, path: Path_, lines: dict[Path_, int], duplicate
     elif isinstance(node, yaml.SequenceNode):
         for index, item in enumerate(node.value):
             _node_lines(item, path + (index,), lines, duplicates)
+
+
+class _NotAName(Exception):
+    def __init__(self, path: Path_, line: int):
+        self.path, self.line = path, line
+
+
+_KEY_FIX = "write every key as a name (name, description, condition, all, any, not, attribute, behaviour, ...)"
+_LARGEST_INTEGER = 2 ** 63 - 1
+
+
+def _unusable_values(document: Any, source: str, lines: Mapping[Path_, int], path: Path_ = ()) -> list[Problem]:
+    """What JSON Schema lets through but no condition can use: keys that are not text, numbers that
+    are not finite (YAML's .nan and .inf pass every bound), integers beyond 64 bits."""
+    problems = []
+    if isinstance(document, dict):
+        for key, value in document.items():
+            if not isinstance(key, str):
+                line = lines.get(path + (str(key),)) or _line(lines, path)  # lines are keyed by the key's text
+                problems.append(Problem(source, path, f"key {_short(key)} is not a name", _KEY_FIX, line))
+                continue
+            problems += _unusable_values(value, source, lines, path + (key,))
+    elif isinstance(document, list):
+        for index, item in enumerate(document):
+            problems += _unusable_values(item, source, lines, path + (index,))
+    elif isinstance(document, float) and not math.isfinite(document):
+        problems.append(Problem(source, path, f"{document} is not a finite number",
+                                "write a number (.nan and .inf cannot be compared or counted)", _line(lines, path)))
+    elif isinstance(document, int) and not isinstance(document, bool) and abs(document) > _LARGEST_INTEGER:
+        problems.append(Problem(source, path, f"{_short(document)} is beyond 64-bit integers",
+                                f"write a whole number between {-_LARGEST_INTEGER} and {_LARGEST_INTEGER}",
+                                _line(lines, path)))
+    return problems
 
 
 def _read_yaml(text: str, source: str) -> tuple[Any, dict[Path_, int]]:
@@ -129,6 +165,9 @@ def _read_yaml(text: str, source: str) -> tuple[Any, dict[Path_, int]]:
                 for path, line in duplicates
             ])
         return loader.construct_document(node), lines
+    except _NotAName as error:
+        raise SegmentDefinitionError([Problem(source, error.path, "a key is a list or a mapping, not a name",
+                                              _KEY_FIX, error.line)]) from None
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         reason = getattr(error, "problem", None) or str(error)
@@ -198,6 +237,8 @@ def _schema_problem(error, source: str, lines: Mapping[Path_, int]) -> Problem:
             message = f"the list has {len(value)} item(s)"
         elif kind in ("minimum", "exclusiveMinimum", "minLength"):
             message = f"{_short(value)} is too small"
+        elif kind in ("maximum", "exclusiveMaximum", "maxLength"):
+            message = f"{_short(value)} is too large"
         elif kind == "anyOf" and all(set(branch) == {"required"} for branch in error.validator_value):
             keys = [k for branch in error.validator_value for k in branch["required"]]
             message = f"none of the keys {', '.join(keys)} is present"
@@ -239,6 +280,9 @@ class SegmentDefinition:
 def parse_segment(text: str, source: str = "<inline>") -> SegmentDefinition:
     """Parse and validate one segment file's text; SegmentDefinitionError names file, path and fix."""
     document, lines = _read_yaml(text, source)
+    unusable = _unusable_values(document, source, lines)
+    if unusable:  # the schema's checks would stumble over them
+        raise SegmentDefinitionError(unusable)
     errors = sorted(_validator().iter_errors(document),
                     key=lambda e: ([str(p) for p in e.absolute_path], str(e.validator)))
     if errors:
@@ -252,8 +296,10 @@ def segment_files(folder: str | Path) -> list[Path]:
     return sorted({p for pattern in SEGMENT_FILE_PATTERNS for p in folder.rglob(pattern) if p.is_file()})
 
 
-def load_segments(folder: str | Path) -> list[SegmentDefinition]:
+def load_segments(folder: str | Path, channels: Iterable[str] | None = None) -> list[SegmentDefinition]:
     """Every segment file under `folder` (recursively, *.yaml / *.yml), validated; sorted by name.
+    With `channels` (the channel rules' names), a behaviour's `channel` must be one of them: a
+    misspelt channel would count no event, silently.
 
     All problems of all files are collected before raising, so one run lists everything to fix.
     """
@@ -268,6 +314,9 @@ def load_segments(folder: str | Path) -> list[SegmentDefinition]:
             definitions.append(parse_segment(path.read_text(encoding="utf-8"), str(path)))
         except SegmentDefinitionError as error:
             problems.extend(error.problems)
+        except UnicodeDecodeError as error:
+            problems.append(Problem(str(path), (), f"the file is not UTF-8 text (byte {error.start})",
+                                    "save the file as UTF-8"))
     by_name: dict[str, SegmentDefinition] = {}
     for definition in definitions:
         if definition.name in by_name:
@@ -275,9 +324,31 @@ def load_segments(folder: str | Path) -> list[SegmentDefinition]:
                 ("name",), f"segment name {definition.name!r} is also used by {by_name[definition.name].source}",
                 "give every segment a unique name"))
         by_name.setdefault(definition.name, definition)
+        if channels is not None:
+            problems += _unknown_channels(definition, set(channels))
     if problems:
         raise SegmentDefinitionError(problems)
     return sorted(definitions, key=lambda d: d.name)
+
+
+def _unknown_channels(definition: SegmentDefinition, channels: set[str]) -> list[Problem]:
+    problems = []
+
+    def visit(node: Any, path: Path_) -> None:
+        if isinstance(node, dict):
+            if path[-1:] == ("behaviour",) and "channel" in node:
+                named = node["channel"]
+                problems.extend(definition.problem(path + ("channel",), f"unknown channel {name!r}",
+                                                   f"use a channel of the channel rules: {', '.join(sorted(channels))}")
+                                for name in ([named] if isinstance(named, str) else named) if name not in channels)
+            for key, value in node.items():
+                visit(value, path + (key,))
+        elif isinstance(node, list):
+            for index, item in enumerate(node):
+                visit(item, path + (index,))
+
+    visit(definition.condition, ("condition",))
+    return problems
 
 
 # ---------------------------------------------------------------- compilation
