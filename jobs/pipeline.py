@@ -24,7 +24,7 @@ from pyspark.sql import SparkSession
 from touchpoint.core.catalog import TABLES
 from touchpoint.core.config import Settings
 from touchpoint.core.dates import as_of_for, calendar_date
-from touchpoint.core.delta import ensure_table, exchange_folders, gold_write_lock, is_delta
+from touchpoint.core.delta import ensure_table, exchange_folders, gold_write_lock, is_delta, remove_tree
 
 PIPELINE_JOBS = ("identity", "profiles", "attribution", "segments", "campaign_metrics", "exports")
 
@@ -54,7 +54,7 @@ def prepare_staging(spark: SparkSession, settings: Settings, logical_date: dt.da
     from touchpoint.jobs.exports import discard_staged_exports
 
     staged = staging_settings(settings, logical_date)
-    _remove(f"{settings.lake_uri}/{staged.gold_namespace}")
+    remove_tree(spark, f"{settings.lake_uri}/{staged.gold_namespace}")
     discard_staged_exports(staged)
     cloned = []
     for name in gold_tables():
@@ -134,8 +134,8 @@ def publish(spark: SparkSession, settings: Settings, logical_date: dt.date) -> d
     from touchpoint.core.serving import expire_speed_rows
 
     expired = expire_speed_rows(spark, settings)  # speed rows the published batch now holds
-    # Staging is a full copy of gold: never keep it around.
-    _remove(f"{settings.lake_uri}/{staged.gold_namespace}")
+    # Staging is a full copy of gold (raw PII included): never keep it around, on any file system.
+    remove_tree(spark, f"{settings.lake_uri}/{staged.gold_namespace}")
     return {"published": published, "exports_released": released, "speed_rows_expired": expired,
             "high_water_mark": as_of_for(logical_date).isoformat()}
 
@@ -236,9 +236,6 @@ def current_high_water_mark(spark: SparkSession, settings: Settings) -> dt.datet
     return spark.read.format("delta").load(path).agg({"high_water_mark": "max"}).first()[0]
 
 
-def _remove(path: str) -> None:
-    if "://" not in path:
-        shutil.rmtree(Path(path), ignore_errors=True)
 
 
 # ---- steps: what each marketing_daily task runs (also `touchpoint run pipeline --date D`) ---------

@@ -46,7 +46,9 @@ from pyspark.sql.types import (
 
 from touchpoint.core.catalog import TABLES, Table, table_path
 from touchpoint.core.config import Settings
-from touchpoint.core.delta import commit_metadata, ensure_table, gold_write_lock, is_delta, latest_version, rs_table
+from touchpoint.core.delta import (
+    commit_metadata, ensure_table, gold_write_lock, is_delta, latest_version, rs_table, subfolders,
+)
 from touchpoint.core.privacy import (
     IDENTIFIER_TYPES, REQUEST_TYPES, Suppression, hashed_value_in, load_suppression, payload_identifiers,
     request_identifier, sha256_hex,
@@ -330,15 +332,14 @@ def purge_files(spark: SparkSession, path: str, retention_hours: int) -> None:
         spark.conf.unset(check)
 
 
-def namespace_paths(table: Table, settings: Settings) -> list[str]:
-    """The table's path in the published namespace and, for gold tables, in every staging namespace."""
+def namespace_paths(spark: SparkSession, table: Table, settings: Settings) -> list[str]:
+    """The table's path in the published namespace and, for gold tables, in every staging namespace
+    (listed through Spark's file system on an object store)."""
     paths = [table.path(settings)]
-    if table.layer == "gold" and "://" not in settings.lake_uri:
-        staging = Path(settings.lake_uri) / "staging"
-        if staging.is_dir():
-            for folder in sorted(p for p in staging.iterdir() if p.is_dir()):
-                staged = settings.model_copy(update={"gold_namespace": f"staging/{folder.name}"})
-                paths.append(table.path(staged))
+    if table.layer == "gold":
+        for folder in subfolders(spark, f"{settings.lake_uri}/staging"):
+            staged = settings.model_copy(update={"gold_namespace": f"staging/{folder}"})
+            paths.append(table.path(staged))
     return paths
 
 
@@ -347,7 +348,7 @@ def _erase_from_tables(spark: SparkSession, settings: Settings, subject: Subject
     removed: dict[str, int] = {}
     for name in names:
         table = TABLES[name]
-        for path in namespace_paths(table, settings):
+        for path in namespace_paths(spark, table, settings):
             if not is_delta(spark, path):
                 continue
             predicate = subject_predicate(table, spark.read.format("delta").load(path).columns, subject)
@@ -366,7 +367,7 @@ def remaining_rows(spark: SparkSession, settings: Settings, subject: Subject) ->
     for name, table in TABLES.items():
         if not table.subject_columns:
             continue
-        for path in namespace_paths(table, settings):
+        for path in namespace_paths(spark, table, settings):
             if is_delta(spark, path):
                 frame = spark.read.format("delta").load(path)
                 predicate = subject_predicate(table, frame.columns, subject)
@@ -595,7 +596,7 @@ def _erase(spark: SparkSession, settings: Settings, identifier_type: str, identi
     purged = []
 
     for name in to_purge:
-        for path in namespace_paths(TABLES[name], settings):
+        for path in namespace_paths(spark, TABLES[name], settings):
             if is_delta(spark, path):
                 purge_files(spark, path, settings.retention.erasure_vacuum_hours)
                 purged.append(name if path == TABLES[name].path(settings) else path)

@@ -71,6 +71,25 @@ def test_publish_rewrites_changed_tables_and_leaves_untouched_copies_alone(spark
     assert versions(spark, daily) == [2] and len(new_files) == 1 and not new_files & set(staged_files)
 
 
+def test_on_a_lake_reached_through_hadoop_staging_is_copied_published_and_removed(spark, settings, tmp_path):
+    """A `file://` lake root takes the object-store path (s3a://): staging copied by Spark, published by
+    an overwrite, and the staging namespace removed through Hadoop's file system afterwards (before,
+    it was only removed on a local lake, so every date's full copy of gold, raw PII included, stayed)."""
+    folder = tmp_path / "lake"
+    lake = settings.model_copy(update={"lake_root": f"file://{folder}"})
+    sizes = TABLES["gold.segment_sizes"].path(lake)
+    assert sizes.startswith("file://")
+    spark.createDataFrame([("vip", 3)], SCHEMA).write.format("delta").save(sizes)
+
+    assert prepare_staging(spark, lake, D)["cloned"] == ["gold.segment_sizes"]
+    staged = TABLES["gold.segment_sizes"].path(staging_settings(lake, D))
+    spark.createDataFrame([("vip", 4)], SCHEMA).write.format("delta").mode("overwrite").save(staged)
+    assert (folder / "staging" / f"d{D:%Y%m%d}").is_dir()
+    assert publish(spark, lake, D)["published"] == ["gold.segment_sizes"]
+    assert rows(spark, sizes) == [("vip", 4)]
+    assert not (folder / "staging" / f"d{D:%Y%m%d}").exists()
+
+
 def test_a_table_published_for_the_first_time_is_moved_into_place(spark, settings):
     prepare_staging(spark, settings, D)
     staged_sizes = TABLES["gold.segment_sizes"].path(staging_settings(settings, D))

@@ -140,3 +140,24 @@ def test_no_credentials_in_the_repository():
 def test_the_secret_scan_finds_a_real_looking_key():
     leaked = "aws_access_key = " + '"' + "AKIA" + "QWERTYUIOPASDFGH" + '"'  # assembled: not a literal here
     assert [p for p in _SECRET_PATTERNS if p.search(leaked) and not _DUMMY.search(p.search(leaked).group(0))]
+
+
+@pytest.mark.parametrize("scheme", ["", "file://"])
+def test_an_erasure_finds_every_staging_namespace_on_any_file_system(spark, settings, tmp_path, scheme):
+    """Gold tables are erased in the published namespace and in every staging namespace present,
+    listed through Hadoop's file system when the lake is a URI (s3a://; file:// here)."""
+    from touchpoint.core.catalog import TABLES
+    from touchpoint.jobs.privacy import namespace_paths
+
+    lake = settings.model_copy(update={"lake_root": f"{scheme}{tmp_path / 'lake'}"})
+    identity_map = TABLES["gold.identity_map"]
+    assert namespace_paths(spark, identity_map, lake) == [identity_map.path(lake)]
+    for day in ("d20260305", "d20260304"):
+        (tmp_path / "lake" / "staging" / day).mkdir(parents=True)
+    (tmp_path / "lake" / "staging" / "notes.txt").write_text("not a namespace")
+    staged = [identity_map.path(lake.model_copy(update={"gold_namespace": f"staging/{day}"}))
+              for day in ("d20260304", "d20260305")]
+    assert namespace_paths(spark, identity_map, lake) == [identity_map.path(lake), *staged]
+    assert staged[0] == f"{scheme}{tmp_path}/lake/staging/d20260304/identity_map"
+    silver = TABLES["silver.events"]
+    assert namespace_paths(spark, silver, lake) == [silver.path(lake)]  # staging holds gold only

@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -56,7 +57,9 @@ def ensure_table(spark: SparkSession, path: str, schema: StructType, partition_b
     if DeltaTable.isDeltaTable(spark, path):
         return
     _clear_abandoned_creation(spark, path)
-    builder = DeltaTable.createIfNotExists(spark).location(path).addColumns(schema)
+    # Hadoop writes a local URI as file:/x; Delta refuses `file:///x` as a second, "ambiguous" location.
+    location = "file:/" + path.removeprefix("file://").lstrip("/") if path.startswith("file://") else path
+    builder = DeltaTable.createIfNotExists(spark).location(location).addColumns(schema)
     if partition_by:
         builder = builder.partitionedBy(*partition_by)
     for key, value in _table_properties(schema, catalog_name, partition_by).items():
@@ -83,14 +86,38 @@ def _created_meanwhile(spark: SparkSession, path: str, wait_seconds: float = 10.
     return True
 
 
+def _hadoop_path(spark: SparkSession, uri: str):
+    """(Hadoop Path, its FileSystem): what Spark itself uses for a URI (s3a://, file://, ...)."""
+    path = spark.sparkContext._jvm.org.apache.hadoop.fs.Path(uri)
+    return path, path.getFileSystem(spark._jsparkSession.sessionState().newHadoopConf())
+
+
+def remove_tree(spark: SparkSession, uri: str) -> None:
+    """Delete a folder and everything under it, on a local lake or any file system Spark reaches."""
+    if "://" not in uri:
+        shutil.rmtree(uri, ignore_errors=True)
+        return
+    path, filesystem = _hadoop_path(spark, uri)
+    if filesystem.exists(path):
+        filesystem.delete(path, True)
+
+
+def subfolders(spark: SparkSession, uri: str) -> list[str]:
+    """Names of the folders right under `uri` (none when it does not exist), sorted."""
+    if "://" not in uri:
+        return sorted(p.name for p in Path(uri).iterdir() if p.is_dir()) if Path(uri).is_dir() else []
+    path, filesystem = _hadoop_path(spark, uri)
+    if not filesystem.exists(path):
+        return []
+    return sorted(status.getPath().getName() for status in filesystem.listStatus(path) if status.isDirectory())
+
+
 def _clear_abandoned_creation(spark: SparkSession, path: str) -> None:
     """Remove the `_delta_log` of a creation that never committed (its process was killed between
     writing commit 0's temporary file and renaming it): Delta refuses to create a table over it
     (DELTA_TABLE_NOT_FOUND), and nothing was ever written there. Leftovers younger than
     ABANDONED_CREATE_SECONDS may belong to a creation still running: wait out the rest first."""
-    jvm = spark.sparkContext._jvm
-    log_dir = jvm.org.apache.hadoop.fs.Path(f"{path.rstrip('/')}/_delta_log")
-    filesystem = log_dir.getFileSystem(spark._jsparkSession.sessionState().newHadoopConf())
+    log_dir, filesystem = _hadoop_path(spark, f"{path.rstrip('/')}/_delta_log")
     for attempt in (1, 2):  # a second look after waiting; then what is left is abandoned
         if not filesystem.exists(log_dir):
             return
