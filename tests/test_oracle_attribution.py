@@ -725,6 +725,30 @@ def test_project_matches_the_oracle(differential, table):
     assert not problems, f"{len(problems)} differences in {table}:\n" + "\n".join(problems[:60])
 
 
+# Other windows: a fractional lookback, a training window shorter than it (so "the last conversion"
+# of a null path may lie outside the training window), another half-life and landing window. The
+# settings reach the job through `[attribution]`, the oracle through its arguments. Run once by hand
+# also with (30, 7, 45, landing 0) and (0.5, 0.25, 1, 7.5) over five seeds: no difference (session 44).
+OTHER_WINDOWS = dict(lookback_days=12.5, half_life_days=3.0, training_days=10, landing_minutes=45)
+
+
+def test_project_matches_the_oracle_under_other_windows(spark, tmp_path):
+    from touchpoint.core.config import load_settings
+
+    events, identity = [], {}
+    for seed in SEEDS:
+        Generator(seed, events, identity).build()
+    base = load_settings(lake_root=str(tmp_path / "lake"), spark_shuffle_partitions=2)
+    settings = base.model_copy(update={"attribution": base.attribution.model_copy(update=dict(
+        lookback_days=OTHER_WINDOWS["lookback_days"], half_life_days=OTHER_WINDOWS["half_life_days"],
+        markov_training_days=OTHER_WINDOWS["training_days"],
+        landing_window_minutes=OTHER_WINDOWS["landing_minutes"]))})
+    expected = oracle(events, identity, **OTHER_WINDOWS)
+    assert compare(expected, _oracle_output_as_found(oracle(events, identity)))  # the windows change results
+    problems = compare(expected, run_project(spark, settings, events, identity))
+    assert not problems, f"{len(problems)} differences:\n" + "\n".join(problems[:60])
+
+
 # =====================================================================================================
 # The data tells misreadings apart: each mutant oracle encodes one plausible misreading of BRIEF §4 and
 # must disagree with the oracle on the differential data (else a project with that bug would pass).
