@@ -77,3 +77,34 @@ def test_cli_reports_bad_config_in_one_line(tmp_path):
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, result.stderr
     assert "key 'spark_master'" in lines[0] and "mesos://x" in lines[0]
+
+
+def test_a_misspelt_variable_a_missing_config_file_and_unreadable_values_name_themselves(monkeypatch, tmp_path):
+    """Each used to load the defaults silently, or to raise without naming the variable or file."""
+    monkeypatch.setenv("TOUCHPOINT_LAKEROOT", "/elsewhere")
+    with pytest.raises(ConfigError) as error:
+        load_settings()
+    assert str(error.value) == ("invalid configuration: env TOUCHPOINT_LAKEROOT is not a setting: did you mean "
+                                "TOUCHPOINT_LAKE_ROOT? Rename or unset it")
+    monkeypatch.delenv("TOUCHPOINT_LAKEROOT")
+    monkeypatch.setenv("TOUCHPOINT_TEST_ANYTHING", "tests' own variables are not settings")
+    monkeypatch.setenv("TOUCHPOINT_CONFIG", str(tmp_path / "missing.toml"))
+    with pytest.raises(ConfigError) as error:
+        load_settings()
+    assert str(error.value) == (f"invalid configuration: env TOUCHPOINT_CONFIG: {tmp_path / 'missing.toml'} is not "
+                                "a file; point it at a touchpoint.toml or unset it")
+    config = tmp_path / "touchpoint.toml"
+    config.write_text("kafka_topic = events.raw\n")
+    monkeypatch.setenv("TOUCHPOINT_CONFIG", str(config))
+    with pytest.raises(ConfigError) as error:
+        load_settings()
+    assert str(error.value).startswith(f"invalid configuration: {config} is not valid TOML (Invalid value")
+    assert str(error.value).endswith("; fix its syntax")
+    config.write_text("")
+    monkeypatch.setenv("TOUCHPOINT_IDENTITY__BLOCKLIST", "null,n/a")
+    with pytest.raises(ConfigError) as error:
+        load_settings()
+    assert str(error.value).startswith("invalid configuration: TOUCHPOINT_IDENTITY__BLOCKLIST could not be read (")
+    assert str(error.value).endswith("""lists and mappings are JSON, e.g. TOUCHPOINT_IDENTITY__BLOCKLIST='["null", "n/a"]'""")
+    monkeypatch.setenv("TOUCHPOINT_IDENTITY__BLOCKLIST", '["null", "n/a"]')
+    assert load_settings().identity.blocklist == ("null", "n/a")

@@ -20,6 +20,7 @@ from pydantic_settings import (
     NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
+    SettingsError,
     TomlConfigSettingsSource,
 )
 
@@ -293,12 +294,53 @@ def require_kafka(settings: Settings, timeout: float = 2.0) -> None:
         ) from None
 
 
+# TOUCHPOINT_* variables that are not settings: the config file's path, the image's version, tests' ports.
+_NOT_SETTINGS = ("CONFIG", "VERSION")
+
+
+def _environment_problems() -> list[str]:
+    """A TOUCHPOINT_* variable that names no setting (a typo is otherwise silently ignored), and a
+    TOUCHPOINT_CONFIG naming no file (otherwise the defaults load silently)."""
+    import difflib
+
+    problems = []
+    config = os.environ.get("TOUCHPOINT_CONFIG")
+    if config is not None and not Path(config).is_file():
+        problems.append(f"env TOUCHPOINT_CONFIG: {config} is not a file; point it at a touchpoint.toml or unset it")
+    fields = sorted(Settings.model_fields)
+    for name in sorted(os.environ):
+        rest = name.upper().removeprefix("TOUCHPOINT_")
+        if rest == name.upper() or rest in _NOT_SETTINGS or rest.startswith("TEST_"):
+            continue
+        field = rest.split("__", 1)[0].lower()
+        if field not in fields:
+            close = difflib.get_close_matches(field, fields, n=1)
+            hint = f"did you mean TOUCHPOINT_{close[0].upper()}?" if close else "see docs/CONFIG.md for the settings"
+            problems.append(f"env {name} is not a setting: {hint} Rename or unset it")
+    return problems
+
+
 def load_settings(**overrides) -> Settings:
-    """Load settings, turning validation errors into one readable ConfigError line."""
+    """Load settings, turning every problem into one readable ConfigError line that names the key."""
+    import tomllib
+
+    problems = _environment_problems()
+    if problems:
+        raise ConfigError("invalid configuration: " + "; ".join(problems))
     try:
         return Settings(**overrides)
     except ValidationError as error:
         raise ConfigError(_format_error(error)) from None
+    except tomllib.TOMLDecodeError as error:
+        config = os.environ.get("TOUCHPOINT_CONFIG", DEFAULT_CONFIG_FILE)
+        raise ConfigError(f"invalid configuration: {config} is not valid TOML ({error}); fix its syntax") from None
+    except SettingsError as error:  # a value pydantic-settings could not parse, e.g. a list that is not JSON
+        field = re.search(r'field "([^"]+)"', str(error))
+        names = [n for n in sorted(os.environ) if field and n.upper().removeprefix("TOUCHPOINT_").split("__")[0]
+                 == field.group(1).upper()]
+        raise ConfigError(f"invalid configuration: {', '.join(names) or 'a TOUCHPOINT_* variable'} could not be read "
+                          f"({error}); lists and mappings are JSON, e.g. "
+                          "TOUCHPOINT_IDENTITY__BLOCKLIST='[\"null\", \"n/a\"]'") from None
 
 
 @lru_cache(maxsize=1)
