@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 
 from airflow.sdk import chain, dag, task
+from airflow.timetables.interval import CronDataIntervalTimetable
 
 DOC = """
 ### lake_maintenance
@@ -19,14 +20,14 @@ earlier dates. Each step is `touchpoint.jobs.maintenance.run_step`, also `touchp
 
 def _step(step: str, **context) -> dict:
     from touchpoint.jobs.maintenance import run_step
+    from touchpoint.jobs.runner import covered_date
 
-    stamp = context.get("logical_date") or context["dag_run"].run_after
-    return run_step(step, stamp.date())
+    return run_step(step, covered_date(context))
 
 
 @dag(
     dag_id="lake_maintenance",
-    schedule="@daily",
+    schedule=CronDataIntervalTimetable("@daily", timezone="UTC"),  # the run at D+1 00:00Z covers D
     start_date=dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc),
     catchup=False,
     max_active_runs=1,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 
 from airflow.sdk import Asset, chain, dag, task
+from airflow.timetables.interval import CronDataIntervalTimetable
 
 GOLD_ASSETS = [
     Asset(name=f"gold.{table}", uri=f"touchpoint://gold/{table}")
@@ -16,7 +17,8 @@ HIGH_WATER_MARK = Asset(name="gold.high_water_mark", uri="touchpoint://gold/high
 
 DOC = """
 ### marketing_daily
-For logical date **D** (events with `event_ts < D+1 00:00Z`):
+For logical date **D** (events with `event_ts < D+1 00:00Z`), the data interval [D, D+1) that
+the run at D+1 00:00Z closes; a manual run without a logical date covers the last complete UTC day:
 
 1. `optimize_silver` compacts D's silver partition written by the stream;
 2. `prepare_staging` copies the published gold tables into `staging/dD`;
@@ -27,18 +29,15 @@ For logical date **D** (events with `event_ts < D+1 00:00Z`):
 
 Every task is idempotent per D (re-running re-stages from what is published) and calls the same
 entry point as `touchpoint run pipeline --date D` (`touchpoint.jobs.pipeline.run_step`).
+Backfill oldest first, one date at a time: `--max-active-runs 1`, never `--run-backwards`.
 """
-
-
-def _logical_date(context) -> dt.date:
-    stamp = context.get("logical_date") or context["dag_run"].run_after
-    return stamp.date()
 
 
 def run_pipeline_step(step: str, **context) -> dict:
     from touchpoint.jobs.pipeline import run_step
+    from touchpoint.jobs.runner import covered_date
 
-    return run_step(step, _logical_date(context))
+    return run_step(step, covered_date(context))
 
 
 # The steps of touchpoint.jobs.pipeline.STEPS, spelled out so the DAG file stays import-light.
@@ -49,7 +48,9 @@ STEPS = ("optimize_silver", "prepare_staging", "identity", "profiles", "attribut
 
 @dag(
     dag_id="marketing_daily",
-    schedule="@daily",
+    # Data intervals: the run at D+1 00:00Z has logical date D and covers D (Airflow 3's "@daily"
+    # would give it logical date D+1, the day just begun).
+    schedule=CronDataIntervalTimetable("@daily", timezone="UTC"),
     start_date=dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc),
     catchup=False,
     max_active_runs=1,

@@ -24,6 +24,18 @@ JOBS: dict[str, str] = {
     "campaign_metrics": "touchpoint.jobs.campaign_metrics",
 }
 
+def covered_date(context) -> dt.date:
+    """D, the UTC day an Airflow run of a daily DAG covers. The daily DAGs schedule data intervals
+    (`CronDataIntervalTimetable`), so a scheduled run's logical date is its interval's start: the
+    run firing at 03-02 00:00Z covers 03-01. A manual run without a logical date covers the last
+    complete UTC day before it was triggered, never the day still under way."""
+    stamp = context.get("logical_date")
+    if stamp is not None:
+        return stamp.astimezone(dt.timezone.utc).date()
+    triggered = context["dag_run"].run_after.astimezone(dt.timezone.utc)
+    return triggered.date() - dt.timedelta(days=1)
+
+
 # Jobs that commit to gold tables publish exchanges. Run on their own against published gold (not as
 # a pipeline step, which writes staging), they hold the lake's gold write lock, as publish and
 # erasures do, so none of their commits lands in a table folder while publish exchanges it. The

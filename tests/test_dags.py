@@ -42,6 +42,32 @@ def test_marketing_daily_order(dagbag):
     assert {a.name for a in dag.get_task("publish").outlets} >= {"gold.attribution_credits", "gold.high_water_mark"}
 
 
+@pytest.mark.parametrize("dag_id", ["marketing_daily", "lake_maintenance"])
+def test_the_run_at_midnight_covers_the_day_that_just_ended(dagbag, dag_id):
+    """A scheduled run's logical date is its data interval's start: the run firing at 03-02 00:00Z
+    covers 03-01. (Airflow 3's "@daily" is a trigger timetable whose logical date is the firing
+    time: the pipeline processed the day just begun.) A manual run without a logical date covers the
+    last complete UTC day before it."""
+    import datetime as dt
+    from types import SimpleNamespace
+
+    from airflow.timetables.base import TimeRestriction
+
+    from touchpoint.jobs.runner import covered_date
+
+    utc = dt.timezone.utc
+    first = dagbag.dags[dag_id].timetable.next_dagrun_info(
+        last_automated_data_interval=None,
+        restriction=TimeRestriction(earliest=dt.datetime(2026, 3, 1, tzinfo=utc), latest=None, catchup=True))
+    assert (first.run_after, first.data_interval.start, first.data_interval.end) == (
+        dt.datetime(2026, 3, 2, tzinfo=utc), dt.datetime(2026, 3, 1, tzinfo=utc), dt.datetime(2026, 3, 2, tzinfo=utc))
+    assert covered_date({"logical_date": first.data_interval.start}) == dt.date(2026, 3, 1)
+    manual = SimpleNamespace(run_after=dt.datetime(2026, 3, 2, 14, 5, tzinfo=utc))
+    assert covered_date({"logical_date": None, "dag_run": manual}) == dt.date(2026, 3, 1)
+    late_evening = dt.datetime(2026, 3, 1, 23, 30, tzinfo=dt.timezone(dt.timedelta(hours=-5)))  # 03-02 04:30Z
+    assert covered_date({"logical_date": late_evening}) == dt.date(2026, 3, 2)
+
+
 @pytest.mark.parametrize("dag_file", DAG_FILES, ids=[p.stem for p in DAG_FILES])
 def test_dag_file_parses_in_a_few_seconds_without_heavy_imports(dag_file):
     code = (
