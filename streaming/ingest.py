@@ -550,15 +550,45 @@ def resume_offset(committed_batch: int | None, size: int) -> int | None:
     return committed_batch
 
 
+JSONL_SUFFIXES = (".jsonl", ".ndjson")
+_GZIP_MAGIC = b"\x1f\x8b"
+_UTF8_BOM = b"\xef\xbb\xbf"
+
+
+def input_files(path: str | Path) -> list[Path]:
+    """The JSONL files `touchpoint ingest --file` reads: the file given, or every *.jsonl / *.ndjson
+    file under a folder (any case). Raises, naming the files and the fix, for a path that does not
+    exist, a folder without such files, and compressed files (read as text they would be
+    quarantined line by line as invalid UTF-8), before anything is ingested."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist: give a JSONL file or a folder of *.jsonl files")
+    if path.is_dir():
+        found = sorted(p for p in path.rglob("*") if p.is_file())
+        files = [p for p in found if p.name.lower().endswith(JSONL_SUFFIXES)]
+        compressed = [p for p in found if p.name.lower().endswith(tuple(f"{s}.gz" for s in JSONL_SUFFIXES))]
+        if not files and not compressed:
+            raise FileNotFoundError(f"no *.jsonl or *.ndjson files under {path}")
+    else:
+        files, compressed = [path], []
+    compressed += [file for file in files if _starts_with(file, _GZIP_MAGIC)]
+    if compressed:
+        raise ValueError(f"compressed input, not JSONL text: {', '.join(map(str, compressed))}; decompress it "
+                         "first (gunzip -k FILE)")
+    return files
+
+
+def _starts_with(file: Path, magic: bytes) -> bool:
+    with open(file, "rb") as handle:
+        return handle.read(len(magic)) == magic
+
+
 def ingest_files(spark: SparkSession, settings: Settings, path: str | Path, batch_bytes: int = FILE_BATCH_BYTES,
                  split_bytes: int = FILE_SPLIT_BYTES) -> list[dict[str, int]]:
     """`touchpoint ingest --file`: each JSONL file runs through the same sink as the stream, keyed by
     its content hash, so that ingesting the same file again adds nothing and an interrupted ingest
     goes on where it stopped."""
-    path = Path(path)
-    files = sorted(p for p in path.rglob("*.jsonl")) if path.is_dir() else [path]
-    if not files:
-        raise FileNotFoundError(f"no .jsonl files under {path}")
+    files = input_files(path)
     results = []
     for file in files:
         scan = scan_file(file, split_bytes)
@@ -583,7 +613,8 @@ def ingest_files(spark: SparkSession, settings: Settings, path: str | Path, batc
 
 def file_bronze_rows(spark: SparkSession, file: Path, ranges: list[FileRange]) -> DataFrame:
     """Bronze rows of some ranges of a JSONL file: the raw bytes of each non-blank line (invalid UTF-8
-    kept as is, a trailing CR dropped), its line number as offset. Each range is read by one task."""
+    kept as is, a trailing CR and a leading byte order mark dropped), its line number as offset. A
+    line of whitespace only is no record. Each range is read by one task."""
     ingest_ts = dt.datetime.now(dt.timezone.utc)
     arrow_schema = to_arrow_schema(BRONZE_SCHEMA, timezone="UTC", prefers_large_types=False)
     location, topic = str(file.resolve()), f"file:{file.name}"
@@ -596,6 +627,8 @@ def file_bronze_rows(spark: SparkSession, file: Path, ranges: list[FileRange]) -
                 with open(location, "rb") as handle:
                     handle.seek(start)
                     content = handle.read(end - start)
+                if start == 0 and content.startswith(_UTF8_BOM):  # a byte order mark is no part of line 1
+                    content = content[len(_UTF8_BOM):]
                 lines = [(number, line.rstrip(b"\r")) for number, line in enumerate(content.split(b"\n"), first_line)
                          if line.strip()]
                 for at in range(0, len(lines), _ROWS_PER_ARROW_BATCH):

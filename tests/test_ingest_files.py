@@ -49,3 +49,49 @@ def test_batches_group_ranges_and_resume_at_any_line_start(tmp_path):
 ])
 def test_resume_offset(committed, size, resume_at):
     assert resume_offset(committed, size) == resume_at
+
+
+def test_input_files_refuse_what_they_cannot_read_before_ingesting_anything(tmp_path):
+    import gzip
+
+    from touchpoint.streaming.ingest import input_files
+
+    with pytest.raises(FileNotFoundError, match=f"^{tmp_path / 'nope.jsonl'} does not exist: give a JSONL file"):
+        input_files(tmp_path / "nope.jsonl")
+    (tmp_path / "README").write_text("not events")
+    with pytest.raises(FileNotFoundError, match=f"^no \\*.jsonl or \\*.ndjson files under {tmp_path}$"):
+        input_files(tmp_path)
+    (tmp_path / "b.JSONL").write_text('{"a": 1}\n')
+    (tmp_path / "nested").mkdir()
+    (tmp_path / "nested" / "a.ndjson").write_text('{"a": 1}\n')
+    assert input_files(tmp_path) == [tmp_path / "b.JSONL", tmp_path / "nested" / "a.ndjson"]
+    (tmp_path / "day.jsonl.gz").write_bytes(gzip.compress(b'{"a": 1}\n'))
+    with pytest.raises(ValueError) as error:
+        input_files(tmp_path)
+    assert str(error.value) == (f"compressed input, not JSONL text: {tmp_path / 'day.jsonl.gz'}; decompress it first "
+                                "(gunzip -k FILE)")
+    disguised = tmp_path / "nested" / "a.ndjson"
+    disguised.write_bytes(gzip.compress(b'{"a": 1}\n'))  # gzip content under a text name
+    with pytest.raises(ValueError, match=f"^compressed input, not JSONL text: {disguised};"):
+        input_files(disguised)
+
+
+def test_a_byte_order_mark_is_not_part_of_the_first_event(spark, settings, tmp_path):
+    import json
+
+    from pyspark.sql import functions as F
+
+    from touchpoint.core.catalog import table_path
+    from touchpoint.streaming.ingest import ingest_files
+
+    events = [{"event_id": f"e{i}", "event_type": "page_view", "event_ts": "2026-03-01T10:00:00Z",
+               "anonymous_id": "a1"} for i in (1, 2)]
+    file = tmp_path / "bom.jsonl"
+    file.write_bytes(b"\xef\xbb\xbf" + b"\r\n \t\n".join(json.dumps(e).encode() for e in events) + b"\r\n")
+    [result] = ingest_files(spark, settings, file)
+    assert (result["bronze"], result["silver"], result["quarantine"]) == (2, 2, 0)
+    silver = spark.read.format("delta").load(table_path("silver.events", settings))
+    assert sorted(r[0] for r in silver.select("event_id").collect()) == ["e1", "e2"]
+    bronze = spark.read.format("delta").load(table_path("bronze.events", settings))
+    assert [r[0] for r in bronze.where(F.col("source_offset") == 1).select("payload").collect()] == [
+        json.dumps(events[0]).encode()]

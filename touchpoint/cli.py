@@ -269,12 +269,17 @@ def query_command(sql: str = typer.Argument(..., help="SQL over any table or ser
 
 
 @app.command()
-def ingest(file: str = typer.Option(..., "--file", help="a JSONL file or a folder of *.jsonl files")) -> None:
+def ingest(file: str = typer.Option(..., "--file", help="a JSONL file or a folder of *.jsonl / *.ndjson files")) -> None:
     """Batch ingest of JSONL files through the same bronze/silver path as the stream."""
     from touchpoint.core.spark import get_spark
-    from touchpoint.streaming.ingest import ingest_files
+    from touchpoint.streaming.ingest import ingest_files, input_files
 
     settings = _settings()
+    try:
+        input_files(file)  # before Spark starts: a wrong path or a compressed file is a clean error
+    except (OSError, ValueError) as error:
+        err_console.print(f"[red]error:[/red] --file: {error}")
+        raise typer.Exit(2) from None
     spark = get_spark("touchpoint-ingest", settings=settings)
     with console.status(f"ingesting {file}"):
         results = ingest_files(spark, settings, file)
