@@ -108,3 +108,35 @@ def test_a_misspelt_variable_a_missing_config_file_and_unreadable_values_name_th
     assert str(error.value).endswith("""lists and mappings are JSON, e.g. TOUCHPOINT_IDENTITY__BLOCKLIST='["null", "n/a"]'""")
     monkeypatch.setenv("TOUCHPOINT_IDENTITY__BLOCKLIST", '["null", "n/a"]')
     assert load_settings().identity.blocklist == ("null", "n/a")
+
+
+@pytest.mark.parametrize(("key", "value", "message"), [
+    ("reporting_currency", "AFN", "'AFN' has no exchange rate in fx_rates.csv; use one of AED, AUD, BRL,"),
+    ("lake_root", "", "expected a folder or a bucket (s3a://bucket/lake), got ''"),
+    ("lake_root", "s3a://", "expected a folder or a bucket (s3a://bucket/lake), got 's3a://'"),
+])
+def test_values_that_would_fail_every_event_or_write_fail_at_load(key, value, message):
+    with pytest.raises(ConfigError) as error:
+        load_settings(**{key: value})
+    assert str(error.value).startswith(f"invalid configuration: key '{key}' (env TOUCHPOINT_{key.upper()}): {message}")
+
+
+def test_the_exchange_rates_file_is_checked_line_by_line(tmp_path):
+    from touchpoint.core.events import currencies
+
+    rates = tmp_path / "rates.csv"
+    for body, problem in [("currency,usd\nEUR,1.08\n", ":1: the header must be currency,usd_per_unit"),
+                          ("currency,usd_per_unit\nEUR,abc\n", ":2: {'currency': 'EUR', 'usd_per_unit': 'abc'} must be"),
+                          ("currency,usd_per_unit\nEUR,1.08\nEUR,1.1\n", ":3: {'currency': 'EUR', 'usd_per_unit': '1.1'}"),
+                          ("currency,usd_per_unit\nXXY,1.0\n", ":2: {'currency': 'XXY'"),
+                          ("currency,usd_per_unit\nUSD,0\n", ":2: {'currency': 'USD', 'usd_per_unit': '0'}"),
+                          ("currency,usd_per_unit\nUSD,-1.08\n", ":2:"), ("currency,usd_per_unit\nUSD,nan\n", ":2:")]:
+        rates.write_text(body)
+        currencies.cache_clear()
+        with pytest.raises(ValueError) as error:
+            currencies(str(rates))
+        assert str(error.value).startswith(f"{rates}{problem}"), str(error.value)
+    currencies.cache_clear()
+    rates.write_text("currency,usd_per_unit\nusd,1.0\nEUR,1.08\n")
+    assert currencies(str(rates)).usd_per_unit == {"USD": 1.0, "EUR": 1.08}
+    currencies.cache_clear()

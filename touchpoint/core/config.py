@@ -206,6 +206,17 @@ class Settings(BaseSettings):
     exports: ExportSettings = ExportSettings()
     collector: CollectorSettings = CollectorSettings()
 
+    @field_validator("reporting_currency")
+    @classmethod
+    def _has_a_rate(cls, value: str) -> str:
+        from touchpoint.core.events import FX_RATES_FILE, currencies
+
+        rates = currencies().usd_per_unit
+        if value not in rates:  # every order would be quarantined as fx_rate_missing
+            raise ValueError(f"{value!r} has no exchange rate in {FX_RATES_FILE.name}; use one of "
+                             f"{', '.join(sorted(rates))}")
+        return value
+
     @field_validator("kafka_bootstrap")
     @classmethod
     def _bootstrap_is_host_port(cls, value: str) -> str:
@@ -219,6 +230,8 @@ class Settings(BaseSettings):
     def _lake_root_scheme(cls, value: str) -> str:
         if "://" in value and not value.startswith(("s3a://", "file://")):
             raise ValueError(f"expected a local path, file:// or s3a:// URI, got {value!r}")
+        if not value.strip() or re.fullmatch(r"(s3a|file)://[/]*", value.strip()):
+            raise ValueError(f"expected a folder or a bucket (s3a://bucket/lake), got {value!r}")
         return value
 
     @field_validator("spark_conf")

@@ -74,8 +74,22 @@ class Currencies:
 @lru_cache(maxsize=4)
 def currencies(rates_file: str = str(FX_RATES_FILE)) -> Currencies:
     iso = json.loads((SCHEMA_FILE.parent / "iso4217.json").read_text())["codes"]
+    rates: dict[str, float] = {}
     with open(rates_file, newline="") as handle:
-        rates = {row["currency"].strip().upper(): float(row["usd_per_unit"]) for row in csv.DictReader(handle)}
+        reader = csv.DictReader(handle)
+        if reader.fieldnames != ["currency", "usd_per_unit"]:
+            raise ValueError(f"{rates_file}:1: the header must be currency,usd_per_unit, got {reader.fieldnames}")
+        for row in reader:
+            where = f"{rates_file}:{reader.line_num}"
+            code = (row["currency"] or "").strip().upper()
+            try:
+                rate = float(row["usd_per_unit"])
+            except (TypeError, ValueError):
+                rate = math.nan
+            if code not in iso or code in rates or not (math.isfinite(rate) and rate > 0):
+                raise ValueError(f"{where}: {row} must be a distinct ISO 4217 code and a finite rate above 0 "
+                                 "(US dollars per unit)")
+            rates[code] = rate
     return Currencies(frozenset(iso), rates)
 
 
