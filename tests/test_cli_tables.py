@@ -4,11 +4,18 @@ import sys
 import time
 
 
+def empty_config(tmp_path):
+    """An empty touchpoint.toml: the defaults, whatever the working directory holds."""
+    config = tmp_path / "touchpoint.toml"
+    config.write_text("")
+    return str(config)
+
+
 def test_tables_json_lists_every_table_with_path(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "touchpoint", "tables", "--json"], capture_output=True, text=True, check=True,
         env={"TOUCHPOINT_LAKE_ROOT": str(tmp_path / "lake"), "PATH": "/usr/bin:/bin",
-             "TOUCHPOINT_CONFIG": str(tmp_path / "none.toml")},
+             "TOUCHPOINT_CONFIG": empty_config(tmp_path)},
     )
     described = {t["name"]: t for t in json.loads(result.stdout)}
     assert described["silver.events"]["path"] == f"{tmp_path}/lake/silver/events"
@@ -21,7 +28,7 @@ def test_tables_json_lists_every_table_with_path(tmp_path):
 def test_status_json_with_the_broker_down_answers_without_waiting_for_kafka(tmp_path):
     env = {"TOUCHPOINT_LAKE_ROOT": str(tmp_path / "lake"), "TOUCHPOINT_STATE_DIR": str(tmp_path / "state"),
            "TOUCHPOINT_KAFKA_BOOTSTRAP": "127.0.0.1:9", "PATH": "/usr/bin:/bin",
-           "TOUCHPOINT_CONFIG": str(tmp_path / "none.toml")}  # port 9: nothing listens there
+           "TOUCHPOINT_CONFIG": empty_config(tmp_path)}  # port 9: nothing listens there
     started = time.monotonic()
     result = subprocess.run([sys.executable, "-m", "touchpoint", "status", "--json"], capture_output=True, text=True,
                             check=True, env=env)
@@ -32,3 +39,28 @@ def test_status_json_with_the_broker_down_answers_without_waiting_for_kafka(tmp_
     assert report["lake_root"] == f"{tmp_path}/lake"
     # `make test` asks for the status before it starts the broker: the lag probe waited 30 s there.
     assert time.monotonic() - started < 20
+
+
+def test_bad_arguments_are_refused_before_spark_starts(tmp_path):
+    """A clean message and exit code 2, no traceback, nothing touched (the demo used to replace its
+    Kafka topic and lake before refusing a bad customer count)."""
+    env = {"TOUCHPOINT_LAKE_ROOT": str(tmp_path / "lake"), "TOUCHPOINT_STATE_DIR": str(tmp_path / "state"),
+           "PATH": "/usr/bin:/bin", "TOUCHPOINT_CONFIG": empty_config(tmp_path), "COLUMNS": "200"}
+    (tmp_path / "day.jsonl.gz").write_bytes(b"\x1f\x8b\x08\x00")
+    cases = {
+        ("run", "identity", "--date", "2026-02-30"): "--date must be a day YYYY-MM-DD before 9999-12-31, got '2026-02-30'",
+        ("run", "identity", "--date", "9999-12-31"): "--date must be a day YYYY-MM-DD before 9999-12-31, got '9999-12-31'",
+        ("export", "--segment", "vip", "--destination", "tiktok"):
+            "--destination 'tiktok' is unknown; use one of google_customer_match, meta_custom_audience, esp, jsonl",
+        ("ingest", "--file", str(tmp_path / "missing.jsonl")):
+            f"--file: {tmp_path / 'missing.jsonl'} does not exist: give a JSONL file or a folder of *.jsonl files",
+        ("ingest", "--file", str(tmp_path / "day.jsonl.gz")):
+            f"--file: compressed input, not JSONL text: {tmp_path / 'day.jsonl.gz'}; decompress it first (gunzip -k FILE)",
+        ("demo", "--customers", "0"): "Invalid value for '--customers': Input should be greater than or equal to 1",
+    }
+    for args, message in cases.items():
+        result = subprocess.run([sys.executable, "-m", "touchpoint", *args], capture_output=True, text=True, env=env)
+        output = " ".join(result.stderr.split())
+        assert (result.returncode, "Traceback" in output) == (2, False), (args, result.stderr[-800:])
+        assert message in output, (args, output)
+    assert not (tmp_path / "state").exists() and not (tmp_path / "lake").exists()

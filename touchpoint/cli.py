@@ -26,6 +26,20 @@ def _settings():
         raise typer.Exit(2) from None
 
 
+def _date_option(text: str):
+    """A --date value: a UTC calendar day before 9999-12-31 (its as-of, the next midnight, must exist)."""
+    import datetime as dt
+
+    try:
+        day = dt.date.fromisoformat(text)
+    except ValueError:
+        day = None
+    if day is None or day >= dt.date.max:
+        err_console.print(f"[red]error:[/red] --date must be a day YYYY-MM-DD before 9999-12-31, got {text!r}")
+        raise typer.Exit(2)
+    return day
+
+
 @app.command()
 def up(cluster: bool = typer.Option(False, help="also start a local Spark standalone cluster")) -> None:
     """Start the local Kafka broker (and optionally a Spark cluster). Idempotent."""
@@ -294,18 +308,12 @@ def ingest(file: str = typer.Option(..., "--file", help="a JSONL file or a folde
 def run(job: str = typer.Argument(..., help="identity | profiles | attribution | ..."),
         date: str = typer.Option(..., "--date", help="logical date D, YYYY-MM-DD (UTC)")) -> None:
     """Run one batch job for logical date D (the same entry point as spark-submit and Airflow)."""
-    import datetime as dt
-
     from touchpoint.jobs.runner import JOBS, run_job
 
     if job not in JOBS:
         err_console.print(f"[red]error:[/red] unknown job {job!r}; known jobs: {', '.join(sorted(JOBS))}")
         raise typer.Exit(2)
-    try:
-        logical_date = dt.date.fromisoformat(date)
-    except ValueError:
-        err_console.print(f"[red]error:[/red] --date must be YYYY-MM-DD, got {date!r}")
-        raise typer.Exit(2) from None
+    logical_date = _date_option(date)
     settings = _settings()
     with console.status(f"running {job} for {logical_date}"):
         summary = run_job(job, logical_date, settings=settings)
@@ -348,14 +356,18 @@ def export(segment: str = typer.Option(..., "--segment", help="segment name (a f
            full: bool = typer.Option(False, "--full", help="a full export instead of adds/removes"),
            run_id: Optional[str] = typer.Option(None, "--run-id", help="re-running a run id changes nothing")) -> None:
     """Export a segment's members to an activation destination: hashed, consent-checked, atomic."""
-    import datetime as dt
-
     from touchpoint.core.spark import get_spark
     from touchpoint.jobs.exports import export_segment
 
+    from touchpoint.jobs.export_destinations import DESTINATIONS
+
+    logical_date = _date_option(date) if date else None
+    if destination not in DESTINATIONS:
+        err_console.print(f"[red]error:[/red] --destination {destination!r} is unknown; use one of "
+                          f"{', '.join(DESTINATIONS)}")
+        raise typer.Exit(2)
     settings = _settings()
     spark = get_spark("touchpoint-export", settings=settings)
-    logical_date = dt.date.fromisoformat(date) if date else None
     result = export_segment(spark, settings, segment, destination, logical_date=logical_date, full=full,
                             run_id=run_id)
     console.print_json(json.dumps(result, default=str))
@@ -398,7 +410,7 @@ def forget(email: Optional[str] = typer.Option(None, "--email", help="the person
 
 
 @app.command()
-def demo(customers: int = typer.Option(300, help="simulated customers"),
+def demo(customers: int = typer.Option(300, min=1, help="simulated customers"),
          seed: int = typer.Option(42, help="generator seed")) -> None:
     """Generate traffic, stream it in, reconcile, run the daily pipeline: end to end, locally."""
     from touchpoint.demo import run_demo
@@ -429,16 +441,9 @@ def collect(host: Optional[str] = typer.Option(None, help="bind address (default
 def report(date: str = typer.Option(..., "--date", help="report date D, YYYY-MM-DD (UTC)"),
            days: int = typer.Option(30, help="days of history in the charts, ending on D")) -> None:
     """Analyst report: one self-contained HTML page of charts from the gold tables (no JVM)."""
-    import datetime as dt
-
     from touchpoint.report import write_report
 
-    try:
-        report_date = dt.date.fromisoformat(date)
-    except ValueError:
-        err_console.print(f"[red]error:[/red] --date must be YYYY-MM-DD, got {date!r}")
-        raise typer.Exit(2) from None
-    path = write_report(_settings(), report_date, days=days)
+    path = write_report(_settings(), _date_option(date), days=days)
     console.print(f"report: {path}")
 
 

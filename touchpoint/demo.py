@@ -27,6 +27,8 @@ def run_demo(console: Console, customers: int = 300, seed: int = 42) -> dict:
     from touchpoint.infra import kafka
     from touchpoint.streaming.ingest import start_stream
 
+    # the generator's settings are checked before the demo's lake and topic are replaced
+    config = GeneratorConfig(seed=seed, customers=customers, days=DEMO_DAYS, start_date=DEMO_START)
     base = get_settings()
     require_kafka(base)
     lake = base.state_path / "demo" / "lake"
@@ -35,7 +37,6 @@ def run_demo(console: Console, customers: int = 300, seed: int = 42) -> dict:
     kafka.delete_topic(settings.kafka_topic, settings)
     kafka.ensure_topic(settings.kafka_topic, settings=settings)
 
-    config = GeneratorConfig(seed=seed, customers=customers, days=DEMO_DAYS, start_date=DEMO_START)
     console.rule("1. generate")
     report = generate_kafka(settings.kafka_topic, settings.kafka_bootstrap, config, progress=True)
     console.print(f"{report['lines']} records to topic {settings.kafka_topic}: {report['expected_silver']} valid, "
