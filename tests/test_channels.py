@@ -84,6 +84,24 @@ def test_custom_rules_file_changes_grouping(spark, tmp_path):
     ("search_engines: []\nsocial_networks: []\nrules: [{channel: x, when: {referrer_is: web}}]\ndefault: d\n",
      "rules[0]: referrer_is must be one of"),
     ("search_engines: []\nrules: []\ndefault: d\n", "missing key 'social_networks'"),
+    # types YAML accepts that no rule can mean (they were taken as they came: 'google' as six letters)
+    ("search_engines: google\nsocial_networks: []\nrules: []\ndefault: d\n",
+     "search_engines must be a list of names, e.g. [google, bing]"),
+    ("search_engines: [null]\nsocial_networks: []\nrules: []\ndefault: d\n", "search_engines must be a list of names"),
+    ("search_engines: []\nsocial_networks: []\nrules:\ndefault: d\n", "rules must be a list of rules"),
+    ("search_engines: []\nsocial_networks: []\nrules: []\ndefault: null\n", "default must be a channel name"),
+    ("search_engines: []\nsocial_networks: []\nrules: [{channel: null, when: {medium_in: [a]}}]\ndefault: d\n",
+     "rules[0]: channel must be a name, e.g. paid_search"),
+    ("search_engines: []\nsocial_networks: []\nrules: [{channel: x, when: {medium_in: cpc}}]\ndefault: d\n",
+     "rules[0]: medium_in must be a list of names, e.g. medium_in: [a, b]"),
+    ("search_engines: []\nsocial_networks: []\nrules: [{channel: x, when: {no_campaign: 'false'}}]\ndefault: d\n",
+     "rules[0]: no_campaign can only be true"),
+    ("search_engines: []\nsocial_networks: []\nrules: [{channel: x, any: []}]\ndefault: d\n",
+     "rules[0]: 'any' must be a non-empty list of conditions"),
+    ("search_engines: []\nsocial_networks: []\nrules: [{channel: x, when: {}}]\ndefault: d\n",
+     "rules[0]: a condition must be a non-empty mapping"),
+    ("search_engines: []\nsocial_networks: []\nrules: [{channel: x, when: null}]\ndefault: d\n",
+     "rules[0]: a condition must be a non-empty mapping"),
 ])
 def test_bad_rules_file_names_the_rule_and_fix(tmp_path, body, message):
     rules_file = tmp_path / "rules.yaml"

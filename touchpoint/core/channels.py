@@ -38,6 +38,11 @@ class ChannelRules:
         return tuple(dict.fromkeys([*(channel for channel, _ in self.rules), self.default]))
 
 
+def _names(value: Any, allow_empty: bool = False) -> bool:
+    return (isinstance(value, list) and (allow_empty or bool(value))
+            and all(isinstance(v, str) and v.strip() for v in value))
+
+
 def load_rules(path: str | Path | None = None) -> ChannelRules:
     """Read and check a rules file; errors name the file, the rule and the fix."""
     path = Path(path or DEFAULT_RULES_FILE)
@@ -50,16 +55,34 @@ def load_rules(path: str | Path | None = None) -> ChannelRules:
     for key in ("search_engines", "social_networks", "rules", "default"):
         if key not in document:
             raise ChannelRulesError(f"{path}: missing key '{key}'")
+    for key in ("search_engines", "social_networks"):
+        if not _names(document[key], allow_empty=True):
+            raise ChannelRulesError(f"{path}: {key} must be a list of names, e.g. [google, bing]")
+    if not isinstance(document["default"], str) or not document["default"].strip():
+        raise ChannelRulesError(f"{path}: default must be a channel name, e.g. direct")
+    if not isinstance(document["rules"], list):
+        raise ChannelRulesError(f"{path}: rules must be a list of rules (channel plus when or any)")
     rules = []
     for index, rule in enumerate(document["rules"]):
         where = f"{path}: rules[{index}]"
         if not isinstance(rule, dict) or "channel" not in rule or ("when" in rule) == ("any" in rule):
             raise ChannelRulesError(f"{where}: needs 'channel' and exactly one of 'when' (all of) or 'any' (list)")
+        if not isinstance(rule["channel"], str) or not rule["channel"].strip():
+            raise ChannelRulesError(f"{where}: channel must be a name, e.g. paid_search")
         alternatives = [rule["when"]] if "when" in rule else rule["any"]
+        if not isinstance(alternatives, list) or not alternatives:
+            raise ChannelRulesError(f"{where}: 'any' must be a non-empty list of conditions")
         for alternative in alternatives:
+            if not isinstance(alternative, dict) or not alternative:
+                raise ChannelRulesError(f"{where}: a condition must be a non-empty mapping, e.g. {{medium_in: [cpc]}}")
             unknown = set(alternative) - _CONDITIONS
             if unknown:
                 raise ChannelRulesError(f"{where}: unknown condition {sorted(unknown)}; use {sorted(_CONDITIONS)}")
+            for key in ("medium_in", "source_in", "event_type_in"):
+                if key in alternative and not _names(alternative[key]):
+                    raise ChannelRulesError(f"{where}: {key} must be a list of names, e.g. {key}: [a, b]")
+            if "no_campaign" in alternative and alternative["no_campaign"] is not True:
+                raise ChannelRulesError(f"{where}: no_campaign can only be true (leave it out otherwise)")
             for key in ("source_is", "referrer_is"):
                 allowed = _KINDS | ({"external"} if key == "referrer_is" else set())
                 if key in alternative and alternative[key] not in allowed:
@@ -67,12 +90,12 @@ def load_rules(path: str | Path | None = None) -> ChannelRules:
             bad_types = set(alternative.get("event_type_in", [])) - set(event_types())
             if bad_types:
                 raise ChannelRulesError(f"{where}: unknown event types {sorted(bad_types)}")
-        rules.append((str(rule["channel"]), tuple(alternatives)))
+        rules.append((rule["channel"].strip(), tuple(alternatives)))
     return ChannelRules(
         tuple(s.lower() for s in document["search_engines"]),
         tuple(s.lower() for s in document["social_networks"]),
         tuple(rules),
-        str(document["default"]),
+        document["default"].strip(),
     )
 
 
