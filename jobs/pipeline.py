@@ -24,7 +24,9 @@ from pyspark.sql import SparkSession
 from touchpoint.core.catalog import TABLES
 from touchpoint.core.config import Settings
 from touchpoint.core.dates import as_of_for, calendar_date
-from touchpoint.core.delta import ensure_table, exchange_folders, gold_write_lock, is_delta, remove_tree
+from touchpoint.core.delta import (
+    ensure_table, exchange_folders, folder_exists, gold_write_lock, is_delta, make_folder, remove_tree,
+)
 
 PIPELINE_JOBS = ("identity", "profiles", "attribution", "segments", "campaign_metrics", "exports")
 
@@ -54,8 +56,10 @@ def prepare_staging(spark: SparkSession, settings: Settings, logical_date: dt.da
     from touchpoint.jobs.exports import discard_staged_exports
 
     staged = staging_settings(settings, logical_date)
-    remove_tree(spark, f"{settings.lake_uri}/{staged.gold_namespace}")
+    staging = f"{settings.lake_uri}/{staged.gold_namespace}"
+    remove_tree(spark, staging)
     discard_staged_exports(staged)
+    make_folder(spark, staging)  # staged, even when nothing is published yet: publish checks it
     cloned = []
     for name in gold_tables():
         published = TABLES[name].path(settings)
@@ -102,6 +106,16 @@ def publish(spark: SparkSession, settings: Settings, logical_date: dt.date) -> d
     from concurrent.futures import ThreadPoolExecutor
 
     staged = staging_settings(settings, logical_date)
+    staging = f"{settings.lake_uri}/{staged.gold_namespace}"
+    if not folder_exists(spark, staging):
+        # Publish removes staging last, after recording H: a retry of a finished publish. Otherwise
+        # staging was removed under the run (lake_maintenance's clean_staging beside a backfill):
+        # recording H and expiring speed rows would drop data the published tables do not hold.
+        if _high_water_mark_recorded(spark, settings, logical_date):
+            return {"published": [], "exports_released": [], "speed_rows_expired": {},
+                    "high_water_mark": as_of_for(logical_date).isoformat(), "note": "published before"}
+        raise RuntimeError(f"publish {logical_date}: nothing is staged at {staging}; re-run the date from "
+                           "prepare_staging (was it removed while the run went on?)")
 
     def publish_table(name: str) -> str | None:
         source, target = TABLES[name].path(staged), TABLES[name].path(settings)
@@ -135,7 +149,7 @@ def publish(spark: SparkSession, settings: Settings, logical_date: dt.date) -> d
 
     expired = expire_speed_rows(spark, settings)  # speed rows the published batch now holds
     # Staging is a full copy of gold (raw PII included): never keep it around, on any file system.
-    remove_tree(spark, f"{settings.lake_uri}/{staged.gold_namespace}")
+    remove_tree(spark, staging)
     return {"published": published, "exports_released": released, "speed_rows_expired": expired,
             "high_water_mark": as_of_for(logical_date).isoformat()}
 
@@ -227,6 +241,14 @@ def record_high_water_mark(spark: SparkSession, settings: Settings, logical_date
     row = spark.createDataFrame([(logical_date, as_of_for(logical_date))], HIGH_WATER_MARK_SCHEMA)
     (DeltaTable.forPath(spark, path).alias("t").merge(row.alias("s"), "t.logical_date = s.logical_date")
      .whenMatchedUpdateAll().whenNotMatchedInsertAll().execute())
+
+
+def _high_water_mark_recorded(spark: SparkSession, settings: Settings, logical_date: dt.date) -> bool:
+    from pyspark.sql import functions as F
+
+    path = TABLES["gold.high_water_mark"].path(settings)
+    return is_delta(spark, path) and not spark.read.format("delta").load(path).where(
+        F.col("logical_date") == F.lit(logical_date)).isEmpty()
 
 
 def current_high_water_mark(spark: SparkSession, settings: Settings) -> dt.datetime | None:

@@ -90,6 +90,24 @@ def test_on_a_lake_reached_through_hadoop_staging_is_copied_published_and_remove
     assert not (folder / "staging" / f"d{D:%Y%m%d}").exists()
 
 
+def test_publish_refuses_a_date_whose_staging_is_gone_unless_it_published_it(spark, settings):
+    """Staging removed under a run (clean_staging beside a backfill) must not record H and expire
+    speed rows for tables it never published; a retry of a finished publish finds H and stops."""
+    staging = Path(settings.lake_uri, staging_settings(settings, D).gold_namespace)
+    with pytest.raises(RuntimeError) as error:
+        publish(spark, settings, D)
+    assert str(error.value) == (f"publish {D}: nothing is staged at {staging}; re-run the date from prepare_staging "
+                                "(was it removed while the run went on?)")
+    assert prepare_staging(spark, settings, D)["cloned"] == [] and staging.is_dir()  # staged, though empty
+    sizes = TABLES["gold.segment_sizes"].path(staging_settings(settings, D))
+    spark.createDataFrame([("vip", 3)], SCHEMA).write.format("delta").save(sizes)
+    first = publish(spark, settings, D)
+    assert (first["published"], "note" in first, staging.exists()) == (["gold.segment_sizes"], False, False)
+    again = publish(spark, settings, D)  # the task retried after it finished
+    assert (again["published"], again["note"]) == ([], "published before")
+    assert rows(spark, TABLES["gold.segment_sizes"].path(settings)) == [("vip", 3)]
+
+
 def test_a_table_published_for_the_first_time_is_moved_into_place(spark, settings):
     prepare_staging(spark, settings, D)
     staged_sizes = TABLES["gold.segment_sizes"].path(staging_settings(settings, D))

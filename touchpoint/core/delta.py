@@ -102,6 +102,21 @@ def remove_tree(spark: SparkSession, uri: str) -> None:
         filesystem.delete(path, True)
 
 
+def folder_exists(spark: SparkSession, uri: str) -> bool:
+    if "://" not in uri:
+        return Path(uri).is_dir()
+    path, filesystem = _hadoop_path(spark, uri)
+    return bool(filesystem.exists(path))
+
+
+def make_folder(spark: SparkSession, uri: str) -> None:
+    if "://" not in uri:
+        Path(uri).mkdir(parents=True, exist_ok=True)
+        return
+    path, filesystem = _hadoop_path(spark, uri)
+    filesystem.mkdirs(path)
+
+
 def subfolders(spark: SparkSession, uri: str) -> list[str]:
     """Names of the folders right under `uri` (none when it does not exist), sorted."""
     if "://" not in uri:
