@@ -258,8 +258,6 @@ def current_high_water_mark(spark: SparkSession, settings: Settings) -> dt.datet
     return spark.read.format("delta").load(path).agg({"high_water_mark": "max"}).first()[0]
 
 
-
-
 # ---- steps: what each marketing_daily task runs (also `touchpoint run pipeline --date D`) ---------
 
 def optimize_silver(spark: SparkSession, settings: Settings, logical_date: dt.date) -> dict:
