@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field
 
 from pyspark.sql import DataFrame, SparkSession
@@ -152,14 +153,29 @@ def lookup_by_broadcast(map_path: str, version: int) -> bool:
 
 
 def _holds(path: str, version: int, rows: int, as_of: dt.datetime | None) -> bool:
-    """Does this snapshot hold `rows` rows, all written for `as_of` (when the table has that column)?"""
+    """Does this snapshot hold `rows` rows, all written for `as_of` (when the table has that column),
+    and, on a local lake, are its data files still there?"""
     try:
         found, low, high = _snapshot_stats(path, version)
     except Exception:  # version gone, table replaced
         return False
     if found != rows:
         return False
-    return as_of is None or rows == 0 or (low == high == as_of)
+    return (as_of is None or rows == 0 or (low == high == as_of)) and _files_present(path, version)
+
+
+def _files_present(path: str, version: int) -> bool:
+    """Whether the data files of a snapshot are on disk. The log outlives them: VACUUM (7 days by
+    default) deletes the files of old versions the 30-day log still lists, so reading such a version
+    fails. On an object store a listing per file costs a request each: there the read decides."""
+    from urllib.parse import unquote
+
+    import pyarrow as pa
+
+    if "://" in path:
+        return True
+    files = pa.table(rs_table(path, version).get_add_actions(flatten=True)).column("path").to_pylist()
+    return all(os.path.exists(os.path.join(path, unquote(name))) for name in files)
 
 
 def locate_version(path: str, recorded: int, rows: int, as_of: dt.datetime | None = None) -> int | None:

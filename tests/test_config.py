@@ -52,7 +52,7 @@ def test_wrong_type_names_key_and_env(monkeypatch, tmp_path):
     assert "'seven'" in message
 
 
-@pytest.mark.parametrize("bootstrap", ["localhost", "http://x:1", "a:b"])
+@pytest.mark.parametrize("bootstrap", ["localhost", "http://x:1", "a:b", "127.0.0.1:0", "127.0.0.1:99999"])
 def test_malformed_bootstrap(monkeypatch, tmp_path, bootstrap):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ConfigError, match="key 'kafka_bootstrap'"):
@@ -140,3 +140,8 @@ def test_the_exchange_rates_file_is_checked_line_by_line(tmp_path):
     rates.write_text("currency,usd_per_unit\nusd,1.0\nEUR,1.08\n")
     assert currencies(str(rates)).usd_per_unit == {"USD": 1.0, "EUR": 1.08}
     currencies.cache_clear()
+
+
+def test_bootstrap_servers_are_kept_without_surrounding_spaces():
+    assert load_settings(kafka_bootstrap=" 127.0.0.1:9092 , broker-2:9093\n").kafka_bootstrap == \
+        "127.0.0.1:9092,broker-2:9093"

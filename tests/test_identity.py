@@ -269,6 +269,26 @@ def test_a_rebuild_without_the_previous_state_keeps_the_ids_of_the_map(spark, se
     assert identity_rows(spark, settings) == kept
 
 
+def test_a_rerun_after_vacuum_removed_the_previous_state_rebuilds_instead_of_failing(spark, settings):
+    """Day 1's state is still in the log but VACUUM deleted its files (a rerun of a date older than
+    the VACUUM retention): the rerun of day 2 takes it as gone, rebuilds and keeps the map's ids."""
+    from touchpoint.core.catalog import table_path
+    from touchpoint.jobs import identity
+    from touchpoint.jobs.privacy import purge_files
+
+    append_silver(spark, settings, [_ev("x1", ts(1, 9), anonymous_id="x-a", user_id="x-u")])
+    identity.run(spark, settings, date(1))
+    append_silver(spark, settings, [_ev("x2", ts(2, 9), anonymous_id="x-a", email="x@x.io"),
+                                    _ev("y1", ts(2, 9), anonymous_id="y-a")])
+    assert identity.run(spark, settings, date(2))["mode"] == "incremental"
+    kept = identity_rows(spark, settings)
+    for name in ("gold.identity_map", "gold.identity_edges", "gold.identity_guardrails"):
+        purge_files(spark, table_path(name, settings), 0)
+    rerun = identity.run(spark, settings, date(2))
+    assert (rerun["mode"], rerun["merges"], rerun["splits"]) == ("full", 0, 0)
+    assert identity_rows(spark, settings) == kept
+
+
 def test_an_id_whose_origin_is_blocklisted_is_logged_against_the_customers_of_the_rest(spark, settings):
     """A blocklist that now names an id's origin: no component can keep that id, so
     gold.identity_merges logs it (kind 'origin_removed') against each new customer of its other

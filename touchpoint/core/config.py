@@ -220,10 +220,11 @@ class Settings(BaseSettings):
     @field_validator("kafka_bootstrap")
     @classmethod
     def _bootstrap_is_host_port(cls, value: str) -> str:
-        for server in value.split(","):
-            if not _BOOTSTRAP_RE.match(server.strip()):
-                raise ValueError(f"expected host:port[,host:port...], got {value!r}")
-        return value
+        servers = [server.strip() for server in value.split(",")]  # spaces and a trailing newline are no part of one
+        for server in servers:
+            if not _BOOTSTRAP_RE.fullmatch(server) or not 0 < int(server.rsplit(":", 1)[1]) < 65536:
+                raise ValueError(f"expected host:port[,host:port...] with ports 1-65535, got {value!r}")
+        return ",".join(servers)
 
     @field_validator("lake_root")
     @classmethod
