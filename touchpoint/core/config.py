@@ -308,7 +308,7 @@ def require_kafka(settings: Settings, timeout: float = 2.0) -> None:
         ) from None
 
 
-# TOUCHPOINT_* variables that are not settings: the config file's path, the image's version, tests' ports.
+# TOUCHPOINT_* variables that are not settings: the config file's path and the image's version (and TOUCHPOINT_TEST_*, the tests' own).
 _NOT_SETTINGS = ("CONFIG", "VERSION")
 
 
