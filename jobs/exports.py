@@ -155,7 +155,8 @@ def _recover(spark: SparkSession, log_path: str, folder: Path, published: Path, 
     for a staging namespace, a publish that released the runs and died before the tables (its
     re-run stages the log as it was published, without those runs)."""
     known = {r["run_id"] for r in logged}
-    for run_folder in [*files.committed_runs(published), *files.committed_runs(folder)]:
+    # the two trees are one when these settings are the published namespace
+    for run_folder in dict.fromkeys([*files.committed_runs(published), *files.committed_runs(folder)]):
         manifest = files.read_manifest(run_folder)
         if manifest["run_id"] not in known:
             record = _log_record(manifest, manifest["seq"], published / run_folder.name,

@@ -123,11 +123,15 @@ def previous_run(spark: SparkSession, runs_path: str, logical_date: dt.date) -> 
                    row["identifiers"], row["edges"], row["shared_devices"] + row["blocklisted"])
 
 
-def _snapshot_stats(path: str, version: int) -> tuple[int | None, object, object]:
-    """(rows, min as_of, max as_of) of a Delta snapshot from its file statistics (metadata only)."""
+def _add_actions(path: str, version: int):
     import pyarrow as pa
 
-    actions = pa.table(rs_table(path, version).get_add_actions(flatten=True))
+    return pa.table(rs_table(path, version).get_add_actions(flatten=True))
+
+
+def _snapshot_stats(path: str, version: int, actions=None) -> tuple[int | None, object, object]:
+    """(rows, min as_of, max as_of) of a Delta snapshot from its file statistics (metadata only)."""
+    actions = _add_actions(path, version) if actions is None else actions
     if actions.num_rows == 0:
         return 0, None, None
     rows = actions.column("num_records").to_pylist()
@@ -156,26 +160,25 @@ def _holds(path: str, version: int, rows: int, as_of: dt.datetime | None) -> boo
     """Does this snapshot hold `rows` rows, all written for `as_of` (when the table has that column),
     and, on a local lake, are its data files still there?"""
     try:
-        found, low, high = _snapshot_stats(path, version)
+        actions = _add_actions(path, version)
+        found, low, high = _snapshot_stats(path, version, actions)
     except Exception:  # version gone, table replaced
         return False
     if found != rows:
         return False
-    return (as_of is None or rows == 0 or (low == high == as_of)) and _files_present(path, version)
+    return (as_of is None or rows == 0 or (low == high == as_of)) and _files_present(path, actions)
 
 
-def _files_present(path: str, version: int) -> bool:
-    """Whether the data files of a snapshot are on disk. The log outlives them: VACUUM (7 days by
-    default) deletes the files of old versions the 30-day log still lists, so reading such a version
-    fails. On an object store a listing per file costs a request each: there the read decides."""
+def _files_present(path: str, actions) -> bool:
+    """Whether a snapshot's data files (its add actions) are on disk. The log outlives them: VACUUM
+    (7 days by default) deletes the files of old versions the 30-day log still lists, so reading
+    such a version fails. On an object store a listing per file costs a request each: there the
+    read decides."""
     from urllib.parse import unquote
-
-    import pyarrow as pa
 
     if "://" in path:
         return True
-    files = pa.table(rs_table(path, version).get_add_actions(flatten=True)).column("path").to_pylist()
-    return all(os.path.exists(os.path.join(path, unquote(name))) for name in files)
+    return all(os.path.exists(os.path.join(path, unquote(name))) for name in actions.column("path").to_pylist())
 
 
 def locate_version(path: str, recorded: int, rows: int, as_of: dt.datetime | None = None) -> int | None:

@@ -29,11 +29,12 @@ def covered_date(context) -> dt.date:
     (`CronDataIntervalTimetable`), so a scheduled run's logical date is its interval's start: the
     run firing at 03-02 00:00Z covers 03-01. A manual run without a logical date covers the last
     complete UTC day before it was triggered, never the day still under way."""
+    from touchpoint.core.dates import calendar_date
+
     stamp = context.get("logical_date")
     if stamp is not None:
-        return stamp.astimezone(dt.timezone.utc).date()
-    triggered = context["dag_run"].run_after.astimezone(dt.timezone.utc)
-    return triggered.date() - dt.timedelta(days=1)
+        return calendar_date(stamp)
+    return calendar_date(context["dag_run"].run_after) - dt.timedelta(days=1)
 
 
 # Jobs that commit to gold tables publish exchanges. Run on their own against published gold (not as
