@@ -131,7 +131,15 @@ def topic_records(bootstrap: str, topic: str) -> int:
 
     consumer = KafkaConsumer(bootstrap_servers=bootstrap)
     try:
-        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic)]
+        numbers = consumer.partitions_for_topic(topic)
+        for _ in range(20):  # None while the client's metadata lacks the topic, as on a loaded machine
+            if numbers:
+                break
+            time.sleep(0.25)
+            numbers = consumer.partitions_for_topic(topic)
+        if not numbers:
+            raise ValueError(f"topic {topic!r} has no partitions at {bootstrap}: does it exist?")
+        partitions = [TopicPartition(topic, p) for p in numbers]
         return sum(consumer.end_offsets(partitions).values())
     finally:
         consumer.close()

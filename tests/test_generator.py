@@ -878,33 +878,60 @@ def test_processes_share_the_rate_and_stop_on_the_event(settings, kafka_topic):
 
 @pytest.mark.kafka
 def test_a_shard_killed_while_sending_fails_the_run_and_the_other_stops(settings, kafka_topic):
+    import multiprocessing
     import os
     import signal
     import threading
 
     import psutil
 
-    config = GeneratorConfig(seed=4, customers=400, days=2)  # about 40 s at 200 lines/s
+    def spawned_children() -> set[int]:
+        pids = set()
+        for child in psutil.Process().children():
+            try:
+                if "spawn_main" in " ".join(child.cmdline()):  # not multiprocessing's resource tracker
+                    pids.add(child.pid)
+            except psutil.Error:  # exited or a zombie meanwhile: not a shard of this run
+                pass
+        return pids
+
+    # About 1,200 s at 200 lines/s: the kill lands while both shards send, however slow the machine.
+    config = GeneratorConfig(seed=4, customers=400, days=60)
+    before = spawned_children()  # a spawned child left by an earlier test is not a shard of this run
+    stop = multiprocessing.get_context("spawn").Event()
     killed: list[int] = []
+    killer_failure: list[BaseException] = []
 
     def kill_a_shard_once_sending() -> None:
-        _wait_for_records(settings, kafka_topic, 50)
-        shards = [child for child in psutil.Process().children()
-                  if "spawn_main" in " ".join(child.cmdline())]  # not multiprocessing's resource tracker
-        assert len(shards) == 2
-        os.kill(shards[0].pid, signal.SIGKILL)  # a child of this process, by its PID
-        killed.append(shards[0].pid)
+        try:
+            _wait_for_records(settings, kafka_topic, 50)
+            shards = spawned_children() - before
+            assert len(shards) == 2, f"expected this run's 2 shards, found {sorted(shards)}"
+            victim = min(shards)
+            os.kill(victim, signal.SIGKILL)  # a child of this process, by its PID
+            killed.append(victim)
+        except BaseException as error:  # reported by the test below, and the run stopped, not left to send
+            killer_failure.append(error)
+            stop.set()
 
     killer = threading.Thread(target=kill_a_shard_once_sending, daemon=True)
     killer.start()
     started = time.monotonic()
-    with pytest.raises(RuntimeError, match=r"^generator shard\(s\) failed: shard [01] \(seed 400[01]\): exited with "
-                                           r"code -9 before reporting$"):
+    try:
         generate(config, output="kafka", topic=kafka_topic, bootstrap=settings.kafka_bootstrap, rate=200,
-                 processes=2)
-    killer.join(5)
-    assert len(killed) == 1 and time.monotonic() - started < 30  # the other shard stopped, not ran its 40 s
-    assert not [child for child in psutil.Process().children() if "spawn_main" in " ".join(child.cmdline())]
+                 processes=2, stop_event=stop)
+        outcome: BaseException | None = None
+    except RuntimeError as error:
+        outcome = error
+    elapsed = time.monotonic() - started
+    killer.join(130)
+    assert not killer.is_alive() and not killer_failure, f"the killer thread failed: {killer_failure!r}"
+    assert len(killed) == 1
+    assert outcome is not None and re.fullmatch(
+        r"generator shard\(s\) failed: shard [01] \(seed 400[01]\): exited with code -9 before reporting",
+        str(outcome)), outcome
+    assert elapsed < 30  # the other shard stopped, not ran its 1,200 s
+    assert not spawned_children() - before
 
 
 def test_generator_imports_neither_spark_nor_jobs():
