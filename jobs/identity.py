@@ -38,7 +38,7 @@ from touchpoint.jobs.identity_rules import (
 from touchpoint.core.dates import as_of_for
 from touchpoint.core.delta import is_delta, latest_version, read_version
 from touchpoint.jobs.identity_state import (
-    BaseRun, Increment, config_fingerprint, locate_state, plan_increment, previous_run, write_slice,
+    BaseRun, Increment, config_fingerprint, locate_state, plan_increment, previous_run, run_log, write_slice,
     write_snapshot,
 )
 
@@ -236,7 +236,8 @@ def run(spark: SparkSession, settings: Settings, logical_date: dt.date, full_reb
     silver_version = latest_version(spark, paths["silver.events"])
     silver = read_version(spark, paths["silver.events"], silver_version).where(F.col("event_ts") < F.lit(as_of))
 
-    base = previous_run(spark, paths["gold.identity_runs"], logical_date)
+    runs = run_log(spark, paths["gold.identity_runs"])
+    base = previous_run(runs, logical_date)
     increment = _choose_mode(spark, paths, base, fingerprint, silver_version, logical_date,
                              full_rebuild or settings.identity.full_rebuild)
     previous_state = None
@@ -265,7 +266,17 @@ def run(spark: SparkSession, settings: Settings, logical_date: dt.date, full_reb
         this_run = f"as_of = TIMESTAMP'{as_of:%Y-%m-%d %H:%M:%S}'"
 
         changes = {"merges": 0, "splits": 0}
-        if previous_map is not None:
+        # A rerun of D whose previous state is gone (VACUUM; a re-staged object-store lake) has only
+        # the map as it stands to compare with: D's own output or a later date's, against which D's
+        # merges and splits are nothing or another date's. The slices D's earlier run logged stay.
+        rerun_without_state = (base is not None and previous_state is None
+                               and any(row["logical_date"] == logical_date for row in runs))
+        if rerun_without_state:
+            for name in changes:
+                path = paths[f"gold.identity_{name}"]
+                changes[name] = (spark.read.format("delta").load(path).where(this_run).count()
+                                 if is_delta(spark, path) else 0)
+        elif previous_map is not None:
             compare_previous = result.compare_previous
             if compare_previous is None:
                 compare_previous = previous_map

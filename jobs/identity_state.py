@@ -111,9 +111,9 @@ def run_log(spark: SparkSession, runs_path: str) -> list[dict]:
     return sorted(rows, key=lambda row: row["logical_date"], reverse=True)
 
 
-def previous_run(spark: SparkSession, runs_path: str, logical_date: dt.date) -> BaseRun | None:
-    """The run of the latest logical date before `logical_date`, if any."""
-    earlier = [row for row in run_log(spark, runs_path) if row["logical_date"] < logical_date]
+def previous_run(runs: list[dict], logical_date: dt.date) -> BaseRun | None:
+    """The run of the latest logical date before `logical_date`, if any, from `run_log`'s rows."""
+    earlier = [row for row in runs if row["logical_date"] < logical_date]
     if not earlier:
         return None
     row = earlier[0]

@@ -289,6 +289,34 @@ def test_a_rerun_after_vacuum_removed_the_previous_state_rebuilds_instead_of_fai
     assert identity_rows(spark, settings) == kept
 
 
+def test_a_rerun_without_the_previous_state_keeps_the_merges_its_date_logged(spark, settings):
+    """Day 1's state gone (VACUUM here; on an object-store lake every re-staged rerun): the map as it
+    stands is day 2's own output, against which day 2 merged nothing. Before, the rerun replaced
+    day 2's logged merge with that empty diff, and segments and erasures lost the retired id."""
+    from touchpoint.core.catalog import table_path
+    from touchpoint.jobs import identity
+    from touchpoint.jobs.privacy import purge_files
+
+    cid = expected_customer_id
+    append_silver(spark, settings, [_ev("r1", ts(1, 9), anonymous_id="r-a1", user_id="r-u1"),
+                                    _ev("r2", ts(1, 10), anonymous_id="r-a2")])
+    identity.run(spark, settings, date(1))
+    append_silver(spark, settings, [_ev("r3", ts(2, 9), anonymous_id="r-a2", user_id="r-u1")])
+    assert identity.run(spark, settings, date(2))["merges"] == 1
+    kept = identity_rows(spark, settings)
+    merge = (cid("anonymous_id", "r-a2"), cid("anonymous_id", "r-a1"), ts(2, 9), "r3", "merge", ts(3))
+    assert _merges(spark, settings) == [merge]
+    for name in ("gold.identity_map", "gold.identity_edges", "gold.identity_guardrails"):
+        purge_files(spark, table_path(name, settings), 0)
+
+    rerun = identity.run(spark, settings, date(2))
+
+    assert (rerun["mode"], rerun["reason"], rerun["merges"], rerun["splits"]) == (
+        "full", "previous state not found", 1, 0)
+    assert _merges(spark, settings) == [merge]
+    assert identity_rows(spark, settings) == kept
+
+
 def test_an_id_whose_origin_is_blocklisted_is_logged_against_the_customers_of_the_rest(spark, settings):
     """A blocklist that now names an id's origin: no component can keep that id, so
     gold.identity_merges logs it (kind 'origin_removed') against each new customer of its other
