@@ -106,12 +106,14 @@ def _credit_columns(settings: AttributionSettings, removal_effects: Mapping[str,
     n = F.size("path")
     pos = F.col("pos")
     last = n - 1
-    conv_us = micros("conversion_ts")
+    latest_us = micros(F.element_at("path", -1)["touch_ts"])
     half_life_us = float(settings.half_life_days) * MICROS_PER_DAY
 
     def decay_weight(touch_ts: Column) -> Column:
-        # 2^(−Δ/half_life), Δ in fractional days; the same expression for the weight and the total.
-        return F.pow(F.lit(2.0), -(conv_us - micros(touch_ts)).cast("double") / F.lit(half_life_us))
+        # 2^(−Δ/half_life), Δ in fractional days, normalised over the path. Δ is taken from the path's
+        # latest touch, not the conversion: the same ratios, and the latest weighs 1, so a short
+        # half-life with old touches cannot underflow every weight to 0 and divide 0 by 0.
+        return F.pow(F.lit(2.0), -(latest_us - micros(touch_ts)).cast("double") / F.lit(half_life_us))
 
     decay_total = F.aggregate(F.col("path"), F.lit(0.0), lambda acc, p: acc + decay_weight(p["touch_ts"]))
     distinct_channels = F.array_sort(F.array_distinct(F.transform("path", lambda p: p["channel"])))

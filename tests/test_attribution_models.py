@@ -222,6 +222,21 @@ def test_every_model_on_hand_built_paths(hand_credits):
             assert r["revenue_credit"] == pytest.approx(r["credit"] * revenue[r["conversion_id"]], abs=1e-12)
 
 
+def test_time_decay_with_a_short_half_life_and_old_touches_does_not_underflow(spark):
+    """Half-life 0.01 days: the weights 2^(-1100) and 2^(-1200) of touches 11 and 12 days before the
+    conversion are below the smallest double. Taken from the conversion they were both 0 and the
+    credit 0/0 (DIVIDE_BY_ZERO under ANSI); their ratio is 2^100 : 1."""
+    short = AttributionSettings(half_life_days=0.01)
+    paths = spark.createDataFrame([
+        ("old", "order-9", "c9", CONV_TS, 30.0, [element("t1", CONV_TS - days(12), "a"),
+                                                  element("t2", CONV_TS - days(11), "b")]),
+        ("lone", "order-8", "c8", CONV_TS, 5.0, [element("t1", CONV_TS - days(29), "a")]),
+    ], PATHS_SCHEMA)
+    found = {(r["conversion_id"], r["touch_event_id"]): r["credit"]
+             for r in paths.transform(credits(short, EFFECTS)).where("model = 'time_decay'").collect()}
+    assert found == {("old", "t1"): 1 / (2 ** 100 + 1), ("old", "t2"): 2 ** 100 / (2 ** 100 + 1), ("lone", "t1"): 1.0}
+
+
 def test_credit_rows_carry_the_touchpoint_and_the_empty_path_is_direct(hand_credits):
     _, rows = hand_credits
     empty = sorted((r["model"], r["channel"], r["touch_ts"], r["campaign"], r["customer_id"], r["revenue_credit"])

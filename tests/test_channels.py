@@ -102,6 +102,11 @@ def test_custom_rules_file_changes_grouping(spark, tmp_path):
      "rules[0]: a condition must be a non-empty mapping"),
     ("search_engines: []\nsocial_networks: []\nrules: [{channel: x, when: null}]\ndefault: d\n",
      "rules[0]: a condition must be a non-empty mapping"),
+    # the Markov chain splits paths joined by ' > ': 'paid > social' became two channels
+    ("search_engines: []\nsocial_networks: []\nrules: [{channel: paid > social, when: {medium_in: [a]}}]\n"
+     "default: d\n", "rules[0]: channel 'paid > social' cannot hold '>' (paths join channels with ' > ')"),
+    ("search_engines: []\nsocial_networks: []\nrules: []\ndefault: a>b\n",
+     "default: a channel name cannot hold '>'"),
 ])
 def test_bad_rules_file_names_the_rule_and_fix(tmp_path, body, message):
     rules_file = tmp_path / "rules.yaml"

@@ -1,3 +1,4 @@
+import json
 import subprocess
 import sys
 
@@ -119,6 +120,22 @@ def test_values_that_would_fail_every_event_or_write_fail_at_load(key, value, me
     with pytest.raises(ConfigError) as error:
         load_settings(**{key: value})
     assert str(error.value).startswith(f"invalid configuration: key '{key}' (env TOUCHPOINT_{key.upper()}): {message}")
+
+
+@pytest.mark.parametrize(("kinds", "message"), [
+    (["ad_click", "email_click", "page_views"], "['page_views'] cannot be touchpoints; list ad_click, email_click and "
+                                                "optionally page_view (set view_through = true for ad impressions)"),
+    (["ad_click", "email_click", "email_open"], "['email_open'] cannot be touchpoints"),
+    (["ad_click", "email_click", "ad_impression"], "['ad_impression'] cannot be touchpoints"),
+    (["page_view"], "every click is a touchpoint: add ['ad_click', 'email_click']"),
+])
+def test_touchpoint_types_outside_the_brief_fail_at_load(monkeypatch, kinds, message):
+    monkeypatch.setenv("TOUCHPOINT_ATTRIBUTION__TOUCHPOINT_EVENT_TYPES", json.dumps(kinds))
+    with pytest.raises(ConfigError) as error:
+        load_settings()
+    assert "attribution.touchpoint_event_types" in str(error.value) and message in str(error.value)
+    monkeypatch.setenv("TOUCHPOINT_ATTRIBUTION__TOUCHPOINT_EVENT_TYPES", '["email_click", "ad_click"]')
+    assert load_settings().attribution.touchpoint_event_types == ("email_click", "ad_click")  # page views left out
 
 
 def test_the_exchange_rates_file_is_checked_line_by_line(tmp_path):

@@ -60,6 +60,8 @@ def load_rules(path: str | Path | None = None) -> ChannelRules:
             raise ChannelRulesError(f"{path}: {key} must be a list of names, e.g. [google, bing]")
     if not isinstance(document["default"], str) or not document["default"].strip():
         raise ChannelRulesError(f"{path}: default must be a channel name, e.g. direct")
+    if ">" in document["default"]:
+        raise ChannelRulesError(f"{path}: default: a channel name cannot hold '>' (paths join channels with ' > ')")
     if not isinstance(document["rules"], list):
         raise ChannelRulesError(f"{path}: rules must be a list of rules (channel plus when or any)")
     rules = []
@@ -69,6 +71,9 @@ def load_rules(path: str | Path | None = None) -> ChannelRules:
             raise ChannelRulesError(f"{where}: needs 'channel' and exactly one of 'when' (all of) or 'any' (list)")
         if not isinstance(rule["channel"], str) or not rule["channel"].strip():
             raise ChannelRulesError(f"{where}: channel must be a name, e.g. paid_search")
+        if ">" in rule["channel"]:  # the Markov chain reads its states back from paths joined by ' > '
+            raise ChannelRulesError(f"{where}: channel {rule['channel']!r} cannot hold '>' (paths join channels "
+                                    "with ' > '); name it e.g. paid_social")
         alternatives = [rule["when"]] if "when" in rule else rule["any"]
         if not isinstance(alternatives, list) or not alternatives:
             raise ChannelRulesError(f"{where}: 'any' must be a non-empty list of conditions")

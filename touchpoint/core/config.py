@@ -43,7 +43,24 @@ class AttributionSettings(_Section):
     markov_training_days: float = Field(90, gt=0)
     landing_window_minutes: float = Field(30, ge=0, description="0 disables the click-landing rule")
     view_through: bool = False
-    touchpoint_event_types: tuple[str, ...] = ("ad_click", "email_click", "page_view")
+    touchpoint_event_types: tuple[str, ...] = Field(
+        ("ad_click", "email_click", "page_view"),
+        description="ad_click and email_click, plus page_view unless page views are never touchpoints "
+                    "(impressions come with view_through)")
+
+    @field_validator("touchpoint_event_types")
+    @classmethod
+    def _touchpoint_types(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        # BRIEF §4: every click is a touchpoint; impressions only with view-through; opens, sends and
+        # orders never. Only the page views may be left out.
+        unknown = [kind for kind in value if kind not in ("ad_click", "email_click", "page_view")]
+        if unknown:
+            raise ValueError(f"{unknown} cannot be touchpoints; list ad_click, email_click and optionally "
+                             "page_view (set view_through = true for ad impressions)")
+        missing = [kind for kind in ("ad_click", "email_click") if kind not in value]
+        if missing:
+            raise ValueError(f"every click is a touchpoint: add {missing}")
+        return value
 
 
 class IdentitySettings(_Section):
