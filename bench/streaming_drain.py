@@ -49,7 +49,7 @@ def preload(topic: str, bootstrap: str, events: int, seed: int) -> dict:
     # 15 % headroom: customers make fewer lines than the mean suggests (939,015 lines for N = 1M with 2 %),
     # and max_events cuts the output at exactly N lines.
     customers = max(10, math.ceil(events / (EVENTS_PER_CUSTOMER * LINES_PER_VALID) * 1.15))
-    # A recent window, so the speed layer's watermark keeps on-time events.
+    # A recent window, as a live stream's: the customer views' horizons are counted back from the clock.
     start = dt.date.today() - dt.timedelta(days=2)
     config = GeneratorConfig(seed=seed, customers=customers, days=2, start_date=start,
                              events_per_customer=EVENTS_PER_CUSTOMER, max_events=events)

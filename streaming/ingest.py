@@ -73,6 +73,17 @@ def validate(reporting_currency: str, suppression: Suppression = Suppression()) 
     written from these rows); without, only rejected records keep theirs, for the quarantine. The
     accepted ones' payloads are already in bronze, and carrying them back from Python and through
     the batch's cache was a tenth of a batch's time."""
+    validate_batches = validated_batches(reporting_currency, suppression)
+
+    def transform(bronze: DataFrame) -> DataFrame:
+        return bronze.mapInArrow(validate_batches, _VALIDATED_SCHEMA)
+
+    return transform
+
+
+def validated_batches(reporting_currency: str, suppression: Suppression = Suppression()
+                      ) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
+    """`validate`'s work on Arrow record batches of bronze rows (what mapInArrow hands a worker)."""
     arrow_schema = _arrow_schema()
     passed_through = [name for name in _BRONZE_COLUMNS if name != "payload"]
     filled_struct = pa.struct([field for field in arrow_schema if field.name not in _BRONZE_COLUMNS])
@@ -89,29 +100,41 @@ def validate(reporting_currency: str, suppression: Suppression = Suppression()) 
                      "schema_version": version}, payload)
         return outcome, payload
 
+    def _storable(outcome: dict, payload: bytes | None) -> tuple[dict, bytes | None]:
+        """A record whose columns Arrow cannot hold (input no validator rule foresaw) quarantined, so
+        that it does not fail its micro-batch again at every restart."""
+        try:
+            pa.array([outcome], filled_struct)
+            return outcome, payload
+        except (pa.ArrowException, UnicodeError, OverflowError, TypeError, ValueError) as error:
+            return ({"error_code": "validator_error", "schema_version": version,
+                     "reason": f"the validated record cannot be stored: {type(error).__name__}: "
+                               f"{str(error).encode('utf-8', 'replace').decode('utf-8')[:200]}"}, payload)
+
     def validate_batches(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         # Column by column: the lineage columns pass through as Arrow arrays, untouched.
         for batch in batches:
             payloads = batch.column("payload").to_pylist()
             results = [outcome_of(payload, arrival)
                        for payload, arrival in zip(payloads, arrival_instants(batch.column("source_ts")))]
+            try:
+                # Arrow converts the dicts to a struct in C++ (a missing key is a null), far faster
+                # than one Python list per column.
+                outcomes = pa.array([outcome for outcome, _ in results], filled_struct)
+            except (pa.ArrowException, UnicodeError, OverflowError, TypeError, ValueError):
+                results = [_storable(outcome, payload) for outcome, payload in results]
+                outcomes = pa.array([outcome for outcome, _ in results], filled_struct)
             if suppression:
                 stored = [payload for _, payload in results]
             else:
                 stored = [payload if "error_code" in outcome else None for outcome, payload in results]
             columns = {"payload": batch.column("payload") if stored == payloads else pa.array(stored, pa.binary()),
                        **{name: batch.column(name) for name in passed_through}}
-            # Arrow converts the dicts to a struct in C++ (a missing key is a null), far faster than
-            # one Python list per column.
-            outcomes = pa.array([outcome for outcome, _ in results], filled_struct)
             columns.update(zip(filled_struct.names, outcomes.flatten()))
             yield pa.RecordBatch.from_arrays([columns[field.name].cast(field.type) for field in arrow_schema],
                                              schema=arrow_schema)
 
-    def transform(bronze: DataFrame) -> DataFrame:
-        return bronze.mapInArrow(validate_batches, _VALIDATED_SCHEMA)
-
-    return transform
+    return validate_batches
 
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)

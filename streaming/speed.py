@@ -7,9 +7,9 @@ silver commit version (`_commit_version`), which is how the serving views tell r
 has already read from rows that arrived after it (docs/SERVING.md). A displaced order is a
 `delete` in the feed and is subtracted.
 
-Event time: a watermark of `stream.watermark_minutes` on event_ts and deduplication by event_id
-within it (dropDuplicatesWithinWatermark). A change later than the watermark is dropped here and
-reaches serving through the next batch run, which reads it from silver.
+Event time: no watermark. Every change of silver is applied, however late its event_ts: silver is
+already deduplicated and the sink exactly-once, and a watermark would drop late inserts (a gap until
+the next batch), late deletes (a double count) and, after one future-dated event, every on-time one.
 
 Two queries by default (`start_queries`), one application: `speed` keeps the campaign measures
 (campaign_minute, campaign_daily: sums of the changed rows, seconds per micro-batch) at
@@ -75,17 +75,6 @@ def _instant(epoch_micros: int | None) -> dt.datetime | None:
 
 
 # ---- pure transforms ---------------------------------------------------------------------------
-
-def deduplicated_changes(lateness_minutes: float) -> Callable[[DataFrame], DataFrame]:
-    """Change rows -> the same rows, deduplicated by event_id (per change type) within the
-    watermark; rows older than the watermark are dropped by the stateful operator."""
-
-    def transform(changes: DataFrame) -> DataFrame:
-        return (changes.withWatermark("event_ts", f"{int(round(lateness_minutes * 60))} seconds")
-                .dropDuplicatesWithinWatermark(["event_id", "_change_type"]))
-
-    return transform
-
 
 def signed_changes(changes: DataFrame) -> DataFrame:
     """CDF rows -> silver rows with `sign` (+1 added, -1 removed) and `silver_version`."""
@@ -523,8 +512,7 @@ def change_stream(spark: SparkSession, settings: Settings, start_version: int) -
             # A backlog (a restart, a burst) is read in bounded steps, not in one batch that the
             # customer views' joins cannot hold in memory (found by bench/freshness at 5,000/s).
             .option("maxBytesPerTrigger", str(settings.stream.speed_max_bytes_per_trigger))
-            .load(table_path("silver.events", settings))
-            .transform(deduplicated_changes(settings.stream.watermark_minutes)))
+            .load(table_path("silver.events", settings)))
 
 
 def query_names(settings: Settings, query_name: str = "speed") -> list[str]:
@@ -571,7 +559,7 @@ def start_stream(spark: SparkSession, settings: Settings, query_name: str = "spe
         bootstrap(spark, settings, start_version, query_name, views)
     sink = sink or SpeedSink(settings, query_name, views=views)
     sink.ensure_tables(spark)
-    # No micro-batch without data: the sink has nothing to do when only the watermark moved.
+    # No micro-batch without data: the sink has nothing to do without changes.
     spark.conf.set("spark.sql.streaming.noDataMicroBatches.enabled", "false")
     writer = (change_stream(spark, settings, start_version).writeStream.queryName(query_name)
               .foreachBatch(lambda frame, batch_id: sink(frame, batch_id))

@@ -30,6 +30,7 @@ def order(**properties):
 
 
 BAD_INPUTS = [
+    ("null value (a Kafka tombstone)", None, "null_value"),
     ("not json", b"hello world", "not_json"),
     ("truncated", b'{"event_id": "e-1", "event_type": "page_vi', "truncated_json"),
     ("not an object", b"[1, 2, 3]", "not_object"),

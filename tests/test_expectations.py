@@ -172,9 +172,11 @@ def serving_tables(spark, defects: bool) -> dict:
 def frames(spark, defects: bool) -> dict:
     """All audited tables; with defects, each carries the defect its test expects to be named."""
     events = GOOD_EVENTS + ([dict(GOOD_EVENTS[1])] if defects else [])  # a resent order: duplicated event_id
-    rejected = [(b"{", "truncated_json", "payload ends early"), (b"[]", "not_object", "not a JSON object")]
+    rejected = [(b"{", "truncated_json", "payload ends early"), (b"[]", "not_object", "not a JSON object"),
+                (None, "null_value", "a Kafka tombstone")]  # the one record without a payload
     if defects:
         rejected.append((b"x", None, "no code"))
+        rejected.append((None, "not_json", "a payload lost"))
     identities = [("email", "a@x.com", "c1"), ("anonymous_id", "d1", "c1"), ("user_id", "u2", "c2")]
     if defects:
         identities.append(("email", "a@x.com", "c2"))  # one identifier mapped to two customers
@@ -264,6 +266,7 @@ def test_injected_defects_fail_exactly_their_expectations_and_reruns_replace_row
     expected_failures = {
         ("silver.events", None, "expect_column_values_to_be_unique", ("event_id",)),
         ("silver.quarantine", None, "expect_column_values_to_not_be_null", ("error_code",)),
+        ("silver.quarantine", None, "expect_column_values_to_not_be_null", ("payload",)),
         ("gold.identity_map", None, "expect_compound_columns_to_be_unique", ("identifier_type", "identifier_value")),
         ("gold.identity_map", None, "expect_column_values_to_not_be_null", ("first_seen",)),
         ("gold.customer_profiles", "table_columns", "expect_column_values_to_not_be_in_set", ("column_name",)),

@@ -135,13 +135,14 @@ def clicks_by_campaign(frame):
     return {(r["date"], r["campaign"]): (r["clicks"], r["last_touch_orders"]) for r in frame.collect()}
 
 
-def test_crash_replay_late_beyond_lateness_and_expiry_never_double_count(spark, settings, lake):
+def test_crash_replay_a_late_event_and_expiry_never_double_count(spark, settings, lake):
+    """A micro-batch replayed after a crash, then an event hours late: served from the speed layer at
+    once (before session 45 a 60-minute watermark dropped it until the next batch), then by the batch,
+    and never twice."""
     from pyspark.errors import StreamingQueryException
 
     from touchpoint.core.serving import expire_speed_rows
 
-    lake.settings = settings = lake.settings.model_copy(
-        update={"stream": lake.settings.stream.model_copy(update={"watermark_minutes": 30})})
     lake.identity({"u1": "cus_1"})
     lake.arrive(event("c1", "ad_click", at(1, 10), "u1", "spring"),
                 event("c2", "ad_click", at(1, 12), "u1", "spring"))
@@ -150,19 +151,38 @@ def test_crash_replay_late_beyond_lateness_and_expiry_never_double_count(spark, 
         lake.speed(fail_after="campaign_measures")
     lake.speed()
     assert clicks_by_campaign(lake.serving()) == {(D, "spring"): (2, 0)}
-    # Spark drops late rows against the watermark of the previous micro-batch: one more on-time
-    # micro-batch, and the watermark in force is 12:01 − 30 min.
-    lake.arrive(event("c4", "ad_click", at(1, 12, 1), "u1", "other"))
+    lake.arrive(event("c4", "ad_click", at(1, 23, 1), "u1", "other"))
     lake.speed()
-    lake.arrive(event("c3", "ad_click", at(1, 10, 30), "u1", "spring"))  # beyond the allowed lateness
+    lake.arrive(event("c3", "ad_click", at(1, 10, 30), "u1", "spring"))  # 12.5 h behind the newest event
     lake.speed()
-    assert clicks_by_campaign(lake.serving()) == {(D, "spring"): (2, 0), (D, "other"): (1, 0)}  # absent from speed
-    lake.batch(D)  # the next batch reads it from silver
+    assert clicks_by_campaign(lake.serving()) == {(D, "spring"): (3, 0), (D, "other"): (1, 0)}
+    lake.batch(D)  # the batch reads it from silver; the speed rows it holds are below the cut
     assert clicks_by_campaign(lake.serving()) == {(D, "spring"): (3, 0), (D, "other"): (1, 0)}
     expired = expire_speed_rows(spark, settings)
-    assert expired["speed.campaign_daily"] == 2 and expired["speed.campaign_minute"] == 3
+    assert expired["speed.campaign_daily"] == 3 and expired["speed.campaign_minute"] == 4
     assert clicks_by_campaign(lake.serving()) == {(D, "spring"): (3, 0), (D, "other"): (1, 0)}
     assert spark.read.format("delta").load(lake.path("speed.campaign_daily")).count() == 0
+
+
+def test_a_late_delete_of_a_counted_order_is_applied(spark, settings, lake):
+    """An order counted by the speed layer, then displaced by an earlier copy of it that arrives
+    hours later (its event_ts before H): the delete and the insert are both applied, so the order is
+    counted once, on the displacing copy's date; before session 45 the watermark dropped both and
+    serving counted it on both dates."""
+    from delta.tables import DeltaTable
+
+    lake.identity({"u1": "cus_1"})
+    lake.arrive(event("oA", "order", at(2, 0, 10), "u1", None, channel="direct", order_id="o1", revenue=40.0))
+    lake.speed()
+    lake.arrive(event("v1", "page_view", at(2, 3), "u1", None, channel="direct"))  # the stream moves on
+    lake.speed()
+    DeltaTable.forPath(spark, lake.path("silver.events")).delete("event_id = 'oA'")  # as the ingest displaces
+    lake.arrive(event("oB", "order", at(1, 23, 50), "u1", None, channel="direct", order_id="o1", revenue=40.0))
+    lake.speed()
+    forty = Decimal("40.000000000")
+    assert daily(lake.serving()) == [(D, None, 0, 0, 1, forty, 1, forty)]  # nothing left on D+1
+    lake.batch(D)
+    assert daily(lake.serving()) == [(D, None, 0, 0, 1, forty, 1, forty)]
 
 
 def test_a_displaced_or_removed_order_is_never_served_from_an_older_recomputation(spark, settings, lake):

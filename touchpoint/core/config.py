@@ -95,7 +95,6 @@ class StreamSettings(_Section):
     speed_max_bytes_per_trigger: int = Field(
         32 * 2**20, gt=0, description="soft bound on the silver bytes one speed micro-batch reads (Delta's "
                                       "maxBytesPerTrigger; at least one file): bounds its memory after a backlog")
-    watermark_minutes: float = Field(60, ge=0, description="allowed lateness of the speed layer")
     starting_offsets: Literal["earliest", "latest"] = "earliest"
     realtime_segments: tuple[str, ...] = Field(("active_now", "cart_abandoners"),
                                                description="segments the speed layer evaluates in real time")

@@ -34,7 +34,7 @@ FX_RATES_FILE = Path(__file__).parent / "fx_rates.csv"
 
 # Every rejection code, in the order they are checked; docs/INGESTION.md explains each.
 ERROR_CODES = (
-    "payload_too_large", "invalid_utf8", "truncated_json", "not_json", "not_object",
+    "null_value", "payload_too_large", "invalid_utf8", "truncated_json", "not_json", "not_object", "invalid_unicode",
     "missing_event_id", "missing_event_type", "missing_event_ts", "wrong_type", "unknown_event_type",
     "invalid_country", "bad_timestamp", "timestamp_without_offset", "timestamp_too_old", "timestamp_in_future",
     "no_identifier", "order_missing_fields", "invalid_revenue", "negative_revenue", "unknown_currency",
@@ -347,8 +347,8 @@ def parse_user_agent(user_agent: str) -> tuple[str | None, str | None, str | Non
 
 def decode(payload: bytes | None) -> dict:
     """Raw bytes -> JSON object, or Rejected with the precise reason."""
-    if payload is None:
-        raise Rejected("not_json", "empty record (null value)")
+    if payload is None:  # a Kafka tombstone, or a producer that sent no value: nothing to keep but the record
+        raise Rejected("null_value", "the record has no value (null): a Kafka tombstone or an empty send")
     if len(payload) > MAX_PAYLOAD_BYTES:
         raise Rejected("payload_too_large", f"payload is {len(payload)} bytes, the limit is {MAX_PAYLOAD_BYTES}")
     try:
@@ -367,7 +367,23 @@ def decode(payload: bytes | None) -> dict:
         raise Rejected("not_json", f"JSON that cannot be read: {str(error).split(';')[0]}") from None
     if not isinstance(event, dict):
         raise Rejected("not_object", f"JSON is a {type(event).__name__}, not an object")
+    if _SURROGATE_ESCAPE.search(text) and not _encodes(event):
+        raise Rejected("invalid_unicode", "a string holds an unpaired UTF-16 surrogate escape (\\ud800-\\udfff), "
+                                          "which is no character and cannot be stored")
     return event
+
+
+# A \uD800-\uDFFF escape. A pair of them is one character; an unpaired one parses into a Python
+# str that no UTF-8 column can hold, so the batch writing it would fail at every restart.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def _encodes(event: dict) -> bool:
+    try:
+        json.dumps(event, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _looks_truncated(text: str) -> bool:

@@ -61,7 +61,7 @@ def payload_identifiers(payload: bytes | None) -> list[tuple[str, str]]:
         return []
     try:
         event = json.loads(payload.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):  # the validator quarantines these
         return []
     if not isinstance(event, dict):
         return []
@@ -75,6 +75,7 @@ def payload_identifiers(payload: bytes | None) -> list[tuple[str, str]]:
             continue
         try:
             value = normalise_identifier(kind, str(raw), country)
+            value.encode("utf-8") if value is not None else None  # an unpaired surrogate: quarantined
         except Exception:  # phonenumbers on odd input: the identifier is unusable, not the payload
             value = None
         if value is not None:
