@@ -90,7 +90,12 @@ def erased_customers(spark: SparkSession, settings: Settings) -> DataFrame | Non
     that table is in the catalog and exists. Exports also take extra ids through `erased`."""
     if ERASURE_TABLE not in TABLES:
         return None
-    path = table_path(ERASURE_TABLE, settings)
+    from touchpoint.jobs.pipeline import is_staging
+
+    # `touchpoint forget` writes the log to the published namespace only; a staged run (the
+    # pipeline's staging/dYYYYMMDD) reads it from there, or it would find none and suppress nobody.
+    published = settings.model_copy(update={"gold_namespace": "gold"}) if is_staging(settings) else settings
+    path = table_path(ERASURE_TABLE, published)
     if not is_delta(spark, path):
         return None
     log = spark.read.format("delta").load(path)
@@ -198,7 +203,7 @@ def export_segment(spark: SparkSession, settings: Settings, segment: str, destin
     # the base run is in this tree, or already published when this is a staging namespace
     base_state = next((files.state_path(f / base["run_id"]) for f in (folder, published)
                        if (f / base["run_id"]).is_dir()), None) if base else None
-    if base is not None and base_state is None:
+    if base is not None and base_state is None and not full:  # a full export needs no base
         raise RuntimeError(f"the state of the last export {base['run_id']} is missing under {published}; "
                            "export with full=True (--full) to start again from a full export")
     mode = "full" if full or base is None else "diff"

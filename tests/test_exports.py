@@ -380,6 +380,7 @@ def test_a_date_rerun_after_a_crashed_publish_releases_each_export_run_once(spar
 
 def test_the_suppression_list_holds_every_customer_id_of_an_erasure(spark, lake):
     """gold.erasure_log keeps the first id of a request in customer_id and all of them in customer_ids."""
+    from touchpoint.jobs import pipeline
     from touchpoint.jobs.privacy import ERASURE_LOG_SCHEMA
 
     row = {field.name: None for field in ERASURE_LOG_SCHEMA.fields}
@@ -389,11 +390,36 @@ def test_the_suppression_list_holds_every_customer_id_of_an_erasure(spark, lake)
     spark.createDataFrame(rows, ERASURE_LOG_SCHEMA).write.format("delta").save(
         table_path(exports.ERASURE_TABLE, lake.settings))
     assert rows_of(exports.erased_customers(spark, lake.settings)) == {("c1",), ("c2",), ("c4",)}
+    # a pipeline run exports from its staging namespace, where forget never writes: before, it found
+    # no log there and suppressed nobody
+    staged = pipeline.staging_settings(lake.settings, D1)
+    assert not Path(table_path(exports.ERASURE_TABLE, staged)).exists()
+    assert rows_of(exports.erased_customers(spark, staged)) == {("c1",), ("c2",), ("c4",)}
 
     lake.segment([("c1", T1, None), ("c2", T1, None), ("c3", T1, None)], (D1,))
     lake.profiles({"c1": (True, True), "c2": (True, True), "c3": (True, True)})
     exports.export_segment(spark, lake.settings, "vip", "esp", D1)
     assert run_files(lake.settings.exports_dir / "vip" / "esp" / "2024-05-01", "full") == {("cy@example.fr", "c3")}
+
+
+def test_a_full_export_starts_again_when_the_last_run_folder_is_gone(spark, lake):
+    """The last run's folder deleted (EXPORTS.md: keep folders only as long as needed): a diff cannot
+    be made and says so, naming --full; a full export then needs no base. Before, it failed too."""
+    import shutil
+
+    lake.segment([("c1", T1, None), ("c3", T1, None)], (D1, D2, D3))
+    lake.profiles({"c1": (True, True), "c3": (True, True)})
+    exports.export_segment(spark, lake.settings, "vip", "esp", D1)
+    esp = lake.settings.exports_dir / "vip" / "esp"
+    shutil.rmtree(esp / "2024-05-01")
+    with pytest.raises(RuntimeError, match=r"the state of the last export 2024-05-01 is missing under .*; export "
+                                           r"with full=True \(--full\) to start again from a full export"):
+        exports.export_segment(spark, lake.settings, "vip", "esp", D2)
+    full = exports.export_segment(spark, lake.settings, "vip", "esp", D2, full=True)
+    assert (full["run_id"], full["mode"]) == ("2024-05-02-full", "full")
+    assert run_files(esp / "2024-05-02-full", "full") == {("ann@example.com", "c1"), ("cy@example.fr", "c3")}
+    assert exports.export_segment(spark, lake.settings, "vip", "esp", D3)["base_run_id"] == \
+        "2024-05-02-full"
 
 
 def test_default_exports_folder_sits_next_to_the_lake(settings):
