@@ -24,7 +24,9 @@ from pathlib import Path
 
 from pyspark.sql import DataFrame
 
-KINDS = ("full", "adds", "removes")
+# Listed in a manifest in this order, the order to apply them: a changed row is a remove of the old
+# row and an add of the new one, and applying the add first then the remove would drop the person.
+KINDS = ("full", "removes", "adds")
 MANIFEST = "manifest.json"
 STATE = "_state"
 TEMP_PREFIX = "_tmp-"

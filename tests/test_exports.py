@@ -184,6 +184,9 @@ def test_diffs_rebuild_the_full_export_and_follow_consent_and_erasure(spark, lak
     assert run_files(google / "2024-05-03", "removes") == {(sha("bob@example.com"), None), (None, sha("+14155550123")),
                                                            (sha("cy@example.fr"), None)}
     assert run_files(esp / "2024-05-03", "removes") == {("cy@example.fr", "c3")}
+    # removes are listed first: the order to apply them in
+    manifest = json.loads((google / "2024-05-03" / "manifest.json").read_text())
+    assert [(f["name"], f["rows"]) for f in manifest["files"]] == [("removes-00001.csv", 3), ("adds-00001.csv", 1)]
 
     # Applying the diffs to the first full export gives exactly what a full export sends now.
     for key, folder in (("google", google), ("esp", esp)):
