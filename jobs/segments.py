@@ -233,6 +233,19 @@ def _instant(micros: int) -> dt.datetime:
     return _EPOCH + dt.timedelta(microseconds=micros)
 
 
+def _require_profiles_as_of(profiles: DataFrame, as_of: dt.datetime, logical_date: dt.date, path: str) -> None:
+    """Segments of D are evaluated on the profiles as of D (BRIEF §4: event_ts < as_of): a run of an
+    older date on later profiles would count orders, RFM and last orders that came after it."""
+    low, high = profiles.agg(F.min(F.unix_micros("as_of")), F.max(F.unix_micros("as_of"))).first()
+    if low is None:  # no customer yet: nothing to be out of date
+        return
+    if low != high or low != _micros(as_of):
+        found = ", ".join(sorted({_instant(low).isoformat(), _instant(high).isoformat()}))
+        raise RuntimeError(f"gold.customer_profiles at {path} is as of {found}, not {as_of.isoformat()}: run profiles "
+                           f"for {logical_date} first (touchpoint run profiles --date {logical_date}, after identity), "
+                           f"or run the whole date (touchpoint run pipeline --date {logical_date})")
+
+
 def run(spark: SparkSession, settings: Settings, logical_date: dt.date) -> dict:
     as_of = as_of_for(logical_date)
     profiles_path, membership_path, sizes_path = (table_path(name, settings) for name in (
@@ -242,6 +255,7 @@ def run(spark: SparkSession, settings: Settings, logical_date: dt.date) -> dict:
     definitions = load_segments(settings.segments_dir, load_rules(settings.channel_rules_file).channels)
 
     profiles = spark.read.format("delta").load(profiles_path)
+    _require_profiles_as_of(profiles, as_of, logical_date, profiles_path)
     compiled = compile_segments(definitions, profiles.schema, as_of)
     behaviours = behaviours_of(compiled)
     window_days = longest_window_days(behaviours)

@@ -183,3 +183,44 @@ def test_a_commit_that_slips_in_before_the_exchange_is_kept_in_history(spark, se
     operations = [(r["version"], r["operation"], r["operationParameters"]["mode"])
                   for r in DeltaTable.forPath(spark, sizes).history().orderBy("version").collect()]
     assert operations == [(0, "WRITE", "ErrorIfExists"), (1, "WRITE", "Append"), (2, "WRITE", "Overwrite")]
+
+
+def test_a_backfill_keeps_the_serving_tables_of_a_later_cut(spark, settings):
+    """D published (serving cut H = D+1 00:00Z, speed rows below it expired), then D-1 re-run: its
+    campaign table carries the older cut D 00:00Z. Publishing it moved serving back to D 00:00Z, and
+    day D vanished (its batch rows overwritten, its speed rows gone). The later cut stays; the
+    backfill's other tables publish as before, and a later date's cut publishes too."""
+    from decimal import Decimal
+
+    from touchpoint.core.dates import as_of_for
+    from touchpoint.core.serving import SCHEMAS
+
+    def campaign_daily(day: dt.date, clicks: int, cut_date: dt.date):
+        return spark.createDataFrame([(day, "spring", 0, clicks, 0, Decimal(0), 0, Decimal(0), as_of_for(cut_date), 7)],
+                                     SCHEMAS["gold.campaign_daily"])
+
+    daily_path, sizes = TABLES["gold.campaign_daily"].path(settings), TABLES["gold.segment_sizes"].path(settings)
+    campaign_daily(D, 5, D).write.format("delta").save(daily_path)
+    spark.createDataFrame([("vip", 3)], SCHEMA).write.format("delta").save(sizes)
+    earlier = D - dt.timedelta(days=1)
+
+    prepare_staging(spark, settings, earlier)
+    staged = staging_settings(settings, earlier)
+    campaign_daily(earlier, 2, earlier).write.format("delta").mode("overwrite").save(
+        TABLES["gold.campaign_daily"].path(staged))
+    spark.createDataFrame([("vip", 2)], SCHEMA).write.format("delta").mode("overwrite").save(
+        TABLES["gold.segment_sizes"].path(staged))
+    result = publish(spark, settings, earlier)
+    assert (result["published"], result["kept_newer_cut"]) == (["gold.segment_sizes"], ["gold.campaign_daily"])
+    kept = spark.read.format("delta").load(daily_path)
+    assert [(r["date"], r["clicks"], r["batch_as_of"]) for r in kept.collect()] == [
+        (D, 5, as_of_for(D).astimezone().replace(tzinfo=None))]
+    assert rows(spark, sizes) == [("vip", 2)]
+
+    later = D + dt.timedelta(days=1)
+    prepare_staging(spark, settings, later)
+    campaign_daily(later, 9, later).write.format("delta").mode("overwrite").save(
+        TABLES["gold.campaign_daily"].path(staging_settings(settings, later)))
+    result = publish(spark, settings, later)
+    assert result["published"] == ["gold.campaign_daily"] and "kept_newer_cut" not in result
+    assert [(r["date"], r["clicks"]) for r in spark.read.format("delta").load(daily_path).collect()] == [(later, 9)]

@@ -4,10 +4,12 @@ backfill of an older date, and identity merges (BRIEF §6)."""
 from __future__ import annotations
 
 import datetime as dt
+from pathlib import Path
 
 import pytest
 
 from touchpoint.core.catalog import table_path
+from touchpoint.core.dates import as_of_for
 from touchpoint.core.segments import parse_segment
 from touchpoint.jobs import segments as job
 from touchpoint.schemas.lake import SILVER_SCHEMA
@@ -40,9 +42,11 @@ class Lake:
     def path(self, name):
         return table_path(name, self.settings)
 
-    def profiles(self, revenue: dict[str, float]):
-        write(self.spark, sorted(revenue.items()), "customer_id string, lifetime_revenue double",
-              self.path("gold.customer_profiles"))
+    def profiles(self, revenue: dict[str, float], day: dt.date):
+        """Profiles as of `day` (the segments job refuses profiles of another date)."""
+        as_of = as_of_for(day)
+        write(self.spark, [(c, r, as_of) for c, r in sorted(revenue.items())],
+              "customer_id string, lifetime_revenue double, as_of timestamp", self.path("gold.customer_profiles"))
 
     def identity(self, users: dict[str, str]):
         rows = [("user_id", u, c, T1, T1) for u, c in sorted(users.items())]
@@ -96,12 +100,12 @@ def test_membership_history_reruns_backfill_merges_and_removed_segment(spark, la
     lake.identity({"u1": "c1", "u2": "c2"})
     d2_profiles = {"c1": 150.0, "c2": 120.0, "c3": 50.0, "c4": 500.0, "c5": 500.0}
 
-    lake.profiles({**d2_profiles, "c3": 200.0})
+    lake.profiles({**d2_profiles, "c3": 200.0}, D1)
     summary = job.run(spark, lake.settings, D1)
     assert summary["sizes"] == {"big": 5, "clicked": 1}
-    lake.profiles(d2_profiles)  # c3 drops out of big, c2's click is older than a day
+    lake.profiles(d2_profiles, D2)  # c3 drops out of big, c2's click is older than a day
     job.run(spark, lake.settings, D2)
-    lake.profiles({**d2_profiles, "c3": 300.0})  # c3 comes back, c1 clicks
+    lake.profiles({**d2_profiles, "c3": 300.0}, D3)  # c3 comes back, c1 clicks
     job.run(spark, lake.settings, D3)
 
     big_from_t1 = [("big", c, T1, None) for c in ("c1", "c2", "c4", "c5")]
@@ -118,13 +122,13 @@ def test_membership_history_reruns_backfill_merges_and_removed_segment(spark, la
 
     # A corrected D2 (c3 was big after all) while D3 exists rewrites D2 only: c3's two stays become
     # one, and D3's counts follow. Rerunning D2 with its original inputs restores the tables exactly.
-    lake.profiles({**d2_profiles, "c3": 250.0})
+    lake.profiles({**d2_profiles, "c3": 250.0}, D2)
     job.run(spark, lake.settings, D2)
     assert lake.membership() == stays(*big_from_t1, ("big", "c3", T1, None),
                                       ("clicked", "c2", T1, T2), ("clicked", "c1", T3, None))
     assert lake.sizes() == sorted([(D1, "big", 5, 5, 0), (D1, "clicked", 1, 1, 0), (D2, "big", 5, 0, 0),
                                    (D2, "clicked", 0, 0, 1), (D3, "big", 5, 0, 0), (D3, "clicked", 1, 1, 0)])
-    lake.profiles(d2_profiles)
+    lake.profiles(d2_profiles, D2)
     job.run(spark, lake.settings, D2)
     assert lake.membership() == after_d3
     assert lake.sizes() == sizes_after_d3
@@ -132,7 +136,7 @@ def test_membership_history_reruns_backfill_merges_and_removed_segment(spark, la
     # D4: c2 merges into c1, and c5 into c4 into c1 (a chain); the clicked segment file is removed.
     # Stays of retired ids move to c1 and join c1's own: membership carries over the merges.
     (lake.settings.segments_dir / "clicked.yaml").unlink()
-    lake.profiles({"c1": 1270.0, "c3": 300.0})
+    lake.profiles({"c1": 1270.0, "c3": 300.0}, D4)
     lake.identity({"u1": "c1", "u2": "c1"})
     lake.merges([("c2", "c1", dt.datetime(2024, 3, 4, 8, tzinfo=UTC), "e9"),
                  ("c5", "c4", dt.datetime(2024, 3, 4, 8, tzinfo=UTC), "e10"),
@@ -149,6 +153,23 @@ def test_membership_history_reruns_backfill_merges_and_removed_segment(spark, la
     # "Who was in big on D2?" is a query; history speaks of the surviving ids.
     on_d2 = lake.table("gold.segment_membership").transform(job.members_on(D2))
     assert sorted((r["segment"], r["customer_id"]) for r in on_d2.collect()) == [("big", "c1")]
+
+
+def test_a_date_is_not_evaluated_on_another_dates_profiles(spark, lake):
+    """`touchpoint run segments --date D1` after D2's profiles: D1's members would be counted with
+    orders and RFM of D2. Before, it ran and wrote them."""
+    lake.events([click("e1", "u1", dt.datetime(2024, 3, 1, 10, tzinfo=UTC))])
+    lake.identity({"u1": "c1"})
+    lake.profiles({"c1": 150.0}, D2)
+    with pytest.raises(RuntimeError) as error:
+        job.run(spark, lake.settings, D1)
+    assert str(error.value) == (
+        f"gold.customer_profiles at {lake.path('gold.customer_profiles')} is as of 2024-03-03T00:00:00+00:00, "
+        "not 2024-03-02T00:00:00+00:00: run profiles for 2024-03-01 first (touchpoint run profiles --date "
+        "2024-03-01, after identity), or run the whole date (touchpoint run pipeline --date 2024-03-01)")
+    assert not Path(lake.path("gold.segment_membership")).exists()  # refused before anything was written
+    lake.profiles({"c1": 150.0}, D1)
+    assert job.run(spark, lake.settings, D1)["sizes"] == {"big": 1, "clicked": 1}
 
 
 def test_union_stays_joins_overlapping_and_touching_stays(spark):

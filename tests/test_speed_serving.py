@@ -276,7 +276,9 @@ def test_batch_segment_and_its_realtime_counterpart_agree(spark, settings, tmp_p
     settings = settings.model_copy(update={"segments_dir": folder})
 
     lake.identity({"u1": "cus_1", "u2": "cus_2", "u3": "cus_3"})
-    spark.createDataFrame([("cus_1",), ("cus_2",), ("cus_3",)], "customer_id string").write.format("delta") \
+    profiles_as_of = at(2, 0)  # profiles of D, as the segments job requires
+    spark.createDataFrame([(c, profiles_as_of) for c in ("cus_1", "cus_2", "cus_3")],
+                          "customer_id string, as_of timestamp").write.format("delta") \
         .save(lake.path("gold.customer_profiles"))
     lake.arrive(event("a1", "add_to_cart", at(1, 9), "u1", price=5.0, quantity=1),
                 event("a2", "add_to_cart", at(1, 8), "u2", price=5.0, quantity=1),
