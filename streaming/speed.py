@@ -215,7 +215,10 @@ class SpeedSink:
         # Instants travel as epoch microseconds: Python datetimes from Spark are in the local zone.
         row = signed.agg(F.count(F.lit(1)).alias("rows"), F.min("silver_version").alias("first"),
                          F.max("silver_version").alias("last"),
-                         F.max(F.when(F.col("sign") > 0, micros("event_ts"))).alias("max_ts"),
+                         # An event counts at its arrival at the latest: one valid event dated up to a
+                         # day ahead (a device clock) would move the clock there and keep it there.
+                         F.max(F.when(F.col("sign") > 0, F.least(micros("event_ts"), micros("source_ts"))))
+                         .alias("max_ts"),
                          F.min(micros("event_ts")).alias("min_ts"),
                          F.min(micros("source_ts")).alias("oldest_arrival")).first()
         stats = {**row.asDict(), "max_ts": _instant(row["max_ts"]), "min_ts": _instant(row["min_ts"]),
@@ -276,7 +279,8 @@ class SpeedSink:
         return version, frame.select(*EVENT_COLUMNS, "source_ts")
 
     def _clock(self, spark: SparkSession, batch_max_ts: dt.datetime | None) -> dt.datetime | None:
-        """The event-time clock: the latest event_ts the query has seen (never moves back)."""
+        """The event-time clock: the latest event_ts the query has seen, each capped at its arrival
+        (never moves back)."""
         if not hasattr(self, "_last_clock"):  # read once per sink; then kept in memory
             self._last_clock = _instant(spark.read.format("delta").load(self.paths["speed.freshness"])
                                         .where(F.col("query") == self.query_name)

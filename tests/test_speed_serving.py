@@ -185,6 +185,21 @@ def test_a_late_delete_of_a_counted_order_is_applied(spark, settings, lake):
     assert daily(lake.serving()) == [(D, None, 0, 0, 1, forty, 1, forty)]
 
 
+def test_an_event_dated_ahead_of_its_arrival_does_not_move_the_clock_past_the_arrival(spark, settings, lake):
+    """A valid page view dated 23 h after it arrived (a device clock): the customer views' clock, at
+    which activity and real-time segments are evaluated, stops at its arrival. Before, it jumped a day
+    ahead and stayed there, so "the last 30 minutes" held nobody active now."""
+    lake.identity({"u1": "cus_1", "u2": "cus_2"})
+    ahead = {**event("p2", "page_view", at(2, 9), "u2", channel="direct"), "source_ts": at(1, 10, 5)}
+    lake.arrive(event("p1", "page_view", at(1, 10), "u1", channel="direct"), ahead)
+    lake.speed()
+    clocks = spark.read.format("delta").load(lake.path("speed.freshness")).where("query = 'speed'")
+    assert [r["clock"] for r in clocks.select(F.unix_micros("clock").alias("clock")).collect()] == [
+        int(at(1, 10, 5).timestamp() * 1_000_000)]
+    active = spark.read.format("delta").load(lake.path("speed.customer_activity"))
+    assert sorted((r["customer_id"], r["events_last_30m"]) for r in active.collect()) == [("cus_1", 1)]
+
+
 def test_a_displaced_or_removed_order_is_never_served_from_an_older_recomputation(spark, settings, lake):
     """A conversion's speed rows are recomputations; only its latest may be served, and the batch's
     cut applies to that one. o1's first order event (after H) is displaced by a late one before H;
