@@ -41,13 +41,14 @@ from touchpoint.core.campaign_metrics import (
 )
 from touchpoint.core.catalog import table_path
 from touchpoint.core.channels import load_rules
-from touchpoint.core.config import Settings
+from touchpoint.core.config import ConfigError, Settings
 from touchpoint.core.delta import (
     BatchWrites, ensure_table, is_delta, latest_version, read_version, snapshot_fingerprint,
 )
 from touchpoint.core.identity_lookup import BROADCAST_MAP_MAX_IDENTIFIERS, attach_customer_id, carrier_flag
 from touchpoint.core.segments import (
-    behaviours_of, compile_segments, load_segments, segment_members, with_behaviour_counts,
+    SegmentDefinitionError, behaviour_windows, behaviours_of, compile_segments, load_segments, segment_members,
+    with_behaviour_counts,
 )
 from touchpoint.core.serving import SCHEMAS
 from touchpoint.core.spark import checkpoint_with_own_size, local_checkpoint, release_checkpoint
@@ -94,6 +95,30 @@ def not_absorbed(bucket_column: str, high_water_mark: dt.datetime | None, versio
         return rows.where((F.col(bucket_column) >= bound) | (F.col("silver_version") > F.lit(version)))
 
     return transform
+
+
+def realtime_definitions(settings: Settings) -> list:
+    """The segment definitions of `stream.realtime_segments`, checked for what the speed layer can
+    evaluate: it counts events back to `stream.activity_horizon_days` only, so a longer behaviour
+    window would count fewer events than the batch and serve a different membership."""
+    wanted = set(settings.stream.realtime_segments)
+    if not wanted:
+        return []
+    definitions = [d for d in load_segments(settings.segments_dir, load_rules(settings.channel_rules_file).channels)
+                   if d.name in wanted]
+    missing = sorted(wanted - {d.name for d in definitions})
+    if missing:
+        raise ConfigError(f"key 'stream.realtime_segments' (env TOUCHPOINT_STREAM__REALTIME_SEGMENTS): {missing} "
+                          f"name no segment file in {settings.segments_dir}; list only defined segments")
+    horizon = settings.stream.activity_horizon_days
+    problems = [d.problem(path, f"a {days:g}-day window is longer than stream.activity_horizon_days ({horizon:g}), "
+                          "as far back as the speed layer counts events",
+                          "shorten the window, raise stream.activity_horizon_days, or leave the segment to the "
+                          "daily batch (drop it from stream.realtime_segments)")
+                for d in definitions for path, days in behaviour_windows(d) if days > horizon]
+    if problems:
+        raise SegmentDefinitionError(problems)
+    return definitions
 
 
 def realtime_members(definitions, base: DataFrame, events: DataFrame,
@@ -162,7 +187,7 @@ class SpeedSink:
         self.fail_after = fail_after  # fault injection for the crash test: raise after this write
         self.paths = {name: table_path(name, settings) for name in SPEED_TABLES + (
             "silver.events", "gold.identity_map", "gold.identity_guardrails", "gold.customer_profiles",
-            "gold.campaign_daily", "gold.campaign_minute", "gold.campaign_conversions", "gold.customer_activity")}
+            "gold.segment_membership", "gold.campaign_daily", "gold.campaign_minute", "gold.campaign_conversions", "gold.customer_activity")}
         self.writes = BatchWrites(self.paths, self._app)
         self._ready = False
         self._identity_state: IdentityState | None = None
@@ -433,20 +458,28 @@ class SpeedSink:
                             "speed.customer_activity", batch_id)
             # Real-time segments are evaluated at the instant right after the latest event seen.
             as_of = clock + dt.timedelta(microseconds=1)
-            wanted = set(self.settings.stream.realtime_segments)
-            channels = load_rules(self.settings.channel_rules_file).channels
-            definitions = ([d for d in load_segments(self.settings.segments_dir, channels) if d.name in wanted]
-                           if wanted else [])
+            definitions = realtime_definitions(self.settings)
             if not definitions:
                 return
-            base = window.where(F.col("customer_id").isNotNull()).select("customer_id").distinct()
+            # Everyone who may be a member: the customers with events in the window, and the batch's
+            # members (a member with no event since keeps or loses the segment as time passes).
+            base = window.where(F.col("customer_id").isNotNull()).select("customer_id")
+            if self._exists(spark, "gold.segment_membership"):
+                batch_members = (spark.read.format("delta").load(self.paths["gold.segment_membership"])
+                                 .where(F.col("exited_at").isNull()
+                                        & F.col("segment").isin(*[d.name for d in definitions])))
+                base = base.unionByName(batch_members.select("customer_id"))
+            base = base.distinct()
             if self._exists(spark, "gold.customer_profiles"):
                 profiles = spark.read.format("delta").load(self.paths["gold.customer_profiles"])
                 base = base.join(profiles, "customer_id", "left")
-            members = (realtime_members(definitions, base, window, as_of)
-                       .withColumn("as_of", F.lit(as_of).cast("timestamp"))
-                       .withColumn("silver_version", F.lit(version).cast("long")))
-            self._overwrite(members.select(*SCHEMAS["speed.segment_membership"].fieldNames()),
+            members = realtime_members(definitions, base, window, as_of).select("segment", "customer_id")
+            # One row per evaluated segment without a customer: the evaluation instant, so that serving
+            # tells "evaluated, no member" from "not evaluated since the batch".
+            evaluated = spark.createDataFrame([(d.name, None) for d in definitions], "segment string, customer_id string")
+            snapshot = (members.unionByName(evaluated).withColumn("as_of", F.lit(as_of).cast("timestamp"))
+                        .withColumn("silver_version", F.lit(version).cast("long")))
+            self._overwrite(snapshot.select(*SCHEMAS["speed.segment_membership"].fieldNames()),
                             "speed.segment_membership", batch_id)
 
 
@@ -561,6 +594,8 @@ def start_stream(spark: SparkSession, settings: Settings, query_name: str = "spe
     checkpoint = f"{settings.checkpoint_root}/{query_name}"
     if start_version > 0 and not _has_checkpoint(spark, checkpoint):
         bootstrap(spark, settings, start_version, query_name, views)
+    if views in ("all", "customers"):
+        realtime_definitions(settings)  # a bad real-time segment fails the start, not a micro-batch
     sink = sink or SpeedSink(settings, query_name, views=views)
     sink.ensure_tables(spark)
     # No micro-batch without data: the sink has nothing to do without changes.

@@ -274,6 +274,61 @@ def test_realtime_cart_abandoner_enters_in_event_time_and_an_order_removes_them(
     assert (activity["cus_1"]["open_cart_value"], activity["cus_1"]["cart_abandoned"]) == (Decimal("0E-9"), False)
 
 
+def test_realtime_segments_reevaluate_batch_members_and_an_empty_evaluation_is_served(spark, settings, tmp_path,
+                                                                                       lake):
+    """After H: cus_1, a cart abandoner in the batch, orders; cus_9, in `big` by the batch, has no
+    event since. Serving must drop cus_1 (the speed layer found no abandoner) and keep cus_9. Before,
+    the speed layer evaluated only customers with recent events (cus_9 vanished from `big` once it
+    ran) and an evaluation with no member at all fell back to the batch (cus_1 stayed)."""
+    from touchpoint.core.serving import SCHEMAS as SERVING_SCHEMAS
+
+    segments = tmp_path / "segments"
+    segments.mkdir()
+    (segments / "cart_abandoned_now.yaml").write_text(CART_ABANDONED_NOW)
+    (segments / "big.yaml").write_text("name: big\ncondition: {attribute: lifetime_revenue, gte: 100}\n")
+    lake.settings = settings.model_copy(update={
+        "segments_dir": segments, "stream": settings.stream.model_copy(update={
+            "realtime_segments": ("cart_abandoned_now", "big")})})
+    lake.identity({"u1": "cus_1", "u9": "cus_9"})
+    spark.createDataFrame([("cus_1", 10.0), ("cus_9", 500.0)], "customer_id string, lifetime_revenue double") \
+        .write.format("delta").save(lake.path("gold.customer_profiles"))
+    spark.createDataFrame([("cart_abandoned_now", "cus_1", at(1, 12), None), ("big", "cus_9", at(1, 0), None)],
+                          SERVING_SCHEMAS["gold.segment_membership"]) \
+        .write.format("delta").save(lake.path("gold.segment_membership"))
+    lake.arrive(event("k0", "add_to_cart", at(1, 11), "u1", price=5.0, quantity=1))
+    lake.batch(D)  # H = D+1 00:00
+    lake.arrive(event("o1", "order", at(2, 0, 10), "u1", order_id="o1", revenue=5.0, channel="direct"))
+    lake.speed()
+
+    served = lake.serving("serving.segment_membership")
+    assert sorted((r["segment"], r["customer_id"], r["source"]) for r in served.collect()) == [("big", "cus_9", "speed")]
+
+
+def test_a_realtime_segment_the_speed_layer_cannot_count_fails_at_start(settings, tmp_path):
+    from touchpoint.core.config import ConfigError
+    from touchpoint.core.segments import SegmentDefinitionError
+    from touchpoint.streaming.speed import realtime_definitions
+
+    segments = tmp_path / "segments"
+    segments.mkdir()
+    (segments / "slow.yaml").write_text("name: slow\ncondition:\n  behaviour:\n    event_type: page_view\n"
+                                        "    at_least: 3\n    within_last_days: 60\n")
+    slow = settings.model_copy(update={"segments_dir": segments, "stream": settings.stream.model_copy(
+        update={"realtime_segments": ("slow",)})})
+    with pytest.raises(SegmentDefinitionError) as error:
+        realtime_definitions(slow)
+    assert str(error.value) == (
+        f"invalid segment definitions:\n  {segments / 'slow.yaml'}:6: condition.behaviour.within_last_days: a 60-day "
+        "window is longer than stream.activity_horizon_days (30), as far back as the speed layer counts events; fix: "
+        "shorten the window, raise stream.activity_horizon_days, or leave the segment to the daily batch (drop it "
+        "from stream.realtime_segments)")
+    longer = slow.model_copy(update={"stream": slow.stream.model_copy(update={"activity_horizon_days": 60})})
+    assert [d.name for d in realtime_definitions(longer)] == ["slow"]
+    typo = slow.model_copy(update={"stream": slow.stream.model_copy(update={"realtime_segments": ("slow", "sloww")})})
+    with pytest.raises(ConfigError, match=r"^key 'stream.realtime_segments' .*: \['sloww'\] name no segment file"):
+        realtime_definitions(typo)
+
+
 def test_batch_segment_and_its_realtime_counterpart_agree(spark, settings, tmp_path, lake):
     """The project's own YAML files (segments/cart_abandoners.yaml, segments/active_now.yaml),
     compiled by core.segments: the batch segments job and the speed layer's evaluation agree."""

@@ -623,6 +623,24 @@ def behaviours_of(compiled: Iterable[CompiledSegment]) -> tuple[Behaviour, ...]:
     return tuple(dict.fromkeys(b for segment in compiled for b in segment.behaviours))
 
 
+def behaviour_windows(definition: SegmentDefinition) -> list[tuple[Path_, float]]:
+    """(path, within_last_days) of every behaviour condition of a loaded (valid) definition."""
+    found = []
+
+    def walk(node: Any, path: Path_) -> None:
+        if isinstance(node, Mapping):
+            if "behaviour" in node:
+                found.append((path + ("behaviour", "within_last_days"), float(node["behaviour"]["within_last_days"])))
+            for key in ("all", "any"):
+                for index, child in enumerate(node.get(key) or ()):
+                    walk(child, path + (key, index))
+            if "not" in node:
+                walk(node["not"], path + ("not",))
+
+    walk(definition.condition, ("condition",))
+    return found
+
+
 def longest_window_days(behaviours: Iterable[Behaviour]) -> float | None:
     """How far back behaviour conditions look; None when no segment counts events."""
     return max((b.window_days for b in behaviours), default=None)

@@ -174,18 +174,20 @@ def _quote(value: str) -> str:
 
 def _segments_sql(ref: Callable[[str], str], realtime: Iterable[str]) -> str:
     names = ", ".join(_quote(n) for n in sorted(set(realtime))) or "NULL"
+    # A speed snapshot holds, per evaluated segment, one row without a customer: its evaluation
+    # instant. A segment evaluated at or after H is served from speed, members or none; else batch.
     return f"""
 WITH cut AS ({_cut_cte(ref, "gold.customer_activity")}),
-live AS (SELECT MAX(s.as_of) AS clock FROM {ref("speed.segment_membership")} s),
-speed_on AS (SELECT live.clock IS NOT NULL AND (cut.h IS NULL OR live.clock >= cut.h) AS yes
-             FROM live CROSS JOIN cut)
+live AS (SELECT s.segment, MAX(s.as_of) AS clock FROM {ref("speed.segment_membership")} s
+         WHERE s.customer_id IS NULL AND s.segment IN ({names}) GROUP BY s.segment),
+speed_on AS (SELECT live.segment FROM live CROSS JOIN cut WHERE cut.h IS NULL OR live.clock >= cut.h)
 SELECT s.segment, s.customer_id, s.as_of, 'speed' AS source
-FROM {ref("speed.segment_membership")} s CROSS JOIN speed_on
-WHERE speed_on.yes AND s.segment IN ({names})
+FROM {ref("speed.segment_membership")} s JOIN speed_on o ON s.segment = o.segment
+WHERE s.customer_id IS NOT NULL
 UNION ALL
 SELECT b.segment, b.customer_id, b.entered_at AS as_of, 'batch' AS source
-FROM {ref("gold.segment_membership")} b CROSS JOIN speed_on
-WHERE b.exited_at IS NULL AND NOT (speed_on.yes AND b.segment IN ({names}))
+FROM {ref("gold.segment_membership")} b LEFT JOIN speed_on o ON b.segment = o.segment
+WHERE b.exited_at IS NULL AND o.segment IS NULL
 """
 
 
