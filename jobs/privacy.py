@@ -170,7 +170,19 @@ def resolve_subject(spark: SparkSession, settings: Settings, identifier_type: st
             by_hash = by_hash | ((F.col("identifier_type") == kind)
                                  & hashed_value_in(F.col("identifier_value"), subject.hashes_of(kind)))
         subject.customer_ids |= {r[0] for r in identity_map.where(by_hash).select("customer_id").distinct().collect()}
+    subject.customer_ids |= _provisional_ids(spark, subject.identifiers)
     return subject
+
+
+def _provisional_ids(spark: SparkSession, identifiers: set[tuple[str, str]]) -> set[str]:
+    """The ids the speed layer files a person under before any batch has seen them (a component of
+    new identifiers takes the provisional id of one of them, all of which are the subject's)."""
+    from touchpoint.core.stream_identity import provisional_id
+
+    if not identifiers:
+        return set()
+    pairs = spark.createDataFrame(sorted(identifiers), "identifier_type string, identifier_value string")
+    return {r[0] for r in pairs.select(provisional_id(F.col("identifier_type"), F.col("identifier_value"))).collect()}
 
 
 def _merged_into(spark: SparkSession, settings: Settings, customer_ids: set[str]) -> set[str]:

@@ -161,3 +161,36 @@ def test_an_erasure_finds_every_staging_namespace_on_any_file_system(spark, sett
     assert staged[0] == f"{scheme}{tmp_path}/lake/staging/d20260304/identity_map"
     silver = TABLES["silver.events"]
     assert namespace_paths(spark, silver, lake) == [silver.path(lake)]  # staging holds gold only
+
+
+def test_an_erasure_removes_the_speed_rows_filed_under_a_provisional_id(spark, settings):
+    """A person first seen after the last batch: the speed layer files them under a provisional id
+    (no customer id of the identity map). Before, the erasure resolved none and left those rows."""
+    from touchpoint.core.catalog import table_path
+    from touchpoint.core.serving import SCHEMAS
+    from touchpoint.jobs.privacy import erase
+    from touchpoint.schemas.lake import SILVER_SCHEMA
+
+    at = dt.datetime(2026, 3, 1, 10, tzinfo=dt.timezone.utc)
+
+    def silver(event_id, **identifiers):
+        row = dict.fromkeys(SILVER_SCHEMA.fieldNames())
+        row.update(event_id=event_id, event_type="page_view", event_ts=at, event_date=at.date(), channel="direct",
+                   source_ts=at, ingest_ts=at, source_topic="t", source_partition=0, source_offset=0, **identifiers)
+        return tuple(row[f] for f in SILVER_SCHEMA.fieldNames())
+
+    spark.createDataFrame([silver("e1", email="ann@x.io", anonymous_id="dev-a"), silver("e2", email="bo@x.io")],
+                          SILVER_SCHEMA).write.format("delta").save(table_path("silver.events", settings))
+
+    def provisional(kind, value):  # the formula of docs/SERVING.md, computed here independently
+        return "p-" + sha(f"touchpoint-provisional-v1:{kind}:{value}")[:32]
+
+    activity = [(provisional(k, v), at, at, "page_view", 1, 1, None, None, False, 3)
+                for k, v in (("anonymous_id", "dev-a"), ("email", "ann@x.io"), ("email", "bo@x.io"))]
+    path = table_path("speed.customer_activity", settings)
+    spark.createDataFrame(activity, SCHEMAS["speed.customer_activity"]).write.format("delta").save(path)
+
+    result = erase(spark, settings, "email", sha("ann@x.io"))
+
+    assert result["status"] == "erased" and result["rows_removed"]["speed.customer_activity"] == 2
+    assert [r["customer_id"] for r in spark.read.format("delta").load(path).collect()] == [provisional("email", "bo@x.io")]
