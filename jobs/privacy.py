@@ -148,6 +148,11 @@ def resolve_subject(spark: SparkSession, settings: Settings, identifier_type: st
     guardrails = Guardrails.from_settings(settings.identity)
     held = _read_latest(spark, table_path("gold.identity_guardrails", settings))
     held_back = {(r[0], r[1]) for r in held.select("identifier_type", "identifier_value").collect()} if held else set()
+    # The guardrails are as of the last identity run: a device may have become shared since. Its
+    # other users are other people, so it must not carry the closure to them (BRIEF §5: a shared
+    # device links nothing); it is checked against silver as it stands before it is followed.
+    held_back |= _shared_devices_now(silver, subject.identifiers, guardrails)
+    subject.identifiers -= held_back
     wanted = dict.fromkeys(IDENTIFIER_TYPES)
     for _ in range(MAX_CLOSURE_ROUNDS):
         # events carrying any identifier known so far (by hash), and the identifiers they carry
@@ -160,6 +165,8 @@ def resolve_subject(spark: SparkSession, settings: Settings, identifier_type: st
         found = {(r["t"], r["v"]) for r in silver.where(hit).select(pairs.alias("p")).select("p.*")
                  .where(F.col("v").isNotNull() & F.col("held").isNull()).distinct().collect()}
         new = found - subject.identifiers - held_back
+        held_back |= _shared_devices_now(silver, new, guardrails)
+        new -= held_back
         if not new:
             break
         subject.identifiers |= new
@@ -172,6 +179,22 @@ def resolve_subject(spark: SparkSession, settings: Settings, identifier_type: st
         subject.customer_ids |= {r[0] for r in identity_map.where(by_hash).select("customer_id").distinct().collect()}
     subject.customer_ids |= _provisional_ids(spark, subject.identifiers)
     return subject
+
+
+def _shared_devices_now(silver: DataFrame, identifiers: set[tuple[str, str]], guardrails) -> set[tuple[str, str]]:
+    """The anonymous_ids among `identifiers` that co-occur in silver with more than N distinct usable
+    user_ids (the identity job's shared-device rule, over every event as it stands)."""
+    from touchpoint.jobs.identity_rules import held_back_reason
+
+    devices = sorted(v for kind, v in identifiers if kind == "anonymous_id")
+    if not devices:
+        return set()
+    users = F.when(F.col("user_id").isNotNull() & held_back_reason(F.col("user_id"), guardrails.blocklist).isNull(),
+                   F.col("user_id"))
+    shared = (silver.where(F.col("anonymous_id").isin(devices)).groupBy("anonymous_id")
+              .agg(F.count_distinct(users).alias("users"))
+              .where(F.col("users") > guardrails.shared_device_max_user_ids))
+    return {("anonymous_id", r[0]) for r in shared.collect()}
 
 
 def _provisional_ids(spark: SparkSession, identifiers: set[tuple[str, str]]) -> set[str]:

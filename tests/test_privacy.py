@@ -163,6 +163,40 @@ def test_an_erasure_finds_every_staging_namespace_on_any_file_system(spark, sett
     assert namespace_paths(spark, silver, lake) == [silver.path(lake)]  # staging holds gold only
 
 
+SILVER_AT = dt.datetime(2026, 3, 1, 10, tzinfo=dt.timezone.utc)
+
+
+def silver_row(event_id, **identifiers):
+    from touchpoint.schemas.lake import SILVER_SCHEMA
+
+    row = dict.fromkeys(SILVER_SCHEMA.fieldNames())
+    row.update(event_id=event_id, event_type="page_view", event_ts=SILVER_AT, event_date=SILVER_AT.date(),
+               channel="direct", source_ts=SILVER_AT, ingest_ts=SILVER_AT, source_topic="t", source_partition=0,
+               source_offset=0, **identifiers)
+    return tuple(row[f] for f in SILVER_SCHEMA.fieldNames())
+
+
+def test_a_device_shared_since_the_last_identity_run_does_not_carry_an_erasure_to_its_other_users(spark, settings):
+    """dev-1 was the person's alone at the last identity run (no guardrail holds it); since, four
+    other users came through it: more than N = 3, a shared device, which links nothing. Before, the
+    erasure followed it to u2..u5 and erased four other people (and quarantined them for good)."""
+    from touchpoint.core.catalog import table_path
+    from touchpoint.jobs.privacy import erase
+    from touchpoint.schemas.lake import SILVER_SCHEMA
+
+    rows = [silver_row("e1", user_id="u1", anonymous_id="dev-1", email="ann@x.io"),
+            *[silver_row(f"e{i}", user_id=f"u{i}", anonymous_id="dev-1") for i in range(2, 6)],
+            silver_row("e9", anonymous_id="dev-9", email="ann@x.io")]
+    path = table_path("silver.events", settings)
+    spark.createDataFrame(rows, SILVER_SCHEMA).write.format("delta").save(path)
+
+    result = erase(spark, settings, "user_id", sha("u1"))
+
+    assert (result["status"], result["rows_removed"]["silver.events"]) == ("erased", 2)
+    assert sorted(r["event_id"] for r in spark.read.format("delta").load(path).collect()) == [
+        "e2", "e3", "e4", "e5"]
+
+
 def test_an_erasure_removes_the_speed_rows_filed_under_a_provisional_id(spark, settings):
     """A person first seen after the last batch: the speed layer files them under a provisional id
     (no customer id of the identity map). Before, the erasure resolved none and left those rows."""
@@ -171,14 +205,8 @@ def test_an_erasure_removes_the_speed_rows_filed_under_a_provisional_id(spark, s
     from touchpoint.jobs.privacy import erase
     from touchpoint.schemas.lake import SILVER_SCHEMA
 
-    at = dt.datetime(2026, 3, 1, 10, tzinfo=dt.timezone.utc)
-
-    def silver(event_id, **identifiers):
-        row = dict.fromkeys(SILVER_SCHEMA.fieldNames())
-        row.update(event_id=event_id, event_type="page_view", event_ts=at, event_date=at.date(), channel="direct",
-                   source_ts=at, ingest_ts=at, source_topic="t", source_partition=0, source_offset=0, **identifiers)
-        return tuple(row[f] for f in SILVER_SCHEMA.fieldNames())
-
+    at = SILVER_AT
+    silver = silver_row
     spark.createDataFrame([silver("e1", email="ann@x.io", anonymous_id="dev-a"), silver("e2", email="bo@x.io")],
                           SILVER_SCHEMA).write.format("delta").save(table_path("silver.events", settings))
 
