@@ -28,7 +28,7 @@ from touchpoint.core.config import Settings
 from touchpoint.core.delta import BatchWrites, committed_batch, ensure_table, idempotent_merge_conf, retry_on_conflict
 from touchpoint.core.events import Rejected, validate_payload
 from touchpoint.core.privacy import ERASED_SUBJECT, Suppression, erased_reason, load_suppression, withheld_payload
-from touchpoint.core.spark import local_checkpoint
+from touchpoint.core.spark import has_checkpoint, local_checkpoint
 from touchpoint.schemas.envelope import schema_version
 from touchpoint.schemas.lake import (
     BRONZE_SCHEMA, QUARANTINE_SCHEMA, RECONCILIATION_SCHEMA, SILVER_EXTRA_FIELDS, SILVER_SCHEMA, SOURCE_FIELDS,
@@ -454,6 +454,15 @@ def start_stream(spark: SparkSession, settings: Settings, topic: str | None = No
     topic = topic or settings.kafka_topic
     sink = IngestSink(settings, source_id=f"stream:{query_name}")
     sink.ensure_tables(spark)
+    checkpoint = f"{settings.checkpoint_root}/{query_name}"
+    committed = sink.committed_batch()
+    if committed is not None and not has_checkpoint(checkpoint):
+        # Batch ids restart at 0 with a new checkpoint, and the sink skips the ids silver already
+        # holds as written: the records of batches 0..N would be dropped without a trace.
+        raise RuntimeError(f"ingest query {query_name!r}: its checkpoint {checkpoint} is missing, but silver holds "
+                           f"its batches up to {committed}; restore the checkpoint, or start the stream under a new "
+                           "query name (--query-name) to read the topic again from stream.starting_offsets "
+                           "(events already in silver are dropped as duplicates by event_id)")
     reader = (
         spark.readStream.format("kafka")
         .option("kafka.bootstrap.servers", settings.kafka_bootstrap)
@@ -469,7 +478,7 @@ def start_stream(spark: SparkSession, settings: Settings, topic: str | None = No
     writer = (
         kafka_rows.transform(bronze_from_kafka).writeStream.queryName(query_name)
         .foreachBatch(lambda frame, batch_id: sink(frame, batch_id))
-        .option("checkpointLocation", f"{settings.checkpoint_root}/{query_name}")
+        .option("checkpointLocation", checkpoint)
     )
     if trigger_once:
         writer = writer.trigger(availableNow=True)

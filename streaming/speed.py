@@ -51,7 +51,7 @@ from touchpoint.core.segments import (
     with_behaviour_counts,
 )
 from touchpoint.core.serving import SCHEMAS
-from touchpoint.core.spark import checkpoint_with_own_size, local_checkpoint, release_checkpoint
+from touchpoint.core.spark import checkpoint_with_own_size, has_checkpoint, local_checkpoint, release_checkpoint
 from touchpoint.core.stream_identity import extend_identity_map
 from touchpoint.schemas.lake import SILVER_SCHEMA
 
@@ -187,7 +187,8 @@ class SpeedSink:
         self.fail_after = fail_after  # fault injection for the crash test: raise after this write
         self.paths = {name: table_path(name, settings) for name in SPEED_TABLES + (
             "silver.events", "gold.identity_map", "gold.identity_guardrails", "gold.customer_profiles",
-            "gold.segment_membership", "gold.campaign_daily", "gold.campaign_minute", "gold.campaign_conversions", "gold.customer_activity")}
+            "gold.segment_membership", "gold.campaign_daily", "gold.campaign_minute", "gold.campaign_conversions",
+            "gold.customer_activity")}
         self.writes = BatchWrites(self.paths, self._app)
         self._ready = False
         self._identity_state: IdentityState | None = None
@@ -476,7 +477,8 @@ class SpeedSink:
             members = realtime_members(definitions, base, window, as_of).select("segment", "customer_id")
             # One row per evaluated segment without a customer: the evaluation instant, so that serving
             # tells "evaluated, no member" from "not evaluated since the batch".
-            evaluated = spark.createDataFrame([(d.name, None) for d in definitions], "segment string, customer_id string")
+            evaluated = spark.createDataFrame([(d.name, None) for d in definitions],
+                                              "segment string, customer_id string")
             snapshot = (members.unionByName(evaluated).withColumn("as_of", F.lit(as_of).cast("timestamp"))
                         .withColumn("silver_version", F.lit(version).cast("long")))
             self._overwrite(snapshot.select(*SCHEMAS["speed.segment_membership"].fieldNames()),
@@ -592,7 +594,7 @@ def start_stream(spark: SparkSession, settings: Settings, query_name: str = "spe
     what is there and stops."""
     start_version = enable_change_feed(spark, settings)
     checkpoint = f"{settings.checkpoint_root}/{query_name}"
-    if start_version > 0 and not _has_checkpoint(spark, checkpoint):
+    if start_version > 0 and not has_checkpoint(checkpoint):
         bootstrap(spark, settings, start_version, query_name, views)
     if views in ("all", "customers"):
         realtime_definitions(settings)  # a bad real-time segment fails the start, not a micro-batch
@@ -610,9 +612,3 @@ def start_stream(spark: SparkSession, settings: Settings, query_name: str = "spe
     return writer.start()
 
 
-def _has_checkpoint(spark: SparkSession, checkpoint: str) -> bool:
-    from pathlib import Path
-
-    if "://" in checkpoint and not checkpoint.startswith("file://"):
-        return True  # remote checkpoints: assume present, never bootstrap twice
-    return (Path(checkpoint.removeprefix("file://")) / "offsets").exists()

@@ -72,6 +72,32 @@ def test_stream_dedups_across_batches_and_reconciles(spark, tmp_path, kafka_topi
         assert b["bronze"] == b["silver"] + b["quarantine"] + b["duplicates"]
 
 
+def test_a_lost_checkpoint_is_refused_instead_of_dropping_the_batches_it_numbered(spark, tmp_path, kafka_topic):
+    """A new checkpoint numbers batches from 0 again, and the sink skips every id silver already holds
+    as written: the records of those batches were dropped without a trace. The stream now refuses to
+    start, and under a new query name it reads the topic again, the copies dropped by event id."""
+    import shutil
+
+    from touchpoint.streaming.ingest import start_stream
+
+    settings = load_settings(lake_root=str(tmp_path / "lake"), spark_shuffle_partitions=2)
+    produce(settings, kafka_topic, [page_view(i) for i in range(3)])
+    drain(spark, settings, kafka_topic)
+    shutil.rmtree(f"{settings.checkpoint_root}/ingest")
+    produce(settings, kafka_topic, [page_view(i) for i in range(3, 6)])
+    with pytest.raises(RuntimeError) as error:
+        start_stream(spark, settings, topic=kafka_topic, query_name="ingest", trigger_once=True)
+    assert str(error.value) == (
+        f"ingest query 'ingest': its checkpoint {settings.checkpoint_root}/ingest is missing, but silver holds "
+        "its batches up to 0; restore the checkpoint, or start the stream under a new query name (--query-name) to "
+        "read the topic again from stream.starting_offsets (events already in silver are dropped as duplicates by "
+        "event_id)")
+    query = start_stream(spark, settings, topic=kafka_topic, query_name="ingest-again", trigger_once=True)
+    query.awaitTermination(300)
+    assert query.exception() is None, query.exception()
+    assert sorted(r["event_id"] for r in rows(settings, "silver.events")) == [f"pv-{i}" for i in range(6)]
+
+
 def test_silver_has_its_change_feed_from_creation_so_the_speed_layer_commits_nothing(spark, tmp_path, kafka_topic):
     from touchpoint.streaming.speed import change_feed_start, enable_change_feed
 

@@ -236,3 +236,13 @@ def checkpoint_with_own_size(frame):
                         plan.stream(), session, jvm.scala.Some(own_stats), no_constraints)
     datasets = getattr(getattr(jvm.org.apache.spark.sql.classic, "Dataset$"), "MODULE$")
     return DataFrame(datasets.ofRows(session, resized), spark)
+
+
+def has_checkpoint(checkpoint: str) -> bool:
+    """Whether a streaming query's checkpoint folder holds offsets. A remote one (s3a://) is taken
+    as present: never bootstrap or refuse on a guess."""
+    from pathlib import Path
+
+    if "://" in checkpoint and not checkpoint.startswith("file://"):
+        return True
+    return (Path(checkpoint.removeprefix("file://")) / "offsets").exists()
