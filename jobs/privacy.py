@@ -119,6 +119,18 @@ class Subject:
         return values
 
 
+def _read_every_namespace(spark: SparkSession, settings: Settings, name: str) -> DataFrame | None:
+    """A gold table's rows in the published namespace and every staging namespace present."""
+    frames = [spark.read.format("delta").load(path) for path in namespace_paths(spark, TABLES[name], settings)
+              if is_delta(spark, path)]
+    if not frames:
+        return None
+    union = frames[0]
+    for frame in frames[1:]:
+        union = union.unionByName(frame, allowMissingColumns=True)
+    return union
+
+
 def _read_latest(spark: SparkSession, path: str) -> DataFrame | None:
     return spark.read.format("delta").load(path) if is_delta(spark, path) else None
 
@@ -128,7 +140,9 @@ def resolve_subject(spark: SparkSession, settings: Settings, identifier_type: st
     from touchpoint.jobs.identity_rules import Guardrails, held_back_reason
 
     subject = Subject((identifier_type, identifier_sha256))
-    identity_map = _read_latest(spark, table_path("gold.identity_map", settings))
+    # Every namespace's map: a pipeline run staged before this erasure may know the person under an id
+    # the published map does not have yet, and would publish their profile, credits and membership.
+    identity_map = _read_every_namespace(spark, settings, "gold.identity_map")
     if identity_map is not None:
         if identifier_type == "customer_id":
             seed = identity_map.where(hashed_value_in(F.col("customer_id"), [identifier_sha256]))
@@ -210,7 +224,7 @@ def _provisional_ids(spark: SparkSession, identifiers: set[tuple[str, str]]) -> 
 
 def _merged_into(spark: SparkSession, settings: Settings, customer_ids: set[str]) -> set[str]:
     """Retired ids whose merges ended in one of `customer_ids` (followed back through chains)."""
-    merges = _read_latest(spark, table_path("gold.identity_merges", settings))
+    merges = _read_every_namespace(spark, settings, "gold.identity_merges")
     if merges is None or not customer_ids:
         return set()
     found, frontier = set(), set(customer_ids)

@@ -222,3 +222,34 @@ def test_an_erasure_removes_the_speed_rows_filed_under_a_provisional_id(spark, s
 
     assert result["status"] == "erased" and result["rows_removed"]["speed.customer_activity"] == 2
     assert [r["customer_id"] for r in spark.read.format("delta").load(path).collect()] == [provisional("email", "bo@x.io")]
+
+
+def test_an_erasure_finds_a_person_that_only_a_staged_run_knows(spark, settings):
+    """A pipeline run staged D before the erasure: its identity map and profiles know a person new
+    since the last publish, under an id the published map lacks. Before, the erasure resolved no id,
+    the staged profile stayed, and the publish put it (with its email hash) into gold."""
+    from touchpoint.core.catalog import table_path
+    from touchpoint.jobs.pipeline import staging_settings
+    from touchpoint.jobs.privacy import erase
+
+    staged = staging_settings(settings, dt.date(2026, 3, 1))
+    at = SILVER_AT.replace(tzinfo=None)
+    map_schema = "identifier_type string, identifier_value string, customer_id string, first_seen timestamp, " \
+                 "last_seen timestamp"
+    spark.createDataFrame([("email", "bo@x.io", "cus_bo", at, at)], map_schema).write.format("delta").save(
+        table_path("gold.identity_map", settings))
+    spark.createDataFrame([("email", "bo@x.io", "cus_bo", at, at), ("email", "ann@x.io", "cus_ann", at, at)],
+                          map_schema).write.format("delta").save(table_path("gold.identity_map", staged))
+    profiles = "customer_id string, email_sha256 string, phone_sha256 string"
+    spark.createDataFrame([("cus_bo", sha("bo@x.io"), None), ("cus_ann", sha("ann@x.io"), None),
+                           ("cus_zed", sha("zed@x.io"), sha("+447700900123"))], profiles) \
+        .write.format("delta").save(table_path("gold.customer_profiles", staged))
+
+    result = erase(spark, settings, "email", sha("ann@x.io"))
+
+    assert result["customer_ids"] == ["cus_ann"]
+    left = spark.read.format("delta").load(table_path("gold.customer_profiles", staged))
+    assert sorted(r["customer_id"] for r in left.collect()) == ["cus_bo", "cus_zed"]
+    # a profile is also found by its identifiers' hashes, whatever its id
+    assert erase(spark, settings, "phone", sha("+447700900123"))["rows_removed"] == {
+        "gold.customer_profiles@d20260301": 1}
