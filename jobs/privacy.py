@@ -241,16 +241,19 @@ def _merged_into(spark: SparkSession, settings: Settings, customer_ids: set[str]
 # ---- row predicates per declared subject column -----------------------------------------------------
 
 def _payload_matcher(subject: Subject):
-    """A pandas UDF: does a raw payload belong to the subject? Parsed payloads match by hashed
-    identifiers exactly as silver normalises them; unparseable ones by substring of a known value."""
+    """A pandas UDF: does a raw payload belong to the subject? By hashed identifiers, as silver
+    normalises them and as the lenient token scan finds them anywhere in the bytes (the ingest's
+    suppression check); a payload that does not parse also by substring of a known value."""
     suppression = Suppression(frozenset(subject.hashes))
     needles = [v.lower().encode("utf-8") for v in subject.texts()]
 
     def matches(payload: bytes | None) -> bool:
         if payload is None:
             return False
+        if suppression.matches_payload(payload):
+            return True
         if payload_identifiers(payload):
-            return suppression.matches_payload(payload)
+            return False
         lowered = bytes(payload).lower()
         return any(needle in lowered for needle in needles)
 

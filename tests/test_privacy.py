@@ -51,6 +51,32 @@ def test_suppression_matches_by_type_and_hash_only():
     assert withheld_payload(b"x") == b"erased-subject-payload-sha256:" + hashlib.sha256(b"x").hexdigest().encode()
 
 
+@pytest.mark.parametrize("payload", [
+    b'{"event_id": "e1", "email": "Ann@X.io", "note": "\xff"}',  # not UTF-8
+    b'{"event_id": "e1", "email": "Ann@X.io", "event_ty',  # truncated
+    b'\xef\xbb\xbf{"email": "Ann@X.io"}',  # a byte order mark
+    b'{"email": ["Ann@X.io"]}',  # the wrong JSON type
+    b'{"event_type": "signup", "user_id": "u9", "properties": {"email": "ann@x.io"}}',  # not an identifier field
+    b'{"user_id": "u9", "phone": "07700 900123", "context": {"country": "GB"}, "x": [',  # a national phone
+    b'{"anonymous_id": "d1", "context": {"page_url": "https://x/?tel=%2B447700900123"}} +44 7700 900123',
+])
+def test_the_suppression_finds_raw_identifiers_in_payloads_that_do_not_parse_as_silver_reads_them(payload):
+    """Before, only the four identifier fields of a payload that parsed were compared: every one of
+    these was stored with the erased person's raw email or phone (in quarantine, or in bronze)."""
+    suppression = Suppression(frozenset({("email", sha("ann@x.io")), ("phone", sha("+447700900123"))}))
+    assert suppression.matches_payload(payload)
+    assert not Suppression(frozenset({("email", sha("bo@x.io"))})).matches_payload(payload)
+
+
+def test_the_lenient_scan_reads_identifier_keys_and_escapes():
+    from touchpoint.core.privacy import payload_tokens
+
+    assert payload_tokens(b'{"user_id": "u\\u0031", "anonymous_id": " d-1 ", "event_ty') == {
+        ("user_id", "u1"), ("anonymous_id", "d-1")}
+    assert payload_tokens(b"no identifiers here, +1 2") == set()
+    assert payload_tokens(None) == set()
+
+
 def test_pii_columns_are_excluded_from_statistics_on_every_restricted_table(spark, settings):
     """Create every restricted table through ensure_table with a schema holding its PII columns and
     check the Delta property names none of them (so _delta_log never holds their values)."""
@@ -253,3 +279,24 @@ def test_an_erasure_finds_a_person_that_only_a_staged_run_knows(spark, settings)
     # a profile is also found by its identifiers' hashes, whatever its id
     assert erase(spark, settings, "phone", sha("+447700900123"))["rows_removed"] == {
         "gold.customer_profiles@d20260301": 1}
+
+
+def test_an_erasure_removes_a_quarantined_payload_that_does_not_parse(spark, settings):
+    """The person is in no table but the quarantine, in a truncated payload. Before, nothing resolved
+    them (no identifiers to search by substring) and the raw email stayed: status not_found."""
+    from touchpoint.core.catalog import table_path
+    from touchpoint.jobs.privacy import erase
+    from touchpoint.schemas.lake import QUARANTINE_SCHEMA
+
+    rows = [(b'{"event_id": "q1", "email": "Ann@X.io", "event_ty', "truncated_json", "JSON ends early", None, "1.0.0",
+             "events.raw", 0, 1, SILVER_AT, SILVER_AT, SILVER_AT.date()),
+            (b'{"event_id": "q2", "email": "bo@x.io", "event_ty', "truncated_json", "JSON ends early", None, "1.0.0",
+             "events.raw", 0, 2, SILVER_AT, SILVER_AT, SILVER_AT.date())]
+    path = table_path("silver.quarantine", settings)
+    spark.createDataFrame(rows, QUARANTINE_SCHEMA).write.format("delta").save(path)
+
+    result = erase(spark, settings, "email", sha("ann@x.io"))
+
+    assert (result["status"], result["rows_removed"]) == ("erased", {"silver.quarantine": 1})
+    assert [bytes(r["payload"]) for r in spark.read.format("delta").load(path).collect()] == [
+        b'{"event_id": "q2", "email": "bo@x.io", "event_ty']

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from typing import Iterable
 
@@ -83,6 +84,46 @@ def payload_identifiers(payload: bytes | None) -> list[tuple[str, str]]:
     return found
 
 
+# The lenient scan: identifiers wherever they are written in the raw bytes, parseable or not (a
+# truncated or non-UTF-8 payload, an id of the wrong JSON type, an email in `properties`).
+_EMAIL_TOKEN = re.compile(rb"[A-Za-z0-9._%+\-]+@[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)+")
+_KEYED_VALUE = re.compile(rb'"(anonymous_id|user_id|email|phone)"\s*:\s*\[?\s*"((?:[^"\\]|\\.){1,512})"')
+_COUNTRY_VALUE = re.compile(rb'"country"\s*:\s*"\s*([A-Za-z]{2})\s*"')
+_INTERNATIONAL_PHONE = re.compile(rb"\+\d[\d \t().\-]{5,24}\d")
+
+
+def payload_tokens(payload: bytes | None) -> set[tuple[str, str]]:
+    """(type, normalised value) of every identifier-looking token of a raw payload, read leniently:
+    emails anywhere, the values of the four identifier keys, international phone numbers."""
+    if not payload:
+        return set()
+    found: set[tuple[str, str]] = set()
+
+    def add(kind: str, raw: bytes, country: str | None = None) -> None:
+        text = raw.decode("utf-8", "replace")
+        try:
+            text = json.loads(f'"{text}"')  # JSON escapes, as a parser would read them
+        except ValueError:
+            pass
+        try:
+            value = normalise_identifier(kind, text, country)
+            if value is not None:
+                value.encode("utf-8")
+                found.add((kind, value))
+        except Exception:  # an odd token is no identifier, not a failed batch
+            pass
+
+    country = _COUNTRY_VALUE.search(payload)
+    region = country.group(1).decode("ascii").upper() if country else None
+    for match in _EMAIL_TOKEN.finditer(payload):
+        add("email", match.group(0))
+    for match in _KEYED_VALUE.finditer(payload):
+        add(match.group(1).decode("ascii"), match.group(2), region)
+    for match in _INTERNATIONAL_PHONE.finditer(payload):
+        add("phone", match.group(0))
+    return found
+
+
 def hashed_identifiers(identifiers: Iterable[tuple[str, str]]) -> set[tuple[str, str]]:
     return {(kind, sha256_hex(value)) for kind, value in identifiers}
 
@@ -100,7 +141,10 @@ class Suppression:
         return any(pair in self.hashes for pair in hashed_identifiers(identifiers))
 
     def matches_payload(self, payload: bytes | None) -> bool:
-        return bool(self.hashes) and self.matches_identifiers(payload_identifiers(payload))
+        """The payload's identifiers as silver reads them, or any identifier-looking token in it
+        (`payload_tokens`): a payload that does not parse still holds raw values to withhold."""
+        return bool(self.hashes) and (self.matches_identifiers(payload_identifiers(payload))
+                                      or self.matches_identifiers(payload_tokens(payload)))
 
 
 def withheld_payload(payload: bytes | None) -> bytes:
