@@ -496,20 +496,24 @@ def _redact_state_row(row: dict, raw_values: set[str]) -> dict:
     return {k: (None if isinstance(v, str) and v in raw_values else v) for k, v in row.items()}
 
 
-def rewrite_export_files(settings: Settings, subject: Subject, request_id: str) -> int:
+def rewrite_export_files(settings: Settings, subject: Subject, request_id: str) -> tuple[int, dict[str, str]]:
     """Drop the subject's rows from every local export file (CSV, JSONL, diff state), blanking raw
-    identifiers in the last run's state instead, and record the rewrite in each manifest."""
+    identifiers in the last run's state instead, and record the rewrite in each manifest. Returns
+    the files rewritten and, per rewritten run (by the path gold.export_log gives it), the SHA-256
+    of its manifest now."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     from touchpoint.jobs import export_files as files
 
+    from touchpoint.jobs.exports import published_root
+
     values = subject.export_values()
     raw_values = {value for _, value in subject.identifiers}
     if not values:
-        return 0
+        return 0, {}
     refers = lambda row: any(isinstance(v, str) and v in values for v in row.values())  # noqa: E731
-    rewritten = 0
+    rewritten, manifests = 0, {}
     for root in _export_roots(settings):
         for destination_folder in sorted(p for p in root.glob("*/*") if p.is_dir() and not p.name.startswith("_")):
             runs = files.committed_runs(destination_folder)
@@ -544,7 +548,26 @@ def rewrite_export_files(settings: Settings, subject: Subject, request_id: str) 
                     (run_folder / files.MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n",
                                                              encoding="utf-8")
                     rewritten += len(changed)
-    return rewritten
+                    # a staged run is logged under the published path it is released to
+                    logged_as = published_root(settings) / run_folder.relative_to(root)
+                    manifests[str(logged_as)] = files.sha256_file(run_folder / files.MANIFEST)
+    return rewritten, manifests
+
+
+def _log_rewritten_manifests(spark: SparkSession, settings: Settings, manifests: dict[str, str]) -> None:
+    """gold.export_log's manifest_sha256 of each rewritten run, in every namespace, follows its
+    manifest: a run checked against its log row still verifies after an erasure."""
+    from delta.tables import DeltaTable
+
+    if not manifests:
+        return
+    updates = spark.createDataFrame(sorted(manifests.items()), "path string, manifest_sha256 string")
+    for path in namespace_paths(spark, TABLES["gold.export_log"], settings):
+        if is_delta(spark, path):
+            with_retries(lambda: (DeltaTable.forPath(spark, path).alias("t")
+                                  .merge(updates.alias("s"), "t.path = s.path")
+                                  .whenMatchedUpdate(set={"manifest_sha256": "s.manifest_sha256"}).execute()),
+                         "export log MERGE")
 
 
 def _filter_file(path: Path, refers) -> tuple[int, int]:
@@ -639,7 +662,8 @@ def _erase(spark: SparkSession, settings: Settings, identifier_type: str, identi
     if any(name.startswith("gold.identity_") for name in removed):
         reconcile_identity_runs(spark, settings)
 
-    exports_rewritten = rewrite_export_files(settings, subject, request_id)
+    exports_rewritten, manifests = rewrite_export_files(settings, subject, request_id)
+    _log_rewritten_manifests(spark, settings, manifests)
     # A first erasure purges every subject table (earlier versions of a table may hold the person even
     # when the current one does not); once they are unknown, only tables that lost rows now.
     bookkeeping = [n for n in PRIVACY_TABLES if n != "gold.erasure_log"]  # the log is purged once written

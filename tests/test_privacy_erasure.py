@@ -196,6 +196,17 @@ def test_f_everybody_else_is_unchanged(world, erased):
         assert before[name] and after[name] == before[name], name
 
 
+def test_c2_each_rewritten_run_still_verifies_against_its_export_log_row(spark, world, erased):
+    """The erasure rewrote the files and manifests of the runs that held the person; each log row's
+    manifest_sha256 follows (before, it kept the original's and the run no longer verified)."""
+    logged = read(spark, world["settings"], "gold.export_log").collect()
+    rewritten = [r for r in logged if "erasures" in json.loads((Path(r["path"]) / "manifest.json").read_text())]
+    assert {r["destination"] for r in rewritten} == world["in_destinations"]
+    for row in logged:
+        manifest = (Path(row["path"]) / "manifest.json").read_bytes()
+        assert hashlib.sha256(manifest).hexdigest() == row["manifest_sha256"], row["path"]
+
+
 def test_d_next_export_removes_them_everywhere_they_were_without_raw_pii(spark, world, erased):
     settings, root = world["settings"], world["exports_root"]
     build(spark, settings, NEXT, ("identity", "profiles", "segments"))
