@@ -117,12 +117,10 @@ def publish(spark: SparkSession, settings: Settings, logical_date: dt.date) -> d
         raise RuntimeError(f"publish {logical_date}: nothing is staged at {staging}; re-run the date from "
                            "prepare_staging (was it removed while the run went on?)")
 
-    newer_cuts = _serving_tables_with_a_newer_cut(settings, logical_date)
-
     def publish_table(name: str) -> str | None:
         source, target = TABLES[name].path(staged), TABLES[name].path(settings)
-        if not is_delta(spark, source) or name in newer_cuts:
-            return None  # nothing staged, or a backfill's older serving cut (below)
+        if not is_delta(spark, source):
+            return None  # nothing staged
         history = _compare_histories(source, target)
         if history in ("same", "behind"):
             return None  # no job committed to the copy, or it is published already (a retried publish)
@@ -152,23 +150,8 @@ def publish(spark: SparkSession, settings: Settings, logical_date: dt.date) -> d
     expired = expire_speed_rows(spark, settings)  # speed rows the published batch now holds
     # Staging is a full copy of gold (raw PII included): never keep it around, on any file system.
     remove_tree(spark, staging)
-    summary = {"published": published, "exports_released": released, "speed_rows_expired": expired,
-               "high_water_mark": as_of_for(logical_date).isoformat()}
-    if newer_cuts:
-        summary["kept_newer_cut"] = sorted(newer_cuts)
-    return summary
-
-
-def _serving_tables_with_a_newer_cut(settings: Settings, logical_date: dt.date) -> set[str]:
-    """The serving views' batch tables whose published cut H is later than this date's. Publishing a
-    backfill's older cut would move serving back to it, while the speed rows between the two cuts
-    are already expired: those days would vanish from serving until the latest date ran again. The
-    newer tables stay; they hold every event below their H, this date's included."""
-    from touchpoint.core.serving import SCHEMAS, read_cut
-
-    as_of = as_of_for(logical_date)
-    cut_tables = [name for name, schema in SCHEMAS.items() if "batch_as_of" in schema.fieldNames()]
-    return {name for name in cut_tables if (read_cut(settings, name)[0] or as_of) > as_of}
+    return {"published": published, "exports_released": released, "speed_rows_expired": expired,
+            "high_water_mark": as_of_for(logical_date).isoformat()}
 
 
 PUBLISH_THREADS = 4
