@@ -53,19 +53,28 @@ def test_without_erased_subjects_only_rejected_records_keep_their_payload(spark)
 def test_unpaired_surrogates_and_deep_nesting_are_quarantined_not_a_failed_batch(spark):
     """`\ud800` is valid JSON that no UTF-8 column can store: before, the record passed the validator
     and failed its micro-batch at every restart (and, once someone was erased, so did a payload
-    nested too deep for the suppression check). A pair of escapes is one character and is kept."""
+    nested too deep for the suppression check). In an id it is refused; elsewhere replaced by U+FFFD.
+    A pair of escapes is one character and is kept."""
     lone = rb'{"event_id": "e\ud800", "event_type": "page_view", "event_ts": "2026-03-02T10:00:00Z", "anonymous_id": "a"}'
     lone_email = rb'{"event_id": "e2", "event_type": "page_view", "event_ts": "2026-03-02T10:00:00Z", "email": "\udc00@y.z"}'
     pair = rb'{"event_id": "e3", "event_type": "page_view", "event_ts": "2026-03-02T10:00:00Z", "email": "\ud83d\ude00@y.z"}'
+    # a title cut mid-emoji by a browser: not an id, so the event is kept with U+FFFD in its place
+    cut = (rb'{"event_id": "e4", "event_type": "page_view", "event_ts": "2026-03-02T10:00:00Z", "email": "c@y.z", '
+           rb'"context": {"page_url": "https://shop.example/?utm_source=news&utm_medium=email&utm_campaign=Sale%20"},'
+           rb' "campaign": {"name": "Sale \ud83d"}}')
     deep = b"[" * 100_000 + b"]" * 100_000
     suppression = Suppression(frozenset({("email", hashlib.sha256(b"x@y.z").hexdigest())}))
     for erased in (Suppression(), suppression):
-        assert validated(spark, [lone, lone_email, pair, deep], erased) == [
+        assert validated(spark, [lone, lone_email, pair, cut, deep], erased) == [
             (lone, "invalid_unicode", None, None, None),
-            (lone_email, "invalid_unicode", None, None, None),
+            (lone_email, "invalid_unicode", None, None, "e2"),
             (pair if erased else None, None, "\U0001F600@y.z", dt.datetime(2026, 3, 2, 10), None),
+            (cut if erased else None, None, "c@y.z", dt.datetime(2026, 3, 2, 10), None),
             (deep, "not_json", None, None, None),
         ]
+    from touchpoint.core.events import validate_payload
+
+    assert validate_payload(cut, ARRIVAL)["campaign_name"] == "Sale \ufffd"
 
 
 def test_a_validated_record_arrow_cannot_hold_is_quarantined_with_its_payload(monkeypatch):

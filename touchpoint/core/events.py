@@ -367,23 +367,42 @@ def decode(payload: bytes | None) -> dict:
         raise Rejected("not_json", f"JSON that cannot be read: {str(error).split(';')[0]}") from None
     if not isinstance(event, dict):
         raise Rejected("not_object", f"JSON is a {type(event).__name__}, not an object")
-    if _SURROGATE_ESCAPE.search(text) and not _encodes(event):
-        raise Rejected("invalid_unicode", "a string holds an unpaired UTF-16 surrogate escape (\\ud800-\\udfff), "
-                                          "which is no character and cannot be stored")
+    if _SURROGATE_ESCAPE.search(text):
+        event = _without_lone_surrogates(event)
     return event
 
 
 # A \uD800-\uDFFF escape. A pair of them is one character; an unpaired one parses into a Python
 # str that no UTF-8 column can hold, so the batch writing it would fail at every restart.
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")  # json.loads has already joined every valid pair
+# Values kept exactly, as keys: a replaced character could make two of them one.
+_EXACT_FIELDS = ("event_id", "anonymous_id", "user_id", "email", "phone")
 
 
-def _encodes(event: dict) -> bool:
-    try:
-        json.dumps(event, ensure_ascii=False).encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
+def _without_lone_surrogates(event: dict) -> dict:
+    """The event with each unpaired surrogate replaced by U+FFFD (a title cut mid-emoji by a browser
+    is still a page view); in an id or identifier, or the order id, the event is rejected instead."""
+    properties = event.get("properties")
+    exact = [(name, event.get(name)) for name in _EXACT_FIELDS]
+    exact.append(("properties.order_id", properties.get("order_id") if isinstance(properties, dict) else None))
+    broken = [name for name, value in exact if isinstance(value, str) and _LONE_SURROGATE.search(value)]
+    if broken:
+        event_id = event.get("event_id") if "event_id" not in broken and isinstance(event.get("event_id"), str) \
+            else None
+        raise Rejected("invalid_unicode", f"'{broken[0]}' holds an unpaired UTF-16 surrogate escape "
+                                          "(\\ud800-\\udfff), which is no character; ids are kept exactly", event_id)
+
+    def clean(value: Any) -> Any:
+        if isinstance(value, str):
+            return _LONE_SURROGATE.sub("\ufffd", value)
+        if isinstance(value, dict):
+            return {clean(key): clean(item) for key, item in value.items()}
+        if isinstance(value, list):
+            return [clean(item) for item in value]
+        return value
+
+    return clean(event)
 
 
 def _looks_truncated(text: str) -> bool:
