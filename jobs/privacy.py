@@ -50,8 +50,8 @@ from touchpoint.core.delta import (
     commit_metadata, ensure_table, gold_write_lock, is_delta, latest_version, rs_table, subfolders,
 )
 from touchpoint.core.privacy import (
-    IDENTIFIER_TYPES, REQUEST_TYPES, Suppression, hashed_value_in, load_suppression, payload_identifiers,
-    request_identifier, sha256_hex,
+    IDENTIFIER_TYPES, REQUEST_TYPES, Suppression, hashed_identifiers, hashed_value_in, load_suppression,
+    payload_identifiers, request_identifier, sha256_hex,
 )
 
 log = logging.getLogger(__name__)
@@ -165,14 +165,20 @@ def resolve_subject(spark: SparkSession, settings: Settings, identifier_type: st
     # The guardrails are as of the last identity run: a device may have become shared since. Its
     # other users are other people, so it must not carry the closure to them (BRIEF §5: a shared
     # device links nothing); it is checked against silver as it stands before it is followed.
-    held_back |= _shared_devices_now(silver, subject.identifiers, guardrails)
+    requested_devices = set()
+    if subject.requested[0] == "anonymous_id":  # a shared device asked for itself: its own customer only
+        requested_devices = {("anonymous_id", r[0]) for r in silver.where(
+            hashed_value_in(F.col("anonymous_id"), [subject.requested[1]])).select("anonymous_id").distinct().collect()}
+    held_back |= _shared_devices_now(silver, subject.identifiers | requested_devices, guardrails)
     subject.identifiers -= held_back
     wanted = dict.fromkeys(IDENTIFIER_TYPES)
     for _ in range(MAX_CLOSURE_ROUNDS):
-        # events carrying any identifier known so far (by hash), and the identifiers they carry
+        # events carrying any identifier known so far (by hash), and the identifiers they carry; the
+        # rows of a held-back identifier are still erased, but it leads to nobody else
+        quiet = hashed_identifiers(held_back & requested_devices)
         hit = F.lit(False)
         for kind in IDENTIFIER_TYPES:
-            hit = hit | hashed_value_in(F.col(kind), subject.hashes_of(kind))
+            hit = hit | hashed_value_in(F.col(kind), subject.hashes_of(kind) - {h for k, h in quiet if k == kind})
         pairs = F.explode(F.array(*[F.struct(F.lit(k).alias("t"), F.col(k).alias("v"),
                                              held_back_reason(F.col(k), guardrails.blocklist).alias("held"))
                                     for k in wanted]))

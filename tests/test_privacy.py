@@ -223,6 +223,25 @@ def test_a_device_shared_since_the_last_identity_run_does_not_carry_an_erasure_t
         "e2", "e3", "e4", "e5"]
 
 
+def test_an_erasure_asked_for_a_shared_device_erases_its_rows_but_not_its_other_users(spark, settings):
+    """Forgetting the shared device itself: every row carrying it goes (no value may keep it), and
+    the device-only customer with it; its other users are other people, not the subject."""
+    from touchpoint.core.catalog import table_path
+    from touchpoint.core.privacy import load_suppression
+    from touchpoint.jobs.privacy import erase
+    from touchpoint.schemas.lake import SILVER_SCHEMA
+
+    rows = [*[silver_row(f"e{i}", user_id=f"u{i}", anonymous_id="dev-1") for i in range(1, 6)],
+            silver_row("e6", anonymous_id="dev-1"), silver_row("e7", user_id="u2", email="bo@x.io")]
+    path = table_path("silver.events", settings)
+    spark.createDataFrame(rows, SILVER_SCHEMA).write.format("delta").save(path)
+
+    erase(spark, settings, "anonymous_id", sha("dev-1"))
+
+    assert [r["event_id"] for r in spark.read.format("delta").load(path).collect()] == ["e7"]
+    assert load_suppression(table_path("privacy.suppression", settings)).hashes == {("anonymous_id", sha("dev-1"))}
+
+
 def test_an_erasure_removes_the_speed_rows_filed_under_a_provisional_id(spark, settings):
     """A person first seen after the last batch: the speed layer files them under a provisional id
     (no customer id of the identity map). Before, the erasure resolved none and left those rows."""
