@@ -267,29 +267,37 @@ def run(spark: SparkSession, settings: Settings, logical_date: dt.date, full_reb
 
         changes = {"merges": 0, "splits": 0}
         # A rerun of D whose previous state is gone (VACUUM; a re-staged object-store lake) has only
-        # the map as it stands to compare with: D's own output or a later date's, against which D's
-        # merges and splits are nothing or another date's. The slices D's earlier run logged stay.
+        # the map as it stands to compare with. The slices D's earlier run logged against D-1's
+        # state stay; when D is the latest date run, the map as it stands is D's own earlier output,
+        # and what the rerun changes against it (a late event's merge) is logged beside them. Against
+        # a later date's map the diff would be another date's, so nothing is added then.
         rerun_without_state = (base is not None and previous_state is None
                                and any(row["logical_date"] == logical_date for row in runs))
-        if rerun_without_state:
-            for name in changes:
-                path = paths[f"gold.identity_{name}"]
-                changes[name] = (spark.read.format("delta").load(path).where(this_run).count()
-                                 if is_delta(spark, path) else 0)
-        elif previous_map is not None:
+        diff = previous_map is not None and (not rerun_without_state or runs[0]["logical_date"] == logical_date)
+        frames = {}
+        if diff:
             compare_previous = result.compare_previous
             if compare_previous is None:
                 compare_previous = previous_map
             retired_ids, split_ids = id_changes(compare_previous, result.compare_new)
-            retired = checkpoint(linking_events(retired_ids, compare_previous, result.compare_new,
-                                                result.new_linking_edges, result.new_nodes)
-                                 .withColumn("as_of", F.lit(as_of)))
-            splits = checkpoint(split_ids.withColumn("as_of", F.lit(as_of)))
-            for name, frame, schema in (("merges", retired, MERGES_SCHEMA), ("splits", splits, SPLITS_SCHEMA)):
-                path = paths[f"gold.identity_{name}"]
-                changes[name] = frame.count()
-                if changes[name] or is_delta(spark, path):  # an empty slice still replaces a rerun's rows
-                    write_slice(frame, path, schema, f"gold.identity_{name}", this_run)
+            frames["merges"] = (linking_events(retired_ids, compare_previous, result.compare_new,
+                                               result.new_linking_edges, result.new_nodes)
+                                .withColumn("as_of", F.lit(as_of)))
+            frames["splits"] = split_ids.withColumn("as_of", F.lit(as_of))
+        for name, schema in (("merges", MERGES_SCHEMA), ("splits", SPLITS_SCHEMA)):
+            path = paths[f"gold.identity_{name}"]
+            logged = (spark.read.format("delta").load(path).where(this_run).select(*schema.fieldNames())
+                      if rerun_without_state and is_delta(spark, path) else None)
+            if name not in frames:
+                changes[name] = logged.count() if logged is not None else 0
+                continue
+            frame = frames[name].select(*schema.fieldNames())
+            if logged is not None:
+                frame = logged.unionByName(frame).dropDuplicates(["old_customer_id", "new_customer_id"])
+            frame = checkpoint(frame)  # materialised before the slice it may read is replaced
+            changes[name] = frame.count()
+            if changes[name] or is_delta(spark, path):  # an empty slice still replaces a rerun's rows
+                write_slice(frame, path, schema, f"gold.identity_{name}", this_run)
 
         edges = write_snapshot(result.edges.withColumn("as_of", F.lit(as_of)), paths["gold.identity_edges"],
                                EDGES_SCHEMA, "gold.identity_edges")

@@ -299,7 +299,8 @@ def test_a_rerun_without_the_previous_state_keeps_the_merges_its_date_logged(spa
 
     cid = expected_customer_id
     append_silver(spark, settings, [_ev("r1", ts(1, 9), anonymous_id="r-a1", user_id="r-u1"),
-                                    _ev("r2", ts(1, 10), anonymous_id="r-a2")])
+                                    _ev("r2", ts(1, 10), anonymous_id="r-a2"),
+                                    _ev("r4", ts(1, 11), anonymous_id="r-a4")])
     identity.run(spark, settings, date(1))
     append_silver(spark, settings, [_ev("r3", ts(2, 9), anonymous_id="r-a2", user_id="r-u1")])
     assert identity.run(spark, settings, date(2))["merges"] == 1
@@ -315,6 +316,14 @@ def test_a_rerun_without_the_previous_state_keeps_the_merges_its_date_logged(spa
         "full", "previous state not found", 1, 0)
     assert _merges(spark, settings) == [merge]
     assert identity_rows(spark, settings) == kept
+
+    # A late event of day 2 merges r-a4 too: against the map as it stands (day 2's own output, the
+    # latest date run) the rerun logs that merge beside the one kept.
+    append_silver(spark, settings, [_ev("r5", ts(2, 12), anonymous_id="r-a4", user_id="r-u1")])
+    again = identity.run(spark, settings, date(2))
+    assert (again["mode"], again["merges"]) == ("full", 2)
+    assert _merges(spark, settings) == sorted(
+        [merge, (cid("anonymous_id", "r-a4"), cid("anonymous_id", "r-a1"), ts(2, 12), "r5", "merge", ts(3))])
 
 
 def test_an_id_whose_origin_is_blocklisted_is_logged_against_the_customers_of_the_rest(spark, settings):
