@@ -268,12 +268,14 @@ def run(spark: SparkSession, settings: Settings, logical_date: dt.date, full_reb
         changes = {"merges": 0, "splits": 0}
         # A rerun of D whose previous state is gone (VACUUM; a re-staged object-store lake) has only
         # the map as it stands to compare with. The slices D's earlier run logged against D-1's
-        # state stay; when D is the latest date run, the map as it stands is D's own earlier output,
-        # and what the rerun changes against it (a late event's merge) is logged beside them. Against
-        # a later date's map the diff would be another date's, so nothing is added then.
+        # state stay; when the state as it stands is D's own earlier output (its rows and as-of, as
+        # the run log recorded them), what the rerun changes against it (a late event's merge) is
+        # logged beside them. Against another date's map the diff would be that date's: none then.
         rerun_without_state = (base is not None and previous_state is None
                                and any(row["logical_date"] == logical_date for row in runs))
-        diff = previous_map is not None and (not rerun_without_state or runs[0]["logical_date"] == logical_date)
+        own_output = rerun_without_state and locate_state(
+            paths, previous_run(runs, logical_date + dt.timedelta(days=1)), current_only=True) is not None
+        diff = previous_map is not None and (not rerun_without_state or own_output)
         frames = {}
         if diff:
             compare_previous = result.compare_previous

@@ -189,8 +189,9 @@ def locate_version(path: str, recorded: int, rows: int, as_of: dt.datetime | Non
     return None
 
 
-def locate_state(paths: dict[str, str], base: BaseRun) -> dict[str, int] | None:
+def locate_state(paths: dict[str, str], base: BaseRun, current_only: bool = False) -> dict[str, int] | None:
     """Delta versions of the identity state tables that hold the base run's output, or None.
+    `current_only`: only if the tables as they stand hold it.
 
     The versions the run recorded are right when the tables were written in place. Under the
     pipeline's write-audit-publish the tables are staged copies and published copies with other
@@ -204,7 +205,7 @@ def locate_state(paths: dict[str, str], base: BaseRun) -> dict[str, int] | None:
     }
     recorded = {"gold.identity_map": base.identity_map_version, "gold.identity_edges": base.identity_edges_version,
                 "gold.identity_guardrails": base.identity_guardrails_version}
-    candidates = [recorded]
+    candidates = [] if current_only else [recorded]
     try:
         candidates.append({name: latest_version(None, paths[name]) for name in recorded})
     except Exception:

@@ -140,10 +140,22 @@ def resolve_subject(spark: SparkSession, settings: Settings, identifier_type: st
     from touchpoint.jobs.identity_rules import Guardrails, held_back_reason
 
     subject = Subject((identifier_type, identifier_sha256))
+    silver = _read_latest(spark, table_path("silver.events", settings))
+    guardrails = Guardrails.from_settings(settings.identity)
+    held = _read_latest(spark, table_path("gold.identity_guardrails", settings))
+    held_back = {(r[0], r[1]) for r in held.select("identifier_type", "identifier_value").collect()} if held else set()
+    # A shared device asked for itself is its own customer only. One that became shared since the
+    # last identity run is still filed under one of its users' customers in the map: not followed.
+    requested_devices = set()
+    if identifier_type == "anonymous_id" and silver is not None:
+        requested_devices = {("anonymous_id", r[0]) for r in silver.where(
+            hashed_value_in(F.col("anonymous_id"), [identifier_sha256])).select("anonymous_id").distinct().collect()}
+    newly_shared = (_shared_devices_now(silver, requested_devices, guardrails) - held_back
+                    if requested_devices else set())
     # Every namespace's map: a pipeline run staged before this erasure may know the person under an id
     # the published map does not have yet, and would publish their profile, credits and membership.
     identity_map = _read_every_namespace(spark, settings, "gold.identity_map")
-    if identity_map is not None:
+    if identity_map is not None and not newly_shared:
         if identifier_type == "customer_id":
             seed = identity_map.where(hashed_value_in(F.col("customer_id"), [identifier_sha256]))
         else:
@@ -156,20 +168,12 @@ def resolve_subject(spark: SparkSession, settings: Settings, identifier_type: st
                 F.col("customer_id").isin(sorted(subject.customer_ids)))
                 .select("identifier_type", "identifier_value").distinct().collect()}
 
-    silver = _read_latest(spark, table_path("silver.events", settings))
     if silver is None:
         return subject
-    guardrails = Guardrails.from_settings(settings.identity)
-    held = _read_latest(spark, table_path("gold.identity_guardrails", settings))
-    held_back = {(r[0], r[1]) for r in held.select("identifier_type", "identifier_value").collect()} if held else set()
     # The guardrails are as of the last identity run: a device may have become shared since. Its
     # other users are other people, so it must not carry the closure to them (BRIEF §5: a shared
     # device links nothing); it is checked against silver as it stands before it is followed.
-    requested_devices = set()
-    if subject.requested[0] == "anonymous_id":  # a shared device asked for itself: its own customer only
-        requested_devices = {("anonymous_id", r[0]) for r in silver.where(
-            hashed_value_in(F.col("anonymous_id"), [subject.requested[1]])).select("anonymous_id").distinct().collect()}
-    held_back |= _shared_devices_now(silver, subject.identifiers | requested_devices, guardrails)
+    held_back |= _shared_devices_now(silver, subject.identifiers | requested_devices, guardrails) | newly_shared
     subject.identifiers -= held_back
     wanted = dict.fromkeys(IDENTIFIER_TYPES)
     for _ in range(MAX_CLOSURE_ROUNDS):
@@ -193,9 +197,10 @@ def resolve_subject(spark: SparkSession, settings: Settings, identifier_type: st
     if identity_map is not None and subject.identifiers:
         # identifiers found in silver may belong to a customer the map knows under another id
         by_hash = F.lit(False)
+        quiet = hashed_identifiers(held_back & requested_devices)
         for kind in IDENTIFIER_TYPES:
-            by_hash = by_hash | ((F.col("identifier_type") == kind)
-                                 & hashed_value_in(F.col("identifier_value"), subject.hashes_of(kind)))
+            hashes = subject.hashes_of(kind) - {h for k, h in quiet if k == kind}
+            by_hash = by_hash | ((F.col("identifier_type") == kind) & hashed_value_in(F.col("identifier_value"), hashes))
         subject.customer_ids |= {r[0] for r in identity_map.where(by_hash).select("customer_id").distinct().collect()}
     subject.customer_ids |= _provisional_ids(spark, subject.identifiers)
     return subject

@@ -56,7 +56,7 @@ def test_suppression_matches_by_type_and_hash_only():
     b'{"event_id": "e1", "email": "Ann@X.io", "event_ty',  # truncated
     b'\xef\xbb\xbf{"email": "Ann@X.io"}',  # a byte order mark
     b'{"email": ["Ann@X.io"]}',  # the wrong JSON type
-    b'{"event_type": "signup", "user_id": "u9", "properties": {"email": "ann@x.io"}}',  # not an identifier field
+    b'{"event_id": "e1", "email": ["Ann@X.io"], "user_id": ["u9"]}',  # no identifier that can be read
     b'{"user_id": "u9", "phone": "07700 900123", "context": {"country": "GB"}, "x": [',  # a national phone
     b'{"anonymous_id": "d1", "context": {"page_url": "https://x/?tel=%2B447700900123"}} +44 7700 900123',
 ])
@@ -66,6 +66,16 @@ def test_the_suppression_finds_raw_identifiers_in_payloads_that_do_not_parse_as_
     suppression = Suppression(frozenset({("email", sha("ann@x.io")), ("phone", sha("+447700900123"))}))
     assert suppression.matches_payload(payload)
     assert not Suppression(frozenset({("email", sha("bo@x.io"))})).matches_payload(payload)
+
+
+def test_a_readable_event_is_matched_by_its_own_identifiers_only():
+    """Bob's event mentions Ann (a referrer, a nested key, a note): it is Bob's, and quarantining it
+    when Ann is erased would lose Bob's data. The token scan reads whole addresses only."""
+    ann = Suppression(frozenset({("email", sha("ann@x.io")), ("user_id", sha("42")), ("email", sha("brien@x.io"))}))
+    for payload in (b'{"user_id": "bob", "context": {"referrer": "https://mail.example/?to=ann@x.io"}}',
+                    b'{"user_id": "bob", "properties": {"seller": {"user_id": "42"}, "email": "ann@x.io"}}',
+                    b'{"email": "o\'brien@x.io", "event_ty'):  # not the tail of another address
+        assert not ann.matches_payload(payload), payload
 
 
 def test_the_lenient_scan_reads_identifier_keys_and_escapes():
@@ -232,13 +242,22 @@ def test_an_erasure_asked_for_a_shared_device_erases_its_rows_but_not_its_other_
     from touchpoint.schemas.lake import SILVER_SCHEMA
 
     rows = [*[silver_row(f"e{i}", user_id=f"u{i}", anonymous_id="dev-1") for i in range(1, 6)],
-            silver_row("e6", anonymous_id="dev-1"), silver_row("e7", user_id="u2", email="bo@x.io")]
+            silver_row("e6", anonymous_id="dev-1"), silver_row("e7", user_id="u2", email="bo@x.io"),
+            silver_row("e8", email="ann@x.io")]
     path = table_path("silver.events", settings)
     spark.createDataFrame(rows, SILVER_SCHEMA).write.format("delta").save(path)
+    # the last identity run saw dev-1 with u1 only: the map still files it under u1's customer
+    at = SILVER_AT.replace(tzinfo=None)
+    spark.createDataFrame([(t, v, "cus_u1", at, at) for t, v in (("anonymous_id", "dev-1"), ("user_id", "u1"),
+                                                                 ("email", "ann@x.io"))],
+                          "identifier_type string, identifier_value string, customer_id string, first_seen timestamp, "
+                          "last_seen timestamp").write.format("delta").save(table_path("gold.identity_map", settings))
 
-    erase(spark, settings, "anonymous_id", sha("dev-1"))
+    result = erase(spark, settings, "anonymous_id", sha("dev-1"))
 
-    assert [r["event_id"] for r in spark.read.format("delta").load(path).collect()] == ["e7"]
+    assert sorted(r["event_id"] for r in spark.read.format("delta").load(path).collect()) == ["e7", "e8"]
+    assert result["customer_ids"] == [] and len(
+        spark.read.format("delta").load(table_path("gold.identity_map", settings)).collect()) == 2
     assert load_suppression(table_path("privacy.suppression", settings)).hashes == {("anonymous_id", sha("dev-1"))}
 
 

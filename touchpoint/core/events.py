@@ -388,8 +388,8 @@ def _without_lone_surrogates(event: dict) -> dict:
     exact.append(("properties.order_id", properties.get("order_id") if isinstance(properties, dict) else None))
     broken = [name for name, value in exact if isinstance(value, str) and _LONE_SURROGATE.search(value)]
     if broken:
-        event_id = event.get("event_id") if "event_id" not in broken and isinstance(event.get("event_id"), str) \
-            else None
+        event_id = clean_id(event.get("event_id")) \
+            if "event_id" not in broken and isinstance(event.get("event_id"), str) else None
         raise Rejected("invalid_unicode", f"'{broken[0]}' holds an unpaired UTF-16 surrogate escape "
                                           "(\\ud800-\\udfff), which is no character; ids are kept exactly", event_id)
 

@@ -84,9 +84,13 @@ def payload_identifiers(payload: bytes | None) -> list[tuple[str, str]]:
     return found
 
 
-# The lenient scan: identifiers wherever they are written in the raw bytes, parseable or not (a
-# truncated or non-UTF-8 payload, an id of the wrong JSON type, an email in `properties`).
-_EMAIL_TOKEN = re.compile(rb"[A-Za-z0-9._%+\-]+@[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)+")
+# The lenient scan, for payloads whose identifier fields cannot be read (truncated, not UTF-8, an id
+# of the wrong JSON type). The local part takes every character an address may hold (RFC 5322 atext,
+# and any non-ASCII byte), so a token is a whole address, never the tail of another one; the bounds
+# and the look-behind keep the scan linear on a hostile megabyte of letters.
+_ATEXT = rb"A-Za-z0-9!#$%&'*+/=?^_`{|}~.\-\x80-\xff"
+_EMAIL_TOKEN = re.compile(rb"(?<![" + _ATEXT + rb"])[" + _ATEXT + rb"]{1,64}"
+                          rb"@[A-Za-z0-9\-]{1,63}(?:\.[A-Za-z0-9\-]{1,63}){1,8}")
 _KEYED_VALUE = re.compile(rb'"(anonymous_id|user_id|email|phone)"\s*:\s*\[?\s*"((?:[^"\\]|\\.){1,512})"')
 _COUNTRY_VALUE = re.compile(rb'"country"\s*:\s*"\s*([A-Za-z]{2})\s*"')
 _INTERNATIONAL_PHONE = re.compile(rb"\+\d[\d \t().\-]{5,24}\d")
@@ -141,10 +145,14 @@ class Suppression:
         return any(pair in self.hashes for pair in hashed_identifiers(identifiers))
 
     def matches_payload(self, payload: bytes | None) -> bool:
-        """The payload's identifiers as silver reads them, or any identifier-looking token in it
-        (`payload_tokens`): a payload that does not parse still holds raw values to withhold."""
-        return bool(self.hashes) and (self.matches_identifiers(payload_identifiers(payload))
-                                      or self.matches_identifiers(payload_tokens(payload)))
+        """By the payload's identifiers as silver reads them; when it has none that can be read (it
+        does not parse, or they are of the wrong JSON type), by the identifier-looking tokens in it
+        (`payload_tokens`). A readable event is matched by its own identifiers only: another
+        person's email in its referrer must not make it theirs."""
+        if not self.hashes:
+            return False
+        identifiers = payload_identifiers(payload)
+        return self.matches_identifiers(identifiers if identifiers else payload_tokens(payload))
 
 
 def withheld_payload(payload: bytes | None) -> bytes:
