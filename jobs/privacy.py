@@ -200,7 +200,8 @@ def resolve_subject(spark: SparkSession, settings: Settings, identifier_type: st
         quiet = hashed_identifiers(held_back & requested_devices)
         for kind in IDENTIFIER_TYPES:
             hashes = subject.hashes_of(kind) - {h for k, h in quiet if k == kind}
-            by_hash = by_hash | ((F.col("identifier_type") == kind) & hashed_value_in(F.col("identifier_value"), hashes))
+            by_hash = by_hash | ((F.col("identifier_type") == kind)
+                                 & hashed_value_in(F.col("identifier_value"), hashes))
         subject.customer_ids |= {r[0] for r in identity_map.where(by_hash).select("customer_id").distinct().collect()}
     subject.customer_ids |= _provisional_ids(spark, subject.identifiers)
     return subject
@@ -253,8 +254,9 @@ def _merged_into(spark: SparkSession, settings: Settings, customer_ids: set[str]
 
 def _payload_matcher(subject: Subject):
     """A pandas UDF: does a raw payload belong to the subject? By hashed identifiers, as silver
-    normalises them and as the lenient token scan finds them anywhere in the bytes (the ingest's
-    suppression check); a payload that does not parse also by substring of a known value."""
+    normalises them, or for a payload whose identifier fields cannot be read as the lenient token
+    scan finds them (the ingest's suppression check); such a payload also by substring of a known
+    value."""
     suppression = Suppression(frozenset(subject.hashes))
     needles = [v.lower().encode("utf-8") for v in subject.texts()]
 
@@ -516,7 +518,6 @@ def rewrite_export_files(settings: Settings, subject: Subject, request_id: str) 
     import pyarrow.parquet as pq
 
     from touchpoint.jobs import export_files as files
-
     from touchpoint.jobs.exports import published_root
 
     values = subject.export_values()
