@@ -63,11 +63,20 @@ def run_job(name: str, logical_date: dt.date, settings=None, spark=None) -> dict
 
 
 def main(argv: list[str] | None = None) -> int:
+    from touchpoint.core.config import ConfigError, get_settings
+
     parser = argparse.ArgumentParser(prog="touchpoint.jobs.runner")
     parser.add_argument("job", choices=sorted(JOBS))
     parser.add_argument("--date", required=True, type=dt.date.fromisoformat, help="logical date D (UTC)")
     args = parser.parse_args(argv)
-    summary = run_job(args.job, args.date)
+    if args.date >= dt.date.max:  # its as-of, the next midnight, does not exist
+        parser.error(f"--date must be a day before 9999-12-31, got {args.date}")
+    try:
+        settings = get_settings()
+    except ConfigError as error:  # one line naming the key, as the CLI prints it
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    summary = run_job(args.job, args.date, settings=settings)
     print(json.dumps({"job": args.job, "date": args.date.isoformat(), **summary}, default=str))
     return 0
 

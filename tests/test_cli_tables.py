@@ -57,6 +57,13 @@ def test_bad_arguments_are_refused_before_spark_starts(tmp_path):
         ("ingest", "--file", str(tmp_path / "day.jsonl.gz")):
             f"--file: compressed input, not JSONL text: {tmp_path / 'day.jsonl.gz'}; decompress it first (gunzip -k FILE)",
         ("demo", "--customers", "0"): "Invalid value for '--customers': Input should be greater than or equal to 1",
+        # before, Spark started and the job's ValueError ended in a traceback
+        ("export", "--segment", "Bad!", "--destination", "esp"):
+            "--segment 'Bad!' is no segment name: a lowercase letter, then lowercase letters, digits, '_'",
+        ("export", "--segment", "vip", "--destination", "esp", "--run-id", "a/b"):
+            "--run-id 'a/b': letters, digits, '.', '_' and '-' only",
+        ("report", "--date", "2026-01-01", "--days", "-5"):
+            "Invalid value for '--days': Input should be greater than or equal to 1",
     }
     for args, message in cases.items():
         result = subprocess.run([sys.executable, "-m", "touchpoint", *args], capture_output=True, text=True, env=env)

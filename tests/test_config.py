@@ -80,6 +80,25 @@ def test_cli_reports_bad_config_in_one_line(tmp_path):
     assert "key 'spark_master'" in lines[0] and "mesos://x" in lines[0]
 
 
+@pytest.mark.parametrize(("entry", "shown"), [
+    (["-m", "touchpoint", "tables", "--json"], "error: invalid configuration: key 'spark_master' (env "
+                                               "TOUCHPOINT_SPARK_MASTER): expected local[N], spark://host:port, yarn "
+                                               "or k8s://..., got 'local[x]'"),
+    # the spark-submit entry point: one line and exit 2 too, not a traceback
+    (["-m", "touchpoint.jobs.runner", "identity", "--date", "2026-01-01"], "error: invalid configuration: key "
+     "'spark_master' (env TOUCHPOINT_SPARK_MASTER): expected local[N], spark://host:port, yarn or k8s://..., got "
+     "'local[x]'"),
+])
+def test_a_bad_value_is_shown_as_written_by_every_entry_point(tmp_path, entry, shown):
+    """`[x]` in a value was read as rich markup and vanished ("got 'local'")."""
+    config = tmp_path / "touchpoint.toml"
+    config.write_text("")
+    result = subprocess.run([sys.executable, *entry], capture_output=True, text=True,
+                            env={"TOUCHPOINT_CONFIG": str(config), "TOUCHPOINT_SPARK_MASTER": "local[x]",
+                                 "PATH": "/usr/bin:/bin"})
+    assert (result.returncode, [line for line in result.stderr.splitlines() if line.strip()]) == (2, [shown])
+
+
 def test_a_misspelt_variable_a_missing_config_file_and_unreadable_values_name_themselves(monkeypatch, tmp_path):
     """Each used to load the defaults silently, or to raise without naming the variable or file."""
     monkeypatch.setenv("TOUCHPOINT_LAKEROOT", "/elsewhere")
@@ -115,11 +134,24 @@ def test_a_misspelt_variable_a_missing_config_file_and_unreadable_values_name_th
     ("reporting_currency", "AFN", "'AFN' has no exchange rate in fx_rates.csv; use one of AED, AUD, BRL,"),
     ("lake_root", "", "expected a folder or a bucket (s3a://bucket/lake), got ''"),
     ("lake_root", "s3a://", "expected a folder or a bucket (s3a://bucket/lake), got 's3a://'"),
+    # accepted before, failing only once Spark ran
+    ("spark_driver_memory", "lots", "String should match pattern '^[1-9][0-9]*[kmgtKMGT]?$', got 'lots'"),
+    ("kafka_topic", "bad topic", "String should match pattern '^[A-Za-z0-9._\\-]{1,249}$', got 'bad topic'"),
+    ("spark_master", "local[0]", "expected local[N], spark://host:port, yarn or k8s://..., got 'local[0]'"),
 ])
 def test_values_that_would_fail_every_event_or_write_fail_at_load(key, value, message):
     with pytest.raises(ConfigError) as error:
         load_settings(**{key: value})
     assert str(error.value).startswith(f"invalid configuration: key '{key}' (env TOUCHPOINT_{key.upper()}): {message}")
+
+
+def test_an_infinite_number_fails_at_load(monkeypatch):
+    """`gt=0` let `inf` through; the attribution job then crashed on round(inf)."""
+    monkeypatch.setenv("TOUCHPOINT_ATTRIBUTION__LOOKBACK_DAYS", "inf")
+    with pytest.raises(ConfigError) as error:
+        load_settings()
+    assert str(error.value) == ("invalid configuration: key 'attribution.lookback_days' (env "
+                                "TOUCHPOINT_ATTRIBUTION__LOOKBACK_DAYS): Input should be a finite number, got 'inf'")
 
 
 @pytest.mark.parametrize(("kinds", "message"), [

@@ -18,11 +18,17 @@ console = Console()
 err_console = Console(stderr=True, soft_wrap=True)
 
 
+def _error(message: str) -> None:
+    """One error line; the message is printed as text (a `[...]` in a value is no rich markup)."""
+    err_console.print("[red]error:[/red] ", end="")
+    err_console.print(message, markup=False, highlight=False)
+
+
 def _settings():
     try:
         return get_settings()
     except ConfigError as error:
-        err_console.print(f"[red]error:[/red] {error}")
+        _error(f"{error}")
         raise typer.Exit(2) from None
 
 
@@ -35,7 +41,7 @@ def _date_option(text: str):
     except ValueError:
         day = None
     if day is None or day >= dt.date.max:
-        err_console.print(f"[red]error:[/red] --date must be a day YYYY-MM-DD before 9999-12-31, got {text!r}")
+        _error(f"--date must be a day YYYY-MM-DD before 9999-12-31, got {text!r}")
         raise typer.Exit(2)
     return day
 
@@ -213,7 +219,7 @@ def _await_queries(queries: list, label: str, checkpoint_root: str) -> None:
             query.stop()
     failed = [query for query in queries if query.exception() is not None]
     for query in failed:
-        err_console.print(f"[red]error:[/red] {label} query {query.name} failed: {query.exception()}")
+        _error(f"{label} query {query.name} failed: {query.exception()}")
     if failed:
         raise typer.Exit(1)
 
@@ -235,7 +241,7 @@ def stream_speed(
     from touchpoint.streaming.speed import VIEWS, start_queries
 
     if views not in VIEWS:
-        err_console.print(f"[red]error:[/red] --views must be one of {', '.join(VIEWS)}, got {views!r}")
+        _error(f"--views must be one of {', '.join(VIEWS)}, got {views!r}")
         raise typer.Exit(2)
     settings = _settings()
     _log_batches()
@@ -246,7 +252,7 @@ def stream_speed(
     try:
         queries = start_queries(spark, settings, query_name=query_name, trigger_once=available_now, views=views)
     except ValueError as error:
-        err_console.print(f"[red]error:[/red] {error}")
+        _error(f"{error}")
         raise typer.Exit(2) from None
     _await_queries(queries, "speed", settings.checkpoint_root)
 
@@ -259,12 +265,12 @@ def query_command(sql: str = typer.Argument(..., help="SQL over any table or ser
     from touchpoint.core.serving import query
 
     if output not in ("table", "csv", "json"):
-        err_console.print(f"[red]error:[/red] --format must be table, csv or json, got {output!r}")
+        _error(f"--format must be table, csv or json, got {output!r}")
         raise typer.Exit(2)
     try:
         result = query(_settings(), sql)
     except Exception as error:  # duckdb's parser/binder errors name the problem
-        err_console.print(f"[red]error:[/red] {error}")
+        _error(f"{error}")
         raise typer.Exit(1) from None
     rows = result.to_pylist()
     if output == "json":
@@ -292,7 +298,7 @@ def ingest(file: str = typer.Option(..., "--file", help="a JSONL file or a folde
     try:
         input_files(file)  # before Spark starts: a wrong path or a compressed file is a clean error
     except (OSError, ValueError) as error:
-        err_console.print(f"[red]error:[/red] --file: {error}")
+        _error(f"--file: {error}")
         raise typer.Exit(2) from None
     spark = get_spark("touchpoint-ingest", settings=settings)
     with console.status(f"ingesting {file}"):
@@ -311,7 +317,7 @@ def run(job: str = typer.Argument(..., help="identity | profiles | attribution |
     from touchpoint.jobs.runner import JOBS, run_job
 
     if job not in JOBS:
-        err_console.print(f"[red]error:[/red] unknown job {job!r}; known jobs: {', '.join(sorted(JOBS))}")
+        _error(f"unknown job {job!r}; known jobs: {', '.join(sorted(JOBS))}")
         raise typer.Exit(2)
     logical_date = _date_option(date)
     settings = _settings()
@@ -335,10 +341,10 @@ def submit(target: list[str] = typer.Argument(..., help="JOB (as for `run`), or 
         try:
             app_args = spark_submit.job_args(target[0], date)
         except ValueError as error:
-            err_console.print(f"[red]error:[/red] {error}")
+            _error(f"{error}")
             raise typer.Exit(2) from None
     else:
-        err_console.print("[red]error:[/red] expected `submit JOB --date D` or `submit stream ingest|speed`")
+        _error("expected `submit JOB --date D` or `submit stream ingest|speed`")
         raise typer.Exit(2)
     with console.status("packaging the project"):
         command = spark_submit.compose(app_args, settings=settings, entry=entry)
@@ -356,15 +362,20 @@ def export(segment: str = typer.Option(..., "--segment", help="segment name (a f
            full: bool = typer.Option(False, "--full", help="a full export instead of adds/removes"),
            run_id: Optional[str] = typer.Option(None, "--run-id", help="re-running a run id changes nothing")) -> None:
     """Export a segment's members to an activation destination: hashed, consent-checked, atomic."""
+    from touchpoint.core.segments import NAME_PATTERN
     from touchpoint.core.spark import get_spark
-    from touchpoint.jobs.exports import export_segment
-
     from touchpoint.jobs.export_destinations import DESTINATIONS
+    from touchpoint.jobs.exports import RUN_ID_PATTERN, export_segment
 
     logical_date = _date_option(date) if date else None
     if destination not in DESTINATIONS:
-        err_console.print(f"[red]error:[/red] --destination {destination!r} is unknown; use one of "
-                          f"{', '.join(DESTINATIONS)}")
+        _error(f"--destination {destination!r} is unknown; use one of {', '.join(DESTINATIONS)}")
+        raise typer.Exit(2)
+    if not NAME_PATTERN.match(segment):  # checked before Spark starts, as the job checks them
+        _error(f"--segment {segment!r} is no segment name: a lowercase letter, then lowercase letters, digits, '_'")
+        raise typer.Exit(2)
+    if run_id is not None and not RUN_ID_PATTERN.match(run_id):
+        _error(f"--run-id {run_id!r}: letters, digits, '.', '_' and '-' only")
         raise typer.Exit(2)
     settings = _settings()
     spark = get_spark("touchpoint-export", settings=settings)
@@ -385,13 +396,13 @@ def forget(email: Optional[str] = typer.Option(None, "--email", help="the person
     given = [(kind, value) for kind, value in (("email", email), ("phone", phone), ("user_id", user_id),
                                                ("customer_id", customer_id)) if value is not None]
     if len(given) != 1:
-        err_console.print("[red]error:[/red] give exactly one of --email, --phone, --user-id, --customer-id")
+        _error("give exactly one of --email, --phone, --user-id, --customer-id")
         raise typer.Exit(2)
     kind, value = given[0]
     try:
         request_identifier(kind, value)  # validate before starting Spark
     except ValueError as error:
-        err_console.print(f"[red]error:[/red] {error}")
+        _error(f"{error}")
         raise typer.Exit(2) from None
     from touchpoint.core.spark import get_spark
     from touchpoint.jobs.privacy import enqueue, forget as erase_person
@@ -433,13 +444,13 @@ def collect(host: Optional[str] = typer.Option(None, help="bind address (default
     try:
         serve(settings, host=host, port=port, topic=topic)
     except ValueError as error:  # no API keys configured, or a bad keys file
-        err_console.print(f"[red]error:[/red] {error}")
+        _error(f"{error}")
         raise typer.Exit(2) from None
 
 
 @app.command()
 def report(date: str = typer.Option(..., "--date", help="report date D, YYYY-MM-DD (UTC)"),
-           days: int = typer.Option(30, help="days of history in the charts, ending on D")) -> None:
+           days: int = typer.Option(30, min=1, help="days of history in the charts, ending on D")) -> None:
     """Analyst report: one self-contained HTML page of charts from the gold tables (no JVM)."""
     from touchpoint.report import write_report
 
@@ -451,7 +462,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     try:
         app(args=argv)
     except ConfigError as error:
-        err_console.print(f"[red]error:[/red] {error}")
+        _error(f"{error}")
         sys.exit(2)
 
 

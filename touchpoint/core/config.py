@@ -33,7 +33,7 @@ class ConfigError(ValueError):
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)  # inf passed gt=0, then crashed
 
 
 class AttributionSettings(_Section):
@@ -182,6 +182,7 @@ class Settings(BaseSettings):
         env_nested_delimiter="__",
         extra="forbid",
         frozen=True,
+        allow_inf_nan=False,
     )
 
     state_dir: Path = Field(Path(".state"), description="git-ignored folder for jars, broker data, checkpoints")
@@ -192,10 +193,12 @@ class Settings(BaseSettings):
                                 "runs jobs against a staging namespace, then publishes into 'gold'")
     kafka_bootstrap: str = "127.0.0.1:9092"
     kafka_controller_port: int = Field(9093, gt=0, lt=65536)
-    kafka_topic: str = "events.raw"
+    kafka_topic: str = Field("events.raw", pattern=r"^[A-Za-z0-9._\-]{1,249}$",
+                             description="Kafka topic name: letters, digits, '.', '_', '-'")
     kafka_partitions: int = Field(2, ge=1)
     spark_master: str = "local[2]"
-    spark_driver_memory: str = "2g"
+    spark_driver_memory: str = Field("2g", pattern=r"^[1-9][0-9]*[kmgtKMGT]?$",
+                                     description="JVM size, e.g. 2g or 512m")
     spark_shuffle_partitions: int = Field(4, ge=1)
     spark_ui: bool = False
     spark_jvm_options: str = Field("", description="more JVM options for Spark drivers, executors and the local "
@@ -262,7 +265,7 @@ class Settings(BaseSettings):
     @field_validator("spark_master")
     @classmethod
     def _spark_master(cls, value: str) -> str:
-        if not re.match(r"^(local(\[(\*|\d+)\])?|spark://.+|yarn|k8s://.+)$", value):
+        if not re.match(r"^(local(\[(\*|[1-9]\d*)\])?|spark://.+|yarn|k8s://.+)$", value):
             raise ValueError(f"expected local[N], spark://host:port, yarn or k8s://..., got {value!r}")
         return value
 
