@@ -32,10 +32,9 @@ def erase_queued(**context) -> dict:
 
 @task(task_id="verify")
 def verify() -> dict:
-    from touchpoint.core.config import get_settings
     from touchpoint.jobs.privacy import verify_erasure_log
 
-    return verify_erasure_log(get_settings())
+    return verify_erasure_log()
 
 
 @dag(

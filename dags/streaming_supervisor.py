@@ -29,19 +29,17 @@ micro-batch is older than `max_lag_seconds`, the task fails, which is the alert 
 def streaming_supervisor():
     @task
     def supervise_ingest(**context):
-        from touchpoint.core.config import get_settings
         from touchpoint.streaming.supervisor import supervise
 
         now = context["dag_run"].run_after
-        return supervise(get_settings(), "ingest", now, float(context["params"]["max_lag_seconds"]))
+        return supervise(None, "ingest", now, float(context["params"]["max_lag_seconds"]))
 
     @task
     def supervise_speed(**context):
-        from touchpoint.core.config import get_settings
         from touchpoint.streaming.supervisor import supervise
 
         now = context["dag_run"].run_after
-        return supervise(get_settings(), "speed", now, float(context["params"]["max_lag_seconds"]))
+        return supervise(None, "speed", now, float(context["params"]["max_lag_seconds"]))
 
     supervise_ingest()
     supervise_speed()

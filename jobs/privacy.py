@@ -767,11 +767,15 @@ def run(spark: SparkSession, settings: Settings, logical_date: dt.date) -> dict:
 
 
 
-def verify_erasure_log(settings: Settings) -> dict:
+def verify_erasure_log(settings: Settings | None = None) -> dict:
     """Every hashed identifier of every logged erasure is on the suppression list (read with
-    delta-rs: no Spark job). Raises when one is missing, which would let the person come back."""
+    delta-rs: no Spark job). Raises when one is missing, which would let the person come back.
+    `touchpoint verify-erasures` and the privacy_erasure DAG; settings from the environment."""
     from deltalake.exceptions import TableNotFoundError
 
+    from touchpoint.core.config import get_settings
+
+    settings = settings or get_settings()
     try:
         logged = rs_table(table_path("gold.erasure_log", settings)).to_pyarrow_table(
             columns=["request_id", "identifiers"]).to_pylist()

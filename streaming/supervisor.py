@@ -66,8 +66,12 @@ def start_detached(settings: Settings, name: str) -> int:
     return spawn([sys.executable, "-m", "touchpoint", *QUERIES[name][0]], log, _pid_file(settings, name))
 
 
-def supervise(settings: Settings, name: str, now: dt.datetime, max_lag_seconds: float) -> dict:
-    """Restart a dead query; raise StreamStale (a failed task, an alert) when a live one is stale."""
+def supervise(settings: Settings | None, name: str, now: dt.datetime, max_lag_seconds: float) -> dict:
+    """Restart a dead query; raise StreamStale (a failed task, an alert) when a live one is stale.
+    `touchpoint stream supervise` and the streaming_supervisor DAG; settings None: from the environment."""
+    from touchpoint.core.config import get_settings
+
+    settings = settings or get_settings()
     state = health(settings, name, now)
     if not state.alive:
         pid = start_detached(settings, name)

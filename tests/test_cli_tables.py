@@ -64,6 +64,7 @@ def test_bad_arguments_are_refused_before_spark_starts(tmp_path):
             "--run-id 'a/b': letters, digits, '.', '_' and '-' only",
         ("report", "--date", "2026-01-01", "--days", "-5"):
             "Invalid value for '--days': Input should be greater than or equal to 1",
+        ("stream", "supervise", "spedd"): "QUERY must be one of ingest, speed, got 'spedd'",
     }
     for args, message in cases.items():
         result = subprocess.run([sys.executable, "-m", "touchpoint", *args], capture_output=True, text=True, env=env)
@@ -71,3 +72,13 @@ def test_bad_arguments_are_refused_before_spark_starts(tmp_path):
         assert (result.returncode, "Traceback" in output) == (2, False), (args, result.stderr[-800:])
         assert message in output, (args, output)
     assert not (tmp_path / "state").exists() and not (tmp_path / "lake").exists()
+
+
+def test_the_dags_checks_run_from_the_cli_too(tmp_path):
+    """BRIEF §1: nothing happens only inside Airflow. The privacy_erasure DAG's check, on a lake
+    without erasures: nothing to verify, exit 0."""
+    env = {"TOUCHPOINT_LAKE_ROOT": str(tmp_path / "lake"), "PATH": "/usr/bin:/bin",
+           "TOUCHPOINT_CONFIG": empty_config(tmp_path)}
+    result = subprocess.run([sys.executable, "-m", "touchpoint", "verify-erasures"], capture_output=True, text=True,
+                            env=env)
+    assert (result.returncode, json.loads(result.stdout)) == (0, {"erasures": 0, "suppressed": 0}), result.stderr

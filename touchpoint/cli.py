@@ -384,6 +384,40 @@ def export(segment: str = typer.Option(..., "--segment", help="segment name (a f
     console.print_json(json.dumps(result, default=str))
 
 
+@stream_app.command("supervise")
+def stream_supervise(query: str = typer.Argument(..., help="ingest | speed"),
+                     max_lag_seconds: float = typer.Option(600, min=1, help="stale beyond this many seconds")) -> None:
+    """Restart the query if it is dead; exit 1 naming it if it is alive but stale (the
+    streaming_supervisor DAG's task, from a shell or cron)."""
+    import datetime as dt
+
+    from touchpoint.streaming.supervisor import QUERIES, StreamStale, supervise
+
+    if query not in QUERIES:
+        _error(f"QUERY must be one of {', '.join(QUERIES)}, got {query!r}")
+        raise typer.Exit(2)
+    try:
+        result = supervise(_settings(), query, dt.datetime.now(dt.timezone.utc), max_lag_seconds)
+    except StreamStale as error:
+        _error(f"{error}")
+        raise typer.Exit(1) from None
+    console.print_json(json.dumps(result, default=str))
+
+
+@app.command("verify-erasures")
+def verify_erasures() -> None:
+    """Check that every identifier of every logged erasure is on the suppression list (the
+    privacy_erasure DAG's last task; no Spark). Exit 1 naming the requests that are not."""
+    from touchpoint.jobs.privacy import verify_erasure_log
+
+    try:
+        result = verify_erasure_log(_settings())
+    except RuntimeError as error:
+        _error(f"{error}")
+        raise typer.Exit(1) from None
+    console.print_json(json.dumps(result))
+
+
 @app.command()
 def forget(email: Optional[str] = typer.Option(None, "--email", help="the person's email"),
            phone: Optional[str] = typer.Option(None, "--phone", help="the person's phone, international (+...)"),
