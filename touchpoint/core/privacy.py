@@ -76,7 +76,8 @@ def payload_identifiers(payload: bytes | None) -> list[tuple[str, str]]:
             continue
         try:
             value = normalise_identifier(kind, str(raw), country)
-            value.encode("utf-8") if value is not None else None  # an unpaired surrogate: quarantined
+            if value is not None:
+                value.encode("utf-8")  # raises on an unpaired surrogate: the validator quarantines that
         except Exception:  # phonenumbers on odd input: the identifier is unusable, not the payload
             value = None
         if value is not None:
