@@ -152,9 +152,12 @@ def resolve_subject(spark: SparkSession, settings: Settings, identifier_type: st
             hashed_value_in(F.col("anonymous_id"), [identifier_sha256])).select("anonymous_id").distinct().collect()}
     newly_shared = (_shared_devices_now(silver, requested_devices, guardrails) - held_back
                     if requested_devices else set())
-    # Every namespace's map: a pipeline run staged before this erasure may know the person under an id
-    # the published map does not have yet, and would publish their profile, credits and membership.
+    # Customer ids from every namespace's map: a pipeline run staged before this erasure may know the
+    # person under an id the published map does not have yet, and would publish their profile,
+    # credits and membership. Identifiers from the published map only (then silver): a staged map
+    # left behind (a failed audit) may be stale, and must not hand the person someone else's.
     identity_map = _read_every_namespace(spark, settings, "gold.identity_map")
+    published_map = _read_latest(spark, table_path("gold.identity_map", settings))
     if identity_map is not None and not newly_shared:
         if identifier_type == "customer_id":
             seed = identity_map.where(hashed_value_in(F.col("customer_id"), [identifier_sha256]))
@@ -163,8 +166,8 @@ def resolve_subject(spark: SparkSession, settings: Settings, identifier_type: st
                                       & hashed_value_in(F.col("identifier_value"), [identifier_sha256]))
         subject.customer_ids |= {r[0] for r in seed.select("customer_id").distinct().collect()}
         subject.customer_ids |= _merged_into(spark, settings, subject.customer_ids)
-        if subject.customer_ids:
-            subject.identifiers |= {(r[0], r[1]) for r in identity_map.where(
+        if subject.customer_ids and published_map is not None:
+            subject.identifiers |= {(r[0], r[1]) for r in published_map.where(
                 F.col("customer_id").isin(sorted(subject.customer_ids)))
                 .select("identifier_type", "identifier_value").distinct().collect()}
 
