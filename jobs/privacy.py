@@ -179,10 +179,10 @@ def resolve_subject(spark: SparkSession, settings: Settings, identifier_type: st
     held_back |= _shared_devices_now(silver, subject.identifiers | requested_devices, guardrails) | newly_shared
     subject.identifiers -= held_back
     wanted = dict.fromkeys(IDENTIFIER_TYPES)
+    # a held-back requested device: its rows are still erased, but it leads to nobody else
+    quiet = hashed_identifiers(held_back & requested_devices)
     for _ in range(MAX_CLOSURE_ROUNDS):
-        # events carrying any identifier known so far (by hash), and the identifiers they carry; the
-        # rows of a held-back identifier are still erased, but it leads to nobody else
-        quiet = hashed_identifiers(held_back & requested_devices)
+        # events carrying any identifier known so far (by hash), and the identifiers they carry
         hit = F.lit(False)
         for kind in IDENTIFIER_TYPES:
             hit = hit | hashed_value_in(F.col(kind), subject.hashes_of(kind) - {h for k, h in quiet if k == kind})
@@ -200,7 +200,6 @@ def resolve_subject(spark: SparkSession, settings: Settings, identifier_type: st
     if identity_map is not None and subject.identifiers:
         # identifiers found in silver may belong to a customer the map knows under another id
         by_hash = F.lit(False)
-        quiet = hashed_identifiers(held_back & requested_devices)
         for kind in IDENTIFIER_TYPES:
             hashes = subject.hashes_of(kind) - {h for k, h in quiet if k == kind}
             by_hash = by_hash | ((F.col("identifier_type") == kind)
@@ -211,19 +210,16 @@ def resolve_subject(spark: SparkSession, settings: Settings, identifier_type: st
 
 
 def _shared_devices_now(silver: DataFrame, identifiers: set[tuple[str, str]], guardrails) -> set[tuple[str, str]]:
-    """The anonymous_ids among `identifiers` that co-occur in silver with more than N distinct usable
-    user_ids (the identity job's shared-device rule, over every event as it stands)."""
-    from touchpoint.jobs.identity_rules import held_back_reason
+    """The anonymous_ids among `identifiers` that are shared devices over silver as it stands: the
+    identity job's own rule (`identity_rules.shared_devices`) over the edges of their events."""
+    from touchpoint.jobs.identity_rules import edges_from_facts, identity_facts, shared_devices
 
     devices = sorted(v for kind, v in identifiers if kind == "anonymous_id")
     if not devices:
         return set()
-    users = F.when(F.col("user_id").isNotNull() & held_back_reason(F.col("user_id"), guardrails.blocklist).isNull(),
-                   F.col("user_id"))
-    shared = (silver.where(F.col("anonymous_id").isin(devices)).groupBy("anonymous_id")
-              .agg(F.count_distinct(users).alias("users"))
-              .where(F.col("users") > guardrails.shared_device_max_user_ids))
-    return {("anonymous_id", r[0]) for r in shared.collect()}
+    edges = edges_from_facts(silver.where(F.col("anonymous_id").isin(devices)).transform(identity_facts(guardrails)))
+    shared = shared_devices(edges, guardrails.shared_device_max_user_ids)
+    return {("anonymous_id", r["identifier_value"]) for r in shared.collect()}
 
 
 def _provisional_ids(spark: SparkSession, identifiers: set[tuple[str, str]]) -> set[str]:
