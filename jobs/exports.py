@@ -21,6 +21,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import DateType, IntegerType, LongType, StringType, StructField, StructType, TimestampType
 
+from touchpoint.core import progress
 from touchpoint.core.catalog import TABLES, table_path
 from touchpoint.core.config import ConfigError, Settings
 from touchpoint.core.delta import ensure_table, is_delta, latest_version, read_version
@@ -275,5 +276,6 @@ def _summary(record: dict) -> dict:
 def run(spark: SparkSession, settings: Settings, logical_date: dt.date) -> dict:
     """The daily exports: every (segment, destination) of settings.exports.daily, run id = the date."""
     results = [export_segment(spark, settings, t.segment, t.destination, logical_date)
-               for t in settings.exports.daily]
+               for t in progress.each(settings.exports.daily, f"exports {logical_date}",
+                                      lambda t: f"{t.segment} -> {t.destination}")]
     return {"exports": results, "count": len(results)}

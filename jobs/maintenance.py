@@ -11,6 +11,7 @@ from pathlib import Path
 
 from pyspark.sql import SparkSession
 
+from touchpoint.core import progress
 from touchpoint.core.catalog import table_path
 from touchpoint.core.config import Settings
 from touchpoint.core.delta import gold_write_lock, is_delta, retry_on_conflict
@@ -121,4 +122,5 @@ def run_step(step: str, logical_date: dt.date, settings: Settings | None = None,
 
 
 def run(spark: SparkSession, settings: Settings, logical_date: dt.date) -> dict:
-    return {step: run_step(step, logical_date, settings, spark) for step in STEPS}
+    return {step: run_step(step, logical_date, settings, spark)
+            for step in progress.each(tuple(STEPS), f"maintenance {logical_date}")}

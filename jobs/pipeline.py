@@ -21,6 +21,7 @@ from pathlib import Path
 
 from pyspark.sql import SparkSession
 
+from touchpoint.core import progress
 from touchpoint.core.catalog import TABLES
 from touchpoint.core.config import Settings
 from touchpoint.core.dates import as_of_for, calendar_date
@@ -325,4 +326,5 @@ def run_step(step: str, logical_date: dt.date, settings: Settings | None = None,
 
 def run(spark: SparkSession, settings: Settings, logical_date: dt.date) -> dict:
     """The whole daily pipeline in order, outside Airflow."""
-    return {step: run_step(step, logical_date, settings, spark) for step in STEPS}
+    steps = progress.each(STEPS, f"pipeline {logical_date}")
+    return {step: run_step(step, logical_date, settings, spark) for step in steps}

@@ -35,7 +35,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import pandas as pd
 from pyspark.sql import Column, DataFrame, SparkSession
@@ -44,6 +44,7 @@ from pyspark.sql.types import (
     ArrayType, BooleanType, LongType, MapType, StringType, StructField, StructType, TimestampType,
 )
 
+from touchpoint.core import progress
 from touchpoint.core.catalog import TABLES, Table, table_path
 from touchpoint.core.config import Settings
 from touchpoint.core.delta import (
@@ -408,9 +409,9 @@ def namespace_paths(spark: SparkSession, table: Table, settings: Settings) -> li
 
 
 def _erase_from_tables(spark: SparkSession, settings: Settings, subject: Subject, tag: str,
-                       names: Iterable[str]) -> dict[str, int]:
+                       names: Sequence[str], label: str = "erasure: deleting rows") -> dict[str, int]:
     removed: dict[str, int] = {}
-    for name in names:
+    for name in progress.each(names, label):
         table = TABLES[name]
         for path in namespace_paths(spark, table, settings):
             if not is_delta(spark, path):
@@ -668,7 +669,8 @@ def _erase(spark: SparkSession, settings: Settings, identifier_type: str, identi
     ordered = [n for n in STREAM_WRITTEN if n in subject_tables] + [n for n in subject_tables if n not in STREAM_WRITTEN]
     removed = _erase_from_tables(spark, settings, subject, tag, ordered)
     # a micro-batch that read the suppression list before it was extended may have committed since
-    for name, count in _erase_from_tables(spark, settings, subject, tag, STREAM_WRITTEN).items():
+    for name, count in _erase_from_tables(spark, settings, subject, tag, STREAM_WRITTEN,
+                                          "erasure: deleting rows the stream committed meanwhile").items():
         removed[name] = removed.get(name, 0) + count
     if any(name.startswith("gold.identity_") for name in removed):
         reconcile_identity_runs(spark, settings)
@@ -682,7 +684,7 @@ def _erase(spark: SparkSession, settings: Settings, identifier_type: str, identi
                 else [*{key.split("@")[0] for key in removed}, *bookkeeping])
     purged = []
 
-    for name in to_purge:
+    for name in progress.each(to_purge, "erasure: purging files"):
         for path in namespace_paths(spark, TABLES[name], settings):
             if is_delta(spark, path):
                 purge_files(spark, path, settings.retention.erasure_vacuum_hours)

@@ -22,6 +22,7 @@ from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql.pandas.types import to_arrow_schema
 
+from touchpoint.core import progress
 from touchpoint.core.catalog import table_path
 from touchpoint.core.channels import ChannelRules, load_rules, with_channel
 from touchpoint.core.config import Settings
@@ -622,24 +623,30 @@ def ingest_files(spark: SparkSession, settings: Settings, path: str | Path, batc
     goes on where it stopped."""
     files = input_files(path)
     results = []
-    for file in files:
-        scan = scan_file(file, split_bytes)
-        sink = IngestSink(settings, source_id=f"file:{scan.digest}", txn_versions=True)
-        sink.ensure_tables(spark)
-        resume_at = resume_offset(sink.committed_batch(), scan.size)
-        if resume_at is None:
-            results.append({"file": str(file), "skipped": "already ingested (same content)"})
-            continue
-        totals: dict[str, int] = {"batches": 0}
-        # an empty file is one empty batch, recorded like any other
-        for batch in file_batches(file, scan, resume_at, batch_bytes) or [[]]:
-            end = batch[-1].end if batch else 0
-            counts = sink(file_bronze_rows(spark, file, batch), end)
-            totals["batches"] += 1
-            for key, value in counts.items():
-                totals[key] = totals.get(key, 0) + value
-            log.info("%s: ingested through byte %s of %s", file, end, scan.size)
-        results.append({"file": str(file), **({"resumed_at_byte": resume_at} if resume_at else {}), **totals})
+    label = f"ingest {Path(path).name}"
+    with progress.task(label, total=sum(file.stat().st_size for file in files), unit="bytes") as read:
+        for file in files:
+            read.describe(f"{label}: {file.name}" if len(files) > 1 else label)
+            scan = scan_file(file, split_bytes)
+            sink = IngestSink(settings, source_id=f"file:{scan.digest}", txn_versions=True)
+            sink.ensure_tables(spark)
+            resume_at = resume_offset(sink.committed_batch(), scan.size)
+            if resume_at is None:
+                results.append({"file": str(file), "skipped": "already ingested (same content)"})
+                read.advance(scan.size)
+                continue
+            read.advance(resume_at)
+            totals: dict[str, int] = {"batches": 0}
+            # an empty file is one empty batch, recorded like any other
+            for batch in file_batches(file, scan, resume_at, batch_bytes) or [[]]:
+                end = batch[-1].end if batch else 0
+                counts = sink(file_bronze_rows(spark, file, batch), end)
+                totals["batches"] += 1
+                for key, value in counts.items():
+                    totals[key] = totals.get(key, 0) + value
+                log.info("%s: ingested through byte %s of %s", file, end, scan.size)
+                read.advance(sum(r.end - r.start for r in batch))
+            results.append({"file": str(file), **({"resumed_at_byte": resume_at} if resume_at else {}), **totals})
     return results
 
 

@@ -125,6 +125,33 @@ def settings(tmp_path):
                          jars_dir=str(REPO / ".state" / "jars"))
 
 
+@pytest.fixture
+def reported_progress():
+    """What the work inside the test reports through touchpoint.core.progress, in order:
+    ("begin", task, description, total, unit, depth), ("update", task, completed, description),
+    ("end", task) or ("failed", task); tasks numbered from 0."""
+    from touchpoint.core import progress
+
+    class Recorder:
+        def __init__(self):
+            self.events = []
+            self.tasks = 0
+
+        def begin(self, description, total, unit, depth):
+            self.tasks += 1
+            self.events.append(("begin", self.tasks - 1, description, total, unit, depth))
+            return self.tasks - 1
+
+        def update(self, handle, completed, description):
+            self.events.append(("update", handle, completed, description))
+
+        def end(self, handle, failed):
+            self.events.append(("failed" if failed else "end", handle))
+
+    with progress.reporting(Recorder()) as recorder:
+        yield recorder.events
+
+
 @pytest.fixture(scope="session")
 def kafka_broker():
     """The local broker, started if it is down. A broker the suite started is stopped by the last

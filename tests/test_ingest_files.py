@@ -95,3 +95,44 @@ def test_a_byte_order_mark_is_not_part_of_the_first_event(spark, settings, tmp_p
     bronze = spark.read.format("delta").load(table_path("bronze.events", settings))
     assert [r[0] for r in bronze.where(F.col("source_offset") == 1).select("payload").collect()] == [
         json.dumps(events[0]).encode()]
+
+
+def test_an_ingest_reports_the_bytes_of_each_batch_and_of_a_file_done_before(spark, settings, tmp_path,
+                                                                           reported_progress):
+    import json
+
+    from touchpoint.streaming.ingest import ingest_files
+
+    folder = tmp_path / "days"
+    folder.mkdir()
+    sizes = {}
+    for name, count in (("a.jsonl", 3), ("b.jsonl", 1)):
+        lines = [json.dumps({"event_id": f"{name}-{i}", "event_type": "page_view", "event_ts": "2026-03-01T10:00:00Z",
+                             "anonymous_id": "a1"}) for i in range(count)]
+        (folder / name).write_text("\n".join(lines) + "\n")
+        sizes[name] = (folder / name).stat().st_size
+    line_a = sizes["a.jsonl"] // 3
+    # batches of at most 2 lines: ranges split every line, a.jsonl in two batches (2 lines, 1 line)
+    results = ingest_files(spark, settings, folder, batch_bytes=2 * line_a, split_bytes=1)
+    assert [(r["batches"], r["silver"]) for r in results] == [(2, 3), (1, 1)]
+    total = sizes["a.jsonl"] + sizes["b.jsonl"]
+    assert reported_progress == [
+        ("begin", 0, "ingest days", total, "bytes", 0),
+        ("update", 0, 0.0, "ingest days: a.jsonl"),
+        ("update", 0, 0.0, "ingest days: a.jsonl"),  # resumed at byte 0
+        ("update", 0, 2 * line_a, "ingest days: a.jsonl"),
+        ("update", 0, 3 * line_a, "ingest days: a.jsonl"),
+        ("update", 0, 3 * line_a, "ingest days: b.jsonl"),
+        ("update", 0, 3 * line_a, "ingest days: b.jsonl"),
+        ("update", 0, total, "ingest days: b.jsonl"),
+        ("end", 0),
+    ]
+    reported_progress.clear()
+    assert [r.get("skipped") for r in ingest_files(spark, settings, folder / "a.jsonl")] == [
+        "already ingested (same content)"]
+    assert reported_progress == [  # the second task reported
+        ("begin", 1, "ingest a.jsonl", sizes["a.jsonl"], "bytes", 0),
+        ("update", 1, 0.0, "ingest a.jsonl"),
+        ("update", 1, sizes["a.jsonl"], "ingest a.jsonl"),
+        ("end", 1),
+    ]

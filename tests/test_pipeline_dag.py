@@ -92,8 +92,9 @@ def test_injected_defect_fails_the_audit_and_publishes_nothing(spark, published_
     assert current_high_water_mark(spark, published_lake) == dt.datetime(2026, 3, 5)
 
 
-def test_backfill_equals_daily_runs_as_data_arrives(spark, tmp_path, ingested_history, published_history):
-    from touchpoint.jobs.pipeline import run as run_pipeline
+def test_backfill_equals_daily_runs_as_data_arrives(spark, tmp_path, ingested_history, published_history,
+                                                   reported_progress):
+    from touchpoint.jobs.pipeline import STEPS, run as run_pipeline
     from touchpoint.streaming.ingest import ingest_files
 
     # The backfill is the shared published lake (conftest): all the history ingested, then the last
@@ -118,6 +119,16 @@ def test_backfill_equals_daily_runs_as_data_arrives(spark, tmp_path, ingested_hi
         ingest_files(spark, daily, chunk)
         run_pipeline(spark, daily, day)
     assert snapshot(spark, daily) == backfilled
+    # each run reported its steps in order, each one done (`touchpoint run pipeline` shows them as a bar)
+    pipeline_tasks = {event[1]: event[2] for event in reported_progress
+                      if event[0] == "begin" and event[2].startswith("pipeline ")}
+    assert sorted(pipeline_tasks.values()) == [f"pipeline {day}" for day in days]
+    for task in pipeline_tasks:
+        updates = [event[2:] for event in reported_progress if event[0] == "update" and event[1] == task]
+        label = pipeline_tasks[task]
+        assert updates == [update for index, step in enumerate(STEPS)
+                           for update in ((index, f"{label}: {step}"), (index + 1, f"{label}: {step}"))] + [
+            (len(STEPS), label)]
 
 
 def _arrival_day(line: bytes) -> dt.date:

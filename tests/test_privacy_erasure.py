@@ -256,8 +256,9 @@ def test_e_their_later_events_are_quarantined_hashed(spark, world, erased):
                 or device.encode() in bytes(r["payload"])]
 
 
-def test_forgetting_twice_and_forgetting_an_unknown_person(spark, world, erased):
-    from touchpoint.jobs.privacy import forget
+def test_forgetting_twice_and_forgetting_an_unknown_person(spark, world, erased, reported_progress):
+    from touchpoint.core.catalog import TABLES
+    from touchpoint.jobs.privacy import PRIVACY_TABLES, STREAM_WRITTEN, forget
 
     from lock_waiters import run_after_the_lock
 
@@ -270,5 +271,18 @@ def test_forgetting_twice_and_forgetting_an_unknown_person(spark, world, erased)
                                lambda: forget(spark, world["settings"], "email", world["email"]),
                                unchanged=lambda: erasures() == logged)
     assert (again["status"], again["rows_removed"]) == ("already_erased", {})
+    reported_progress.clear()
     unknown = forget(spark, world["settings"], "user_id", "nobody-we-ever-saw")
     assert (unknown["status"], unknown["rows_removed"], unknown["customer_ids"]) == ("not_found", {}, [])
+    # three tasks, each gone through to its end: the subject tables, the stream's tables again, and
+    # (nothing removed from a person nobody knows) only the privacy bookkeeping to purge
+    subject_tables = [name for name, table in TABLES.items() if table.subject_columns]
+    bookkeeping = [name for name in PRIVACY_TABLES if name != "gold.erasure_log"]
+    began = [event[2:] for event in reported_progress if event[0] == "begin"]
+    assert began == [("erasure: deleting rows", len(subject_tables), "steps", 0),
+                     ("erasure: deleting rows the stream committed meanwhile", len(STREAM_WRITTEN), "steps", 0),
+                     ("erasure: purging files", len(bookkeeping), "steps", 0)]
+    last = {event[1]: event[2] for event in reported_progress if event[0] == "update"}
+    assert [last[task] for task in range(3)] == [len(subject_tables), len(STREAM_WRITTEN), len(bookkeeping)]
+    assert [event for event in reported_progress if event[0] in ("end", "failed")] == [
+        ("end", 0), ("end", 1), ("end", 2)]

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import json
 import sys
+from contextlib import contextmanager
 from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.filesize import decimal
+from rich.progress import BarColumn, Progress, ProgressColumn, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table as RichTable
+from rich.text import Text
 
 from touchpoint.core.config import ConfigError, get_settings
 
@@ -30,6 +34,66 @@ def _settings():
     except ConfigError as error:
         _error(f"{error}")
         raise typer.Exit(2) from None
+
+
+class _Bars:
+    """The work's progress (touchpoint.core.progress) as rich bars on stderr: stdout keeps the
+    command's result (JSON, a table) clean for scripts. Finished tasks stay listed."""
+
+    def __init__(self, bars: Progress):
+        self.bars, self.indents = bars, {}
+
+    def begin(self, description: str, total: float | None, unit: str, depth: int) -> object:
+        handle = self.bars.add_task("  " * depth + description, total=total, unit=unit, sized=total is not None,
+                                    ended=False)
+        self.indents[handle] = "  " * depth
+        return handle
+
+    def update(self, handle: object, completed: float, description: str) -> None:
+        self.bars.update(handle, completed=completed, description=self.indents[handle] + description)
+
+    def end(self, handle: object, failed: bool) -> None:
+        task = next(t for t in self.bars.tasks if t.id == handle)
+        if not task.fields["sized"]:  # work of unknown size is done when it ends, unless it failed
+            self.bars.update(handle, total=1, completed=0 if failed else 1)
+        self.bars.update(handle, ended=True)
+
+
+class _State(ProgressColumn):
+    """A spinner while a task runs, then 'done', or 'stopped' for a task that ended unfinished."""
+
+    def __init__(self):
+        super().__init__()
+        self.spinner = SpinnerColumn()
+
+    def render(self, task) -> Text | str:
+        if task.finished:
+            return Text("done", style="green")
+        if task.fields.get("ended"):
+            return Text("stopped", style="red")
+        return self.spinner.render(task)
+
+
+class _Amount(ProgressColumn):
+    """'3/8 steps', '1.2 MB/5.8 MB'; nothing for work of unknown size."""
+
+    def render(self, task) -> Text:
+        if not task.fields.get("sized"):
+            return Text("")
+        if task.fields["unit"] == "bytes":
+            return Text(f"{decimal(int(task.completed))}/{decimal(int(task.total))}")
+        return Text(f"{task.completed:g}/{task.total:g} {task.fields['unit']}")
+
+
+@contextmanager
+def _progress(description: str):
+    """Bars for the work in the block, under one task of unknown size named `description`."""
+    from touchpoint.core import progress
+
+    bars = Progress(_State(), TextColumn("{task.description}"), BarColumn(), _Amount(), TimeElapsedColumn(),
+                    console=err_console)
+    with bars, progress.reporting(_Bars(bars)), progress.task(description, total=None):
+        yield
 
 
 def _date_option(text: str):
@@ -301,7 +365,7 @@ def ingest(file: str = typer.Option(..., "--file", help="a JSONL file or a folde
         _error(f"--file: {error}")
         raise typer.Exit(2) from None
     spark = get_spark("touchpoint-ingest", settings=settings)
-    with console.status(f"ingesting {file}"):
+    with _progress(f"touchpoint ingest --file {file}"):
         results = ingest_files(spark, settings, file)
     grid = RichTable("file", "bronze", "silver", "quarantine", "duplicates", "note")
     for r in results:
@@ -321,7 +385,7 @@ def run(job: str = typer.Argument(..., help="identity | profiles | attribution |
         raise typer.Exit(2)
     logical_date = _date_option(date)
     settings = _settings()
-    with console.status(f"running {job} for {logical_date}"):
+    with _progress(f"touchpoint run {job} --date {logical_date}"):
         summary = run_job(job, logical_date, settings=settings)
     console.print_json(json.dumps({"job": job, "date": date, **summary}, default=str))
 
@@ -379,8 +443,9 @@ def export(segment: str = typer.Option(..., "--segment", help="segment name (a f
         raise typer.Exit(2)
     settings = _settings()
     spark = get_spark("touchpoint-export", settings=settings)
-    result = export_segment(spark, settings, segment, destination, logical_date=logical_date, full=full,
-                            run_id=run_id)
+    with _progress(f"touchpoint export --segment {segment} --destination {destination}"):
+        result = export_segment(spark, settings, segment, destination, logical_date=logical_date, full=full,
+                                run_id=run_id)
     console.print_json(json.dumps(result, default=str))
 
 
@@ -447,7 +512,7 @@ def forget(email: Optional[str] = typer.Option(None, "--email", help="the person
         request_id = enqueue(spark, settings, kind, value)
         console.print_json(json.dumps({"queued": request_id}))
         return
-    with console.status(f"erasing the person with this {kind} from the lake"):
+    with _progress(f"touchpoint forget: the person with this {kind}"):
         result = erase_person(spark, settings, kind, value)
     console.print_json(json.dumps(result, default=str))
     if result["status"] == "not_found":
