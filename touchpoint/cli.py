@@ -81,8 +81,8 @@ class _Amount(ProgressColumn):
         if not task.fields.get("sized"):
             return Text("")
         if task.fields["unit"] == "bytes":
-            return Text(f"{decimal(int(task.completed))}/{decimal(int(task.total))}")
-        return Text(f"{task.completed:g}/{task.total:g} {task.fields['unit']}")
+            return Text(f"{decimal(int(task.completed))}/{decimal(int(task.total))}", no_wrap=True)
+        return Text(f"{task.completed:g}/{task.total:g} {task.fields['unit']}", no_wrap=True)
 
 
 @contextmanager
@@ -90,8 +90,8 @@ def _progress(description: str):
     """Bars for the work in the block, under one task of unknown size named `description`."""
     from touchpoint.core import progress
 
-    bars = Progress(_State(), TextColumn("{task.description}"), BarColumn(), _Amount(), TimeElapsedColumn(),
-                    console=err_console)
+    bars = Progress(_State(), TextColumn("{task.description}"), BarColumn(bar_width=20), _Amount(),
+                    TimeElapsedColumn(), console=err_console)
     with bars, progress.reporting(_Bars(bars)), progress.task(description, total=None):
         yield
 

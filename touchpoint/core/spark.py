@@ -169,6 +169,11 @@ def get_spark(app_name: str = "touchpoint", settings: Settings | None = None, **
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("WARN")
+    # Releasing a local checkpoint (release_checkpoint) is deliberate: Spark's warning that the RDD's
+    # lineage "cannot be recomputed" would print a line per released frame, dozens per job.
+    jvm = spark.sparkContext._jvm
+    jvm.org.apache.logging.log4j.core.config.Configurator.setLevel(
+        "org.apache.spark.rdd.MapPartitionsRDD", jvm.org.apache.logging.log4j.Level.ERROR)
     return spark
 
 
