@@ -9,8 +9,10 @@ from airflow.sdk import dag, task
 DOC = """
 ### streaming_supervisor
 Every 5 minutes, for each of the `ingest` and `speed` queries: if its process is gone it is restarted
-(`touchpoint stream ingest` / `touchpoint stream speed`, PID under `.state/streams`); if it is alive but its last committed
-micro-batch is older than `max_lag_seconds`, the task fails, which is the alert (log + failed task).
+(`touchpoint stream ingest` / `touchpoint stream speed`, PID under `.state/streams`); if it is alive but one of
+its queries last committed a micro-batch more than `max_lag_seconds` ago, the task fails naming that query,
+which is the alert (log + failed task). The speed process runs two queries (campaign views `speed`,
+customer views `speed_customers`): each is judged by its own batches.
 """
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from touchpoint.core.config import Settings
-from touchpoint.infra.process import port_open, read_pid, spawn, stop_pid, wait_until
+from touchpoint.core.process import port_open, read_pid, spawn, stop_pid, wait_until
 
 REPO = Path(__file__).resolve().parents[1]
 ADMIN = "admin"

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from touchpoint.core.config import Settings, get_settings
-from touchpoint.infra.process import port_open, read_pid, spawn, stop_pid, wait_until
+from touchpoint.core.process import port_open, read_pid, spawn, stop_pid, wait_until
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from touchpoint.core.config import Settings, get_settings
 from touchpoint.infra import jars
-from touchpoint.infra.process import port_open, read_pid, spawn, stop_pid, wait_until
+from touchpoint.core.process import port_open, read_pid, spawn, stop_pid, wait_until
 
 CONF_DIR = Path(__file__).parent / "conf"
 HEAP = "-Xms256m -Xmx768m"

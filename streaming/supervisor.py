@@ -1,7 +1,9 @@
 """Keep the long-running streaming queries alive and fresh (the streaming_supervisor DAG).
 
-Each query runs as its own process (`touchpoint stream <name>`), recorded by PID under
-<state_dir>/streams. Freshness is the age of the last micro-batch the query committed.
+Each stream runs as its own process (`touchpoint stream <name>`), recorded by PID under
+<state_dir>/streams. Freshness is the age of the last micro-batch committed, per query: the speed
+process runs the campaign-views and the customer-views queries (streaming.speed.query_names), and
+one of them falling behind is stale even while the other commits.
 """
 
 from __future__ import annotations
@@ -28,8 +30,9 @@ class QueryHealth:
     name: str
     pid: int | None
     alive: bool
-    last_batch_at: dt.datetime | None
+    last_batch_at: dt.datetime | None  # of the stalest query; None when one has committed nothing yet
     lag_seconds: float | None
+    stalest: str  # the query (of the process's queries) whose last batch is the oldest
 
 
 def _pid_file(settings: Settings, name: str):
@@ -38,29 +41,47 @@ def _pid_file(settings: Settings, name: str):
     return folder / f"{name}.pid"
 
 
-def last_batch_at(settings: Settings, name: str) -> dt.datetime | None:
+def last_batches(settings: Settings, name: str) -> dict[str, dt.datetime | None]:
+    """query -> when it last committed a micro-batch (None: never), for each query the process runs."""
+    import pyarrow.compute as pc
     from deltalake.exceptions import TableNotFoundError
 
+    if name == "speed":
+        from touchpoint.streaming.speed import query_names
+
+        queries = query_names(settings)
+    else:
+        queries = [name]
     try:
         table = rs_table(table_path(QUERIES[name][1], settings))
     except TableNotFoundError:
-        return None
+        return dict.fromkeys(queries)
     column = QUERIES[name][2]
-    stamps = table.to_pyarrow_table(columns=[column]).column(column).to_pylist()
-    return max(stamps) if stamps else None
+    if name != "speed":  # one query writes the ingest's table
+        stamps = table.to_pyarrow_table(columns=[column]).column(column)
+        return {name: pc.max(stamps).as_py() if len(stamps) else None}
+    rows = table.to_pyarrow_table(columns=["query", column])
+    last = {}
+    for query in queries:
+        stamps = rows.filter(pc.equal(rows.column("query"), query)).column(column)
+        last[query] = pc.max(stamps).as_py() if len(stamps) else None
+    return last
 
 
 def health(settings: Settings, name: str, now: dt.datetime) -> QueryHealth:
-    from touchpoint.infra.process import read_pid
+    from touchpoint.core.process import read_pid
 
     pid = read_pid(_pid_file(settings, name))
-    last = last_batch_at(settings, name)
-    lag = (now - last).total_seconds() if last else None
-    return QueryHealth(name, pid, pid is not None, last, lag)
+    last = last_batches(settings, name)
+    # a query that has committed nothing is the stalest, with no lag to report yet
+    stalest = min(last, key=lambda query: (last[query] is not None, last[query] or dt.datetime.min))
+    at = last[stalest]
+    lag = (now - at).total_seconds() if at else None
+    return QueryHealth(name, pid, pid is not None, at, lag, stalest)
 
 
 def start_detached(settings: Settings, name: str) -> int:
-    from touchpoint.infra.process import spawn
+    from touchpoint.core.process import spawn
 
     log = settings.state_path / "streams" / f"{name}.log"
     return spawn([sys.executable, "-m", "touchpoint", *QUERIES[name][0]], log, _pid_file(settings, name))
@@ -77,6 +98,7 @@ def supervise(settings: Settings | None, name: str, now: dt.datetime, max_lag_se
         pid = start_detached(settings, name)
         return {"query": name, "action": "restarted", "pid": pid, "last_batch_at": str(state.last_batch_at)}
     if state.lag_seconds is not None and state.lag_seconds > max_lag_seconds:
-        raise StreamStale(f"query {name} (pid {state.pid}) last committed a batch {state.lag_seconds:.0f}s ago, "
-                          f"over the {max_lag_seconds:.0f}s bound")
-    return {"query": name, "action": "healthy", "pid": state.pid, "lag_seconds": state.lag_seconds}
+        raise StreamStale(f"query {state.stalest} of `touchpoint stream {name}` (pid {state.pid}) last committed a "
+                          f"batch {state.lag_seconds:.0f}s ago, over the {max_lag_seconds:.0f}s bound")
+    return {"query": name, "action": "healthy", "pid": state.pid, "lag_seconds": state.lag_seconds,
+            "stalest": state.stalest}

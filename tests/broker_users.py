@@ -12,7 +12,7 @@ from typing import Callable
 
 from touchpoint.core.config import Settings
 from touchpoint.infra import kafka
-from touchpoint.infra.process import pid_alive
+from touchpoint.core.process import pid_alive
 
 
 def _update(settings: Settings, change: Callable[[dict], object]):

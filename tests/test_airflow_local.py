@@ -9,7 +9,7 @@ import pytest
 
 from touchpoint.core.config import load_settings
 from touchpoint.infra import airflow_local
-from touchpoint.infra.process import pid_alive, wait_until
+from touchpoint.core.process import pid_alive, wait_until
 
 EXPECTED_DAGS = {"lake_maintenance", "marketing_daily", "privacy_erasure", "streaming_supervisor"}
 

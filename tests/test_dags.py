@@ -92,3 +92,17 @@ def test_pipeline_steps_in_the_dag_match_the_pipeline_module():
     from touchpoint.jobs.pipeline import STEPS
 
     assert runpy.run_path(str(DAGS / "marketing_daily.py"))["STEPS"] == STEPS
+
+
+def test_erasures_run_every_hour_at_half_past_never_when_the_daily_dags_fire(dagbag):
+    import pendulum
+    from airflow.timetables.base import TimeRestriction
+
+    timetable, last, fired = dagbag.dags["privacy_erasure"].timetable, None, []
+    for _ in range(3):
+        info = timetable.next_dagrun_info(
+            last_automated_data_interval=last,
+            restriction=TimeRestriction(earliest=pendulum.datetime(2026, 3, 4, 23, 0), latest=None, catchup=True))
+        fired.append(info.run_after.isoformat())
+        last = info.data_interval
+    assert fired == ["2026-03-04T23:30:00+00:00", "2026-03-05T00:30:00+00:00", "2026-03-05T01:30:00+00:00"]

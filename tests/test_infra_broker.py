@@ -2,7 +2,7 @@
 
 from touchpoint.core.config import load_settings
 from touchpoint.infra import kafka
-from touchpoint.infra.process import pid_alive
+from touchpoint.core.process import pid_alive
 
 
 def test_start_is_idempotent_stop_ends_process_status_reports_both(tmp_path, kafka_broker):

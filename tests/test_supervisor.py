@@ -1,0 +1,93 @@
+"""The stream supervisor (streaming_supervisor DAG, `touchpoint stream supervise`): a dead stream
+is restarted as a detached process; a live one whose query last committed too long ago is stale,
+per query (the speed process runs two)."""
+
+import datetime as dt
+import os
+import subprocess
+import sys
+
+import pyarrow as pa
+import pytest
+from deltalake import write_deltalake
+from pyspark.sql.pandas.types import to_arrow_schema
+
+from touchpoint.core.catalog import table_path
+from touchpoint.core.config import load_settings
+from touchpoint.core.serving import SCHEMAS
+from touchpoint.schemas.lake import RECONCILIATION_SCHEMA
+from touchpoint.streaming.supervisor import StreamStale, supervise
+
+NOW = dt.datetime(2026, 3, 5, 12, 0, tzinfo=dt.timezone.utc)
+
+
+def _settings(tmp_path, **overrides):
+    return load_settings(lake_root=str(tmp_path / "lake"), state_dir=str(tmp_path / "state"), **overrides)
+
+
+def _append(settings, name, schema, rows):
+    arrow_schema = to_arrow_schema(schema, timezone="UTC", prefers_large_types=False)
+    columns = {field.name: [row.get(field.name) for row in rows] for field in arrow_schema}
+    write_deltalake(table_path(name, settings), pa.table(columns, schema=arrow_schema), mode="append")
+
+
+def _speed_batches(settings, *batches):
+    _append(settings, "speed.freshness", SCHEMAS["speed.freshness"],
+            [{"query": query, "batch_id": i, "processed_at": at} for i, (query, at) in enumerate(batches)])
+
+
+def _alive(settings, name):
+    """This test's own process stands for a live stream."""
+    folder = settings.state_path / "streams"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{name}.pid").write_text(str(os.getpid()))
+
+
+def test_a_speed_query_falling_behind_is_stale_while_the_other_commits(tmp_path):
+    settings = _settings(tmp_path, stream={"customer_trigger_seconds": 30})
+    _alive(settings, "speed")
+    minutes = dt.timedelta(minutes=1)
+    _speed_batches(settings, ("speed_customers", NOW - 20 * minutes), ("speed", NOW - 30 * minutes),
+                   ("speed", NOW - 1 * minutes), ("speed:bootstrap", NOW - 40 * minutes))
+    with pytest.raises(StreamStale, match=rf"query speed_customers of `touchpoint stream speed` \(pid {os.getpid()}\) "
+                                          r"last committed a batch 1200s ago, over the 600s bound"):
+        supervise(settings, "speed", NOW, max_lag_seconds=600)
+    _speed_batches(settings, ("speed_customers", NOW - 2 * minutes))
+    assert supervise(settings, "speed", NOW, max_lag_seconds=600) == {
+        "query": "speed", "action": "healthy", "pid": os.getpid(), "lag_seconds": 120.0, "stalest": "speed_customers"}
+
+
+def test_one_speed_query_and_the_ingest_are_judged_by_their_own_batches(tmp_path):
+    settings = _settings(tmp_path, stream={"customer_trigger_seconds": None})  # one speed query for all views
+    _alive(settings, "speed")
+    _alive(settings, "ingest")
+    _speed_batches(settings, ("speed", NOW - dt.timedelta(seconds=45)))
+    assert supervise(settings, "speed", NOW, 600)["lag_seconds"] == 45.0
+    # the ingest has committed nothing yet: alive and not stale
+    assert supervise(settings, "ingest", NOW, 600) == {
+        "query": "ingest", "action": "healthy", "pid": os.getpid(), "lag_seconds": None, "stalest": "ingest"}
+    _append(settings, "silver.reconciliation", RECONCILIATION_SCHEMA,
+            [{"ingest_ts": NOW - dt.timedelta(seconds=s)} for s in (900, 700)])
+    with pytest.raises(StreamStale, match=r"query ingest .* 700s ago, over the 600s bound"):
+        supervise(settings, "ingest", NOW, 600)
+
+
+def test_a_dead_stream_is_started_again_detached_with_its_pid_recorded(tmp_path, monkeypatch):
+    # The restarted stream reads its settings from the environment; with no broker at that address
+    # it stops at once, naming the key, which shows it really ran.
+    monkeypatch.setenv("TOUCHPOINT_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setenv("TOUCHPOINT_LAKE_ROOT", str(tmp_path / "lake"))
+    monkeypatch.setenv("TOUCHPOINT_KAFKA_BOOTSTRAP", "127.0.0.1:1")
+    settings = _settings(tmp_path)
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    (settings.state_path / "streams").mkdir(parents=True)
+    (settings.state_path / "streams" / "ingest.pid").write_text(str(gone.pid))
+
+    result = supervise(None, "ingest", NOW, 600)
+    assert result["action"] == "restarted" and result["pid"] != gone.pid
+    assert (settings.state_path / "streams" / "ingest.pid").read_text() == str(result["pid"])
+    _, status = os.waitpid(result["pid"], 0)  # a child of this process: reaped here
+    assert os.waitstatus_to_exitcode(status) == 2
+    log = (settings.state_path / "streams" / "ingest.log").read_text()
+    assert "key 'kafka_bootstrap'" in log and "127.0.0.1:1 is unreachable" in log, log
