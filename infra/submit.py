@@ -24,7 +24,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from touchpoint.core.config import Settings, get_settings
+from touchpoint.core.config import Settings, get_settings, settings_env
 from touchpoint.core.spark import spark_conf
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -154,30 +154,6 @@ def compose(app_args: list[str], settings: Settings | None = None, entry: str = 
     if settings.spark_driver_host == "127.0.0.1":
         env["SPARK_LOCAL_IP"] = "127.0.0.1"
     return SubmitCommand(argv, env)
-
-
-# Sections never handed over in the environment: they hold secrets (read by the driver itself).
-_NOT_FORWARDED = frozenset({"collector"})
-
-
-def settings_env(settings: Settings) -> dict[str, str]:
-    """TOUCHPOINT_* variables for every setting given explicitly (keyword, file or environment), so
-    the submitted driver loads the settings the command was composed from."""
-    import json
-
-    dumped = settings.model_dump(mode="json")
-    env = {}
-    for name in sorted(settings.model_fields_set - _NOT_FORWARDED):
-        value = dumped[name]
-        if value is None:
-            continue
-        if isinstance(value, (dict, list)):
-            env[f"TOUCHPOINT_{name.upper()}"] = json.dumps(value)
-        elif isinstance(value, bool):
-            env[f"TOUCHPOINT_{name.upper()}"] = str(value).lower()
-        else:
-            env[f"TOUCHPOINT_{name.upper()}"] = str(value)
-    return env
 
 
 def job_args(job: str, logical_date: str) -> list[str]:

@@ -81,10 +81,14 @@ def health(settings: Settings, name: str, now: dt.datetime) -> QueryHealth:
 
 
 def start_detached(settings: Settings, name: str) -> int:
+    """`touchpoint stream <name>` as a detached process, with these settings (not only the caller's
+    environment's), its PID recorded."""
+    from touchpoint.core.config import settings_env
     from touchpoint.core.process import spawn
 
     log = settings.state_path / "streams" / f"{name}.log"
-    return spawn([sys.executable, "-m", "touchpoint", *QUERIES[name][0]], log, _pid_file(settings, name))
+    return spawn([sys.executable, "-m", "touchpoint", *QUERIES[name][0]], log, _pid_file(settings, name),
+                 env=settings_env(settings))
 
 
 def supervise(settings: Settings | None, name: str, now: dt.datetime, max_lag_seconds: float) -> dict:

@@ -72,19 +72,16 @@ def test_one_speed_query_and_the_ingest_are_judged_by_their_own_batches(tmp_path
         supervise(settings, "ingest", NOW, 600)
 
 
-def test_a_dead_stream_is_started_again_detached_with_its_pid_recorded(tmp_path, monkeypatch):
-    # The restarted stream reads its settings from the environment; with no broker at that address
-    # it stops at once, naming the key, which shows it really ran.
-    monkeypatch.setenv("TOUCHPOINT_STATE_DIR", str(tmp_path / "state"))
-    monkeypatch.setenv("TOUCHPOINT_LAKE_ROOT", str(tmp_path / "lake"))
-    monkeypatch.setenv("TOUCHPOINT_KAFKA_BOOTSTRAP", "127.0.0.1:1")
-    settings = _settings(tmp_path)
+def test_a_dead_stream_is_started_again_detached_with_its_pid_recorded_and_the_same_settings(tmp_path):
+    # The restarted stream gets the supervisor's settings, not only the environment's: with no broker
+    # at this address it stops at once, naming the key, which shows it really ran with them.
+    settings = _settings(tmp_path, kafka_bootstrap="127.0.0.1:1")
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
     (settings.state_path / "streams").mkdir(parents=True)
     (settings.state_path / "streams" / "ingest.pid").write_text(str(gone.pid))
 
-    result = supervise(None, "ingest", NOW, 600)
+    result = supervise(settings, "ingest", NOW, 600)
     assert result["action"] == "restarted" and result["pid"] != gone.pid
     assert (settings.state_path / "streams" / "ingest.pid").read_text() == str(result["pid"])
     _, status = os.waitpid(result["pid"], 0)  # a child of this process: reaped here

@@ -379,3 +379,27 @@ def load_settings(**overrides) -> Settings:
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
     return load_settings()
+
+
+# Sections never handed over in the environment: they hold secrets (read by the driver itself).
+_NOT_FORWARDED = frozenset({"collector"})
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """TOUCHPOINT_* variables for every setting given explicitly (keyword, file or environment), so
+    a process started with them (a submitted driver, a restarted stream) loads the same settings."""
+    import json
+
+    dumped = settings.model_dump(mode="json")
+    env = {}
+    for name in sorted(settings.model_fields_set - _NOT_FORWARDED):
+        value = dumped[name]
+        if value is None:
+            continue
+        if isinstance(value, (dict, list)):
+            env[f"TOUCHPOINT_{name.upper()}"] = json.dumps(value)
+        elif isinstance(value, bool):
+            env[f"TOUCHPOINT_{name.upper()}"] = str(value).lower()
+        else:
+            env[f"TOUCHPOINT_{name.upper()}"] = str(value)
+    return env
