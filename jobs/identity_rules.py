@@ -12,7 +12,7 @@ from typing import Callable, Iterable
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
-from touchpoint.core.identity_lookup import is_present
+from touchpoint.core.identity_lookup import customer_id_of, is_present
 
 # Sorted in code-point order: the order of (first_seen, identifier_type, identifier_value) tie-breaks
 # and of the two ends of a stored edge.
@@ -23,8 +23,6 @@ DEVICE_TYPE, USER_TYPE = "anonymous_id", "user_id"
 ALL_ZERO_PATTERN = r"^[0\-+_ ]*0[0\-+_ ]*$"
 
 REASON_BLOCKLIST, REASON_ALL_ZERO, REASON_SHARED_DEVICE = "blocklist", "all_zero", "shared_device"
-
-CUSTOMER_ID_PREFIX = "cus_"
 
 
 @dataclass(frozen=True)
@@ -43,12 +41,6 @@ def held_back_reason(value: Column, blocklist: Iterable[str]) -> Column:
     listed = list(blocklist)
     in_list = F.lower(F.trim(value)).isin(listed) if listed else F.lit(False)
     return F.when(in_list, F.lit(REASON_BLOCKLIST)).when(value.rlike(ALL_ZERO_PATTERN), F.lit(REASON_ALL_ZERO))
-
-
-def customer_id_of(identifier_type: Column, identifier_value: Column) -> Column:
-    """Deterministic customer id from a component's anchor identifier (128 bits of SHA-256)."""
-    digest = F.sha2(F.concat_ws(":", F.lit("touchpoint-customer-v1"), identifier_type, identifier_value), 256)
-    return F.concat(F.lit(CUSTOMER_ID_PREFIX), F.substring(digest, 1, 32))
 
 
 def anchor_order(first_seen: Column, identifier_type: Column, identifier_value: Column) -> Column:

@@ -333,7 +333,7 @@ class SpeedSink:
         Kept between micro-batches: while the published side is the same and silver has only
         gained rows since, the kept map is extended with the new rows alone. Min-label components
         make that equal to extending the published map with every uncovered row at once (each
-        component's label is the least id in it, however its links arrived). Anything else (a new
+        component's label is its node of the least key, however its links arrived). Anything else (a new
         publish, a displaced order, an erasure) rebuilds it from the published map."""
         version, events = silver
         key, versions = self._published_identity(spark)

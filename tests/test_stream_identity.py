@@ -49,7 +49,7 @@ def test_a_long_chain_of_links_is_one_customer_under_its_least_id(spark, monkeyp
     jsc = spark.sparkContext._jsc
     kept_before = set(jsc.getPersistentRDDs().keys())
     with ExitStack() as checkpoints:
-        extended = sorted(tuple(r) for r in extend_identity_map(
+        extended = sorted(tuple(r)[:3] for r in extend_identity_map(
             published, events, ["test@example.com"], held_back, checkpoints).collect())
     # only what this call kept counts: the context cleaner may free other tests' frames meanwhile
     assert set(jsc.getPersistentRDDs().keys()) - kept_before == set()
@@ -65,29 +65,58 @@ def test_a_long_chain_of_links_is_one_customer_under_its_least_id(spark, monkeyp
     assert extended == expected
 
 
+def customer(identifier_type: str, value: str) -> str:
+    """A batch-minted id as docs/IDENTITY.md states it: cus_ and the first 32 hex digits of a sha256."""
+    return "cus_" + hashlib.sha256(f"touchpoint-customer-v1:{identifier_type}:{value}".encode()).hexdigest()[:32]
+
+
 @pytest.mark.parametrize("driver_labels_max_nodes", [None, 0], ids=["driver", "spark"])
-def test_a_new_event_linking_two_published_customers_and_a_new_identifier_gives_them_the_smaller_id(
+def test_published_customers_linked_by_new_events_keep_the_id_of_the_one_first_seen_first(
         spark, monkeypatch, driver_labels_max_nodes):
-    """The same map whether the driver's union-find labels the components or (for an input above
-    DRIVER_LABELS_MAX_NODES, here every input) Spark's connected components do."""
+    """BRIEF §5, the older id survives, as the next batch run decides it: the customer first seen
+    first, ties by its origin identifier (type, then value), not the smaller id. The same map
+    whether the driver's union-find labels the components or (above DRIVER_LABELS_MAX_NODES, here
+    every input) Spark's connected components do, and whether the links come in one micro-batch
+    or two (a kept map extended again)."""
+    import datetime as dt
+
     from touchpoint.core import stream_identity
     from touchpoint.core.stream_identity import extend_identity_map
 
     if driver_labels_max_nodes is not None:
         monkeypatch.setattr(stream_identity, "DRIVER_LABELS_MAX_NODES", driver_labels_max_nodes)
 
-    published = spark.createDataFrame([("user_id", "u1", "cus_b"), ("email", "b@x.io", "cus_b"),
-                                       ("user_id", "u2", "cus_a"), ("user_id", "u3", "cus_c")],
-                                      "identifier_type string, identifier_value string, customer_id string")
-    # e4's identifiers are both cus_b's: it links nothing, and cus_b still joins cus_a through e1, e2.
-    events = spark.createDataFrame([("e1", "d1", "u1", None, None), ("e2", "d1", "u2", None, None),
-                                    ("e3", None, "u3", None, "555-1"), ("e4", None, "u1", "b@x.io", None)], COLUMNS)
+    def at(hour: int, minute: int = 0) -> dt.datetime:
+        return dt.datetime(2026, 3, 1, hour, minute)
 
-    extended = extend_identity_map(published, events, [])
+    a, b = customer("user_id", "u-a"), customer("user_id", "u-b")
+    tied_user, tied_email = customer("user_id", "new"), customer("email", "e@x.io")
+    # the smaller id would pick the other one in both cases
+    assert min(a, b) == b and min(tied_user, tied_email) == tied_user
+    published = spark.createDataFrame([
+        ("user_id", "u-a", a, at(10), at(11)), ("anonymous_id", "d-a", a, at(9), at(9)),  # a: first seen 09:00
+        ("user_id", "u-b", b, at(9, 30), at(12)), ("email", "b@x.io", b, at(9, 45), at(9, 45)),  # b: 09:30
+        ("user_id", "new", tied_user, at(8), at(8)),  # both first seen at 08:00: email < user_id
+        ("email", "e@x.io", tied_email, at(8), at(8)),
+    ], "identifier_type string, identifier_value string, customer_id string, first_seen timestamp, "
+       "last_seen timestamp")
+    first = spark.createDataFrame([("e1", "d-new", "u-b", None, None),  # a new device joins b
+                                   ("e2", None, "new", "e@x.io", None)], COLUMNS)  # the tie merges
+    second = spark.createDataFrame([("e3", "d-new", "u-a", None, None)], COLUMNS)  # and now a with b
 
-    assert sorted(tuple(r) for r in extended.collect()) == [
-        ("anonymous_id", "d1", "cus_a"), ("email", "b@x.io", "cus_a"), ("phone", "555-1", "cus_c"),
-        ("user_id", "u1", "cus_a"), ("user_id", "u2", "cus_a"), ("user_id", "u3", "cus_c")]
+    expected = [
+        ("anonymous_id", "d-a", a), ("anonymous_id", "d-new", a), ("email", "b@x.io", a),
+        ("email", "e@x.io", tied_email), ("user_id", "new", tied_email), ("user_id", "u-a", a), ("user_id", "u-b", a)]
+
+    def rows(frame):
+        return sorted(tuple(r) for r in frame.select("identifier_type", "identifier_value", "customer_id").collect())
+
+    assert rows(extend_identity_map(published, first.unionByName(second), [])) == expected
+    kept = extend_identity_map(published, first, [])
+    assert rows(kept) == [
+        ("anonymous_id", "d-a", a), ("anonymous_id", "d-new", b), ("email", "b@x.io", b),
+        ("email", "e@x.io", tied_email), ("user_id", "new", tied_email), ("user_id", "u-a", a), ("user_id", "u-b", b)]
+    assert rows(extend_identity_map(kept, second, [])) == expected
 
 
 def test_only_distinct_sets_of_two_or_more_nodes_link(spark):

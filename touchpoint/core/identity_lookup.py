@@ -15,9 +15,17 @@ from pyspark.sql import functions as F
 
 # Precedence of identifier types when resolving an event's customer.
 IDENTIFIER_PRECEDENCE = ("user_id", "email", "phone", "anonymous_id")
+CUSTOMER_ID_PREFIX = "cus_"
 # Up to this many identifiers a batch job looks the map up broadcast (attach_customer_id): some
 # 100-300 MB of hash tables on the driver and each executor.
 BROADCAST_MAP_MAX_IDENTIFIERS = 2_000_000
+
+
+def customer_id_of(identifier_type: Column, identifier_value: Column) -> Column:
+    """Deterministic customer id from a component's anchor identifier (128 bits of SHA-256): the
+    batch identity mints ids with it; the speed layer finds a published customer's origin by it."""
+    digest = F.sha2(F.concat_ws(":", F.lit("touchpoint-customer-v1"), identifier_type, identifier_value), 256)
+    return F.concat(F.lit(CUSTOMER_ID_PREFIX), F.substring(digest, 1, 32))
 
 
 def event_identifiers(events: DataFrame, key: str = "event_id") -> DataFrame:

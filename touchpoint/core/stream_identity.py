@@ -8,11 +8,15 @@ the batch held back as shared devices link nothing. Each distinct set of identif
 resolved once, and only the distinct sets of two or more nodes (known customers, or provisional
 ids of new identifiers) link anything. A kept map's micro-batch has few of them, and even a map
 rebuilt from 4.9M events has 317,000 (776,000 nodes), so their components are found on the
-driver by union-find, each labelled with its least node. A larger graph is labelled the same way
-by the batch job's connected components (core/identity_graph.py), in Spark. A new component gets a
-provisional id `p-<sha256 of its anchor>`; two published customers linked by a new event take the
-smaller id. The next batch run replaces all of this with the real graph (docs/SERVING.md lists
-the limits: a device that becomes shared inside the stream is not detected until then).
+driver by union-find, each labelled with its least node key. A larger graph is labelled the same
+way by the batch job's connected components (core/identity_graph.py), in Spark. A node's key ranks
+published customers first, the one first seen first (ties by its origin identifier: the batch's
+survivor rule, BRIEF §5 "the older id survives"), then provisional ids; a component's label is the
+node of its least key. The key is a property of the node alone, so a map extended batch by batch
+equals one rebuilt from every uncovered row. A new component gets a provisional id
+`p-<sha256 of an identifier>`. The next batch run replaces all of this with the real graph
+(docs/SERVING.md lists the limits: a device that becomes shared inside the stream is not detected
+until then).
 """
 
 from __future__ import annotations
@@ -24,12 +28,18 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from touchpoint.core.identity_graph import components_by_key, least_labels
-from touchpoint.core.identity_lookup import IDENTIFIER_PRECEDENCE, event_identifiers
+from touchpoint.core.identity_lookup import IDENTIFIER_PRECEDENCE, customer_id_of, event_identifiers
 from touchpoint.core.spark import checkpoint_with_own_size, release_checkpoint
 
 # Same rule as the batch guardrails (BRIEF §5): only 0 - + _ and spaces, with at least one 0.
 ALL_ZERO_PATTERN = r"^[0\-+_ ]*0[0\-+_ ]*$"
 PROVISIONAL_PREFIX = "p-"
+# A node key: "0" + first seen (20-digit µs) + origin type NUL origin value NUL id for a published
+# customer; "1" NUL id otherwise. NUL sorts before any other character, so comparing keys compares
+# (first seen, origin type, origin value) as the batch's survivor rule does, and the id is the
+# key's last NUL-separated part.
+KEY_SEPARATOR = "\x00"
+UNRANKED_KEY_PREFIX = "1" + KEY_SEPARATOR
 # Nodes in the linking node sets (counted once per set) up to which the components are found on
 # the driver, above which in Spark. At the bound: 1.7 s of the driver's Python and 380 MB at its
 # peak (session 35).
@@ -56,7 +66,7 @@ def extend_identity_map(identity_map: DataFrame, events: DataFrame, blocklist: I
 
     The returned frame reads two local checkpoints. With `checkpoints`, they are freed when that
     stack closes (after the caller is done with the frame); otherwise when the driver collects them."""
-    lookup = identity_map.select("identifier_type", "identifier_value", "customer_id")
+    lookup = with_survivor_keys(identity_map)
     # Events with the same identifiers link the same nodes, so each distinct set of identifier
     # values is resolved once, however many events carry it: the 5M drain's rebuild read 4.9M events
     # and 693,330 sets (bench/README.md, session 36).
@@ -77,31 +87,67 @@ def extend_identity_map(identity_map: DataFrame, events: DataFrame, blocklist: I
     nodes = kept(ids.join(lookup, ["identifier_type", "identifier_value"], "left")
                  .select("identifier_set", "identifier_type", "identifier_value",
                          F.coalesce("customer_id", provisional_id(F.col("identifier_type"), F.col("identifier_value")))
-                         .alias("node")))
+                         .alias("node"), "survivor_key"))
     # Only sets with two or more distinct nodes link anything. Once the map knows a customer's
     # identifiers, their new events resolve to that one node, so in a kept map's micro-batch these
     # are the few events that bring a new identifier or join two customers (bench/README.md,
-    # session 35); the labels are computed over them alone.
-    linking = linking_node_sets(nodes).localCheckpoint()
+    # session 35); the labels are computed over them alone, on the nodes' keys.
+    keyed = nodes.select("identifier_set", F.coalesce("survivor_key", F.concat(F.lit(UNRANKED_KEY_PREFIX), "node"))
+                         .alias("node"))
+    linking = linking_node_sets(keyed).localCheckpoint()
     # One union-find over a few hundred thousand strings takes the driver well under a second, where
     # Spark pays a few seconds of jobs for any graph (bench/README.md, session 35).
     linking_nodes = linking.agg(F.sum(F.size("nodes"))).first()[0] or 0
     if linking_nodes <= DRIVER_LABELS_MAX_NODES:
-        labels = _driver_labels(linking)
+        keyed_labels = _driver_labels(linking)
     else:
-        labels = _component_labels(linking)
+        keyed_labels = _component_labels(linking)
     release_checkpoint(linking)  # the labels are computed
+    labels = keyed_labels.select(
+        _id_of(F.col("node")).alias("node"), _id_of(F.col("label")).alias("label"),
+        F.when(~F.col("label").startswith(UNRANKED_KEY_PREFIX), F.col("label")).alias("label_key"))
     if checkpoints is not None:
-        checkpoints.callback(release_checkpoint, labels)
-    # Published identifiers whose customer joined a component keep the component's label.
+        checkpoints.callback(release_checkpoint, keyed_labels)
+    # Published identifiers whose customer joined a component keep the component's label (and key).
     published = (lookup.join(labels.withColumnRenamed("node", "customer_id"), "customer_id", "left")
-                 .select("identifier_type", "identifier_value", F.coalesce("label", "customer_id").alias("customer_id")))
+                 .select("identifier_type", "identifier_value", F.coalesce("label", "customer_id").alias("customer_id"),
+                         F.when(F.col("label").isNotNull(), F.col("label_key")).otherwise(F.col("survivor_key"))
+                         .alias("survivor_key")))
     # A node that links nothing has no label from the components: it is a component of its own.
     new = (nodes.where(F.col("node").startswith(PROVISIONAL_PREFIX)).join(labels, "node", "left")
-           .select("identifier_type", "identifier_value", F.coalesce("label", "node").alias("customer_id")).distinct()
+           .select("identifier_type", "identifier_value", F.coalesce("label", "node").alias("customer_id"),
+                   F.col("label_key").alias("survivor_key")).distinct()
            .join(lookup.select("identifier_type", "identifier_value"), ["identifier_type", "identifier_value"],
                  "left_anti"))
     return published.unionByName(new)
+
+
+def with_survivor_keys(identity_map: DataFrame) -> DataFrame:
+    """(identifier_type, identifier_value, customer_id, survivor_key): the map with each published
+    customer's node key (module docstring). A map this module extended carries its keys; the
+    published gold.identity_map gets them from its first_seen and the ids' origins; any other map
+    (an empty one) has none."""
+    if "survivor_key" in identity_map.columns:
+        return identity_map.select("identifier_type", "identifier_value", "customer_id", "survivor_key")
+    plain = identity_map.select("identifier_type", "identifier_value", "customer_id")
+    if "first_seen" not in identity_map.columns:
+        return plain.withColumn("survivor_key", F.lit(None).cast("string"))
+    since = identity_map.groupBy("customer_id").agg(F.min("first_seen").alias("since"))
+    origins = identity_map.where(
+        customer_id_of(F.col("identifier_type"), F.col("identifier_value")) == F.col("customer_id")
+    ).select("customer_id", F.col("identifier_type").alias("origin_type"),
+             F.col("identifier_value").alias("origin_value"))
+    # An id whose origin is gone (an erased identifier) ranks after the ids first seen at the same instant.
+    keys = since.join(origins, "customer_id", "left").select("customer_id", F.concat(
+        F.lit("0"), F.lpad(F.unix_micros("since").cast("string"), 20, "0"), F.coalesce("origin_type", F.lit("\x7f")),
+        F.lit(KEY_SEPARATOR), F.coalesce("origin_value", F.lit("")), F.lit(KEY_SEPARATOR), "customer_id",
+    ).alias("survivor_key"))
+    return plain.join(keys, "customer_id", "left").select(
+        "identifier_type", "identifier_value", "customer_id", "survivor_key")
+
+
+def _id_of(key: Column) -> Column:
+    return F.substring_index(key, KEY_SEPARATOR, -1)
 
 
 def linking_node_sets(nodes: DataFrame) -> DataFrame:
@@ -143,8 +189,8 @@ def _component_labels(linking: DataFrame) -> DataFrame:
         linked = links.select(F.col("src_key").alias("key")).unionByName(links.select(F.col("dst_key").alias("key")))
         # Beyond the driver's bound: the rounds on the executors.
         components, _ = components_by_key(linked, links, scratch_checkpoint, driver_max_edges=0)
-        # A component's label is its least node: a published id before any provisional one, and the
-        # smaller of two published ids. Checkpointed now, so the graph's checkpoints can go.
+        # A component's label is its least node key: a published customer before any provisional id,
+        # the one first seen first of two. Checkpointed now, so the graph's checkpoints can go.
         return checkpoint_with_own_size(
             components.join(components.groupBy("component").agg(F.min("key").alias("label")), "component")
             .select(F.col("key").alias("node"), "label"))
