@@ -300,7 +300,10 @@ class IngestSink:
 
     def ensure_tables(self, spark: SparkSession) -> None:
         ensure_table(spark, self.paths["bronze.events"], BRONZE_SCHEMA, ["ingest_date"], "bronze.events")
-        ensure_table(spark, self.paths["silver.events"], SILVER_SCHEMA, ["event_date"], "silver.events")
+        currency = self.settings.reporting_currency
+        ensure_table(spark, self.paths["silver.events"], SILVER_SCHEMA, ["event_date"], "silver.events",
+                     {REPORTING_CURRENCY_PROPERTY: currency})
+        require_reporting_currency(spark, self.paths["silver.events"], currency)
         ensure_table(spark, self.paths["silver.quarantine"], QUARANTINE_SCHEMA, ["ingest_date"], "silver.quarantine")
         ensure_table(spark, self.paths["silver.reconciliation"], RECONCILIATION_SCHEMA, [], "silver.reconciliation")
 
@@ -445,6 +448,37 @@ class IngestSink:
         # lake_maintenance's OPTIMIZE rewrites the files this MERGE read: Delta refuses the delete,
         # which is then run again on the compacted files (the same rows).
         retry_on_conflict(delete, f"batch {batch_id}: displaced orders delete")
+
+
+# ---- the reporting currency of a lake --------------------------------------------------------------
+
+# silver.events' table property naming the currency its `revenue_reporting` is in.
+REPORTING_CURRENCY_PROPERTY = "touchpoint.reportingCurrency"
+
+
+def require_reporting_currency(spark: SparkSession, silver_path: str, currency: str) -> None:
+    """Refuse to ingest into a silver whose amounts are in another reporting currency: every job and
+    view sums `revenue_reporting`, so two currencies in one lake would be added up. A silver made
+    before the property existed gets it from its rows (the one currency they hold, else this one)."""
+    from touchpoint.core.config import ConfigError
+    from touchpoint.core.delta import rs_table
+
+    held = rs_table(silver_path).metadata().configuration.get(REPORTING_CURRENCY_PROPERTY)
+    if held is None:
+        found = sorted(r[0] for r in spark.read.format("delta").load(silver_path)
+                       .where(F.col("reporting_currency").isNotNull()).select("reporting_currency").distinct()
+                       .limit(3).collect())
+        if len(found) > 1:
+            raise ConfigError(f"key 'reporting_currency': silver.events already holds amounts in {' and '.join(found)} "
+                              "(the setting changed between ingests); rebuild the lake from the raw events "
+                              "(a new lake_root) with one reporting_currency")
+        held = found[0] if found else currency
+        spark.sql(f"ALTER TABLE delta.`{silver_path}` SET TBLPROPERTIES ('{REPORTING_CURRENCY_PROPERTY}' = '{held}')")
+    if held != currency:
+        raise ConfigError(f"key 'reporting_currency' (env TOUCHPOINT_REPORTING_CURRENCY): silver.events holds revenue "
+                          f"converted to {held}, so ingesting in {currency} would sum amounts of two currencies; set "
+                          f"it back to {held}, or ingest the raw events into a new lake (lake_root) to report in "
+                          f"{currency}")
 
 
 # ---- entry points --------------------------------------------------------------------------------

@@ -136,3 +136,79 @@ def test_an_ingest_reports_the_bytes_of_each_batch_and_of_a_file_done_before(spa
         ("update", 1, sizes["a.jsonl"], "ingest a.jsonl"),
         ("end", 1),
     ]
+
+
+def _order_line(event_id: str, currency: str = "EUR") -> str:
+    import json
+
+    return json.dumps({"event_id": event_id, "event_type": "order", "event_ts": "2026-03-01T10:00:00Z",
+                       "anonymous_id": "a1", "properties": {"order_id": f"o-{event_id}", "revenue": 10,
+                                                            "currency": currency}}) + "\n"
+
+
+def test_a_lake_keeps_one_reporting_currency(spark, settings, tmp_path):
+    """silver.events records the reporting currency its amounts are in; an ingest under another one
+    is refused before it writes anything, naming the key and the fix."""
+    from touchpoint.core.catalog import table_path
+    from touchpoint.core.config import ConfigError
+    from touchpoint.core.delta import latest_version, rs_table
+    from touchpoint.streaming.ingest import REPORTING_CURRENCY_PROPERTY, ingest_files
+
+    silver = table_path("silver.events", settings)
+    first = tmp_path / "first.jsonl"
+    first.write_text(_order_line("e1"))
+    [result] = ingest_files(spark, settings, first)
+    assert result["silver"] == 1
+    assert rs_table(silver).metadata().configuration[REPORTING_CURRENCY_PROPERTY] == "USD"
+
+    second = tmp_path / "second.jsonl"
+    second.write_text(_order_line("e2"))
+    version = latest_version(spark, silver)
+    in_euros = settings.model_copy(update={"reporting_currency": "EUR"})
+    with pytest.raises(ConfigError, match=r"key 'reporting_currency' \(env TOUCHPOINT_REPORTING_CURRENCY\): "
+                                          r"silver.events holds revenue converted to USD, so ingesting in EUR would "
+                                          r"sum amounts of two currencies; set it back to USD, or ingest the raw "
+                                          r"events into a new lake \(lake_root\) to report in EUR"):
+        ingest_files(spark, in_euros, second)
+    assert latest_version(spark, silver) == version
+    rows = spark.read.format("delta").load(silver).select("event_id", "revenue_reporting", "reporting_currency")
+    assert [tuple(r) for r in rows.collect()] == [("e1", pytest.approx(10 * rs_rate("EUR")), "USD")]
+
+
+def rs_rate(currency: str) -> float:
+    """USD per unit of `currency` in the platform's rates table."""
+    from touchpoint.core.events import currencies
+
+    return currencies().usd_per_unit[currency]
+
+
+@pytest.mark.parametrize(("held", "setting", "recorded", "error"), [
+    (["EUR"], "EUR", "EUR", None),  # the currency of its rows becomes the lake's
+    (["EUR"], "USD", "EUR", "silver.events holds revenue converted to EUR, so ingesting in USD"),
+    ([], "GBP", "GBP", None),  # no amounts yet: the setting's
+    (["EUR", "USD"], "USD", None, "silver.events already holds amounts in EUR and USD"),  # mixed: none
+])
+def test_a_silver_from_before_the_property_gets_the_currency_of_its_rows(spark, settings, held, setting, recorded,
+                                                                         error):
+    import datetime as dt
+
+    from touchpoint.core.catalog import table_path
+    from touchpoint.core.config import ConfigError
+    from touchpoint.core.delta import ensure_table, rs_table
+    from touchpoint.schemas.lake import SILVER_SCHEMA
+    from touchpoint.streaming.ingest import REPORTING_CURRENCY_PROPERTY, require_reporting_currency
+
+    silver = table_path("silver.events", settings)
+    ensure_table(spark, silver, SILVER_SCHEMA, ["event_date"], "silver.events")  # as created before session 46
+    rows = [{**{f.name: None for f in SILVER_SCHEMA}, "event_id": f"e{i}", "event_type": "order",
+             "event_ts": dt.datetime(2026, 3, 1, 10), "event_date": dt.date(2026, 3, 1), "revenue_reporting": 1.0,
+             "reporting_currency": currency} for i, currency in enumerate(held)]
+    rows.append({**{f.name: None for f in SILVER_SCHEMA}, "event_id": "view", "event_type": "page_view",
+                 "event_ts": dt.datetime(2026, 3, 1, 10), "event_date": dt.date(2026, 3, 1)})
+    spark.createDataFrame(rows, SILVER_SCHEMA).write.format("delta").mode("append").save(silver)
+    if error is None:
+        require_reporting_currency(spark, silver, setting)
+    else:
+        with pytest.raises(ConfigError, match=error):
+            require_reporting_currency(spark, silver, setting)
+    assert rs_table(silver).metadata().configuration.get(REPORTING_CURRENCY_PROPERTY) == recorded

@@ -50,8 +50,9 @@ def _table_properties(schema: StructType, catalog_name: str | None,
 
 
 def ensure_table(spark: SparkSession, path: str, schema: StructType, partition_by: Sequence[str] = (),
-                 catalog_name: str | None = None) -> None:
-    """Create an empty Delta table at `path` if none exists. Safe to call before every write."""
+                 catalog_name: str | None = None, properties: Mapping[str, str] | None = None) -> None:
+    """Create an empty Delta table at `path` if none exists (with `properties` besides the catalog's).
+    Safe to call before every write."""
     from delta.tables import DeltaTable
 
     if DeltaTable.isDeltaTable(spark, path):
@@ -62,7 +63,7 @@ def ensure_table(spark: SparkSession, path: str, schema: StructType, partition_b
     builder = DeltaTable.createIfNotExists(spark).location(location).addColumns(schema)
     if partition_by:
         builder = builder.partitionedBy(*partition_by)
-    for key, value in _table_properties(schema, catalog_name, partition_by).items():
+    for key, value in {**_table_properties(schema, catalog_name, partition_by), **(properties or {})}.items():
         builder = builder.property(key, value)
     try:
         builder.execute()
