@@ -275,7 +275,7 @@ def _summary(record: dict) -> dict:
 
 def run(spark: SparkSession, settings: Settings, logical_date: dt.date) -> dict:
     """The daily exports: every (segment, destination) of settings.exports.daily, run id = the date."""
-    results = [export_segment(spark, settings, t.segment, t.destination, logical_date)
-               for t in progress.each(settings.exports.daily, f"exports {logical_date}",
-                                      lambda t: f"{t.segment} -> {t.destination}")]
+    with progress.each(settings.exports.daily, f"exports {logical_date}",
+                       lambda t: f"{t.segment} -> {t.destination}") as targets:
+        results = [export_segment(spark, settings, t.segment, t.destination, logical_date) for t in targets]
     return {"exports": results, "count": len(results)}

@@ -122,5 +122,5 @@ def run_step(step: str, logical_date: dt.date, settings: Settings | None = None,
 
 
 def run(spark: SparkSession, settings: Settings, logical_date: dt.date) -> dict:
-    return {step: run_step(step, logical_date, settings, spark)
-            for step in progress.each(tuple(STEPS), f"maintenance {logical_date}")}
+    with progress.each(tuple(STEPS), f"maintenance {logical_date}") as steps:
+        return {step: run_step(step, logical_date, settings, spark) for step in steps}

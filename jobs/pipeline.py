@@ -326,5 +326,5 @@ def run_step(step: str, logical_date: dt.date, settings: Settings | None = None,
 
 def run(spark: SparkSession, settings: Settings, logical_date: dt.date) -> dict:
     """The whole daily pipeline in order, outside Airflow."""
-    steps = progress.each(STEPS, f"pipeline {logical_date}")
-    return {step: run_step(step, logical_date, settings, spark) for step in steps}
+    with progress.each(STEPS, f"pipeline {logical_date}") as steps:
+        return {step: run_step(step, logical_date, settings, spark) for step in steps}

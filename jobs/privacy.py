@@ -411,18 +411,19 @@ def namespace_paths(spark: SparkSession, table: Table, settings: Settings) -> li
 def _erase_from_tables(spark: SparkSession, settings: Settings, subject: Subject, tag: str,
                        names: Sequence[str], label: str = "erasure: deleting rows") -> dict[str, int]:
     removed: dict[str, int] = {}
-    for name in progress.each(names, label):
-        table = TABLES[name]
-        for path in namespace_paths(spark, table, settings):
-            if not is_delta(spark, path):
-                continue
-            predicate = subject_predicate(table, spark.read.format("delta").load(path).columns, subject)
-            if predicate is None:
-                continue
-            count = delete_rows(spark, path, predicate, tag)
-            key = name if path == table.path(settings) else f"{name}@{path.rsplit('/', 2)[-2]}"
-            if count:
-                removed[key] = removed.get(key, 0) + count
+    with progress.each(names, label) as steps:
+        for name in steps:
+            table = TABLES[name]
+            for path in namespace_paths(spark, table, settings):
+                if not is_delta(spark, path):
+                    continue
+                predicate = subject_predicate(table, spark.read.format("delta").load(path).columns, subject)
+                if predicate is None:
+                    continue
+                count = delete_rows(spark, path, predicate, tag)
+                key = name if path == table.path(settings) else f"{name}@{path.rsplit('/', 2)[-2]}"
+                if count:
+                    removed[key] = removed.get(key, 0) + count
     return removed
 
 
@@ -684,11 +685,12 @@ def _erase(spark: SparkSession, settings: Settings, identifier_type: str, identi
                 else [*{key.split("@")[0] for key in removed}, *bookkeeping])
     purged = []
 
-    for name in progress.each(to_purge, "erasure: purging files"):
-        for path in namespace_paths(spark, TABLES[name], settings):
-            if is_delta(spark, path):
-                purge_files(spark, path, settings.retention.erasure_vacuum_hours)
-                purged.append(name if path == TABLES[name].path(settings) else path)
+    with progress.each(to_purge, "erasure: purging files") as steps:
+        for name in steps:
+            for path in namespace_paths(spark, TABLES[name], settings):
+                if is_delta(spark, path):
+                    purge_files(spark, path, settings.retention.erasure_vacuum_hours)
+                    purged.append(name if path == TABLES[name].path(settings) else path)
 
     if subject.known or any(removed.values()):
         status = "erased"

@@ -463,7 +463,10 @@ def require_reporting_currency(spark: SparkSession, silver_path: str, currency: 
     from touchpoint.core.config import ConfigError
     from touchpoint.core.delta import rs_table
 
-    held = rs_table(silver_path).metadata().configuration.get(REPORTING_CURRENCY_PROPERTY)
+    def recorded() -> str | None:
+        return rs_table(silver_path).metadata().configuration.get(REPORTING_CURRENCY_PROPERTY)
+
+    held = recorded()
     if held is None:
         found = sorted(r[0] for r in spark.read.format("delta").load(silver_path)
                        .where(F.col("reporting_currency").isNotNull()).select("reporting_currency").distinct()
@@ -473,7 +476,11 @@ def require_reporting_currency(spark: SparkSession, silver_path: str, currency: 
                               "(the setting changed between ingests); rebuild the lake from the raw events "
                               "(a new lake_root) with one reporting_currency")
         held = found[0] if found else currency
-        spark.sql(f"ALTER TABLE delta.`{silver_path}` SET TBLPROPERTIES ('{REPORTING_CURRENCY_PROPERTY}' = '{held}')")
+        # A metadata commit: retried when it races the stream's appends; another starter may record first.
+        retry_on_conflict(lambda: spark.sql(f"ALTER TABLE delta.`{silver_path}` SET TBLPROPERTIES "
+                                            f"('{REPORTING_CURRENCY_PROPERTY}' = '{held}')"),
+                          "recording silver's reporting currency")
+        held = recorded() or held
     if held != currency:
         raise ConfigError(f"key 'reporting_currency' (env TOUCHPOINT_REPORTING_CURRENCY): silver.events holds revenue "
                           f"converted to {held}, so ingesting in {currency} would sum amounts of two currencies; set "

@@ -30,8 +30,8 @@ class QueryHealth:
     name: str
     pid: int | None
     alive: bool
-    last_batch_at: dt.datetime | None  # of the stalest query; None when one has committed nothing yet
-    lag_seconds: float | None
+    last_batch_at: dt.datetime | None  # of the stalest query; None when it has committed nothing
+    lag_seconds: float | None  # since its last batch or the process's start, the later; None when not running
     stalest: str  # the query (of the process's queries) whose last batch is the oldest
 
 
@@ -69,15 +69,21 @@ def last_batches(settings: Settings, name: str) -> dict[str, dt.datetime | None]
 
 
 def health(settings: Settings, name: str, now: dt.datetime) -> QueryHealth:
+    """Each query's lag counts from its last batch or from the process's start, whichever is later
+    (a query that has committed nothing since a restart is judged from the restart); the stalest
+    query is reported. A process not running has no lag."""
     from touchpoint.core.process import read_pid
 
-    pid = read_pid(_pid_file(settings, name))
+    pid_file = _pid_file(settings, name)
+    pid = read_pid(pid_file)
     last = last_batches(settings, name)
-    # a query that has committed nothing is the stalest, with no lag to report yet
-    stalest = min(last, key=lambda query: (last[query] is not None, last[query] or dt.datetime.min))
-    at = last[stalest]
-    lag = (now - at).total_seconds() if at else None
-    return QueryHealth(name, pid, pid is not None, at, lag, stalest)
+    started = dt.datetime.fromtimestamp(pid_file.stat().st_mtime, dt.timezone.utc) if pid is not None else None
+    lags = {}
+    for query, at in last.items():
+        since = max((t for t in (at, started) if t is not None), default=None)
+        lags[query] = (now - since).total_seconds() if since is not None else None
+    stalest = max(lags, key=lambda query: float("-inf") if lags[query] is None else lags[query])
+    return QueryHealth(name, pid, pid is not None, last[stalest], lags[stalest], stalest)
 
 
 def start_detached(settings: Settings, name: str) -> int:

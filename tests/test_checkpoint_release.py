@@ -111,11 +111,3 @@ def test_speed_identity_frees_its_round_checkpoints_and_the_stack_frees_the_rest
             ("user_id", "u-known", "c-known"), ("user_id", "u1", "c-known")]
         assert len(set(_cached_rdds(spark)) - before) == 2  # the nodes and the last labels
     assert not set(_cached_rdds(spark)) - before
-
-
-def test_releasing_a_checkpoint_prints_no_warning_but_other_rdd_warnings_still_show(spark):
-    """Spark warns, per released checkpoint, that the RDD 'cannot be recomputed': a release is
-    deliberate, so that one logger is quiet (a CLI run printed dozens of these lines over its bars)."""
-    log_manager = spark.sparkContext._jvm.org.apache.logging.log4j.LogManager
-    assert str(log_manager.getLogger("org.apache.spark.rdd.MapPartitionsRDD").getLevel()) == "ERROR"
-    assert str(log_manager.getLogger("org.apache.spark.rdd.RDD").getLevel()) == "WARN"

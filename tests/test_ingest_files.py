@@ -172,10 +172,10 @@ def test_a_lake_keeps_one_reporting_currency(spark, settings, tmp_path):
         ingest_files(spark, in_euros, second)
     assert latest_version(spark, silver) == version
     rows = spark.read.format("delta").load(silver).select("event_id", "revenue_reporting", "reporting_currency")
-    assert [tuple(r) for r in rows.collect()] == [("e1", pytest.approx(10 * rs_rate("EUR")), "USD")]
+    assert [tuple(r) for r in rows.collect()] == [("e1", pytest.approx(10 * usd_per_unit("EUR")), "USD")]
 
 
-def rs_rate(currency: str) -> float:
+def usd_per_unit(currency: str) -> float:
     """USD per unit of `currency` in the platform's rates table."""
     from touchpoint.core.events import currencies
 
@@ -212,3 +212,37 @@ def test_a_silver_from_before_the_property_gets_the_currency_of_its_rows(spark, 
         with pytest.raises(ConfigError, match=error):
             require_reporting_currency(spark, silver, setting)
     assert rs_table(silver).metadata().configuration.get(REPORTING_CURRENCY_PROPERTY) == recorded
+
+
+def test_retention_deletes_raw_payloads_and_quarantine_older_than_their_days_and_keeps_silver(spark, tmp_path):
+    """lake_maintenance's enforce_retention: the cut-off is counted back from the logical date (never
+    from now), per table; silver is never touched."""
+    import datetime as dt
+    import json
+
+    from touchpoint.core.catalog import table_path
+    from touchpoint.core.config import load_settings
+    from touchpoint.jobs.maintenance import enforce_retention
+    from touchpoint.streaming.ingest import ingest_files
+
+    settings = load_settings(lake_root=str(tmp_path / "lake"), spark_shuffle_partitions=2,
+                             retention={"bronze_days": 5, "quarantine_days": 10})
+    events = tmp_path / "day.jsonl"
+    events.write_text("".join(json.dumps({"event_id": f"e{i}", "event_type": "page_view", "anonymous_id": "a1",
+                                          "event_ts": "2026-03-01T10:00:00Z"}) + "\n" for i in (1, 2)) + "{broken\n")
+    ingest_files(spark, settings, events)
+
+    def count(name: str) -> int:
+        return spark.read.format("delta").load(table_path(name, settings)).count()
+
+    [ingest_day] = {r[0] for r in spark.read.format("delta").load(table_path("bronze.events", settings))
+                    .select("ingest_date").collect()}
+    assert (count("bronze.events"), count("silver.quarantine"), count("silver.events")) == (3, 1, 2)
+    # D = ingest day + 5: the bronze cut-off is the ingest day itself, and rows of that day stay
+    assert enforce_retention(spark, settings, ingest_day + dt.timedelta(days=5)) == {
+        "rows_deleted": {"bronze.events": 0, "silver.quarantine": 0}}
+    assert enforce_retention(spark, settings, ingest_day + dt.timedelta(days=6)) == {
+        "rows_deleted": {"bronze.events": 3, "silver.quarantine": 0}}
+    assert enforce_retention(spark, settings, ingest_day + dt.timedelta(days=11)) == {
+        "rows_deleted": {"bronze.events": 0, "silver.quarantine": 1}}
+    assert (count("bronze.events"), count("silver.quarantine"), count("silver.events")) == (0, 0, 2)

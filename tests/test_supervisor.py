@@ -36,11 +36,13 @@ def _speed_batches(settings, *batches):
             [{"query": query, "batch_id": i, "processed_at": at} for i, (query, at) in enumerate(batches)])
 
 
-def _alive(settings, name):
-    """This test's own process stands for a live stream."""
+def _alive(settings, name, started=NOW - dt.timedelta(hours=3)):
+    """This test's own process stands for a live stream, started at `started` (its PID file's time)."""
     folder = settings.state_path / "streams"
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / f"{name}.pid").write_text(str(os.getpid()))
+    pid_file = folder / f"{name}.pid"
+    pid_file.write_text(str(os.getpid()))
+    os.utime(pid_file, (started.timestamp(), started.timestamp()))
 
 
 def test_a_speed_query_falling_behind_is_stale_while_the_other_commits(tmp_path):
@@ -57,17 +59,33 @@ def test_a_speed_query_falling_behind_is_stale_while_the_other_commits(tmp_path)
         "query": "speed", "action": "healthy", "pid": os.getpid(), "lag_seconds": 120.0, "stalest": "speed_customers"}
 
 
+def test_a_query_that_never_committed_does_not_hide_a_stale_one_and_counts_from_the_start(tmp_path):
+    settings = _settings(tmp_path, stream={"customer_trigger_seconds": 30})
+    _alive(settings, "speed")  # started three hours before NOW
+    _speed_batches(settings, ("speed", NOW - dt.timedelta(hours=2)))  # speed_customers: nothing yet
+    with pytest.raises(StreamStale, match=r"query speed_customers .* 10800s ago, over the 600s bound"):
+        supervise(settings, "speed", NOW, max_lag_seconds=600)
+    _speed_batches(settings, ("speed_customers", NOW - dt.timedelta(seconds=30)))
+    with pytest.raises(StreamStale, match=r"query speed of .* 7200s ago"):
+        supervise(settings, "speed", NOW, max_lag_seconds=600)
+    # restarted five minutes ago: both are judged from the restart until they commit again
+    _alive(settings, "speed", started=NOW - dt.timedelta(minutes=5))
+    assert supervise(settings, "speed", NOW, max_lag_seconds=600) == {
+        "query": "speed", "action": "healthy", "pid": os.getpid(), "lag_seconds": 300.0, "stalest": "speed"}
+
+
 def test_one_speed_query_and_the_ingest_are_judged_by_their_own_batches(tmp_path):
     settings = _settings(tmp_path, stream={"customer_trigger_seconds": None})  # one speed query for all views
     _alive(settings, "speed")
-    _alive(settings, "ingest")
     _speed_batches(settings, ("speed", NOW - dt.timedelta(seconds=45)))
     assert supervise(settings, "speed", NOW, 600)["lag_seconds"] == 45.0
-    # the ingest has committed nothing yet: alive and not stale
+    # the ingest has committed nothing yet: judged from its start
+    _alive(settings, "ingest", started=NOW - dt.timedelta(seconds=90))
     assert supervise(settings, "ingest", NOW, 600) == {
-        "query": "ingest", "action": "healthy", "pid": os.getpid(), "lag_seconds": None, "stalest": "ingest"}
+        "query": "ingest", "action": "healthy", "pid": os.getpid(), "lag_seconds": 90.0, "stalest": "ingest"}
     _append(settings, "silver.reconciliation", RECONCILIATION_SCHEMA,
             [{"ingest_ts": NOW - dt.timedelta(seconds=s)} for s in (900, 700)])
+    _alive(settings, "ingest")  # running since before those batches
     with pytest.raises(StreamStale, match=r"query ingest .* 700s ago, over the 600s bound"):
         supervise(settings, "ingest", NOW, 600)
 

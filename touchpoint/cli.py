@@ -525,7 +525,7 @@ def demo(customers: int = typer.Option(300, min=1, help="simulated customers"),
     """Generate traffic, stream it in, reconcile, run the daily pipeline: end to end, locally."""
     from touchpoint.demo import run_demo
 
-    result = run_demo(console, customers=customers, seed=seed)
+    result = run_demo(console, customers=customers, seed=seed, progress_bars=_progress)
     if not result["exact"]:
         raise typer.Exit(1)
 

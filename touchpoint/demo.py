@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import datetime as dt
 import shutil
+from contextlib import nullcontext
+from typing import Callable, ContextManager
 
 from rich.console import Console
 from rich.table import Table
@@ -18,7 +20,9 @@ DEMO_START = dt.date(2026, 3, 2)
 DEMO_DAYS = 4
 
 
-def run_demo(console: Console, customers: int = 300, seed: int = 42) -> dict:
+def run_demo(console: Console, customers: int = 300, seed: int = 42,
+             progress_bars: Callable[[str], ContextManager] = nullcontext) -> dict:
+    """`progress_bars(description)`: a block in which the pipeline's steps show as bars (the CLI's)."""
     from touchpoint.core.catalog import table_path
     from touchpoint.core.config import get_settings, require_kafka
     from touchpoint.core.delta import rs_table
@@ -60,11 +64,11 @@ def run_demo(console: Console, customers: int = 300, seed: int = 42) -> dict:
     console.print("reconciliation: " + ("[green]exact[/green]" if exact else "[red]MISMATCH[/red]"))
 
     result = {"report": report, "reconciliation": totals, "exact": exact}
-    result.update(_batch_pipeline(console, spark, settings))
+    result.update(_batch_pipeline(console, spark, settings, progress_bars))
     return result
 
 
-def _batch_pipeline(console: Console, spark, settings) -> dict:
+def _batch_pipeline(console: Console, spark, settings, progress_bars: Callable[[str], ContextManager]) -> dict:
     from touchpoint.jobs.runner import JOBS
 
     missing = [job for job in ("identity", "profiles", "attribution") if not _importable(JOBS[job])]
@@ -75,12 +79,14 @@ def _batch_pipeline(console: Console, spark, settings) -> dict:
 
     logical_date = DEMO_START + dt.timedelta(days=DEMO_DAYS - 1)
     console.rule(f"3. marketing_daily for {logical_date} (write, audit, publish)")
-    steps = run_pipeline(spark, settings, logical_date)
+    with progress_bars(f"marketing_daily {logical_date}"):
+        steps = run_pipeline(spark, settings, logical_date)
     console.print({step: _short(summary) for step, summary in steps.items()})
     daily = spark.read.format("delta").load(_path("gold.attribution_daily", settings))
     by_channel = (daily.groupBy("model", "channel").sum("revenue").withColumnRenamed("sum(revenue)", "revenue")
                   .orderBy("model", "channel").collect())
-    grid = Table("model", "channel", "attributed revenue (USD)", title="revenue by channel and model")
+    grid = Table("model", "channel", f"attributed revenue ({settings.reporting_currency})",
+                 title="revenue by channel and model")
     for row in by_channel:
         grid.add_row(row["model"], row["channel"], f"{row['revenue']:.2f}")
     console.print(grid)

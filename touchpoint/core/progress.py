@@ -5,8 +5,9 @@ with `reporting(...)` (a context variable): the CLI installs progress bars; Airf
 spark-submit install none, and their logs carry the jobs' own lines. Without a reporter `task` costs
 nothing.
 
-    for step in progress.each(STEPS, "pipeline 2026-03-04"):   # a bar of len(STEPS) steps
-        ...
+    with progress.each(STEPS, "pipeline 2026-03-04") as steps:   # a bar of len(STEPS) steps
+        for step in steps:
+            ...
     with progress.task("ingest events.jsonl", total=size, unit="bytes") as read:
         ...
         read.advance(len(chunk))
@@ -87,11 +88,18 @@ def task(description: str, total: float | None, unit: str = "steps") -> Iterator
             current._reporter.end(current._handle, failed)
 
 
-def each(items: Sequence[T], label: str, name: Callable[[T], str] = str, unit: str = "steps") -> Iterator[T]:
-    """The items in order, as one task of len(items) units described by the item under way."""
+@contextmanager
+def each(items: Sequence[T], label: str, name: Callable[[T], str] = str,
+         unit: str = "steps") -> Iterator[Iterator[T]]:
+    """A block over the items in order, as one task of len(items) units described by the item under
+    way. A block, not a bare generator: a step that raises ends the task as failed at once (a
+    generator held by the traceback's frame would end it only when that is freed)."""
     with task(label, total=len(items), unit=unit) as done:
-        for item in items:
-            done.describe(f"{label}: {name(item)}")
-            yield item
-            done.advance()
-        done.describe(label)
+        def steps() -> Iterator[T]:
+            for item in items:
+                done.describe(f"{label}: {name(item)}")
+                yield item
+                done.advance()
+            done.describe(label)
+
+        yield steps()
