@@ -7,22 +7,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from itertools import combinations
-from typing import Callable, Iterable
+from typing import Callable
 
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
-from touchpoint.core.identity_lookup import customer_id_of, is_present
+from touchpoint.core.identity_lookup import customer_id_of, held_back_reason, is_present
 
 # Sorted in code-point order: the order of (first_seen, identifier_type, identifier_value) tie-breaks
 # and of the two ends of a stored edge.
 IDENTIFIER_TYPES = ("anonymous_id", "email", "phone", "user_id")
 DEVICE_TYPE, USER_TYPE = "anonymous_id", "user_id"
 
-# "All-zero" ids: only 0 - + _ and spaces, with at least one 0.
-ALL_ZERO_PATTERN = r"^[0\-+_ ]*0[0\-+_ ]*$"
-
-REASON_BLOCKLIST, REASON_ALL_ZERO, REASON_SHARED_DEVICE = "blocklist", "all_zero", "shared_device"
+REASON_SHARED_DEVICE = "shared_device"
 
 
 @dataclass(frozen=True)
@@ -34,13 +31,6 @@ class Guardrails:
     def from_settings(cls, identity_settings) -> "Guardrails":
         listed = tuple(sorted({value.strip().lower() for value in identity_settings.blocklist}))
         return cls(listed, identity_settings.shared_device_max_user_ids)
-
-
-def held_back_reason(value: Column, blocklist: Iterable[str]) -> Column:
-    """'blocklist' / 'all_zero' for a value treated as absent, else null (case-insensitive, any type)."""
-    listed = list(blocklist)
-    in_list = F.lower(F.trim(value)).isin(listed) if listed else F.lit(False)
-    return F.when(in_list, F.lit(REASON_BLOCKLIST)).when(value.rlike(ALL_ZERO_PATTERN), F.lit(REASON_ALL_ZERO))
 
 
 def anchor_order(first_seen: Column, identifier_type: Column, identifier_value: Column) -> Column:

@@ -8,7 +8,7 @@ plus other identifiers belongs to the customer of those others.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Iterable
 
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
@@ -16,9 +16,21 @@ from pyspark.sql import functions as F
 # Precedence of identifier types when resolving an event's customer.
 IDENTIFIER_PRECEDENCE = ("user_id", "email", "phone", "anonymous_id")
 CUSTOMER_ID_PREFIX = "cus_"
+# "All-zero" ids (BRIEF §5): only 0 - + _ and spaces, with at least one 0.
+ALL_ZERO_PATTERN = r"^[0\-+_ ]*0[0\-+_ ]*$"
+REASON_BLOCKLIST, REASON_ALL_ZERO = "blocklist", "all_zero"
 # Up to this many identifiers a batch job looks the map up broadcast (attach_customer_id): some
 # 100-300 MB of hash tables on the driver and each executor.
 BROADCAST_MAP_MAX_IDENTIFIERS = 2_000_000
+
+
+def held_back_reason(value: Column, blocklist: Iterable[str]) -> Column:
+    """'blocklist' / 'all_zero' for a value treated as absent, else null (case-insensitive, any type;
+    `blocklist` holds trimmed lower-case values). One rule for the batch guardrails and the speed
+    layer's links."""
+    listed = list(blocklist)
+    in_list = F.lower(F.trim(value)).isin(listed) if listed else F.lit(False)
+    return F.when(in_list, F.lit(REASON_BLOCKLIST)).when(value.rlike(ALL_ZERO_PATTERN), F.lit(REASON_ALL_ZERO))
 
 
 def customer_id_of(identifier_type: Column, identifier_value: Column) -> Column:

@@ -28,11 +28,9 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from touchpoint.core.identity_graph import components_by_key, least_labels
-from touchpoint.core.identity_lookup import IDENTIFIER_PRECEDENCE, customer_id_of, event_identifiers
+from touchpoint.core.identity_lookup import IDENTIFIER_PRECEDENCE, customer_id_of, event_identifiers, held_back_reason
 from touchpoint.core.spark import checkpoint_with_own_size, release_checkpoint
 
-# Same rule as the batch guardrails (BRIEF §5): only 0 - + _ and spaces, with at least one 0.
-ALL_ZERO_PATTERN = r"^[0\-+_ ]*0[0\-+_ ]*$"
 PROVISIONAL_PREFIX = "p-"
 # A node key: "0" + first seen (20 digits: µs since 0001-01-01, never negative) + origin type NUL
 # origin value NUL id for a published customer; "0~" NUL id for one whose origin identifier is gone
@@ -50,9 +48,8 @@ DRIVER_LABELS_MAX_NODES = 1_000_000
 
 
 def is_blocklisted(value: Column, blocklist: Iterable[str]) -> Column:
-    listed = sorted({v.strip().lower() for v in blocklist})
-    in_list = F.lower(F.trim(value)).isin(listed) if listed else F.lit(False)
-    return in_list | value.rlike(ALL_ZERO_PATTERN)
+    """The batch guardrails' rule (BRIEF §5): a listed value or an all-zero id links nothing."""
+    return held_back_reason(value, sorted({v.strip().lower() for v in blocklist})).isNotNull()
 
 
 def provisional_id(identifier_type: Column, identifier_value: Column) -> Column:
