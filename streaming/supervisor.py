@@ -31,7 +31,7 @@ class QueryHealth:
     pid: int | None
     alive: bool
     last_batch_at: dt.datetime | None  # of the stalest query; None when it has committed nothing
-    lag_seconds: float | None  # since its last batch or the process's start, the later; None when not running
+    lag_seconds: float | None  # since its last batch or the running process's start, the later; None: neither
     stalest: str  # the query (of the process's queries) whose last batch is the oldest
 
 

@@ -57,6 +57,7 @@ class _Bars:
         if not task.fields["sized"]:  # work of unknown size is done when it ends, unless it failed
             self.bars.update(handle, total=1, completed=0 if failed else 1)
         self.bars.update(handle, ended=True)
+        self.bars.stop_task(handle)  # its elapsed time stops with it
 
 
 class _State(ProgressColumn):

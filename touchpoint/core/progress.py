@@ -78,7 +78,7 @@ def task(description: str, total: float | None, unit: str = "steps") -> Iterator
     depth = _DEPTH.get()
     current = Task(description, total, unit, _REPORTER.get(), depth)
     token = _DEPTH.set(depth + 1)
-    failed = True  # until the block ends normally: an exception, or a consumer of `each` that stopped early
+    failed = True  # until the block ends normally: an exception leaves it set
     try:
         yield current
         failed = False
