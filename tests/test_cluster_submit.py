@@ -113,7 +113,7 @@ def test_ingest_and_a_job_on_a_standalone_cluster_equal_local_mode(tmp_path, ing
         assert options, "tests/conftest.py sets TOUCHPOINT_SPARK_JVM_OPTIONS for the suite's children"
         home = on_cluster.state_path / "spark-cluster"
         for pid_file in [home / "master.pid", *home.glob("worker-*.pid")]:
-            command_line = Path(f"/proc/{pid_file.read_text().strip()}/cmdline").read_bytes().split(b"\0")
+            command_line = Path(f"/proc/{pid_file.read_text().split()[0]}/cmdline").read_bytes().split(b"\0")
             assert set(options) <= set(command_line), pid_file.name
         ingested = subprocess.run([sys.executable, "-m", "touchpoint", "ingest", "--file",
                                    str(ingested_history / "events.jsonl")], env=_env(ingest_lake),

@@ -18,12 +18,36 @@ def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
         return False
 
 
-def read_pid(pid_file: Path) -> int | None:
+def start_ticks(pid: int) -> str | None:
+    """When the process started (clock ticks since boot, /proc/<pid>/stat field 22), None if unknown.
+    With its PID it names one process: a PID the kernel hands out again gets another start time."""
     try:
-        pid = int(pid_file.read_text().strip())
-    except (FileNotFoundError, ValueError):
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
         return None
-    return pid if pid_alive(pid) else None
+    fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) ": comm may hold spaces
+    return fields[19] if len(fields) > 19 else None
+
+
+def read_pid(pid_file: Path) -> int | None:
+    """The recorded process if it still runs. A file records the PID and its start time: a PID now
+    held by another process (after a reboot, or reused) is no longer the recorded one, so it is
+    never reported alive, nor signalled by stop_pid. A file of the PID alone is trusted as is."""
+    try:
+        lines = pid_file.read_text().split()
+        pid = int(lines[0])
+    except (FileNotFoundError, ValueError, IndexError):
+        return None
+    if not pid_alive(pid):
+        return None
+    if len(lines) > 1 and start_ticks(pid) not in (None, lines[1]):
+        return None
+    return pid
+
+
+def write_pid(pid_file: Path, pid: int) -> None:
+    ticks = start_ticks(pid)
+    pid_file.write_text(f"{pid}\n{ticks}\n" if ticks is not None else f"{pid}\n")
 
 
 def pid_alive(pid: int) -> bool:
@@ -50,7 +74,7 @@ def spawn(command: list[str], log_file: Path, pid_file: Path, env: dict[str, str
             command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             env={**os.environ, **(env or {})}, cwd=cwd, start_new_session=True,
         )
-    pid_file.write_text(str(proc.pid))
+    write_pid(pid_file, proc.pid)
     return proc.pid
 
 
