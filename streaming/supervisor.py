@@ -57,15 +57,12 @@ def last_batches(settings: Settings, name: str) -> dict[str, dt.datetime | None]
     except TableNotFoundError:
         return dict.fromkeys(queries)
     column = QUERIES[name][2]
-    if name != "speed":  # one query writes the ingest's table
-        stamps = table.to_pyarrow_table(columns=[column]).column(column)
-        return {name: pc.max(stamps).as_py() if len(stamps) else None}
-    rows = table.to_pyarrow_table(columns=["query", column])
-    last = {}
-    for query in queries:
-        stamps = rows.filter(pc.equal(rows.column("query"), query)).column(column)
-        last[query] = pc.max(stamps).as_py() if len(stamps) else None
-    return last
+    if name == "speed":  # speed.freshness names the query of each row
+        rows = table.to_pyarrow_table(columns=["query", column])
+        stamps = {query: rows.filter(pc.equal(rows.column("query"), query)).column(column) for query in queries}
+    else:  # one query writes the ingest's table
+        stamps = {name: table.to_pyarrow_table(columns=[column]).column(column)}
+    return {query: pc.max(times).as_py() if len(times) else None for query, times in stamps.items()}
 
 
 def health(settings: Settings, name: str, now: dt.datetime) -> QueryHealth:
