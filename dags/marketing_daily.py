@@ -29,7 +29,9 @@ the run at D+1 00:00Z closes; a manual run without a logical date covers the las
 
 Every task is idempotent per D (re-running re-stages from what is published) and calls the same
 entry point as `touchpoint run pipeline --date D` (`touchpoint.jobs.pipeline.run_step`).
-Backfill oldest first, one date at a time: `--max-active-runs 1`, never `--run-backwards`.
+Backfill oldest first, one date at a time: `--max-active-runs 1`, never `--run-backwards`; then
+re-run the later dates. Serving covers the days in between from the speed layer when the backfill
+reaches no further back than `stream.backfill_grace_days` (7); publish warns otherwise.
 """
 
 

@@ -14,6 +14,7 @@ Every step is idempotent per logical date: re-running D re-seeds staging from wh
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import os
 import re
 import shutil
@@ -29,6 +30,7 @@ from touchpoint.core.delta import (
     ensure_table, exchange_folders, folder_exists, gold_write_lock, is_delta, make_folder, remove_tree,
 )
 
+log = logging.getLogger(__name__)
 PIPELINE_JOBS = ("identity", "profiles", "attribution", "segments", "campaign_metrics", "exports")
 
 
@@ -145,6 +147,7 @@ def publish(spark: SparkSession, settings: Settings, logical_date: dt.date) -> d
         # Tables are independent; their small Spark jobs and Delta commits overlap well in threads.
         with ThreadPoolExecutor(max_workers=PUBLISH_THREADS) as pool:
             published = [name for name in pool.map(publish_table, gold_tables()) if name]
+    gap = serving_gap(latest_published_date(spark, settings), logical_date, settings)
     record_high_water_mark(spark, settings, logical_date)
     from touchpoint.core.serving import expire_speed_rows
 
@@ -152,7 +155,27 @@ def publish(spark: SparkSession, settings: Settings, logical_date: dt.date) -> d
     # Staging is a full copy of gold (raw PII included): never keep it around, on any file system.
     remove_tree(spark, staging)
     return {"published": published, "exports_released": released, "speed_rows_expired": expired,
-            "high_water_mark": as_of_for(logical_date).isoformat()}
+            "high_water_mark": as_of_for(logical_date).isoformat(), **({"serving_gap": gap} if gap else {})}
+
+
+def serving_gap(latest_date: dt.date | None, logical_date: dt.date, settings: Settings) -> dict | None:
+    """What serving may lack once `logical_date` is published after `latest_date` (a backfill): the
+    batch views now stop at H, and the speed rows below the latest cut less the backfill grace may be
+    expired already (core.serving.expiry_bound). None when the cut moves back no further than the
+    grace. Logged as a warning: re-running the latest date closes the gap."""
+    if latest_date is None:
+        return None
+    cut, newest_cut = as_of_for(logical_date), as_of_for(latest_date)
+    kept_from = newest_cut - dt.timedelta(days=settings.stream.backfill_grace_days)
+    if cut >= kept_from:
+        return None
+    gap = {"from": cut.isoformat(), "to": kept_from.isoformat(), "latest_date": latest_date.isoformat()}
+    log.warning("publish %s moves the serving cut back from %s to %s, further than stream.backfill_grace_days "
+                "(%g) allows: serving may lack events from %s to %s until %s runs again; re-run it, or raise "
+                "stream.backfill_grace_days (TOUCHPOINT_STREAM__BACKFILL_GRACE_DAYS) before backfills that far back",
+                logical_date, newest_cut.isoformat(), cut.isoformat(), settings.stream.backfill_grace_days,
+                gap["from"], gap["to"], latest_date)
+    return gap
 
 
 PUBLISH_THREADS = 4
@@ -250,6 +273,14 @@ def _high_water_mark_recorded(spark: SparkSession, settings: Settings, logical_d
     path = TABLES["gold.high_water_mark"].path(settings)
     return is_delta(spark, path) and not spark.read.format("delta").load(path).where(
         F.col("logical_date") == F.lit(logical_date)).isEmpty()
+
+
+def latest_published_date(spark: SparkSession, settings: Settings) -> dt.date | None:
+    """The latest logical date gold.high_water_mark records (None before the first publish)."""
+    path = TABLES["gold.high_water_mark"].path(settings)
+    if not is_delta(spark, path):
+        return None
+    return spark.read.format("delta").load(path).agg({"logical_date": "max"}).first()[0]
 
 
 def current_high_water_mark(spark: SparkSession, settings: Settings) -> dt.datetime | None:

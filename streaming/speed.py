@@ -50,7 +50,7 @@ from touchpoint.core.segments import (
     SegmentDefinitionError, behaviour_windows, behaviours_of, compile_segments, load_segments, segment_members,
     with_behaviour_counts,
 )
-from touchpoint.core.serving import SCHEMAS
+from touchpoint.core.serving import SCHEMAS, expiry_bound
 from touchpoint.core.spark import checkpoint_with_own_size, has_checkpoint, local_checkpoint, release_checkpoint
 from touchpoint.core.stream_identity import extend_identity_map
 from touchpoint.schemas.lake import SILVER_SCHEMA
@@ -84,15 +84,17 @@ def signed_changes(changes: DataFrame) -> DataFrame:
             .withColumn("sign", sign).withColumn("silver_version", F.col("_commit_version").cast("long")))
 
 
-def not_absorbed(bucket_column: str, high_water_mark: dt.datetime | None, version: int | None,
-                 kind: str = "ts") -> Callable[[DataFrame], DataFrame]:
-    """Keep speed rows the batch does not hold: bucket >= H or silver_version > V."""
+def not_expired(bucket_column: str, bound: dt.datetime | None, version: int | None,
+                kind: str = "ts") -> Callable[[DataFrame], DataFrame]:
+    """Keep the speed rows expiry would keep: bucket >= `bound` (the cut H less the backfill grace,
+    `core.serving.expiry_bound`) or silver_version > V. Rows the batch holds within the grace are
+    written too, so that a backfill moving the cut back finds them."""
 
     def transform(rows: DataFrame) -> DataFrame:
-        if high_water_mark is None:
+        if bound is None:
             return rows
-        bound = F.lit(high_water_mark).cast("date" if kind == "date" else "timestamp")
-        return rows.where((F.col(bucket_column) >= bound) | (F.col("silver_version") > F.lit(version)))
+        lowest = F.lit(bound).cast("date" if kind == "date" else "timestamp")
+        return rows.where((F.col(bucket_column) >= lowest) | (F.col("silver_version") > F.lit(version)))
 
     return transform
 
@@ -292,8 +294,9 @@ class SpeedSink:
         for grain, table, gold, kind in (("minute", "speed.campaign_minute", "gold.campaign_minute", "ts"),
                                          ("date", "speed.campaign_daily", "gold.campaign_daily", "date")):
             high_water_mark, version = self._cut(spark, gold)
+            bound = None if high_water_mark is None else expiry_bound(high_water_mark, self.settings)
             totals = (measured.transform(campaign_totals(grain, ("silver_version",)))
-                      .transform(not_absorbed(grain, high_water_mark, version, kind))
+                      .transform(not_expired(grain, bound, version, kind))
                       .select(*SCHEMAS[table].fieldNames()))
             # Partial sums are appended, not merged: serving sums them per key anyway, and an
             # append is one job where a MERGE is several.

@@ -183,3 +183,21 @@ def test_a_commit_that_slips_in_before_the_exchange_is_kept_in_history(spark, se
     operations = [(r["version"], r["operation"], r["operationParameters"]["mode"])
                   for r in DeltaTable.forPath(spark, sizes).history().orderBy("version").collect()]
     assert operations == [(0, "WRITE", "ErrorIfExists"), (1, "WRITE", "Append"), (2, "WRITE", "Overwrite")]
+
+
+def test_a_backfill_further_back_than_the_grace_reports_the_serving_gap(spark, settings, caplog):
+    """Publishing an older date moves the serving cut back. Within stream.backfill_grace_days (7) of
+    the latest date's cut the speed rows are still kept (docs/SERVING.md), so nothing is reported;
+    further back the publish names the interval serving may lack, and the fix."""
+    latest = dt.date(2026, 3, 20)
+    for day in (latest, dt.date(2026, 3, 13), dt.date(2026, 3, 10)):
+        prepare_staging(spark, settings, day)
+        with caplog.at_level("WARNING", logger="touchpoint.jobs.pipeline"):
+            published = publish(spark, settings, day)
+        if day != dt.date(2026, 3, 10):
+            assert "serving_gap" not in published  # 2026-03-13: its cut 03-14 is exactly 7 days below 03-21
+            assert not caplog.records
+    assert published["serving_gap"] == {"from": "2026-03-11T00:00:00+00:00", "to": "2026-03-14T00:00:00+00:00",
+                                        "latest_date": "2026-03-20"}
+    [warning] = caplog.records
+    assert "stream.backfill_grace_days" in warning.getMessage() and "until 2026-03-20 runs again" in warning.getMessage()

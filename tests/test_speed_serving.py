@@ -59,11 +59,12 @@ class Lake:
 
         return run(self.spark, settings or self.settings, day)
 
-    def speed(self, **sink_args):
+    def speed(self, settings=None, **sink_args):
         from touchpoint.streaming.speed import SpeedSink, start_stream
 
-        sink = SpeedSink(self.settings, **sink_args) if sink_args else None
-        query = start_stream(self.spark, self.settings, trigger_once=True, sink=sink)
+        settings = settings or self.settings
+        sink = SpeedSink(settings, **sink_args) if sink_args else None
+        query = start_stream(self.spark, settings, trigger_once=True, sink=sink)
         try:
             query.awaitTermination()
         finally:
@@ -131,6 +132,11 @@ def test_late_touch_after_batch_moves_last_touch_and_new_customer_is_served(spar
     assert daily_rows(query(settings, "select * from serving.campaign_daily").to_pylist()) == expected
 
 
+def without_grace(settings):
+    """Expiry at the cut itself: no speed row kept for backfills (stream.backfill_grace_days = 0)."""
+    return settings.model_copy(update={"stream": settings.stream.model_copy(update={"backfill_grace_days": 0})})
+
+
 def clicks_by_campaign(frame):
     return {(r["date"], r["campaign"]): (r["clicks"], r["last_touch_orders"]) for r in frame.collect()}
 
@@ -158,7 +164,7 @@ def test_crash_replay_a_late_event_and_expiry_never_double_count(spark, settings
     assert clicks_by_campaign(lake.serving()) == {(D, "spring"): (3, 0), (D, "other"): (1, 0)}
     lake.batch(D)  # the batch reads it from silver; the speed rows it holds are below the cut
     assert clicks_by_campaign(lake.serving()) == {(D, "spring"): (3, 0), (D, "other"): (1, 0)}
-    expired = expire_speed_rows(spark, settings)
+    expired = expire_speed_rows(spark, without_grace(settings))  # at the cut itself
     assert expired["speed.campaign_daily"] == 3 and expired["speed.campaign_minute"] == 4
     assert clicks_by_campaign(lake.serving()) == {(D, "spring"): (3, 0), (D, "other"): (1, 0)}
     assert spark.read.format("delta").load(lake.path("speed.campaign_daily")).count() == 0
@@ -227,11 +233,46 @@ def test_a_displaced_or_removed_order_is_never_served_from_an_older_recomputatio
     recomputations = spark.read.format("delta").load(lake.path("speed.campaign_conversions"))
     assert sorted((r["conversion_id"], r["removed"]) for r in recomputations.collect()) == [
         ("o1", False), ("o1", False), ("o2", False), ("o2", True)]
-    assert expire_speed_rows(spark, lake.settings)["speed.campaign_conversions"] == 4
+    assert expire_speed_rows(spark, without_grace(lake.settings))["speed.campaign_conversions"] == 4
     assert daily(lake.serving()) == expected
     from touchpoint.core.serving import query  # the same view without a JVM: duckdb over delta-rs
 
     assert daily_rows(query(lake.settings, "select * from serving.campaign_daily").to_pylist()) == expected
+
+
+@pytest.mark.parametrize("grace_days", [7, 0])
+def test_a_backfill_of_an_older_date_within_the_grace_serves_no_gap(spark, lake, grace_days):
+    """The batch for D+1 publishes and expires, then a backfill of D moves the cut back a day. With
+    the default grace (7 days) D+1's speed rows, which that batch held, are still there, so serving
+    still equals everything ingested; one of them (b4) reached the speed layer only after the batch
+    had read it. Without a grace (the expiry before session 47) D+1 is gone until D+1 runs again."""
+    from touchpoint.core.serving import expire_speed_rows
+
+    settings = lake.settings if grace_days == 7 else without_grace(lake.settings)
+    assert settings.stream.backfill_grace_days == grace_days
+    lake.identity({"u1": "cus_1"})
+    lake.arrive(event("b1", "ad_click", at(1, 10), "u1", "spring"),
+                event("b2", "ad_click", at(2, 9), "u1", "summer"),
+                event("b3", "order", at(2, 9, 30), "u1", None, channel="direct", order_id="o1", revenue=30.0))
+    lake.speed()
+    lake.arrive(event("b4", "ad_impression", at(2, 11), "u1", "summer", channel="display"))
+    next_day = D + dt.timedelta(days=1)
+    lake.batch(next_day, settings)  # reads b4 before the speed layer does
+    lake.speed(settings=settings)
+    expire_speed_rows(spark, settings)
+    zero, thirty = Decimal("0E-9"), Decimal("30.000000000")
+    spring_on_d = (D, "spring", 0, 1, 0, zero, 0, zero)
+    expected = [spring_on_d, (next_day, None, 0, 0, 1, thirty, 0, zero),
+                (next_day, "summer", 1, 1, 0, zero, 1, thirty)]
+    assert daily(lake.serving()) == expected
+    lake.batch(D, settings)  # the backfill: the cut moves back from D+2 to D+1
+    served = expected if grace_days else [spring_on_d]
+    assert daily(lake.serving()) == served
+    expire_speed_rows(spark, settings)  # under the backfill's cut: nothing served changes
+    assert daily(lake.serving()) == served
+    from touchpoint.core.serving import query  # the same view without a JVM: duckdb over delta-rs
+
+    assert daily_rows(query(settings, "select * from serving.campaign_daily").to_pylist()) == served
 
 
 CART_ABANDONED_NOW = """

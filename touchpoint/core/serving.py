@@ -237,9 +237,17 @@ def register_spark_views(spark, settings: Settings) -> list[str]:
     return names
 
 
+def expiry_bound(high_water_mark: dt.datetime, settings: Settings) -> dt.datetime:
+    """How far below the cut H speed rows are kept: H − `stream.backfill_grace_days`. The speed layer
+    writes, and expiry keeps, every row from there on whether or not the batch holds it, so that a
+    backfill that moves the cut back no further than that serves no gap (docs/SERVING.md)."""
+    return high_water_mark - dt.timedelta(days=settings.stream.backfill_grace_days)
+
+
 def expire_speed_rows(spark, settings: Settings) -> dict[str, int]:
     """Delete the speed rows a published batch holds (BRIEF §7): those with event_ts < H that
-    arrived no later than the silver version V the batch read. Safe at any time and repeatable."""
+    arrived no later than the silver version V the batch read, older than the backfill grace
+    (`expiry_bound`). Safe at any time and repeatable."""
     from pyspark.sql import functions as F
 
     from touchpoint.core.delta import ensure_table, is_delta
@@ -251,10 +259,11 @@ def expire_speed_rows(spark, settings: Settings) -> dict[str, int]:
         path = table_path(speed, settings)
         if high_water_mark is None or not is_delta(spark, path):
             continue
+        bound = expiry_bound(high_water_mark, settings)
         if speed == "speed.campaign_conversions":
-            removed[speed] = _expire_recomputations(spark, path, high_water_mark, version)
+            removed[speed] = _expire_recomputations(spark, path, bound, version)
             continue
-        below = F.col(column) < (F.lit(high_water_mark).cast("date") if kind == "date" else F.lit(high_water_mark))
+        below = F.col(column) < (F.lit(bound).cast("date") if kind == "date" else F.lit(bound))
         condition = below & (F.col("silver_version") <= F.lit(version))
         removed[speed] = _delete(spark, path, condition)
     high_water_mark, _ = read_cut(settings, "gold.customer_activity")
@@ -262,22 +271,23 @@ def expire_speed_rows(spark, settings: Settings) -> dict[str, int]:
         for speed in ("speed.customer_activity", "speed.segment_membership"):
             path = table_path(speed, settings)
             ensure_table(spark, path, SCHEMAS[speed], (), speed)
-            removed[speed] = _delete(spark, path, F.col("as_of") < F.lit(high_water_mark))
+            removed[speed] = _delete(spark, path, F.col("as_of") < F.lit(expiry_bound(high_water_mark, settings)))
     return removed
 
 
-def _expire_recomputations(spark, path: str, high_water_mark: dt.datetime, version: int) -> int:
+def _expire_recomputations(spark, path: str, bound: dt.datetime, version: int) -> int:
     """Delete the conversion recomputations the views can no longer serve: every row read by the
-    batch (silver_version <= V) except a conversion's latest when that one is at or after H. So the
-    latest row of each conversion stays what the view decides on: a displaced order's older row,
-    after H, never becomes the latest, and the tombstones of removed orders (no conversion_ts) go."""
+    batch (silver_version <= V) except a conversion's latest when that one is at or after `bound`
+    (the cut, less the backfill grace). So the latest row of each conversion stays what the view
+    decides on: a displaced order's older row never becomes the latest, and the tombstones of
+    removed orders (no conversion_ts) go."""
     from delta.tables import DeltaTable
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
     latest = F.row_number().over(Window.partitionBy("conversion_id").orderBy(
         F.col("silver_version").desc(), F.col("batch_id").desc())) == 1
-    served = F.coalesce(latest & (F.col("conversion_ts") >= F.lit(high_water_mark)), F.lit(False))
+    served = F.coalesce(latest & (F.col("conversion_ts") >= F.lit(bound)), F.lit(False))
     doomed = (spark.read.format("delta").load(path).withColumn("_served", served)
               .where((F.col("silver_version") <= F.lit(version)) & ~F.col("_served"))
               .select("conversion_id", "silver_version", "batch_id").localCheckpoint())
