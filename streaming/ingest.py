@@ -26,7 +26,9 @@ from touchpoint.core import progress
 from touchpoint.core.catalog import table_path
 from touchpoint.core.channels import ChannelRules, load_rules, with_channel
 from touchpoint.core.config import Settings
-from touchpoint.core.delta import BatchWrites, committed_batch, ensure_table, idempotent_merge_conf, retry_on_conflict
+from touchpoint.core.delta import (
+    BatchWrites, committed_batch, ensure_table, idempotent_merge_conf, retry_on_conflict, silver_write_lock,
+)
 from touchpoint.core.events import Rejected, validate_payload
 from touchpoint.core.privacy import ERASED_SUBJECT, Suppression, erased_reason, load_suppression, withheld_payload
 from touchpoint.core.spark import has_checkpoint, local_checkpoint
@@ -359,6 +361,9 @@ class IngestSink:
             ).first()
             log.debug("batch %s: validation and tally took %.2fs", batch_id, time.monotonic() - started)
             started = time.monotonic()
+            # Held from the plan to the silver commit (released as the batch's frames are): another
+            # writer's batch plans after this one committed, and so sees its ids and orders.
+            frames.enter_context(silver_write_lock(self.settings.lake_uri))
             silver = spark.read.format("delta").load(self.paths["silver.events"])
             broadcast = tally["bronze"] <= self.broadcast_records_max
             accepted = validated.transform(accepted_rows)

@@ -161,3 +161,79 @@ def test_the_sink_frees_every_frame_it_kept_for_a_batch(spark, tmp_path):
     }
     silver = spark.read.format("delta").load(sink.paths["silver.events"])
     assert [row.event_id for row in silver.collect()] == ["order-early"]
+
+
+def test_two_writers_at_once_insert_an_event_id_both_carry_once(spark, tmp_path):
+    """The stream and a file ingest at the same moment, both carrying event `same`: writer B plans
+    its batch while writer A has planned and not yet committed. B waits for the silver write lock
+    until A's silver commit, then finds `same` in silver: one row. (Before session 47 B planned
+    against silver without A's row, and both inserted it.)"""
+    import json
+    import logging
+    import threading
+    import time
+
+    from touchpoint.core.config import load_settings
+    from touchpoint.streaming.ingest import IngestSink, file_batches, file_bronze_rows, scan_file
+
+    settings = load_settings(lake_root=str(tmp_path / "lake"), spark_shuffle_partitions=2)
+    b_waits, b_done, a_planned = threading.Event(), threading.Event(), threading.Event()
+
+    class WaitingForB(logging.Handler):
+        def emit(self, record):
+            if "silver.lock" in record.getMessage():
+                b_waits.set()
+
+    class HeldBeforeSilver(IngestSink):
+        """Writer A: planned, then holds its silver commit until B waits for the lock or is done."""
+        def _append(self, frame, table, batch_id):
+            if table == "silver.events":
+                a_planned.set()
+                deadline = time.monotonic() + 300
+                while not (b_waits.is_set() or b_done.is_set()):
+                    assert time.monotonic() < deadline, "writer B neither waited for the lock nor finished"
+                    time.sleep(0.05)
+            super()._append(frame, table, batch_id)
+
+    def bronze(name, *ids):
+        file = tmp_path / f"{name}.jsonl"
+        file.write_text("".join(json.dumps({"event_id": i, "event_type": "page_view", "user_id": "u-1",
+                                            "event_ts": "2026-03-01T10:00:00Z"}) + "\n" for i in ids))
+        [ranges] = file_batches(file, scan_file(file), 0)
+        return file_bronze_rows(spark, file, ranges)
+
+    writer_a, writer_b = HeldBeforeSilver(settings, "test:a"), IngestSink(settings, "test:b")
+    writer_a.ensure_tables(spark)
+    counts, errors = {}, []
+
+    def run(name, sink, rows, done=None):
+        try:
+            counts[name] = sink(rows, 0)
+        except BaseException as error:  # noqa: BLE001 - reported by the test below
+            errors.append(error)
+        finally:
+            if done is not None:
+                done.set()
+
+    handler = WaitingForB()
+    lock_log = logging.getLogger("touchpoint.core.delta")
+    lock_log.addHandler(handler)
+    previous_level = lock_log.level
+    lock_log.setLevel(logging.INFO)
+    try:
+        a = threading.Thread(target=run, args=("a", writer_a, bronze("a", "same", "a-only")))
+        a.start()
+        assert a_planned.wait(300) and not errors, errors
+        b = threading.Thread(target=run, args=("b", writer_b, bronze("b", "same", "b-only"), b_done))
+        b.start()
+        a.join(600)
+        b.join(600)
+    finally:
+        lock_log.removeHandler(handler)
+        lock_log.setLevel(previous_level)
+    assert not errors and not a.is_alive() and not b.is_alive(), errors
+    silver = spark.read.format("delta").load(writer_a.paths["silver.events"])
+    assert sorted(row.event_id for row in silver.collect()) == ["a-only", "b-only", "same"]
+    assert (counts["a"]["silver"], counts["a"]["duplicates"]) == (2, 0)
+    assert (counts["b"]["silver"], counts["b"]["duplicates"]) == (1, 1)
+    assert b_waits.is_set()  # B waited for A's commit (rather than planning after it by chance)

@@ -11,7 +11,7 @@ import os
 import re
 import shutil
 import time
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Callable, Iterator, Mapping, Sequence, TypeVar
 
@@ -369,19 +369,18 @@ class BatchWrites:
         return True
 
 
-# ---- local lakes: one writer of published gold at a time, and folders exchanged in one step --------
+# ---- local lakes: one writer of published gold at a time, one planner of silver's dedup at a time, and
+# folders exchanged in one step ---------------------------------------------------------------------
 
 @contextmanager
-def gold_write_lock(lake_uri: str, timeout_seconds: float | None = None) -> Iterator[None]:
-    """Hold the lake's gold write lock: publish (which exchanges table folders) and an erasure (which
-    deletes rows from published gold) never overlap, so no commit lands in a folder being exchanged.
-    An advisory lock file under the lake root, for processes on one host (a local lake's readers and
-    writers all are); a no-op on an object store, where publish overwrites through Delta's own
-    conflict checks. Raises TimeoutError after `timeout_seconds` (None: wait as long as it takes)."""
+def _lake_lock(lake_uri: str, name: str, holders: str, timeout_seconds: float | None) -> Iterator[None]:
+    """An advisory lock file `<lake>/_locks/<name>.lock`, for processes on one host (a local lake's
+    readers and writers all are; flock also excludes two threads of one process); a no-op on an
+    object store. Raises TimeoutError after `timeout_seconds` (None: wait as long as it takes)."""
     if "://" in lake_uri:
         yield
         return
-    path = Path(lake_uri) / "_locks" / "gold.lock"
+    path = Path(lake_uri) / "_locks" / f"{name}.lock"
     path.parent.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     with open(path, "a+b") as handle:
@@ -393,16 +392,31 @@ def gold_write_lock(lake_uri: str, timeout_seconds: float | None = None) -> Iter
             except BlockingIOError:
                 waited = time.monotonic() - started
                 if timeout_seconds is not None and waited >= timeout_seconds:
-                    raise TimeoutError(f"another gold writer (a publish or an erasure) still holds {path} after "
-                                       f"{waited:.1f} s; wait for it to finish, then run this again") from None
+                    raise TimeoutError(f"another {holders} still holds {path} after {waited:.1f} s; wait for it "
+                                       "to finish, then run this again") from None
                 if not waiting_logged:
-                    log.info("waiting for %s: a publish or an erasure is running", path)
+                    log.info("waiting for %s: another %s is running", path, holders)
                     waiting_logged = True
                 time.sleep(0.2)
         try:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def gold_write_lock(lake_uri: str, timeout_seconds: float | None = None) -> AbstractContextManager[None]:
+    """Hold the lake's gold write lock: publish (which exchanges table folders) and an erasure (which
+    deletes rows from published gold) never overlap, so no commit lands in a folder being exchanged.
+    On an object store publish overwrites through Delta's own conflict checks instead."""
+    return _lake_lock(lake_uri, "gold", "gold writer (a publish or an erasure)", timeout_seconds)
+
+
+def silver_write_lock(lake_uri: str, timeout_seconds: float | None = None) -> AbstractContextManager[None]:
+    """Hold the lake's silver write lock from a batch's dedup plan to its silver commit: two ingest
+    writers at once (the stream and a file ingest) each plan against silver as the other left it, so
+    an event id or order id that both carry lands once (docs/INGESTION.md). Delta's blind appends do
+    not conflict with each other, so without it both would insert. On an object store: not held."""
+    return _lake_lock(lake_uri, "silver", "ingest writer (a stream or a file ingest)", timeout_seconds)
 
 
 _RENAME_EXCHANGE = 2  # linux/fs.h
