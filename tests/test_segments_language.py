@@ -260,6 +260,20 @@ def test_yaml_problems_are_reported_with_their_line():
     assert message == "the file is empty"
 
 
+def test_numbers_are_read_as_yaml_1_2_reads_them():
+    """As a JSON or YAML 1.2 reader of the file sees them (before session 47, YAML 1.1's rules: 010
+    was octal 8, 1:30 base-60 90, 1_000 a thousand, 1e3 a text)."""
+    assert definition("{behaviour: {event_type: order, at_least: 010, within_last_days: 1e1}}").condition == {
+        "behaviour": {"event_type": "order", "at_least": 10, "within_last_days": 10.0}}
+    assert definition("{attribute: lifetime_orders, in: [0x1F, 0o17, -07, +3]}").condition == {
+        "attribute": "lifetime_orders", "in": [31, 15, -7, 3]}
+    fix = "give a number of days greater than 0 and at most 36525 (100 years; fractions allowed, 1 day = 86,400 s)"
+    for written in ("1:30", "1_000"):
+        assert problems_of(f"name: a\ncondition: {{behaviour: {{event_type: order, at_least: 1, "
+                           f"within_last_days: {written}}}}}\n") == [
+            (2, "condition.behaviour.within_last_days", f"'{written}' is not a number", fix)]
+
+
 def test_values_the_schema_lets_through_but_no_condition_can_use(tmp_path):
     """.nan and .inf pass JSON Schema's bounds; keys that are not names, and integers beyond 64 bits,
     made the checks or Spark raise without naming the file. Each is now a problem with its fix."""

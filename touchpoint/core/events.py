@@ -29,6 +29,10 @@ from touchpoint.schemas.envelope import (
 MAX_PAYLOAD_BYTES = 1024 * 1024
 OLDEST_EVENT = dt.datetime(2000, 1, 1, tzinfo=dt.timezone.utc)
 MAX_FUTURE = dt.timedelta(days=1)
+# The largest order revenue accepted, in its currency and in the reporting one: money is summed as
+# DECIMAL(38,9) (at most about 1e29), so 1e14 such orders still sum without overflowing. A larger
+# finite value would fail every job and speed micro-batch that sums it.
+MAX_REVENUE = 1e15
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1  # silver's quantity is a long
 FX_RATES_FILE = Path(__file__).parent / "fx_rates.csv"
 
@@ -482,6 +486,10 @@ def _normalise(event: dict, event_id: str, arrival: dt.datetime, reporting_curre
             missing_rate = currency if currency not in fx.usd_per_unit else reporting_currency
             raise Rejected("fx_rate_missing", f"no exchange rate for {missing_rate} in the rates table")
         revenue_reporting = fx.to_reporting(revenue, currency, reporting_currency)
+        if max(revenue, revenue_reporting) > MAX_REVENUE:
+            raise Rejected("invalid_revenue", f"properties.revenue must be at most {MAX_REVENUE:.0e} (also once "
+                           f"converted to {reporting_currency}), got {revenue!r} {currency}: the lake sums money as "
+                           "DECIMAL(38,9)")
     elif properties.get("revenue") is not None:
         revenue = _as_double(properties["revenue"], "properties.revenue", "invalid_revenue")
         currency = clean_id(properties.get("currency"))

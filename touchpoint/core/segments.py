@@ -84,17 +84,45 @@ def format_path(path: Path_) -> str:
 
 
 class _SegmentLoader(yaml.SafeLoader):
-    """Safe YAML, with YAML 1.2 booleans (so `NO`, Norway, stays text) and dates kept as text
-    (the compiler parses them against the attribute's type)."""
+    """Safe YAML with the YAML 1.2 core schema's booleans and numbers, as a JSON or YAML 1.2 reader
+    of the same file sees them: `NO` (Norway) stays text; `010` is ten, not octal eight; `1:30`
+    (YAML 1.1's base 60) and `1_000` are text, which the schema then refuses by name; `1e3` is a
+    number. Dates stay text (the compiler parses them against the attribute's type)."""
 
 
+_YAML_1_1_ONLY = ("tag:yaml.org,2002:bool", "tag:yaml.org,2002:timestamp", "tag:yaml.org,2002:int",
+                  "tag:yaml.org,2002:float")
 _SegmentLoader.yaml_implicit_resolvers = {
-    first: [(tag, regex) for tag, regex in resolvers
-            if tag not in ("tag:yaml.org,2002:bool", "tag:yaml.org,2002:timestamp")]
+    first: [(tag, regex) for tag, regex in resolvers if tag not in _YAML_1_1_ONLY]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
 _SegmentLoader.add_implicit_resolver(
     "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+# Integers before floats: a plain scalar takes the first tag whose pattern matches it.
+_SegmentLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:int", re.compile(r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$"), list("-+0123456789"))
+_SegmentLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"),
+    list("-+0123456789."))
+
+
+def _yaml_1_2_int(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> int:
+    text = loader.construct_scalar(node)
+    if text.startswith(("0o", "0x")):
+        return int(text[2:], 8 if text[1] == "o" else 16)
+    return int(text, 10)  # leading zeros are decimal
+
+
+def _yaml_1_2_float(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> float:
+    text = loader.construct_scalar(node).lower()
+    if text.lstrip("+-") == ".inf":
+        return -math.inf if text.startswith("-") else math.inf
+    return math.nan if text == ".nan" else float(text)
+
+
+_SegmentLoader.add_constructor("tag:yaml.org,2002:int", _yaml_1_2_int)
+_SegmentLoader.add_constructor("tag:yaml.org,2002:float", _yaml_1_2_float)
 
 
 def _node_lines(node: yaml.Node, path: Path_, lines: dict[Path_, int], duplicates: list[tuple[Path_, int]]) -> None:
