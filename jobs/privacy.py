@@ -48,7 +48,7 @@ from touchpoint.core import progress
 from touchpoint.core.catalog import TABLES, Table, table_path
 from touchpoint.core.config import Settings
 from touchpoint.core.delta import (
-    commit_metadata, ensure_table, gold_write_lock, is_delta, latest_version, rs_table, subfolders,
+    commit_metadata, ensure_table, gold_write_lock, is_delta, latest_version, rs_table, silver_write_lock, subfolders,
 )
 from touchpoint.core.privacy import (
     IDENTIFIER_TYPES, REQUEST_TYPES, Suppression, hashed_identifiers, hashed_value_in, load_suppression,
@@ -669,10 +669,13 @@ def _erase(spark: SparkSession, settings: Settings, identifier_type: str, identi
     # stream-written tables first: once they are clean, a batch job cannot bring the person back
     ordered = [n for n in STREAM_WRITTEN if n in subject_tables] + [n for n in subject_tables if n not in STREAM_WRITTEN]
     removed = _erase_from_tables(spark, settings, subject, tag, ordered)
-    # a micro-batch that read the suppression list before it was extended may have committed since
-    for name, count in _erase_from_tables(spark, settings, subject, tag, STREAM_WRITTEN,
-                                          "erasure: deleting rows the stream committed meanwhile").items():
-        removed[name] = removed.get(name, 0) + count
+    # An ingest batch that read the suppression list before it was extended may have committed since.
+    # Under the silver write lock: a batch holds it from reading the list again to its commits, so
+    # one committed before this pass is deleted by it, and one after it withholds the person.
+    with silver_write_lock(settings.lake_uri):
+        for name, count in _erase_from_tables(spark, settings, subject, tag, STREAM_WRITTEN,
+                                              "erasure: deleting rows the stream committed meanwhile").items():
+            removed[name] = removed.get(name, 0) + count
     if any(name.startswith("gold.identity_") for name in removed):
         reconcile_identity_runs(spark, settings)
 

@@ -18,7 +18,7 @@ from typing import Callable, Iterator
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from pyspark.sql import DataFrame, SparkSession, Window
+from pyspark.sql import DataFrame, Row, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql.pandas.types import to_arrow_schema
 
@@ -162,6 +162,17 @@ def arrival_instants(timestamps: pa.Array) -> list[dt.datetime | None]:
 
 def _arrow_schema() -> pa.Schema:
     return to_arrow_schema(_VALIDATED_SCHEMA, timezone="UTC", prefers_large_types=False)
+
+
+def batch_tally(validated: DataFrame) -> Row:
+    """One pass over a validated batch: its records, rejections, dropped phones, orders and dates."""
+    return validated.agg(
+        F.count(F.lit(1)).alias("bronze"),
+        F.count("error_code").alias("quarantine"),
+        F.count_if(F.col("error_code").isNull() & F.col("phone_dropped")).alias("phones_dropped"),
+        F.count_if(F.col("error_code").isNull() & (F.col("event_type") == "order")).alias("orders"),
+        F.collect_set(F.when(F.col("error_code").isNull(), F.col("event_date"))).alias("event_dates"),
+    ).first()
 
 
 def quarantine_rows(validated: DataFrame) -> DataFrame:
@@ -345,25 +356,29 @@ class IngestSink:
         # Read per batch: a subject erased while the stream runs is suppressed from the next batch on.
         suppression = load_suppression(self.paths["privacy.suppression"])
         with ExitStack() as frames:
+            started = time.monotonic()  # each step's debug line times that step alone
             validated = frames.enter_context(local_checkpoint(
                 bronze.transform(validate(self.settings.reporting_currency, suppression))))
+            tally = batch_tally(validated)
+            log.debug("batch %s: validation and tally took %.2fs", batch_id, time.monotonic() - started)
+            # From here to the silver commit the batch holds the lake's silver write lock (released as
+            # its frames are). Another writer's batch plans after this one committed, so it sees its ids
+            # and orders; an erasure's last pass over the stream's tables waits for this commit.
+            frames.enter_context(silver_write_lock(self.settings.lake_uri))
+            latest = load_suppression(self.paths["privacy.suppression"])
+            if latest != suppression:
+                # An erasure extended the list while this batch validated, and its last pass may be
+                # over: validated again, nothing of that person is committed (bronze included).
+                log.info("batch %s: the suppression list changed during validation; validating again", batch_id)
+                suppression = latest
+                validated = frames.enter_context(local_checkpoint(
+                    bronze.transform(validate(self.settings.reporting_currency, suppression))))
+                tally = batch_tally(validated)
             if self.write_bronze:
                 # With erased subjects, bronze takes the validated payloads: theirs are withheld (hashed).
                 self._append(validated.select(*BRONZE_SCHEMA.fieldNames()) if suppression else bronze,
                              "bronze.events", batch_id)
-            started = time.monotonic()  # each step's debug line times that step alone
-            tally = validated.agg(
-                F.count(F.lit(1)).alias("bronze"),
-                F.count("error_code").alias("quarantine"),
-                F.count_if(F.col("error_code").isNull() & F.col("phone_dropped")).alias("phones_dropped"),
-                F.count_if(F.col("error_code").isNull() & (F.col("event_type") == "order")).alias("orders"),
-                F.collect_set(F.when(F.col("error_code").isNull(), F.col("event_date"))).alias("event_dates"),
-            ).first()
-            log.debug("batch %s: validation and tally took %.2fs", batch_id, time.monotonic() - started)
             started = time.monotonic()
-            # Held from the plan to the silver commit (released as the batch's frames are): another
-            # writer's batch plans after this one committed, and so sees its ids and orders.
-            frames.enter_context(silver_write_lock(self.settings.lake_uri))
             silver = spark.read.format("delta").load(self.paths["silver.events"])
             broadcast = tally["bronze"] <= self.broadcast_records_max
             accepted = validated.transform(accepted_rows)

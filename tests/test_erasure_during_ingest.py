@@ -1,0 +1,126 @@
+"""An erasure while an ingest batch is in flight (BRIEF §8: the person is removed from every table).
+A batch validates against the suppression list it read when it started; the erasure extends the
+list, deletes, and deletes once more from the stream's tables. The lake's silver write lock orders
+the two: a batch reads the list again once it holds the lock, and the erasure's last pass holds
+it, so no row of the person is committed after that pass."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import logging
+import threading
+import time
+from contextlib import contextmanager
+
+import pytest
+
+from touchpoint.core.catalog import table_path
+from touchpoint.core.config import load_settings
+from touchpoint.core.delta import silver_write_lock
+from touchpoint.core.privacy import withheld_payload
+
+ERASED = json.dumps({"event_id": "p-1", "event_type": "page_view", "event_ts": "2026-03-01T10:00:00Z",
+                     "email": "Pat@X.io"}).encode()
+OTHER = json.dumps({"event_id": "o-1", "event_type": "page_view", "event_ts": "2026-03-01T10:00:00Z",
+                    "email": "olu@x.io"}).encode()
+ARRIVED = dt.datetime(2026, 3, 1, 12, tzinfo=dt.timezone.utc)
+
+
+def sha(value: str) -> str:
+    return hashlib.sha256(value.encode()).hexdigest()
+
+
+@pytest.fixture
+def lake_settings(tmp_path):
+    return load_settings(lake_root=str(tmp_path / "lake"), spark_shuffle_partitions=2)
+
+
+@contextmanager
+def waits_for_the_silver_lock():
+    """An event set once some thread logs that it waits for the silver write lock."""
+    waiting = threading.Event()
+
+    class Handler(logging.Handler):
+        def emit(self, record):
+            if "silver.lock" in record.getMessage():
+                waiting.set()
+
+    handler, lock_log = Handler(), logging.getLogger("touchpoint.core.delta")
+    previous = lock_log.level
+    lock_log.addHandler(handler)
+    lock_log.setLevel(logging.INFO)
+    try:
+        yield waiting
+    finally:
+        lock_log.removeHandler(handler)
+        lock_log.setLevel(previous)
+
+
+def in_thread(action):
+    outcome: dict = {}
+
+    def target():
+        try:
+            outcome["result"] = action()
+        except BaseException as error:  # noqa: BLE001 - raised by finish() below
+            outcome["error"] = error
+
+    thread = threading.Thread(target=target)
+    thread.start()
+
+    def finish(timeout=600):
+        thread.join(timeout)
+        assert not thread.is_alive(), f"still running after {timeout} s"
+        if "error" in outcome:
+            raise outcome["error"]
+        return outcome["result"]
+
+    return thread, finish
+
+
+def test_a_batch_that_validated_before_the_list_grew_withholds_the_person(spark, lake_settings, tmp_path):
+    """The batch validated with an empty list, then waited for the lock while the erasure added the
+    person: it validates again and commits nothing of theirs (before session 47 their raw payload
+    reached bronze and their event silver, after the erasure's last pass)."""
+    from touchpoint.jobs.privacy import _add_to_suppression
+    from touchpoint.streaming.ingest import IngestSink, file_batches, file_bronze_rows, scan_file
+
+    file = tmp_path / "batch.jsonl"
+    file.write_bytes(ERASED + b"\n" + OTHER + b"\n")
+    [ranges] = file_batches(file, scan_file(file), 0)
+    sink = IngestSink(lake_settings, "test:erasure-race")
+    sink.ensure_tables(spark)
+    with waits_for_the_silver_lock() as waiting:
+        with silver_write_lock(lake_settings.lake_uri):
+            batch, finish = in_thread(lambda: sink(file_bronze_rows(spark, file, ranges), 0))
+            assert waiting.wait(300), "the batch never reached the silver write lock"
+            # what an erasure does first: the person's hashed identifiers go to the suppression list
+            _add_to_suppression(spark, lake_settings, {("email", sha("pat@x.io"))}, "req-1", ARRIVED)
+            time.sleep(0.5)
+            assert batch.is_alive()
+        counts = finish()
+
+    assert (counts["bronze"], counts["quarantine"], counts["silver"]) == (2, 1, 1)
+
+    def rows(name, *columns):
+        frame = spark.read.format("delta").load(table_path(name, lake_settings))
+        return sorted(tuple(row) for row in frame.select(*columns).collect())
+
+    assert rows("silver.events", "event_id", "email") == [("o-1", "olu@x.io")]
+    assert rows("silver.quarantine", "error_code", "payload") == [("erased_subject", withheld_payload(ERASED))]
+    assert rows("bronze.events", "payload") == sorted([(OTHER,), (withheld_payload(ERASED),)])
+
+
+def test_the_erasures_last_pass_waits_for_a_batch_holding_the_silver_lock(spark, lake_settings):
+    from touchpoint.jobs.privacy import erase
+
+    with waits_for_the_silver_lock() as waiting:
+        with silver_write_lock(lake_settings.lake_uri):  # as an ingest batch between its plan and commit
+            erasure, finish = in_thread(lambda: erase(spark, lake_settings, "email", sha("pat@x.io")))
+            assert waiting.wait(600), "the erasure never asked for the silver write lock"
+            time.sleep(0.5)
+            assert erasure.is_alive()
+        result = finish()
+    assert result["status"] == "not_found"
