@@ -157,18 +157,28 @@ def stop(settings: Settings | None = None) -> bool:
     return stop_pid(_home(settings) / "broker.pid", timeout=30)
 
 
+# Kafka deletes whole segments, and the one being written only once it rolls: segments of at most an
+# hour bound a record's stay by the retention plus an hour (and the broker's 5-minute check), where
+# Kafka's default roll (7 days) let a quiet topic keep a record for twice the retention.
+SEGMENT_MS = 3600 * 1000
+
+
 def topic_configs(settings: Settings) -> dict[str, str]:
     """Bounded retention of every topic the project creates (BRIEF §8, docs/PRIVACY.md): raw events,
     PII included, leave Kafka after retention.kafka_retention_hours or retention.kafka_retention_bytes
-    per partition, whichever comes first."""
-    return {"retention.ms": str(settings.retention.kafka_retention_hours * 3600 * 1000),
-            "retention.bytes": str(settings.retention.kafka_retention_bytes)}
+    per partition, whichever comes first (give or take one segment of at most an hour)."""
+    retention_ms = settings.retention.kafka_retention_hours * 3600 * 1000
+    return {"retention.ms": str(retention_ms),
+            "retention.bytes": str(settings.retention.kafka_retention_bytes),
+            "segment.ms": str(min(SEGMENT_MS, retention_ms))}
 
 
 def ensure_topic(name: str, partitions: int | None = None, settings: Settings | None = None) -> bool:
-    """Create a topic with the project's bounded retention; True if it was created."""
+    """Create a topic with the project's bounded retention; True if it was created. A topic that
+    exists gets the retention of the settings too (a lowered retention.kafka_retention_hours applies
+    to the topic already there)."""
     from kafka import KafkaAdminClient
-    from kafka.admin import NewTopic
+    from kafka.admin import ConfigResource, ConfigResourceType, NewTopic
     from kafka.errors import TopicAlreadyExistsError
 
     settings = settings or get_settings()
@@ -176,6 +186,8 @@ def ensure_topic(name: str, partitions: int | None = None, settings: Settings | 
                              bootstrap_timeout_ms=5000)
     try:
         if name in admin.list_topics():
+            # Incremental: only these keys are set, any other topic config an operator set stays.
+            admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, name, configs=topic_configs(settings))])
             return False
         topic = NewTopic(
             name=name,

@@ -33,9 +33,10 @@ import io
 import json
 import logging
 import time
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import pandas as pd
 from pyspark.sql import Column, DataFrame, SparkSession
@@ -52,7 +53,7 @@ from touchpoint.core.delta import (
 )
 from touchpoint.core.privacy import (
     IDENTIFIER_TYPES, REQUEST_TYPES, Suppression, hashed_identifiers, hashed_value_in, load_suppression,
-    payload_identifiers, request_identifier, sha256_hex,
+    read_identifiers, request_identifier, sha256_hex,
 )
 
 log = logging.getLogger(__name__)
@@ -265,7 +266,8 @@ def _payload_matcher(subject: Subject):
             return False
         if suppression.matches_payload(payload):
             return True
-        if payload_identifiers(payload):
+        identifiers, readable = read_identifiers(payload)
+        if identifiers and readable:
             return False
         lowered = bytes(payload).lower()
         return any(needle in lowered for needle in needles)
@@ -377,9 +379,19 @@ def delete_rows(spark: SparkSession, path: str, predicate: Column, tag: str) -> 
     return _deleted_rows(path, before, tag)
 
 
-def purge_files(spark: SparkSession, path: str, retention_hours: int) -> None:
+# What guards a full VACUUM (purge_files): a context manager factory and the fewest hours it keeps.
+FullVacuumGuard = tuple[Callable[[], AbstractContextManager], int]
+
+
+def purge_files(spark: SparkSession, path: str, retention_hours: int,
+                full_vacuum: FullVacuumGuard = (nullcontext, 0)) -> None:
     """Remove deleted rows from disk: REORG PURGE rewrites files that only hide rows behind deletion
-    vectors; VACUUM LITE deletes the files the log removed (never files of a commit in flight)."""
+    vectors; VACUUM LITE deletes the files the log removed (never files of a commit in flight).
+
+    LITE needs every remove since the last VACUUM still in the log; without it a full VACUUM runs,
+    which also deletes files no commit refers to yet, a writer's commit in flight among them. So it
+    runs inside `full_vacuum`'s guard (the silver write lock for the ingest's tables) and keeps at
+    least its hours (the speed layer's tables: their writer holds no lock)."""
     from delta.tables import DeltaTable
 
     properties = DeltaTable.forPath(spark, path).detail().select("properties").first()[0] or {}
@@ -391,10 +403,25 @@ def purge_files(spark: SparkSession, path: str, retention_hours: int) -> None:
         try:
             spark.sql(f"VACUUM delta.`{path}` LITE RETAIN {retention_hours} HOURS").collect()
         except Exception as error:  # noqa: BLE001 - LITE needs every remove still in the log
-            log.info("VACUUM LITE on %s not possible (%s): full VACUUM", path, type(error).__name__)
-            spark.sql(f"VACUUM delta.`{path}` RETAIN {retention_hours} HOURS").collect()
+            guard, min_hours = full_vacuum
+            hours = max(retention_hours, min_hours)
+            log.info("VACUUM LITE on %s not possible (%s): full VACUUM, %s hours", path, type(error).__name__, hours)
+            with guard():
+                spark.sql(f"VACUUM delta.`{path}` RETAIN {hours} HOURS").collect()
     finally:
         spark.conf.unset(check)
+
+
+def full_vacuum_guard(name: str, settings: Settings) -> FullVacuumGuard:
+    """What protects a writer's commit in flight from a full VACUUM of table `name` (purge_files):
+    the ingest's tables are written under the silver write lock, so the VACUUM takes it; the speed
+    layer's writer holds none, so its files of the last hour stay (those tables hold customer ids,
+    no raw identifier: the daily VACUUM removes the rest)."""
+    if name in STREAM_WRITTEN:
+        return (lambda: silver_write_lock(settings.lake_uri)), 0
+    if TABLES[name].layer == "speed":
+        return nullcontext, 1
+    return nullcontext, 0
 
 
 def namespace_paths(spark: SparkSession, table: Table, settings: Settings) -> list[str]:
@@ -692,7 +719,7 @@ def _erase(spark: SparkSession, settings: Settings, identifier_type: str, identi
         for name in steps:
             for path in namespace_paths(spark, TABLES[name], settings):
                 if is_delta(spark, path):
-                    purge_files(spark, path, settings.retention.erasure_vacuum_hours)
+                    purge_files(spark, path, settings.retention.erasure_vacuum_hours, full_vacuum_guard(name, settings))
                     purged.append(name if path == TABLES[name].path(settings) else path)
 
     if subject.known or any(removed.values()):

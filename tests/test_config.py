@@ -134,6 +134,9 @@ def test_a_misspelt_variable_a_missing_config_file_and_unreadable_values_name_th
     ("reporting_currency", "AFN", "'AFN' has no exchange rate in fx_rates.csv; use one of AED, AUD, BRL,"),
     ("lake_root", "", "expected a folder or a bucket (s3a://bucket/lake), got ''"),
     ("lake_root", "s3a://", "expected a folder or a bucket (s3a://bucket/lake), got 's3a://'"),
+    # Hadoop's form: it was taken for a relative folder named "file:"
+    ("lake_root", "file:/tmp/lake", "expected a local path, file:// or s3a:// URI, got 'file:/tmp/lake'; write "
+                                    "file:///x (or the path /x) for file:/x"),
     # accepted before, failing only once Spark ran
     ("spark_driver_memory", "lots", "String should match pattern '^[1-9][0-9]*[kmgtKMGT]?$', got 'lots'"),
     ("kafka_topic", "bad topic", "String should match pattern '^[A-Za-z0-9._\\-]{1,249}$', got 'bad topic'"),

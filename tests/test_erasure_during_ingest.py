@@ -124,3 +124,46 @@ def test_the_erasures_last_pass_waits_for_a_batch_holding_the_silver_lock(spark,
             assert erasure.is_alive()
         result = finish()
     assert result["status"] == "not_found"
+
+
+def test_a_file_uri_lake_is_locked_as_its_folder_and_an_object_store_is_not(tmp_path):
+    """A `file://` lake is a local folder: the same lock file as its plain path (before session 47
+    every URI skipped the lock, so a file:// lake ran erasures and ingest unordered)."""
+    for held, asked in ((str(tmp_path), f"file://{tmp_path}"), (f"file://{tmp_path}", str(tmp_path))):
+        with silver_write_lock(held):
+            with pytest.raises(TimeoutError, match="silver.lock"):
+                with silver_write_lock(asked, timeout_seconds=0.3):
+                    pass
+    with silver_write_lock("s3a://bucket/lake"), silver_write_lock("s3a://bucket/lake", timeout_seconds=0.3):
+        pass  # no lock file on an object store: both are entered
+
+
+def test_a_purge_that_falls_back_to_a_full_vacuum_waits_for_the_ingests_commit(spark, lake_settings):
+    """VACUUM LITE refuses once the log lost a table's early commits (log clean-up before any VACUUM);
+    the full VACUUM that follows would also delete the files of an ingest commit in flight, so on the
+    ingest's tables it waits for the silver write lock (before session 47 it ran at once, 0 hours)."""
+    from pathlib import Path
+
+    from touchpoint.jobs.privacy import full_vacuum_guard, purge_files
+
+    path = table_path("silver.quarantine", lake_settings)
+    for day in range(12):  # the tenth commit writes a checkpoint
+        spark.range(day, day + 1).write.format("delta").mode("append").save(path)
+    spark.sql(f"DELETE FROM delta.`{path}` WHERE id < 3")
+    for early in sorted(Path(path, "_delta_log").glob("0000000000000000000[0-5].json")):
+        early.unlink()
+    data_files = lambda: sorted(f.name for f in Path(path).glob("*.parquet"))  # noqa: E731
+    before = data_files()
+    assert full_vacuum_guard("speed.customer_activity", lake_settings)[1] == 1  # the speed writer holds no lock
+    with waits_for_the_silver_lock() as waiting:
+        with silver_write_lock(lake_settings.lake_uri):
+            purge, finish = in_thread(lambda: purge_files(spark, path, 0,
+                                                          full_vacuum_guard("silver.quarantine", lake_settings)))
+            assert waiting.wait(300), "the full VACUUM did not ask for the silver write lock"
+            time.sleep(0.5)
+            assert purge.is_alive() and data_files() == before
+        finish()
+    table = spark.read.format("delta").load(path)
+    live = sorted(uri.rsplit("/", 1)[1] for uri in table.inputFiles())
+    assert data_files() == live and len(live) < len(before)  # what the log no longer refers to is gone
+    assert sorted(row.id for row in table.collect()) == list(range(3, 12))

@@ -5,6 +5,20 @@ from touchpoint.infra import kafka
 from touchpoint.core.process import pid_alive
 
 
+def topic_config(settings, name: str) -> dict[str, str]:
+    """The topic's configs the project sets, as the broker reports them."""
+    from kafka import KafkaAdminClient
+    from kafka.admin import ConfigResource, ConfigResourceType
+
+    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    try:
+        described = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, name)])
+    finally:
+        admin.close()
+    return {key: entry["value"] for key, entry in described["topic"][name].items()
+            if entry["config_source"] == "DYNAMIC_TOPIC_CONFIG"}
+
+
 def test_start_is_idempotent_stop_ends_process_status_reports_both(tmp_path, kafka_broker):
     from tests.conftest import REPO
 
@@ -17,7 +31,13 @@ def test_start_is_idempotent_stop_ends_process_status_reports_both(tmp_path, kaf
         second = kafka.start(settings)
         assert second.pid == first.pid
         assert kafka.ensure_topic("lifecycle", settings=settings) is True
-        assert kafka.ensure_topic("lifecycle", settings=settings) is False
+        assert topic_config(settings, "lifecycle") == {"retention.ms": str(168 * 3600 * 1000),
+                                                       "retention.bytes": str(1 << 30), "segment.ms": "3600000"}
+        # a topic that exists takes a lowered retention too (before session 47 it kept its first one)
+        shorter = settings.model_copy(update={"retention": settings.retention.model_copy(
+            update={"kafka_retention_hours": 24})})
+        assert kafka.ensure_topic("lifecycle", settings=shorter) is False
+        assert topic_config(settings, "lifecycle")["retention.ms"] == str(24 * 3600 * 1000)
     finally:
         assert kafka.stop(settings) is True
     assert not pid_alive(first.pid)

@@ -59,6 +59,10 @@ def test_suppression_matches_by_type_and_hash_only():
     b'{"event_id": "e1", "email": ["Ann@X.io"], "user_id": ["u9"]}',  # no identifier that can be read
     b'{"user_id": "u9", "phone": "07700 900123", "context": {"country": "GB"}, "x": [',  # a national phone
     b'{"anonymous_id": "d1", "context": {"page_url": "https://x/?tel=%2B447700900123"}} +44 7700 900123',
+    # a readable identifier beside one of the wrong JSON type (session 47: the readable one used to
+    # decide alone, and these kept Ann's raw email or phone through her erasure)
+    b'{"anonymous_id": "d9", "email": ["Ann@X.io"]}',
+    b'{"anonymous_id": "d9", "phone": 447700900123}',
 ])
 def test_the_suppression_finds_raw_identifiers_in_payloads_that_do_not_parse_as_silver_reads_them(payload):
     """Before, only the four identifier fields of a payload that parsed were compared: every one of
@@ -127,7 +131,8 @@ def test_kafka_topics_get_bounded_retention_from_config():
     from touchpoint.infra.kafka import topic_configs
 
     settings = load_settings(retention=RetentionSettings(kafka_retention_hours=48, kafka_retention_bytes=1000))
-    assert topic_configs(settings) == {"retention.ms": str(48 * 3600 * 1000), "retention.bytes": "1000"}
+    assert topic_configs(settings) == {"retention.ms": str(48 * 3600 * 1000), "retention.bytes": "1000",
+                                       "segment.ms": str(3600 * 1000)}  # the active segment rolls within an hour
 
 
 def test_the_queue_holds_hashes_only_and_is_emptied_by_the_job(spark, settings):

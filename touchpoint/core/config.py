@@ -254,6 +254,9 @@ class Settings(BaseSettings):
     def _lake_root_scheme(cls, value: str) -> str:
         if "://" in value and not value.startswith(("s3a://", "file://")):
             raise ValueError(f"expected a local path, file:// or s3a:// URI, got {value!r}")
+        if re.match(r"(?i)(file|s3a?):(?!//)", value):  # Hadoop's file:/x would be a folder named "file:"
+            raise ValueError(f"expected a local path, file:// or s3a:// URI, got {value!r}; write file:///x "
+                             "(or the path /x) for file:/x")
         if not value.strip() or re.fullmatch(r"(s3a|file)://[/]*", value.strip()):
             raise ValueError(f"expected a folder or a bucket (s3a://bucket/lake), got {value!r}")
         return value

@@ -376,11 +376,12 @@ class BatchWrites:
 def _lake_lock(lake_uri: str, name: str, holders: str, timeout_seconds: float | None) -> Iterator[None]:
     """An advisory lock file `<lake>/_locks/<name>.lock`, for processes on one host (a local lake's
     readers and writers all are; flock also excludes two threads of one process); a no-op on an
-    object store. Raises TimeoutError after `timeout_seconds` (None: wait as long as it takes)."""
-    if "://" in lake_uri:
+    object store (a `file://` lake is a local folder: locked). Raises TimeoutError after
+    `timeout_seconds` (None: wait as long as it takes)."""
+    if "://" in lake_uri and not lake_uri.startswith("file://"):
         yield
         return
-    path = Path(lake_uri) / "_locks" / f"{name}.lock"
+    path = Path(lake_uri.removeprefix("file://")) / "_locks" / f"{name}.lock"
     path.parent.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     with open(path, "a+b") as handle:

@@ -58,22 +58,33 @@ def request_identifier(identifier_type: str, value: str) -> tuple[str, str]:
 
 def payload_identifiers(payload: bytes | None) -> list[tuple[str, str]]:
     """(type, normalised value) of the identifiers of a raw event, [] when it is not a JSON object."""
+    return read_identifiers(payload)[0]
+
+
+def read_identifiers(payload: bytes | None) -> tuple[list[tuple[str, str]], bool]:
+    """(`payload_identifiers`, whether every identifier field present is a string or null). An
+    identifier field of another JSON type (a list, a number, an object) is unreadable as silver
+    reads it, so such a payload is also scanned leniently (`payload_tokens`)."""
     if payload is None:
-        return []
+        return [], False
     try:
         event = json.loads(payload.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError):  # the validator quarantines these
-        return []
+        return [], False
     if not isinstance(event, dict):
-        return []
+        return [], False
     context = event.get("context")
     country = context.get("country") if isinstance(context, dict) else None
     country = clean_id(country).upper() if isinstance(country, str) and clean_id(country) else None
-    found = []
+    found, readable = [], True
     for kind in IDENTIFIER_TYPES:
         raw = event.get(kind)
-        if raw is None or isinstance(raw, (dict, list)):
+        if raw is None:
             continue
+        if not isinstance(raw, str):
+            readable = False
+            if isinstance(raw, (dict, list)):
+                continue
         try:
             value = normalise_identifier(kind, str(raw), country)
             if value is not None:
@@ -82,11 +93,11 @@ def payload_identifiers(payload: bytes | None) -> list[tuple[str, str]]:
             value = None
         if value is not None:
             found.append((kind, value))
-    return found
+    return found, readable
 
 
-# The lenient scan, for payloads whose identifier fields cannot be read (truncated, not UTF-8, an id
-# of the wrong JSON type). The local part takes every character an address may hold (RFC 5322 atext,
+# The lenient scan, for payloads whose identifier fields cannot all be read (truncated, not UTF-8, an
+# id of the wrong JSON type). The local part takes every character an address may hold (RFC 5322 atext,
 # and any non-ASCII byte), so a token is a whole address, never the tail of another one; the bounds
 # and the look-behind keep the scan linear on a hostile megabyte of letters.
 _ATEXT = rb"A-Za-z0-9!#$%&'*+/=?^_`{|}~.\-\x80-\xff"
@@ -95,6 +106,8 @@ _EMAIL_TOKEN = re.compile(rb"(?<![" + _ATEXT + rb"])[" + _ATEXT + rb"]{1,64}"
 _KEYED_VALUE = re.compile(rb'"(anonymous_id|user_id|email|phone)"\s*:\s*\[?\s*"((?:[^"\\]|\\.){1,512})"')
 _COUNTRY_VALUE = re.compile(rb'"country"\s*:\s*"\s*([A-Za-z]{2})\s*"')
 _INTERNATIONAL_PHONE = re.compile(rb"\+\d[\d \t().\-]{5,24}\d")
+# An identifier given as a JSON number (or the first of a list of numbers): "phone": 447700900123.
+_KEYED_NUMBER = re.compile(rb'"(anonymous_id|user_id|phone)"\s*:\s*\[?\s*(\d{1,30})(?![\d.eE])')
 
 
 def payload_tokens(payload: bytes | None) -> set[tuple[str, str]]:
@@ -126,6 +139,11 @@ def payload_tokens(payload: bytes | None) -> set[tuple[str, str]]:
         add(match.group(1).decode("ascii"), match.group(2), region)
     for match in _INTERNATIONAL_PHONE.finditer(payload):
         add("phone", match.group(0))
+    for match in _KEYED_NUMBER.finditer(payload):
+        kind, digits = match.group(1).decode("ascii"), match.group(2)
+        add(kind, digits, region)
+        if kind == "phone":  # digits of an international number without its +
+            add(kind, b"+" + digits)
     return found
 
 
@@ -146,14 +164,17 @@ class Suppression:
         return any(pair in self.hashes for pair in hashed_identifiers(identifiers))
 
     def matches_payload(self, payload: bytes | None) -> bool:
-        """By the payload's identifiers as silver reads them; when it has none that can be read (it
-        does not parse, or they are of the wrong JSON type), by the identifier-looking tokens in it
+        """By the payload's identifiers as silver reads them; when it has none, or one of its
+        identifier fields cannot be read (it does not parse, or a field is of the wrong JSON type,
+        e.g. an email in a list beside a readable anonymous_id), also by the identifier-looking tokens in it
         (`payload_tokens`). A readable event is matched by its own identifiers only: another
         person's email in its referrer must not make it theirs."""
         if not self.hashes:
             return False
-        identifiers = payload_identifiers(payload)
-        return self.matches_identifiers(identifiers if identifiers else payload_tokens(payload))
+        identifiers, readable = read_identifiers(payload)
+        if self.matches_identifiers(identifiers):
+            return True
+        return (not readable or not identifiers) and self.matches_identifiers(payload_tokens(payload))
 
 
 def withheld_payload(payload: bytes | None) -> bytes:
