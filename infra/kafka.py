@@ -64,6 +64,8 @@ def _server_properties(settings: Settings) -> str:
             "group.initial.rebalance.delay.ms=0",
             # Bounded retention (BRIEF §8): topics the project creates also set retention.ms.
             f"log.retention.hours={settings.retention.kafka_retention_hours}",
+            f"log.retention.bytes={settings.retention.kafka_retention_bytes}",
+            f"log.roll.ms={SEGMENT_MS}",  # as the project's topics (topic_configs): retention + 1 h at most
             "message.max.bytes=2097152",
             "",
         ]
