@@ -82,3 +82,23 @@ def test_the_dags_checks_run_from_the_cli_too(tmp_path):
     result = subprocess.run([sys.executable, "-m", "touchpoint", "verify-erasures"], capture_output=True, text=True,
                             env=env)
     assert (result.returncode, json.loads(result.stdout)) == (0, {"erasures": 0, "suppressed": 0}), result.stderr
+
+
+def test_forget_takes_exactly_one_identifier_and_queues_an_anonymous_id_as_its_hash(tmp_path):
+    """`--anonymous-id` (the core erases by it; the CLI had no option for it before session 47)."""
+    import hashlib
+
+    from deltalake import DeltaTable
+
+    env = {"TOUCHPOINT_LAKE_ROOT": str(tmp_path / "lake"), "TOUCHPOINT_STATE_DIR": str(tmp_path / "state"),
+           "PATH": "/usr/bin:/bin", "TOUCHPOINT_CONFIG": empty_config(tmp_path)}
+    both = subprocess.run([sys.executable, "-m", "touchpoint", "forget", "--anonymous-id", "dev-1", "--user-id", "u"],
+                          capture_output=True, text=True, env=env)
+    assert both.returncode == 2
+    assert "give exactly one of --email, --phone, --user-id, --anonymous-id, --customer-id" in both.stderr
+    queued = subprocess.run([sys.executable, "-m", "touchpoint", "forget", "--anonymous-id", " dev-1 ", "--queue"],
+                            capture_output=True, text=True, env=env, check=True)
+    request_id = json.loads(queued.stdout)["queued"]
+    rows = DeltaTable(str(tmp_path / "lake" / "privacy" / "erasure_requests")).to_pyarrow_table().to_pylist()
+    assert [(r["request_id"], r["identifier_type"], r["identifier_sha256"]) for r in rows] == [
+        (request_id, "anonymous_id", hashlib.sha256(b"dev-1").hexdigest())]  # trimmed, hashed, never raw

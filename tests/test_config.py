@@ -134,6 +134,9 @@ def test_a_misspelt_variable_a_missing_config_file_and_unreadable_values_name_th
     ("reporting_currency", "AFN", "'AFN' has no exchange rate in fx_rates.csv; use one of AED, AUD, BRL,"),
     ("lake_root", "", "expected a folder or a bucket (s3a://bucket/lake), got ''"),
     ("lake_root", "s3a://", "expected a folder or a bucket (s3a://bucket/lake), got 's3a://'"),
+    # an empty path was the working directory ("" -> ".")
+    ("exports_dir", "", "expected a path, got an empty value; give a folder or file, or remove the key"),
+    ("state_dir", " ", "expected a path, got an empty value; give a folder or file, or remove the key"),
     # Hadoop's form: it was taken for a relative folder named "file:"
     ("lake_root", "file:/tmp/lake", "expected a local path, file:// or s3a:// URI, got 'file:/tmp/lake'; write "
                                     "file:///x (or the path /x) for file:/x"),
@@ -146,6 +149,22 @@ def test_values_that_would_fail_every_event_or_write_fail_at_load(key, value, me
     with pytest.raises(ConfigError) as error:
         load_settings(**{key: value})
     assert str(error.value).startswith(f"invalid configuration: key '{key}' (env TOUCHPOINT_{key.upper()}): {message}")
+
+
+def test_the_customer_views_trigger_is_unset_by_none_in_toml_or_the_environment(monkeypatch, tmp_path):
+    """Unset, one speed query keeps every view (docs/SERVING.md); TOML has no null, and "" or
+    "null" in the environment were refused before session 47."""
+    config = tmp_path / "touchpoint.toml"
+    config.write_text('[stream]\ncustomer_trigger_seconds = "none"\n')
+    monkeypatch.setenv("TOUCHPOINT_CONFIG", str(config))
+    assert load_settings().stream.customer_trigger_seconds is None
+    config.write_text("")
+    assert load_settings().stream.customer_trigger_seconds == 30.0
+    for unset in ("", "null", "None"):
+        monkeypatch.setenv("TOUCHPOINT_STREAM__CUSTOMER_TRIGGER_SECONDS", unset)
+        assert load_settings().stream.customer_trigger_seconds is None
+    monkeypatch.setenv("TOUCHPOINT_STREAM__CUSTOMER_TRIGGER_SECONDS", "15")
+    assert load_settings().stream.customer_trigger_seconds == 15.0
 
 
 def test_an_infinite_number_fails_at_load(monkeypatch):

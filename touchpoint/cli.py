@@ -488,15 +488,18 @@ def verify_erasures() -> None:
 def forget(email: Optional[str] = typer.Option(None, "--email", help="the person's email"),
            phone: Optional[str] = typer.Option(None, "--phone", help="the person's phone, international (+...)"),
            user_id: Optional[str] = typer.Option(None, "--user-id", help="the person's user_id"),
+           anonymous_id: Optional[str] = typer.Option(None, "--anonymous-id",
+                                                      help="a device's anonymous_id (a shared device: its rows only)"),
            customer_id: Optional[str] = typer.Option(None, "--customer-id", help="the person's customer_id"),
            queue: bool = typer.Option(False, "--queue", help="queue for the privacy_erasure DAG instead of now")) -> None:
     """Erase a person from every table, the files and the next exports (docs/PRIVACY.md)."""
     from touchpoint.core.privacy import request_identifier
 
     given = [(kind, value) for kind, value in (("email", email), ("phone", phone), ("user_id", user_id),
-                                               ("customer_id", customer_id)) if value is not None]
+                                               ("anonymous_id", anonymous_id), ("customer_id", customer_id))
+             if value is not None]
     if len(given) != 1:
-        _error("give exactly one of --email, --phone, --user-id, --customer-id")
+        _error("give exactly one of --email, --phone, --user-id, --anonymous-id, --customer-id")
         raise typer.Exit(2)
     kind, value = given[0]
     try:

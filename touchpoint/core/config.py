@@ -88,7 +88,7 @@ class StreamSettings(_Section):
     trigger_seconds: float = Field(2.0, gt=0)
     customer_trigger_seconds: float | None = Field(
         30.0, gt=0, description="trigger of the speed layer's customer-views query (identity, last touch, activity, "
-                                "segments); unset = one speed query for every view at trigger_seconds")
+                                "segments); unset (\"none\") = one speed query for every view at trigger_seconds")
     max_offsets_per_trigger: int = Field(
         500_000, gt=0, description="cap on the Kafka records of one ingest micro-batch: bounds a catch-up batch "
                                    "(a live stream's batches are what arrived in a trigger interval)")
@@ -101,6 +101,14 @@ class StreamSettings(_Section):
     activity_horizon_days: float = Field(30, gt=0, description="customer activity looks this far back (open carts)")
     min_partitions: int | None = Field(
         None, ge=1, description="Spark tasks per micro-batch read from Kafka; unset = one per Kafka partition")
+    @field_validator("customer_trigger_seconds", mode="before")
+    @classmethod
+    def _unset_by_name(cls, value):
+        # TOML has no null, and an environment variable is text: "none" (or "null", "") unsets it.
+        if isinstance(value, str) and value.strip().lower() in ("", "none", "null"):
+            return None
+        return value
+
     keyed_dedup: bool = Field(
         True, description="ingest looks a batch's keys up in its in-memory mirror of silver's dedup keys "
                           "(docs/INGESTION.md); false = every batch scans its dates' partitions of silver")
@@ -228,6 +236,15 @@ class Settings(BaseSettings):
     s3: S3Settings = S3Settings()
     exports: ExportSettings = ExportSettings()
     collector: CollectorSettings = CollectorSettings()
+
+    @field_validator("state_dir", "jars_dir", "channel_rules_file", "segments_dir", "exports_dir", "reports_dir",
+                     mode="before")
+    @classmethod
+    def _path_is_not_empty(cls, value):
+        # An empty value would be the working directory ("" -> "."): state or exports written anywhere.
+        if isinstance(value, str) and not value.strip():
+            raise ValueError("expected a path, got an empty value; give a folder or file, or remove the key")
+        return value
 
     @field_validator("reporting_currency")
     @classmethod
