@@ -189,7 +189,12 @@ def ensure_topic(name: str, partitions: int | None = None, settings: Settings | 
     try:
         if name in admin.list_topics():
             # Incremental: only these keys are set, any other topic config an operator set stays.
-            admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, name, configs=topic_configs(settings))])
+            altered = admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, name,
+                                                          configs=topic_configs(settings))])
+            outcome = altered.get("topic", {}).get(name)
+            if outcome != "OK":  # kafka-python reports a refusal (ACLs, a policy) here instead of raising
+                raise RuntimeError(f"Kafka refused the retention configs of topic {name!r}: {outcome}; the topic "
+                                   "keeps its old retention (docs/PRIVACY.md)")
             return False
         topic = NewTopic(
             name=name,

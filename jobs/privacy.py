@@ -416,7 +416,7 @@ def full_vacuum_guard(name: str, settings: Settings) -> FullVacuumGuard:
     """What protects a writer's commit in flight from a full VACUUM of table `name` (purge_files):
     the ingest's tables are written under the silver write lock, so the VACUUM takes it; the speed
     layer's writer holds none, so its files of the last hour stay (those tables hold customer ids,
-    no raw identifier: the daily VACUUM removes the rest)."""
+    no raw identifier: lake_maintenance's VACUUM removes them after retention.vacuum_hours)."""
     if name in STREAM_WRITTEN:
         return (lambda: silver_write_lock(settings.lake_uri)), 0
     if TABLES[name].layer == "speed":

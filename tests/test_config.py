@@ -134,9 +134,9 @@ def test_a_misspelt_variable_a_missing_config_file_and_unreadable_values_name_th
     ("reporting_currency", "AFN", "'AFN' has no exchange rate in fx_rates.csv; use one of AED, AUD, BRL,"),
     ("lake_root", "", "expected a folder or a bucket (s3a://bucket/lake), got ''"),
     ("lake_root", "s3a://", "expected a folder or a bucket (s3a://bucket/lake), got 's3a://'"),
-    # an empty path was the working directory ("" -> ".")
-    ("exports_dir", "", "expected a path, got an empty value; give a folder or file, or remove the key"),
-    ("state_dir", " ", "expected a path, got an empty value; give a folder or file, or remove the key"),
+    # an empty path was the working directory ("" -> "."); an empty exports_dir is unset (tested below)
+    ("state_dir", " ", "expected a path, got an empty value; give a folder, or remove the key"),
+    ("lake_root", "file://localhost/lake", "expected file:///path (a folder on this host), got 'file://localhost/lake'"),
     # Hadoop's form: it was taken for a relative folder named "file:"
     ("lake_root", "file:/tmp/lake", "expected a local path, file:// or s3a:// URI, got 'file:/tmp/lake'; write "
                                     "file:///x (or the path /x) for file:/x"),
@@ -149,6 +149,12 @@ def test_values_that_would_fail_every_event_or_write_fail_at_load(key, value, me
     with pytest.raises(ConfigError) as error:
         load_settings(**{key: value})
     assert str(error.value).startswith(f"invalid configuration: key '{key}' (env TOUCHPOINT_{key.upper()}): {message}")
+
+
+def test_an_empty_optional_path_is_unset_and_takes_its_default(tmp_path):
+    """It was the working directory ("" -> "."): exports written wherever the command ran."""
+    settings = load_settings(lake_root=str(tmp_path / "lake"), exports_dir="", reports_dir=" ", channel_rules_file="")
+    assert (settings.exports_dir, settings.reports_dir, settings.channel_rules_file) == (None, None, None)
 
 
 def test_the_customer_views_trigger_is_unset_by_none_in_toml_or_the_environment(monkeypatch, tmp_path):

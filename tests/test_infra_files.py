@@ -158,7 +158,7 @@ def test_compose_wiring_matches_the_settings(compose, env_example):
 
 
 def test_compose_variables_come_from_the_example_env_which_holds_no_secret(env_example):
-    referenced = set(re.findall(r"(?<!\$)\$\{([A-Z_][A-Z0-9_]*)\}", COMPOSE.read_text()))
+    referenced = set(re.findall(r"(?<!\$)\$\{([A-Z_][A-Z0-9_]*)(?::-[^}]*)?\}", COMPOSE.read_text()))
     assert referenced == set(env_example)
     for key, value in env_example.items():
         if re.search(r"PASSWORD|SECRET|KEY|USER|CLUSTER_ID", key):

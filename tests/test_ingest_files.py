@@ -246,3 +246,26 @@ def test_retention_deletes_raw_payloads_and_quarantine_older_than_their_days_and
     assert enforce_retention(spark, settings, ingest_day + dt.timedelta(days=11)) == {
         "rows_deleted": {"bronze.events": 0, "silver.quarantine": 1}}
     assert (count("bronze.events"), count("silver.quarantine"), count("silver.events")) == (0, 0, 2)
+
+
+def test_maintenance_vacuums_the_speed_tables_too(spark, tmp_path):
+    """The speed layer overwrites customer_activity every customer micro-batch; before session 47 no
+    VACUUM reached the speed tables, so every replaced file stayed on disk."""
+    from pathlib import Path
+
+    from touchpoint.core.catalog import table_path
+    from touchpoint.core.config import load_settings
+    from touchpoint.jobs.maintenance import vacuum
+
+    settings = load_settings(lake_root=str(tmp_path / "lake"), spark_shuffle_partitions=2,
+                             retention={"vacuum_hours": 0})
+    path = table_path("speed.customer_activity", settings)
+    for customer in ("c1", "c2", "c3"):  # three snapshots, as three micro-batches write them
+        spark.createDataFrame([(customer,)], "customer_id string").coalesce(1).write.format("delta") \
+            .mode("overwrite").save(path)
+    assert len(list(Path(path).glob("*.parquet"))) == 3
+    import datetime as dt
+
+    assert vacuum(spark, settings, dt.date(2026, 3, 1))["vacuumed"] == ["speed.customer_activity"]
+    assert len(list(Path(path).glob("*.parquet"))) == 1
+    assert [row.customer_id for row in spark.read.format("delta").load(path).collect()] == ["c3"]

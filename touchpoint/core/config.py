@@ -113,7 +113,7 @@ class StreamSettings(_Section):
         True, description="ingest looks a batch's keys up in its in-memory mirror of silver's dedup keys "
                           "(docs/INGESTION.md); false = every batch scans its dates' partitions of silver")
     backfill_grace_days: float = Field(
-        7, ge=0, description="speed rows the published batch already holds are kept this many days below its cut, so "
+        7, ge=0, le=3650, description="speed rows the published batch already holds are kept this many days below its cut, so "
                              "that a backfill of a date that recent moves the serving cut back without a gap "
                              "(docs/SERVING.md); 0 = expire them as soon as the batch holds them")
 
@@ -237,14 +237,19 @@ class Settings(BaseSettings):
     exports: ExportSettings = ExportSettings()
     collector: CollectorSettings = CollectorSettings()
 
-    @field_validator("state_dir", "jars_dir", "channel_rules_file", "segments_dir", "exports_dir", "reports_dir",
-                     mode="before")
+    @field_validator("state_dir", "jars_dir", "segments_dir", mode="before")
     @classmethod
     def _path_is_not_empty(cls, value):
-        # An empty value would be the working directory ("" -> "."): state or exports written anywhere.
+        # An empty value would be the working directory ("" -> "."): state or jars written anywhere.
         if isinstance(value, str) and not value.strip():
-            raise ValueError("expected a path, got an empty value; give a folder or file, or remove the key")
+            raise ValueError("expected a path, got an empty value; give a folder, or remove the key")
         return value
+
+    @field_validator("channel_rules_file", "exports_dir", "reports_dir", mode="before")
+    @classmethod
+    def _empty_path_is_unset(cls, value):
+        # These have a default when unset; an empty value was the working directory ("" -> ".").
+        return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("reporting_currency")
     @classmethod
@@ -271,6 +276,8 @@ class Settings(BaseSettings):
     def _lake_root_scheme(cls, value: str) -> str:
         if "://" in value and not value.startswith(("s3a://", "file://")):
             raise ValueError(f"expected a local path, file:// or s3a:// URI, got {value!r}")
+        if value.startswith("file://") and not value.startswith("file:///"):
+            raise ValueError(f"expected file:///path (a folder on this host), got {value!r}")
         if re.match(r"(?i)(file|s3a?):(?!//)", value):  # Hadoop's file:/x would be a folder named "file:"
             raise ValueError(f"expected a local path, file:// or s3a:// URI, got {value!r}; write file:///x "
                              "(or the path /x) for file:/x")

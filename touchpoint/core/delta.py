@@ -381,7 +381,7 @@ def _lake_lock(lake_uri: str, name: str, holders: str, timeout_seconds: float | 
     if "://" in lake_uri and not lake_uri.startswith("file://"):
         yield
         return
-    path = Path(lake_uri.removeprefix("file://")) / "_locks" / f"{name}.lock"
+    path = Path(lake_uri.removeprefix("file://")) / "_locks" / f"{name}.lock"  # config allows file:/// only
     path.parent.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     with open(path, "a+b") as handle:
@@ -417,7 +417,8 @@ def silver_write_lock(lake_uri: str, timeout_seconds: float | None = None) -> Ab
     writers at once (the stream and a file ingest) each plan against silver as the other left it, so
     an event id or order id that both carry lands once (docs/INGESTION.md). Delta's blind appends do
     not conflict with each other, so without it both would insert. On an object store: not held."""
-    return _lake_lock(lake_uri, "silver", "ingest writer (a stream or a file ingest)", timeout_seconds)
+    return _lake_lock(lake_uri, "silver", "silver writer (an ingest batch, or an erasure's last pass or purge)",
+                      timeout_seconds)
 
 
 _RENAME_EXCHANGE = 2  # linux/fs.h

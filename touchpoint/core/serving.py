@@ -7,7 +7,8 @@ pipeline publishes table after table. A speed row is served when the batch canno
 
     event_ts >= H  OR  silver_version > V     (it happened after H, or arrived after batch read)
 
-The same predicate expires speed rows once a batch publishes (`expire_speed_rows`). Last-touch
+Expiry (`expire_speed_rows`) deletes only rows this predicate hides: those also below H less the
+backfill grace (`expiry_bound`), so a backfill that moves H back finds the rows it needs. Last-touch
 metrics are kept per conversion: a conversion the speed layer recomputed after the batch read
 (or at/after H) replaces the batch's row for it. docs/SERVING.md has the argument why serving then
 equals a full batch recomputation.
