@@ -113,9 +113,10 @@ class StreamSettings(_Section):
         True, description="ingest looks a batch's keys up in its in-memory mirror of silver's dedup keys "
                           "(docs/INGESTION.md); false = every batch scans its dates' partitions of silver")
     backfill_grace_days: float = Field(
-        7, ge=0, le=3650, description="speed rows the published batch already holds are kept this many days below its cut, so "
-                             "that a backfill of a date that recent moves the serving cut back without a gap "
-                             "(docs/SERVING.md); 0 = expire them as soon as the batch holds them")
+        7, ge=0, le=3650,
+        description="speed rows the published batch already holds are kept this many days below its cut, so "
+                    "that a backfill of a date that recent moves the serving cut back without a gap "
+                    "(docs/SERVING.md); 0 = expire them as soon as the batch holds them")
 
 
 class S3Settings(_Section):

@@ -369,8 +369,8 @@ class BatchWrites:
         return True
 
 
-# ---- local lakes: one writer of published gold at a time, one planner of silver's dedup at a time, and
-# folders exchanged in one step ---------------------------------------------------------------------
+# ---- local lakes: one writer of published gold at a time, one ingest batch committing to silver at a
+# time, and folders exchanged in one step -----------------------------------------------------------
 
 @contextmanager
 def _lake_lock(lake_uri: str, name: str, holders: str, timeout_seconds: float | None) -> Iterator[None]:
@@ -413,10 +413,12 @@ def gold_write_lock(lake_uri: str, timeout_seconds: float | None = None) -> Abst
 
 
 def silver_write_lock(lake_uri: str, timeout_seconds: float | None = None) -> AbstractContextManager[None]:
-    """Hold the lake's silver write lock from a batch's dedup plan to its silver commit: two ingest
-    writers at once (the stream and a file ingest) each plan against silver as the other left it, so
-    an event id or order id that both carry lands once (docs/INGESTION.md). Delta's blind appends do
-    not conflict with each other, so without it both would insert. On an object store: not held."""
+    """Hold the lake's silver write lock. An ingest batch holds it from the end of its validation
+    (the suppression list read again, the bronze append, the dedup plan) to its silver commit, so two
+    ingest writers at once (the stream and a file ingest) each plan against silver as the other left
+    it and an event id or order id both carry lands once (docs/INGESTION.md; Delta's blind appends do
+    not conflict with each other). An erasure's last pass over the ingest's tables and its purge's
+    full-VACUUM fallback hold it too (docs/PRIVACY.md). On an object store: not held."""
     return _lake_lock(lake_uri, "silver", "silver writer (an ingest batch, or an erasure's last pass or purge)",
                       timeout_seconds)
 
