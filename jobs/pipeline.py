@@ -284,10 +284,9 @@ def latest_published_date(spark: SparkSession, settings: Settings) -> dt.date | 
 
 
 def current_high_water_mark(spark: SparkSession, settings: Settings) -> dt.datetime | None:
-    path = TABLES["gold.high_water_mark"].path(settings)
-    if not is_delta(spark, path):
-        return None
-    return spark.read.format("delta").load(path).agg({"high_water_mark": "max"}).first()[0]
+    """H of the latest published date (UTC; every recorded H is as_of_for of its date)."""
+    latest = latest_published_date(spark, settings)
+    return as_of_for(latest) if latest is not None else None
 
 
 # ---- steps: what each marketing_daily task runs (also `touchpoint run pipeline --date D`) ---------

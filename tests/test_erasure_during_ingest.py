@@ -9,10 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-import logging
-import threading
 import time
-from contextlib import contextmanager
 
 import pytest
 
@@ -20,6 +17,8 @@ from touchpoint.core.catalog import table_path
 from touchpoint.core.config import load_settings
 from touchpoint.core.delta import silver_write_lock
 from touchpoint.core.privacy import withheld_payload
+
+from lock_waiters import in_thread, waits_for_lock
 
 ERASED = json.dumps({"event_id": "p-1", "event_type": "page_view", "event_ts": "2026-03-01T10:00:00Z",
                      "email": "Pat@X.io"}).encode()
@@ -37,49 +36,6 @@ def lake_settings(tmp_path):
     return load_settings(lake_root=str(tmp_path / "lake"), spark_shuffle_partitions=2)
 
 
-@contextmanager
-def waits_for_the_silver_lock():
-    """An event set once some thread logs that it waits for the silver write lock."""
-    waiting = threading.Event()
-
-    class Handler(logging.Handler):
-        def emit(self, record):
-            if "silver.lock" in record.getMessage():
-                waiting.set()
-
-    handler, lock_log = Handler(), logging.getLogger("touchpoint.core.delta")
-    previous = lock_log.level
-    lock_log.addHandler(handler)
-    lock_log.setLevel(logging.INFO)
-    try:
-        yield waiting
-    finally:
-        lock_log.removeHandler(handler)
-        lock_log.setLevel(previous)
-
-
-def in_thread(action):
-    outcome: dict = {}
-
-    def target():
-        try:
-            outcome["result"] = action()
-        except BaseException as error:  # noqa: BLE001 - raised by finish() below
-            outcome["error"] = error
-
-    thread = threading.Thread(target=target)
-    thread.start()
-
-    def finish(timeout=600):
-        thread.join(timeout)
-        assert not thread.is_alive(), f"still running after {timeout} s"
-        if "error" in outcome:
-            raise outcome["error"]
-        return outcome["result"]
-
-    return thread, finish
-
-
 def test_a_batch_that_validated_before_the_list_grew_withholds_the_person(spark, lake_settings, tmp_path):
     """The batch validated with an empty list, then waited for the lock while the erasure added the
     person: it validates again and commits nothing of theirs (before session 47 their raw payload
@@ -92,7 +48,7 @@ def test_a_batch_that_validated_before_the_list_grew_withholds_the_person(spark,
     [ranges] = file_batches(file, scan_file(file), 0)
     sink = IngestSink(lake_settings, "test:erasure-race")
     sink.ensure_tables(spark)
-    with waits_for_the_silver_lock() as waiting:
+    with waits_for_lock("silver") as waiting:
         with silver_write_lock(lake_settings.lake_uri):
             batch, finish = in_thread(lambda: sink(file_bronze_rows(spark, file, ranges), 0))
             assert waiting.wait(300), "the batch never reached the silver write lock"
@@ -116,7 +72,7 @@ def test_a_batch_that_validated_before_the_list_grew_withholds_the_person(spark,
 def test_the_erasures_last_pass_waits_for_a_batch_holding_the_silver_lock(spark, lake_settings):
     from touchpoint.jobs.privacy import erase
 
-    with waits_for_the_silver_lock() as waiting:
+    with waits_for_lock("silver") as waiting:
         with silver_write_lock(lake_settings.lake_uri):  # as an ingest batch between its plan and commit
             erasure, finish = in_thread(lambda: erase(spark, lake_settings, "email", sha("pat@x.io")))
             assert waiting.wait(600), "the erasure never asked for the silver write lock"
@@ -155,7 +111,7 @@ def test_a_purge_that_falls_back_to_a_full_vacuum_waits_for_the_ingests_commit(s
     data_files = lambda: sorted(f.name for f in Path(path).glob("*.parquet"))  # noqa: E731
     before = data_files()
     assert full_vacuum_guard("speed.customer_activity", lake_settings)[1] == 1  # the speed writer holds no lock
-    with waits_for_the_silver_lock() as waiting:
+    with waits_for_lock("silver") as waiting:
         with silver_write_lock(lake_settings.lake_uri):
             purge, finish = in_thread(lambda: purge_files(spark, path, 0,
                                                           full_vacuum_guard("silver.quarantine", lake_settings)))

@@ -169,31 +169,16 @@ def test_two_writers_at_once_insert_an_event_id_both_carry_once(spark, tmp_path)
     until A's silver commit, then finds `same` in silver: one row. (Before session 47 B planned
     against silver without A's row, and both inserted it.)"""
     import json
-    import logging
     import threading
     import time
 
     from touchpoint.core.config import load_settings
     from touchpoint.streaming.ingest import IngestSink, file_batches, file_bronze_rows, scan_file
 
+    from lock_waiters import in_thread, waits_for_lock
+
     settings = load_settings(lake_root=str(tmp_path / "lake"), spark_shuffle_partitions=2)
-    b_waits, b_done, a_planned = threading.Event(), threading.Event(), threading.Event()
-
-    class WaitingForB(logging.Handler):
-        def emit(self, record):
-            if "silver.lock" in record.getMessage():
-                b_waits.set()
-
-    class HeldBeforeSilver(IngestSink):
-        """Writer A: planned, then holds its silver commit until B waits for the lock or is done."""
-        def _append(self, frame, table, batch_id):
-            if table == "silver.events":
-                a_planned.set()
-                deadline = time.monotonic() + 300
-                while not (b_waits.is_set() or b_done.is_set()):
-                    assert time.monotonic() < deadline, "writer B neither waited for the lock nor finished"
-                    time.sleep(0.05)
-            super()._append(frame, table, batch_id)
+    a_planned = threading.Event()
 
     def bronze(name, *ids):
         file = tmp_path / f"{name}.jsonl"
@@ -202,36 +187,26 @@ def test_two_writers_at_once_insert_an_event_id_both_carry_once(spark, tmp_path)
         [ranges] = file_batches(file, scan_file(file), 0)
         return file_bronze_rows(spark, file, ranges)
 
-    writer_a, writer_b = HeldBeforeSilver(settings, "test:a"), IngestSink(settings, "test:b")
-    writer_a.ensure_tables(spark)
-    counts, errors = {}, []
+    with waits_for_lock("silver") as b_waits:
+        b: threading.Thread | None = None
 
-    def run(name, sink, rows, done=None):
-        try:
-            counts[name] = sink(rows, 0)
-        except BaseException as error:  # noqa: BLE001 - reported by the test below
-            errors.append(error)
-        finally:
-            if done is not None:
-                done.set()
+        class HeldBeforeSilver(IngestSink):
+            """Writer A: planned, then holds its silver commit until B waits for the lock or is done."""
+            def _append(self, frame, table, batch_id):
+                if table == "silver.events":
+                    a_planned.set()
+                    deadline = time.monotonic() + 300
+                    while not (b_waits.is_set() or (b is not None and not b.is_alive())):
+                        assert time.monotonic() < deadline, "writer B neither waited for the lock nor finished"
+                        time.sleep(0.05)
+                super()._append(frame, table, batch_id)
 
-    handler = WaitingForB()
-    lock_log = logging.getLogger("touchpoint.core.delta")
-    lock_log.addHandler(handler)
-    previous_level = lock_log.level
-    lock_log.setLevel(logging.INFO)
-    try:
-        a = threading.Thread(target=run, args=("a", writer_a, bronze("a", "same", "a-only")))
-        a.start()
-        assert a_planned.wait(300) and not errors, errors
-        b = threading.Thread(target=run, args=("b", writer_b, bronze("b", "same", "b-only"), b_done))
-        b.start()
-        a.join(600)
-        b.join(600)
-    finally:
-        lock_log.removeHandler(handler)
-        lock_log.setLevel(previous_level)
-    assert not errors and not a.is_alive() and not b.is_alive(), errors
+        writer_a, writer_b = HeldBeforeSilver(settings, "test:a"), IngestSink(settings, "test:b")
+        writer_a.ensure_tables(spark)
+        a, finish_a = in_thread(lambda: writer_a(bronze("a", "same", "a-only"), 0))
+        assert a_planned.wait(300) or not a.is_alive(), "writer A never reached its silver commit"
+        b, finish_b = in_thread(lambda: writer_b(bronze("b", "same", "b-only"), 0))
+        counts = {"a": finish_a(), "b": finish_b()}
     silver = spark.read.format("delta").load(writer_a.paths["silver.events"])
     assert sorted(row.event_id for row in silver.collect()) == ["a-only", "b-only", "same"]
     assert (counts["a"]["silver"], counts["a"]["duplicates"]) == (2, 0)

@@ -70,7 +70,7 @@ def test_dag_test_over_a_published_date_succeeds_and_changes_nothing(spark, publ
         step: "success" for step in ("optimize_silver", "prepare_staging", "identity", "profiles", "attribution",
                                      "segments", "campaign_metrics", "exports", "audit", "publish")}
     assert snapshot(spark, published_lake) == published
-    assert current_high_water_mark(spark, published_lake) == dt.datetime(2026, 3, 5)
+    assert current_high_water_mark(spark, published_lake) == dt.datetime(2026, 3, 5, tzinfo=dt.timezone.utc)
 
 
 def test_injected_defect_fails_the_audit_and_publishes_nothing(spark, published_lake):
@@ -89,7 +89,7 @@ def test_injected_defect_fails_the_audit_and_publishes_nothing(spark, published_
     with pytest.raises(AuditFailed, match="credit_sums_per_conversion"):
         run_step("audit", day, published_lake, spark)
     assert snapshot(spark, published_lake) == before  # nothing published
-    assert current_high_water_mark(spark, published_lake) == dt.datetime(2026, 3, 5)
+    assert current_high_water_mark(spark, published_lake) == dt.datetime(2026, 3, 5, tzinfo=dt.timezone.utc)
 
 
 def test_backfill_equals_daily_runs_as_data_arrives(spark, tmp_path, ingested_history, published_history,
