@@ -96,7 +96,13 @@ def spark():
     # The throughput collector for this long, CPU-bound driver: with G1, the platform's default, its
     # concurrent marking took a fifth of the test JVMs' CPU (docs/DRILLS.md, session 11).
     java_options = spark_conf(settings)["spark.driver.extraJavaOptions"] + " -XX:+UseParallelGC"
-    session = get_spark("touchpoint-tests", settings=settings, **{"spark.driver.extraJavaOptions": java_options})
+    # Spark sizes its memory pages from heap and cores: 64 MB here, and every hash relation built for
+    # a broadcast join holds at least one page until the broadcast is cleaned. Over a whole suite the
+    # heap filled with them (full GCs every few seconds; session 47's CI run timed out a broadcast
+    # after 300 s, then lost its SparkContext). The suite's tables are tiny: small pages suffice.
+    session = get_spark("touchpoint-tests", settings=settings, **{"spark.driver.extraJavaOptions": java_options,
+                                                                  "spark.buffer.pageSize": "2m"})
+    assert session.sparkContext.getConf().get("spark.buffer.pageSize") == "2m", "a Spark session existed already"
     yield session
     session.stop()
 
