@@ -1,8 +1,7 @@
 """`touchpoint run campaign_metrics --date D`: the batch side of the Lambda serving views (BRIEF §7).
 
-Reads silver.events at the version the identity run of D read (so events and the identity map are
-one consistent snapshot; the latest version when there is no such run) and gold.identity_map, and
-recomputes, over every event with event_ts < H = D+1 00:00Z:
+Reads silver.events at the version the identity run of D read and gold.identity_map at the version
+it wrote (one consistent snapshot; the latest versions when there is no such run), and recomputes, over every event with event_ts < H = D+1 00:00Z:
 - gold.campaign_minute / gold.campaign_daily: impressions, clicks, orders, revenue and last-touch
   orders and revenue per campaign per minute / day;
 - gold.campaign_conversions: each conversion with its last touch (serving overrides single
@@ -33,7 +32,7 @@ from touchpoint.core.delta import is_delta, latest_version, read_version
 from touchpoint.core.identity_lookup import attach_customer_id
 from touchpoint.core.serving import SCHEMAS
 from touchpoint.core.spark import local_checkpoint
-from touchpoint.jobs.identity_state import lookup_by_broadcast
+from touchpoint.jobs.identity_state import identity_snapshot, lookup_by_broadcast
 from touchpoint.jobs.steps import step_timer
 
 log = logging.getLogger(__name__)
@@ -66,15 +65,13 @@ def with_cut(as_of: dt.datetime, silver_version: int):
     return transform
 
 
-def _silver_version(spark: SparkSession, settings: Settings, logical_date: dt.date) -> int:
-    """The silver version the identity run of D read, else the latest."""
-    runs = table_path("gold.identity_runs", settings)
-    if is_delta(spark, runs):
-        row = (spark.read.format("delta").load(runs).where(F.col("logical_date") == F.lit(logical_date))
-               .agg(F.max("silver_version")).first())
-        if row and row[0] is not None:
-            return int(row[0])
-    return latest_version(spark, table_path("silver.events", settings))
+def _input_versions(spark: SparkSession, settings: Settings, logical_date: dt.date) -> tuple[int, int]:
+    """(silver version, identity map version): what the identity run of D read and wrote, else the latest."""
+    snapshot = identity_snapshot(spark, settings, logical_date)
+    if snapshot is not None:
+        return snapshot.silver_version, snapshot.map_version
+    return (latest_version(spark, table_path("silver.events", settings)),
+            latest_version(spark, table_path("gold.identity_map", settings)))
 
 
 def _write(frame: DataFrame, name: str, settings: Settings) -> None:
@@ -89,12 +86,11 @@ def run(spark: SparkSession, settings: Settings, logical_date: dt.date) -> dict:
     for name, path in (("silver.events", silver_path), ("gold.identity_map", map_path)):
         if not is_delta(spark, path):
             raise FileNotFoundError(f"campaign_metrics needs {name}, which has no Delta table at {path}")
-    version = _silver_version(spark, settings, logical_date)
+    version, map_version = _input_versions(spark, settings, logical_date)
     events = (read_version(spark, silver_path, version)
               .where(F.col("event_date") <= F.lit((as_of - dt.timedelta(microseconds=1)).date()))
               .where(F.col("event_ts") < F.lit(as_of))
               .select(*EVENT_COLUMNS))
-    map_version = latest_version(spark, map_path)
     identity_map = read_version(spark, map_path, map_version)
     broadcast_map = lookup_by_broadcast(map_path, map_version)
     step = step_timer(log, "campaign_metrics", logical_date)

@@ -169,6 +169,34 @@ def _holds(path: str, version: int, rows: int, as_of: dt.datetime | None) -> boo
     return (as_of is None or rows == 0 or (low == high == as_of)) and _files_present(path, actions)
 
 
+@dataclass(frozen=True)
+class IdentitySnapshot:
+    """What the identity run of a date read and wrote: the jobs of that date read the same."""
+
+    silver_version: int
+    map_version: int
+
+
+def identity_snapshot(spark: SparkSession, settings, logical_date: dt.date) -> IdentitySnapshot | None:
+    """The silver version the identity run of `logical_date` read and the map version it wrote, or
+    None when no identity run of that date is recorded. A job of D that read the latest tables instead
+    would meet events the map has not seen (the stream appends after identity ran) or, rerun after
+    D+1, the map of a later date (BRIEF §4: the customer is the one "as of the run")."""
+    from touchpoint.core.catalog import table_path
+
+    runs = [row for row in run_log(spark, table_path("gold.identity_runs", settings))
+            if row["logical_date"] == logical_date]
+    if not runs:
+        return None
+    run = runs[0]
+    map_version = locate_version(table_path("gold.identity_map", settings), run["identity_map_version"],
+                                 run["identifiers"])
+    if map_version is None:
+        raise RuntimeError(f"gold.identity_map no longer holds the map of the identity run for {logical_date}: "
+                           f"run `touchpoint run identity --date {logical_date}` again")
+    return IdentitySnapshot(run["silver_version"], map_version)
+
+
 def _files_present(path: str, actions) -> bool:
     """Whether a snapshot's data files (its add actions) are on disk. The log outlives them: VACUUM
     (7 days by default) deletes the files of old versions the 30-day log still lists, so reading

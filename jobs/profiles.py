@@ -36,9 +36,7 @@ from touchpoint.core.identity_lookup import attach_customer_id, events_carrying
 from touchpoint.core.rfm import rfm_scores, rfm_segment
 from touchpoint.jobs.attribution_scope import changed_customers, scope_identifiers
 from touchpoint.core.identity_graph import LakeCheckpointer, local_checkpoints
-from touchpoint.jobs.identity_state import (
-    locate_version, lookup_by_broadcast, run_log, snapshot_rows, write_snapshot,
-)
+from touchpoint.jobs.identity_state import identity_snapshot, lookup_by_broadcast, snapshot_rows, write_snapshot
 from touchpoint.jobs.input_changes import changes_since
 
 CONSENT_FLAGS = ("email_marketing", "ads_personalization", "analytics")
@@ -235,21 +233,15 @@ def run(spark: SparkSession, settings: Settings, logical_date: dt.date, mode: st
     if mode not in ("auto", "full"):
         raise ValueError(f"mode must be 'auto' or 'full', got {mode!r}")
     as_of = as_of_for(logical_date)
-    identity_runs = [row for row in run_log(spark, table_path("gold.identity_runs", settings))
-                     if row["logical_date"] == logical_date]
-    if not identity_runs:
+    snapshot = identity_snapshot(spark, settings, logical_date)
+    if snapshot is None:
         raise RuntimeError(f"no identity run for {logical_date}: "
                            f"run `touchpoint run identity --date {logical_date}` first")
-    identity_run = identity_runs[0]
-    map_path = table_path("gold.identity_map", settings)
-    map_version = locate_version(map_path, identity_run["identity_map_version"], identity_run["identifiers"])
-    if map_version is None:
-        raise RuntimeError(f"gold.identity_map no longer holds the map of the identity run for {logical_date}: "
-                           "run identity for that date again")
+    map_path, map_version = table_path("gold.identity_map", settings), snapshot.map_version
     identity_map = read_version(spark, map_path, map_version)
     broadcast_map = lookup_by_broadcast(map_path, map_version)
     # The silver snapshot the identity run read: every identifier of these events is in its map.
-    silver_path, silver_version = table_path("silver.events", settings), identity_run["silver_version"]
+    silver_path, silver_version = table_path("silver.events", settings), snapshot.silver_version
     silver = read_version(spark, silver_path, silver_version)
     events = silver.where(F.col("event_ts") < F.lit(as_of))
     path = table_path("gold.customer_profiles", settings)

@@ -108,6 +108,34 @@ def credits_of(lakes, conversion_id, model):
     return {r["touch_event_id"]: r["credit"] for r in rows}
 
 
+def test_a_date_reads_the_silver_and_the_map_its_identity_run_read_and_wrote(spark, tmp_path):
+    """BRIEF §4: a customer is resolved "from the identity graph as of the run". D's attribution (and
+    campaign_metrics) read the silver snapshot D's identity run read and the map it wrote: not the
+    events the stream appended after it (the map has not seen their identifiers: o9 became a
+    conversion of nobody) nor, run again after D+1, the map of D+1 (it links a1 to u1 after o1)."""
+    from touchpoint.jobs import campaign_metrics, identity
+
+    lakes = Lakes(spark, tmp_path, compared=False)
+    lakes.add_events([silver_row("e1", "ad_click", at(D1, 9), "paid_search", "brand", anon="a1"),
+                      silver_row("e2", "order", at(D1, 10), user="u1", order_id="o1", revenue=40.0)])
+    identity.run(spark, lakes.incremental, D1)
+    lakes.add_events([silver_row("e3", "ad_click", at(D1, 11), "display", "banner", user="u9"),  # late
+                      silver_row("e4", "order", at(D1, 12), user="u9", order_id="o9", revenue=90.0),  # late
+                      silver_row("e5", "identify", at(D2, 8), anon="a1", user="u1")])
+    identity.run(spark, lakes.incremental, D2)
+
+    attribution.run(spark, lakes.incremental, D1)  # D run again after D+1
+    conversions = lakes.read(lakes.incremental, "gold.attribution_conversions").collect()
+    assert sorted(r["conversion_id"] for r in conversions) == ["o1"]
+    assert credits_of(lakes, "o1", "last_touch") == {None: 1.0}
+    campaign_metrics.run(spark, lakes.incremental, D1)
+    assert [(r["conversion_id"], r["customer_id"] is None, r["last_touch_event_id"]) for r in lakes.read(
+        lakes.incremental, "gold.campaign_conversions").collect()] == [("o1", False, None)]
+    attribution.run(spark, lakes.incremental, D2)
+    assert credits_of(lakes, "o1", "last_touch") == {"e1": 1.0}
+    assert credits_of(lakes, "o9", "last_touch") == {"e3": 1.0}
+
+
 IDENTITY_DAY_1 = [
     ("anonymous_id", "a1", "cust-1"), ("user_id", "u1", "cust-1"),
     ("anonymous_id", "a2", "cust-2"), ("anonymous_id", "a3", "cust-3"),
