@@ -18,6 +18,7 @@ joined into one, so membership carries over a merge (docs/SEGMENTS.md).
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from typing import Callable
 
 from pyspark.sql import Column, DataFrame, SparkSession
@@ -34,7 +35,9 @@ from touchpoint.core.segments import (
     window_start, with_behaviour_counts,
 )
 from touchpoint.core.dates import as_of_for
-from touchpoint.jobs.identity_state import lookup_by_broadcast
+from touchpoint.jobs.identity_state import identity_snapshot, lookup_by_broadcast
+
+log = logging.getLogger(__name__)
 
 _S, _TS, _L = StringType(), TimestampType(), LongType()
 
@@ -198,19 +201,26 @@ def _survivors(spark: SparkSession, settings: Settings, live_ids: DataFrame) -> 
     raise RuntimeError(f"gold.identity_merges has chains longer than {_MAX_MERGE_HOPS} merges, or a cycle")
 
 
-def _behaviour_events(spark: SparkSession, settings: Settings, window_days: float, as_of: dt.datetime) -> DataFrame:
+def _behaviour_events(spark: SparkSession, settings: Settings, window_days: float, logical_date: dt.date) -> DataFrame:
+    as_of = as_of_for(logical_date)
     silver_path, map_path = table_path("silver.events", settings), table_path("gold.identity_map", settings)
     for name, path in (("silver.events", silver_path), ("gold.identity_map", map_path)):
         if not is_delta(spark, path):
             raise RuntimeError(f"{name} not found at {path}: behaviour conditions need it (run ingest and identity)")
+    # What the identity run of D read and wrote, as the profiles of D: the customers as of the run.
+    snapshot = identity_snapshot(spark, settings, logical_date)
+    if snapshot is None:
+        log.warning("segments %s: no identity run of that date is recorded; behaviour conditions read the latest "
+                    "silver.events and gold.identity_map", logical_date)
+    silver_version, map_version = ((latest_version(spark, silver_path), latest_version(spark, map_path))
+                                   if snapshot is None else (snapshot.silver_version, snapshot.map_version))
     start = as_of - dt.timedelta(microseconds=round(window_days * 86_400_000_000))
     events = (
-        spark.read.format("delta").load(silver_path)
+        read_version(spark, silver_path, silver_version)
         .where((F.col("event_date") >= F.lit(start.date())) & (F.col("event_ts") >= window_start(as_of, window_days))
                & (F.col("event_ts") < F.lit(as_of)))
         .select("event_id", "anonymous_id", "user_id", "email", "phone", *EVENT_COLUMNS[1:])
     )
-    map_version = latest_version(spark, map_path)  # one snapshot for the plan's choice and the lookup
     return events.transform(attach_customer_id(read_version(spark, map_path, map_version),
                                                broadcast=lookup_by_broadcast(map_path, map_version)))
 
@@ -261,7 +271,7 @@ def run(spark: SparkSession, settings: Settings, logical_date: dt.date) -> dict:
     window_days = longest_window_days(behaviours)
     evaluated = profiles
     if window_days is not None:
-        events = _behaviour_events(spark, settings, window_days, as_of)
+        events = _behaviour_events(spark, settings, window_days, logical_date)
         evaluated = profiles.transform(with_behaviour_counts(events, behaviours, as_of))
     today = evaluated.transform(segment_members(compiled))
 

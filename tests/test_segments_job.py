@@ -172,6 +172,33 @@ def test_a_date_is_not_evaluated_on_another_dates_profiles(spark, lake):
     assert job.run(spark, lake.settings, D1)["sizes"] == {"big": 1, "clicked": 1}
 
 
+def test_behaviour_counts_use_the_customers_of_the_dates_identity_run(spark, lake):
+    """BRIEF §5: customers are "built from all events before the run's as-of". D1 run again after
+    D2's identity merged a1 into u1's customer: a1's click of D1 still counts for a1's customer of D1
+    (the one in D1's profiles), not for the survivor of D2's merge."""
+    from touchpoint.jobs import identity
+
+    def append(rows):
+        lake.spark.createDataFrame([tuple(r[f.name] for f in SILVER_SCHEMA.fields) for r in rows], SILVER_SCHEMA) \
+            .write.format("delta").mode("append").partitionBy("event_date").save(lake.path("silver.events"))
+
+    visit = {**click("e1", "u1", dt.datetime(2024, 3, 1, 8, tzinfo=UTC)), "event_type": "page_view"}
+    ad_click = {**click("e2", None, dt.datetime(2024, 3, 1, 10, tzinfo=UTC)), "anonymous_id": "a1"}
+    append([visit, ad_click])
+    identity.run(spark, lake.settings, D1)
+    day_1 = {r["identifier_value"]: r["customer_id"] for r in lake.table("gold.identity_map").collect()}
+    append([{**click("e3", "u1", dt.datetime(2024, 3, 2, 8, tzinfo=UTC)), "event_type": "identify",
+             "anonymous_id": "a1"}])
+    identity.run(spark, lake.settings, D2)
+    day_2 = {r["identifier_value"]: r["customer_id"] for r in lake.table("gold.identity_map").collect()}
+    assert day_1["a1"] != day_1["u1"] == day_2["a1"] == day_2["u1"]  # u1, first seen first, survives
+
+    lake.profiles({day_1["a1"]: 0.0, day_1["u1"]: 0.0}, D1)
+    job.run(spark, lake.settings, D1)
+    assert [(r["segment"], r["customer_id"]) for r in lake.table("gold.segment_membership").collect()] == [
+        ("clicked", day_1["a1"])]
+
+
 def test_union_stays_joins_overlapping_and_touching_stays(spark):
     def stay(start, end):
         return {"start": start, "end": end or job._FOREVER}
