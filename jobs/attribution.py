@@ -43,7 +43,7 @@ from touchpoint.jobs.attribution_models import (
 from touchpoint.core.delta import (
     commit_metadata, is_delta, latest_version, newest_mark, read_version, rs_table, snapshot_fingerprint,
 )
-from touchpoint.jobs.identity_state import identity_snapshot, lookup_by_broadcast, snapshot_rows
+from touchpoint.jobs.identity_state import inputs_of_date, lookup_by_broadcast, snapshot_rows
 from touchpoint.jobs.input_changes import changes_since
 from touchpoint.jobs.markov import fit_chain
 from touchpoint.jobs.steps import step_timer
@@ -290,21 +290,17 @@ def run(spark: SparkSession, settings: Settings, logical_date: dt.date, mode: st
         "attribution_touchpoints", "attribution_conversions", "attribution_credits", "attribution_daily",
         "attribution_paths", "markov_removal_effects", "attribution_runs")}
 
-    inputs, input_versions, input_paths = {}, {}, {}
+    inputs, input_paths = {}, {}
     for name in ("silver.events", "gold.identity_map"):
         path = input_paths[name] = table_path(name, settings)
         if not is_delta(spark, path):
             raise FileNotFoundError(f"attribution needs {name}, which has no Delta table at {path}")
     # Pinned: one consistent snapshot of each input, however often Spark re-evaluates a plan; the
     # snapshot identity of D read and wrote, so every event read has its identifiers in the map.
-    snapshot = identity_snapshot(spark, settings, logical_date)
-    if snapshot is None:
-        log.warning("attribution %s: no identity run of that date is recorded; reading the latest "
-                    "silver.events and gold.identity_map", logical_date)
-    for name in input_paths:
-        input_versions[name] = (latest_version(spark, input_paths[name]) if snapshot is None else
-                                snapshot.silver_version if name == "silver.events" else snapshot.map_version)
-        inputs[name] = read_version(spark, input_paths[name], input_versions[name])
+    snapshot = inputs_of_date(spark, settings, logical_date, "attribution")
+    input_versions = {"silver.events": snapshot.silver_version, "gold.identity_map": snapshot.map_version}
+    for name, path in input_paths.items():
+        inputs[name] = read_version(spark, path, input_versions[name])
 
     previous, full_reason = _previous_run(spark, settings)
     run_id = (previous["run_id"] + 1) if previous else 1

@@ -1,7 +1,8 @@
 """`touchpoint run campaign_metrics --date D`: the batch side of the Lambda serving views (BRIEF §7).
 
 Reads silver.events at the version the identity run of D read and gold.identity_map at the version
-it wrote (one consistent snapshot; the latest versions when there is no such run), and recomputes, over every event with event_ts < H = D+1 00:00Z:
+it wrote (one consistent snapshot; the latest versions when there is no such run), and recomputes,
+over every event with event_ts < H = D+1 00:00Z:
 - gold.campaign_minute / gold.campaign_daily: impressions, clicks, orders, revenue and last-touch
   orders and revenue per campaign per minute / day;
 - gold.campaign_conversions: each conversion with its last touch (serving overrides single
@@ -28,11 +29,11 @@ from touchpoint.core.campaign_metrics import (
 from touchpoint.core.catalog import table_path
 from touchpoint.core.config import Settings
 from touchpoint.core.dates import as_of_for
-from touchpoint.core.delta import is_delta, latest_version, read_version
+from touchpoint.core.delta import is_delta, read_version
 from touchpoint.core.identity_lookup import attach_customer_id
 from touchpoint.core.serving import SCHEMAS
 from touchpoint.core.spark import local_checkpoint
-from touchpoint.jobs.identity_state import identity_snapshot, lookup_by_broadcast
+from touchpoint.jobs.identity_state import inputs_of_date, lookup_by_broadcast
 from touchpoint.jobs.steps import step_timer
 
 log = logging.getLogger(__name__)
@@ -65,15 +66,6 @@ def with_cut(as_of: dt.datetime, silver_version: int):
     return transform
 
 
-def _input_versions(spark: SparkSession, settings: Settings, logical_date: dt.date) -> tuple[int, int]:
-    """(silver version, identity map version): what the identity run of D read and wrote, else the latest."""
-    snapshot = identity_snapshot(spark, settings, logical_date)
-    if snapshot is not None:
-        return snapshot.silver_version, snapshot.map_version
-    return (latest_version(spark, table_path("silver.events", settings)),
-            latest_version(spark, table_path("gold.identity_map", settings)))
-
-
 def _write(frame: DataFrame, name: str, settings: Settings) -> None:
     columns = SCHEMAS[name]
     (frame.select(*[F.col(f.name).cast(f.dataType) for f in columns.fields])
@@ -86,7 +78,8 @@ def run(spark: SparkSession, settings: Settings, logical_date: dt.date) -> dict:
     for name, path in (("silver.events", silver_path), ("gold.identity_map", map_path)):
         if not is_delta(spark, path):
             raise FileNotFoundError(f"campaign_metrics needs {name}, which has no Delta table at {path}")
-    version, map_version = _input_versions(spark, settings, logical_date)
+    snapshot = inputs_of_date(spark, settings, logical_date, "campaign_metrics")
+    version, map_version = snapshot.silver_version, snapshot.map_version
     events = (read_version(spark, silver_path, version)
               .where(F.col("event_date") <= F.lit((as_of - dt.timedelta(microseconds=1)).date()))
               .where(F.col("event_ts") < F.lit(as_of))

@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import logging
 import os
 from dataclasses import dataclass, field
 
@@ -25,6 +26,8 @@ from pyspark.sql.types import StructType, TimestampType
 from touchpoint.core.dates import EPOCH, as_of_for
 from touchpoint.core.delta import ensure_table, is_delta, latest_version, read_version, rs_table
 from touchpoint.core.identity_lookup import BROADCAST_MAP_MAX_IDENTIFIERS
+
+log = logging.getLogger(__name__)
 
 # Bump when the meaning of the state tables changes: older state then triggers a full rebuild.
 STATE_VERSION = 1
@@ -181,20 +184,42 @@ def identity_snapshot(spark: SparkSession, settings, logical_date: dt.date) -> I
     """The silver version the identity run of `logical_date` read and the map version it wrote, or
     None when no identity run of that date is recorded. A job of D that read the latest tables instead
     would meet events the map has not seen (the stream appends after identity ran) or, rerun after
-    D+1, the map of a later date (BRIEF §4: the customer is the one "as of the run")."""
+    D+1, the map of a later date (BRIEF §4: the customer is the one "as of the run"). Raises, naming
+    the fix, when either snapshot is gone (VACUUM, an erasure's purge)."""
     from touchpoint.core.catalog import table_path
 
     runs = [row for row in run_log(spark, table_path("gold.identity_runs", settings))
             if row["logical_date"] == logical_date]
     if not runs:
         return None
-    run = runs[0]
+    run, rerun = runs[0], f"run `touchpoint run identity --date {logical_date}` again"
     map_version = locate_version(table_path("gold.identity_map", settings), run["identity_map_version"],
                                  run["identifiers"])
     if map_version is None:
-        raise RuntimeError(f"gold.identity_map no longer holds the map of the identity run for {logical_date}: "
-                           f"run `touchpoint run identity --date {logical_date}` again")
+        raise RuntimeError(f"gold.identity_map no longer holds the map of the identity run for {logical_date}: {rerun}")
+    silver_path = table_path("silver.events", settings)
+    try:
+        silver_present = _files_present(silver_path, _add_actions(silver_path, run["silver_version"]))
+    except Exception:  # the version's log is gone
+        silver_present = False
+    if not silver_present:
+        raise RuntimeError(f"silver.events no longer holds version {run['silver_version']}, the snapshot the identity "
+                           f"run for {logical_date} read (VACUUM removed its files): {rerun}")
     return IdentitySnapshot(run["silver_version"], map_version)
+
+
+def inputs_of_date(spark: SparkSession, settings, logical_date: dt.date, job: str) -> IdentitySnapshot:
+    """`identity_snapshot`, or the latest versions of silver and the map (logged) when no identity run of
+    D is recorded: a map maintained outside touchpoint, or written by hand in a test."""
+    from touchpoint.core.catalog import table_path
+
+    snapshot = identity_snapshot(spark, settings, logical_date)
+    if snapshot is not None:
+        return snapshot
+    log.warning("%s %s: no identity run of that date is recorded; reading the latest silver.events and "
+                "gold.identity_map", job, logical_date)
+    return IdentitySnapshot(latest_version(spark, table_path("silver.events", settings)),
+                            latest_version(spark, table_path("gold.identity_map", settings)))
 
 
 def _files_present(path: str, actions) -> bool:

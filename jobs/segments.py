@@ -18,7 +18,6 @@ joined into one, so membership carries over a merge (docs/SEGMENTS.md).
 from __future__ import annotations
 
 import datetime as dt
-import logging
 from typing import Callable
 
 from pyspark.sql import Column, DataFrame, SparkSession
@@ -28,16 +27,14 @@ from pyspark.sql.types import ArrayType, DateType, LongType, StringType, StructF
 from touchpoint.core.catalog import table_path
 from touchpoint.core.channels import load_rules
 from touchpoint.core.config import Settings
-from touchpoint.core.delta import ensure_table, is_delta, latest_version, read_version
+from touchpoint.core.delta import ensure_table, is_delta, read_version
 from touchpoint.core.identity_lookup import attach_customer_id
 from touchpoint.core.segments import (
     EVENT_COLUMNS, behaviours_of, compile_segments, load_segments, longest_window_days, segment_members,
     window_start, with_behaviour_counts,
 )
 from touchpoint.core.dates import as_of_for
-from touchpoint.jobs.identity_state import identity_snapshot, lookup_by_broadcast
-
-log = logging.getLogger(__name__)
+from touchpoint.jobs.identity_state import inputs_of_date, lookup_by_broadcast
 
 _S, _TS, _L = StringType(), TimestampType(), LongType()
 
@@ -208,12 +205,8 @@ def _behaviour_events(spark: SparkSession, settings: Settings, window_days: floa
         if not is_delta(spark, path):
             raise RuntimeError(f"{name} not found at {path}: behaviour conditions need it (run ingest and identity)")
     # What the identity run of D read and wrote, as the profiles of D: the customers as of the run.
-    snapshot = identity_snapshot(spark, settings, logical_date)
-    if snapshot is None:
-        log.warning("segments %s: no identity run of that date is recorded; behaviour conditions read the latest "
-                    "silver.events and gold.identity_map", logical_date)
-    silver_version, map_version = ((latest_version(spark, silver_path), latest_version(spark, map_path))
-                                   if snapshot is None else (snapshot.silver_version, snapshot.map_version))
+    snapshot = inputs_of_date(spark, settings, logical_date, "segments")
+    silver_version, map_version = snapshot.silver_version, snapshot.map_version
     start = as_of - dt.timedelta(microseconds=round(window_days * 86_400_000_000))
     events = (
         read_version(spark, silver_path, silver_version)

@@ -135,6 +135,23 @@ def test_a_date_reads_the_silver_and_the_map_its_identity_run_read_and_wrote(spa
     assert credits_of(lakes, "o1", "last_touch") == {"e1": 1.0}
     assert credits_of(lakes, "o9", "last_touch") == {"e3": 1.0}
 
+    # Compacted and vacuumed, silver no longer holds what D1's identity run read: D1 is refused,
+    # naming the fix, rather than failing half way through a read (or reading another snapshot).
+    from delta.tables import DeltaTable
+
+    silver = DeltaTable.forPath(spark, table_path("silver.events", lakes.incremental))
+    silver.optimize().executeCompaction()
+    spark.conf.set("spark.databricks.delta.retentionDurationCheck.enabled", "false")
+    try:
+        silver.vacuum(0)
+    finally:
+        spark.conf.unset("spark.databricks.delta.retentionDurationCheck.enabled")
+    with pytest.raises(RuntimeError) as refused:
+        attribution.run(spark, lakes.incremental, D1)
+    assert str(refused.value) == (
+        "silver.events no longer holds version 1, the snapshot the identity run for 2026-03-01 read (VACUUM "
+        "removed its files): run `touchpoint run identity --date 2026-03-01` again")
+
 
 IDENTITY_DAY_1 = [
     ("anonymous_id", "a1", "cust-1"), ("user_id", "u1", "cust-1"),
