@@ -112,7 +112,8 @@ def test_a_date_reads_the_silver_and_the_map_its_identity_run_read_and_wrote(spa
     """BRIEF §4: a customer is resolved "from the identity graph as of the run". D's attribution (and
     campaign_metrics) read the silver snapshot D's identity run read and the map it wrote: not the
     events the stream appended after it (the map has not seen their identifiers: o9 became a
-    conversion of nobody) nor, run again after D+1, the map of D+1 (it links a1 to u1 after o1)."""
+    conversion of nobody; D+1's run reads them, as the pipeline tests' daily runs over arriving data
+    do) nor, run again after D+1, the map of D+1 (it links a1 to u1 after o1)."""
     from touchpoint.jobs import campaign_metrics, identity
 
     lakes = Lakes(spark, tmp_path, compared=False)
@@ -131,9 +132,6 @@ def test_a_date_reads_the_silver_and_the_map_its_identity_run_read_and_wrote(spa
     campaign_metrics.run(spark, lakes.incremental, D1)
     assert [(r["conversion_id"], r["customer_id"] is None, r["last_touch_event_id"]) for r in lakes.read(
         lakes.incremental, "gold.campaign_conversions").collect()] == [("o1", False, None)]
-    attribution.run(spark, lakes.incremental, D2)
-    assert credits_of(lakes, "o1", "last_touch") == {"e1": 1.0}
-    assert credits_of(lakes, "o9", "last_touch") == {"e3": 1.0}
 
     # Compacted and vacuumed, silver no longer holds what D1's identity run read: D1 is refused,
     # naming the fix, rather than failing half way through a read (or reading another snapshot).
