@@ -101,14 +101,6 @@ class StreamSettings(_Section):
     activity_horizon_days: float = Field(30, gt=0, description="customer activity looks this far back (open carts)")
     min_partitions: int | None = Field(
         None, ge=1, description="Spark tasks per micro-batch read from Kafka; unset = one per Kafka partition")
-    @field_validator("customer_trigger_seconds", mode="before")
-    @classmethod
-    def _unset_by_name(cls, value):
-        # TOML has no null, and an environment variable is text: "none" (or "null", "") unsets it.
-        if isinstance(value, str) and value.strip().lower() in ("", "none", "null"):
-            return None
-        return value
-
     keyed_dedup: bool = Field(
         True, description="ingest looks a batch's keys up in its in-memory mirror of silver's dedup keys "
                           "(docs/INGESTION.md); false = every batch scans its dates' partitions of silver")
@@ -117,6 +109,14 @@ class StreamSettings(_Section):
         description="speed rows the published batch already holds are kept this many days below its cut, so "
                     "that a backfill of a date that recent moves the serving cut back without a gap "
                     "(docs/SERVING.md); 0 = expire them as soon as the batch holds them")
+
+    @field_validator("customer_trigger_seconds", mode="before")
+    @classmethod
+    def _unset_by_name(cls, value):
+        # TOML has no null, and an environment variable is text: "none" (or "null", "") unsets it.
+        if isinstance(value, str) and value.strip().lower() in ("", "none", "null"):
+            return None
+        return value
 
 
 class S3Settings(_Section):

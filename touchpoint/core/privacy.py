@@ -166,8 +166,8 @@ class Suppression:
     def matches_payload(self, payload: bytes | None) -> bool:
         """By the payload's identifiers as silver reads them; when it has none, or one of its
         identifier fields cannot be read (it does not parse, or a field is of the wrong JSON type,
-        e.g. an email in a list beside a readable anonymous_id), also by the identifier-looking tokens in it
-        (`payload_tokens`). A readable event is matched by its own identifiers only: another
+        e.g. an email in a list beside a readable anonymous_id), also by the identifier-looking
+        tokens in it (`payload_tokens`). A readable event is matched by its own identifiers only: another
         person's email in its referrer must not make it theirs."""
         if not self.hashes:
             return False
