@@ -5,6 +5,7 @@ Floor: p95 <= 10 s; target: p95 <= 3 s.
     python -m bench.freshness [--rate 5000] [--steady-seconds 120] [--burst-factor 10]
                               [--burst-seconds 20] [--trigger-seconds 1] [--max-offsets 500000]
                               [--customer-nice N] [--generator-processes 2]
+                              [--spark-conf spark.KEY=VALUE ...]
 
 Runs, against the broker of the settings, on a fresh topic and lake:
 - the ingest stream (`touchpoint stream ingest`) and the speed layer (`touchpoint stream speed`),
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import shutil
 import tempfile
 import time
@@ -136,6 +138,8 @@ def main(argv: list[str] | None = None) -> dict:
                              "lines, so the burst costs only rendering and sending)")
     parser.add_argument("--driver-memory", default=None,
                         help="spark.driver.memory of the ingest and speed processes (default: the settings')")
+    parser.add_argument("--spark-conf", action="append", default=[], metavar="KEY=VALUE",
+                        help="a Spark setting for the ingest and speed processes (repeatable; settings.spark_conf)")
     parser.add_argument("--logs", default=None,
                         help="a folder to copy ingest.log and speed.log to (the per-step timings of each batch)")
     args = parser.parse_args(argv)
@@ -154,6 +158,11 @@ def main(argv: list[str] | None = None) -> dict:
              "STREAM__MAX_OFFSETS_PER_TRIGGER": str(args.max_offsets), "STREAM__STARTING_OFFSETS": "earliest"}
     if args.driver_memory:
         knobs["SPARK_DRIVER_MEMORY"] = args.driver_memory
+    if args.spark_conf:
+        pairs = [item.split("=", 1) for item in args.spark_conf]
+        if any(len(pair) != 2 or not pair[0].startswith("spark.") for pair in pairs):
+            parser.error("--spark-conf takes spark.KEY=VALUE")
+        knobs["SPARK_CONF"] = json.dumps(dict(pairs), sort_keys=True)
     env = subprocess_env(lake, **knobs)
     result: dict = {"parameters": {**vars(args), "topic": topic, "knobs": knobs,
                                    "spark_master": settings.spark_master, "shuffle_partitions": 2}}
