@@ -16,7 +16,6 @@ import datetime as dt
 import hashlib
 import json
 import logging
-import os
 from dataclasses import dataclass, field
 
 from pyspark.sql import DataFrame, SparkSession
@@ -24,7 +23,10 @@ from pyspark.sql import functions as F
 from pyspark.sql.types import StructType, TimestampType
 
 from touchpoint.core.dates import EPOCH, as_of_for
-from touchpoint.core.delta import ensure_table, is_delta, latest_version, read_version, rs_table
+from touchpoint.core.delta import (
+    ensure_table, files_present, is_delta, latest_version, read_version, rs_table, snapshot_fingerprint,
+    snapshot_present,
+)
 from touchpoint.core.identity_lookup import BROADCAST_MAP_MAX_IDENTIFIERS
 
 log = logging.getLogger(__name__)
@@ -169,7 +171,8 @@ def _holds(path: str, version: int, rows: int, as_of: dt.datetime | None) -> boo
         return False
     if found != rows:
         return False
-    return (as_of is None or rows == 0 or (low == high == as_of)) and _files_present(path, actions)
+    return ((as_of is None or rows == 0 or (low == high == as_of))
+            and files_present(path, actions.column("path").to_pylist()))
 
 
 @dataclass(frozen=True)
@@ -197,15 +200,30 @@ def identity_snapshot(spark: SparkSession, settings, logical_date: dt.date) -> I
                                  run["identifiers"])
     if map_version is None:
         raise RuntimeError(f"gold.identity_map no longer holds the map of the identity run for {logical_date}: {rerun}")
-    silver_path = table_path("silver.events", settings)
-    try:
-        silver_present = _files_present(silver_path, _add_actions(silver_path, run["silver_version"]))
-    except Exception:  # the version's log is gone
-        silver_present = False
-    if not silver_present:
+    if not snapshot_present(table_path("silver.events", settings), run["silver_version"]):
         raise RuntimeError(f"silver.events no longer holds version {run['silver_version']}, the snapshot the identity "
                            f"run for {logical_date} read (VACUUM removed its files): {rerun}")
     return IdentitySnapshot(run["silver_version"], map_version)
+
+
+def recorded_snapshot(settings, recorded: dict) -> IdentitySnapshot | None:
+    """The inputs a job run recorded in its commit (`silver_version`, `identity_map_version` and
+    `identity_map_fingerprint`, as profiles do), if both still read as they did then: the map
+    version by the fingerprint of its files (publish may re-create the table), silver by its files
+    being there. None otherwise, or when something was not recorded."""
+    from touchpoint.core.catalog import table_path
+
+    silver_version, map_version = recorded.get("silver_version"), recorded.get("identity_map_version")
+    if silver_version is None or map_version is None or recorded.get("identity_map_fingerprint") is None:
+        return None
+    try:
+        same_map = (snapshot_fingerprint(table_path("gold.identity_map", settings), map_version)
+                    == recorded["identity_map_fingerprint"])
+    except Exception:  # the version's log is gone, or the table was replaced
+        return None
+    if not same_map or not snapshot_present(table_path("silver.events", settings), silver_version):
+        return None
+    return IdentitySnapshot(silver_version, map_version)
 
 
 def inputs_of_date(spark: SparkSession, settings, logical_date: dt.date, job: str) -> IdentitySnapshot:
@@ -220,18 +238,6 @@ def inputs_of_date(spark: SparkSession, settings, logical_date: dt.date, job: st
                 "gold.identity_map", job, logical_date)
     return IdentitySnapshot(latest_version(spark, table_path("silver.events", settings)),
                             latest_version(spark, table_path("gold.identity_map", settings)))
-
-
-def _files_present(path: str, actions) -> bool:
-    """Whether a snapshot's data files (its add actions) are on disk. The log outlives them: VACUUM
-    (7 days by default) deletes the files of old versions the 30-day log still lists, so reading
-    such a version fails. On an object store a listing per file costs a request each: there the
-    read decides."""
-    from urllib.parse import unquote
-
-    if "://" in path:
-        return True
-    return all(os.path.exists(os.path.join(path, unquote(name))) for name in actions.column("path").to_pylist())
 
 
 def locate_version(path: str, recorded: int, rows: int, as_of: dt.datetime | None = None) -> int | None:

@@ -208,9 +208,10 @@ def update_profiles(events: DataFrame, identity_map: DataFrame, previous_profile
     return assemble_profiles(identity_map, summaries, resolved_orders, as_of, checkpoint, partitions)
 
 
-def _previous_state(path: str) -> tuple[dict | None, str | None]:
-    """What the last profiles run recorded in its commit, when it can seed an incremental run, else
-    (None, why not). Any later commit to the table (an erasure, a restore) hides it: a full run."""
+def last_run_state(path: str) -> tuple[dict | None, str | None]:
+    """What the last profiles run recorded in its commit (its logical date and input versions, plus
+    the table version it wrote as `customer_profiles_version`), else (None, why not). Any later commit
+    to the table (an erasure, a restore) hides it: the next profiles run is a full one."""
     try:
         table = rs_table(path)
         last_commit = table.history(1)[0]
@@ -245,7 +246,7 @@ def run(spark: SparkSession, settings: Settings, logical_date: dt.date, mode: st
     silver = read_version(spark, silver_path, silver_version)
     events = silver.where(F.col("event_ts") < F.lit(as_of))
     path = table_path("gold.customer_profiles", settings)
-    previous, full_reason = _previous_state(path) if mode == "auto" else (None, "full recompute requested")
+    previous, full_reason = last_run_state(path) if mode == "auto" else (None, "full recompute requested")
     minimum = settings.profiles.incremental_min_events
     silver_events = snapshot_rows(silver_path, silver_version) if previous is not None else None
     if silver_events is not None and silver_events < minimum:

@@ -34,7 +34,8 @@ from touchpoint.core.segments import (
     window_start, with_behaviour_counts,
 )
 from touchpoint.core.dates import as_of_for
-from touchpoint.jobs.identity_state import inputs_of_date, lookup_by_broadcast
+from touchpoint.jobs.identity_state import inputs_of_date, lookup_by_broadcast, recorded_snapshot
+from touchpoint.jobs.profiles import last_run_state
 
 _S, _TS, _L = StringType(), TimestampType(), LongType()
 
@@ -198,14 +199,20 @@ def _survivors(spark: SparkSession, settings: Settings, live_ids: DataFrame) -> 
     raise RuntimeError(f"gold.identity_merges has chains longer than {_MAX_MERGE_HOPS} merges, or a cycle")
 
 
-def _behaviour_events(spark: SparkSession, settings: Settings, window_days: float, logical_date: dt.date) -> DataFrame:
+def _behaviour_events(spark: SparkSession, settings: Settings, window_days: float, logical_date: dt.date,
+                      profiles_inputs: dict | None) -> DataFrame:
+    """The events of the behaviour windows, with their customers: from the silver snapshot and map
+    the evaluated profiles were derived from (`profiles_inputs`, their commit's record), else from
+    what the identity run of D read and wrote. Either way the customers as of the run, and the
+    events the profiles saw: identity may have run for D again since, over events appended later."""
     as_of = as_of_for(logical_date)
     silver_path, map_path = table_path("silver.events", settings), table_path("gold.identity_map", settings)
     for name, path in (("silver.events", silver_path), ("gold.identity_map", map_path)):
         if not is_delta(spark, path):
             raise RuntimeError(f"{name} not found at {path}: behaviour conditions need it (run ingest and identity)")
-    # What the identity run of D read and wrote, as the profiles of D: the customers as of the run.
-    snapshot = inputs_of_date(spark, settings, logical_date, "segments")
+    snapshot = recorded_snapshot(settings, profiles_inputs) if profiles_inputs is not None else None
+    if snapshot is None:
+        snapshot = inputs_of_date(spark, settings, logical_date, "segments")
     silver_version, map_version = snapshot.silver_version, snapshot.map_version
     start = as_of - dt.timedelta(microseconds=round(window_days * 86_400_000_000))
     events = (
@@ -257,14 +264,20 @@ def run(spark: SparkSession, settings: Settings, logical_date: dt.date) -> dict:
         raise RuntimeError(f"gold.customer_profiles not found at {profiles_path}: run profiles first")
     definitions = load_segments(settings.segments_dir, load_rules(settings.channel_rules_file).channels)
 
-    profiles = spark.read.format("delta").load(profiles_path)
+    # The profiles version and the inputs its run recorded are read together: a profiles run
+    # committing meanwhile must not pair one snapshot's rows with another's inputs.
+    recorded, _ = last_run_state(profiles_path)
+    if recorded is not None and recorded["logical_date"] == logical_date:
+        profiles = read_version(spark, profiles_path, recorded["customer_profiles_version"])
+    else:  # written otherwise (an erasure's rewrite, by hand): D's identity run says what to read
+        recorded, profiles = None, spark.read.format("delta").load(profiles_path)
     _require_profiles_as_of(profiles, as_of, logical_date, profiles_path)
     compiled = compile_segments(definitions, profiles.schema, as_of)
     behaviours = behaviours_of(compiled)
     window_days = longest_window_days(behaviours)
     evaluated = profiles
     if window_days is not None:
-        events = _behaviour_events(spark, settings, window_days, logical_date)
+        events = _behaviour_events(spark, settings, window_days, logical_date, recorded)
         evaluated = profiles.transform(with_behaviour_counts(events, behaviours, as_of))
     today = evaluated.transform(segment_members(compiled))
 

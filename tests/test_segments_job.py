@@ -199,6 +199,31 @@ def test_behaviour_counts_use_the_customers_of_the_dates_identity_run(spark, lak
         ("clicked", day_1["a1"])]
 
 
+def test_behaviour_counts_read_the_silver_the_profiles_were_derived_from(spark, lake):
+    """Segments of D evaluate D's profiles, and their behaviour conditions count the events of the
+    silver snapshot those profiles were derived from (recorded in the profiles commit). A click the
+    stream appended after profiles ran, read by identity run again for D, is not counted until
+    profiles of D run again too."""
+    from touchpoint.jobs import identity, profiles
+
+    def append(rows):
+        lake.spark.createDataFrame([tuple(r[f.name] for f in SILVER_SCHEMA.fields) for r in rows], SILVER_SCHEMA) \
+            .write.format("delta").mode("append").partitionBy("event_date").save(lake.path("silver.events"))
+
+    append([{**click("e1", "u1", dt.datetime(2024, 3, 1, 8, tzinfo=UTC)), "event_type": "page_view"}])
+    identity.run(spark, lake.settings, D1)
+    profiles.run(spark, lake.settings, D1)
+    append([click("e2", "u1", dt.datetime(2024, 3, 1, 10, tzinfo=UTC))])  # arrives after profiles ran
+    identity.run(spark, lake.settings, D1)
+    customer = lake.table("gold.identity_map").where("identifier_value = 'u1'").first()["customer_id"]
+
+    assert job.run(spark, lake.settings, D1)["sizes"] == {"big": 0, "clicked": 0}
+    assert lake.table("gold.segment_membership").count() == 0
+    profiles.run(spark, lake.settings, D1)
+    assert job.run(spark, lake.settings, D1)["sizes"] == {"big": 0, "clicked": 1}
+    assert lake.membership() == stays(("clicked", customer, T1, None))
+
+
 def test_union_stays_joins_overlapping_and_touching_stays(spark):
     def stay(start, end):
         return {"start": start, "end": end or job._FOREVER}
