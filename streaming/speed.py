@@ -26,10 +26,13 @@ batch_id)), so a micro-batch replayed after a crash neither loses nor doubles an
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import time
+import uuid
 from contextlib import ExitStack
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Iterable, Mapping
 
 from pyspark.sql import DataFrame, SparkSession
@@ -43,7 +46,8 @@ from touchpoint.core.catalog import table_path
 from touchpoint.core.channels import load_rules
 from touchpoint.core.config import ConfigError, Settings
 from touchpoint.core.delta import (
-    BatchWrites, ensure_table, is_delta, latest_version, read_version, snapshot_fingerprint,
+    BatchWrites, batch_mark, ensure_table, is_delta, latest_version, read_version, remove_tree, retry_on_conflict,
+    snapshot_fingerprint, snapshot_present, unreadable_change_version,
 )
 from touchpoint.core.identity_lookup import BROADCAST_MAP_MAX_IDENTIFIERS, attach_customer_id, carrier_flag
 from touchpoint.core.segments import (
@@ -51,7 +55,9 @@ from touchpoint.core.segments import (
     with_behaviour_counts,
 )
 from touchpoint.core.serving import SCHEMAS, expiry_bound
-from touchpoint.core.spark import checkpoint_with_own_size, has_checkpoint, local_checkpoint, release_checkpoint
+from touchpoint.core.spark import (
+    checkpoint_with_own_size, delta_source_position, has_checkpoint, local_checkpoint, release_checkpoint,
+)
 from touchpoint.core.stream_identity import extend_identity_map
 from touchpoint.schemas.lake import SILVER_SCHEMA
 
@@ -518,43 +524,122 @@ def change_feed_start(history: Iterable[Mapping]) -> int:
 
 def bootstrap(spark: SparkSession, settings: Settings, start_version: int, query_name: str = "speed",
               views: str = "all") -> dict:
-    """Feed the rows silver held before its change feed was switched on through the sink, once.
-    Rows the published batch already read keep that batch's silver version, so serving keeps them
-    below H out of the speed side; the others count as arrived at `start_version`."""
+    """Feed the rows silver held before its change feed was switched on through the sink, once."""
     if start_version == 0:
         return {"bootstrap": "not needed"}
-    path = table_path("silver.events", settings)
     sink = SpeedSink(settings, f"{query_name}:bootstrap", views=views)
     sink.ensure_tables(spark)
     if sink.already_processed(0):
         return {"bootstrap": "done before"}
-    snapshot = read_version(spark, path, start_version)
+    return {"bootstrap": feed_snapshot(spark, settings, start_version, sink)}
+
+
+def feed_snapshot(spark: SparkSession, settings: Settings, version: int, sink: SpeedSink) -> dict | str:
+    """Feed silver's snapshot at `version` through a one-off sink as batch 0, as inserts. Rows the
+    published batch already read keep that batch's silver version, so serving keeps them below H out
+    of the speed side; the others count as arrived at `version`. When the batch's snapshot can no
+    longer be read (vacuumed), every row below H counts as read by the batch: a late arrival since
+    the batch is then served by the next batch run instead (a gap, never a double count)."""
+    from touchpoint.core.serving import read_cut
+
+    path = table_path("silver.events", settings)
+    snapshot = read_version(spark, path, version)
     if snapshot.isEmpty():
-        return {"bootstrap": "silver was empty"}
-    gold = table_path("gold.campaign_daily", settings)
-    version = -1
-    if is_delta(spark, gold):
-        version = spark.read.format("delta").load(gold).agg(F.max("batch_silver_version")).first()[0] or -1
-    tagged = snapshot.withColumn("_commit_version", F.lit(start_version).cast("long"))
-    if 0 <= version < start_version:
-        read = read_version(spark, path, version).select("event_id")
-        tagged = (tagged.join(read.withColumn("_seen", F.lit(True)), "event_id", "left")
-                  .withColumn("_commit_version", F.when(F.col("_seen"), F.lit(version)).otherwise(
-                      F.col("_commit_version")).cast("long")).drop("_seen"))
+        return "silver was empty"
+    high_water_mark, batch_version = read_cut(settings, "gold.campaign_daily")
+    tagged = snapshot.withColumn("_commit_version", F.lit(version).cast("long"))
+    if batch_version is not None and 0 <= batch_version < version:
+        if snapshot_present(path, batch_version):
+            read = read_version(spark, path, batch_version).select("event_id").withColumn("_seen", F.lit(True))
+            tagged = tagged.join(read, "event_id", "left")
+        else:
+            log.warning("speed %s: silver version %s, which the published batch read, is gone: rows before %s "
+                        "count as read by it", sink.query_name, batch_version, high_water_mark)
+            tagged = tagged.withColumn("_seen", F.col("event_ts") < F.lit(high_water_mark))
+        tagged = (tagged.withColumn("_commit_version", F.when(F.col("_seen"), F.lit(batch_version))
+                                    .otherwise(F.col("_commit_version")).cast("long")).drop("_seen"))
     changes = tagged.withColumn("_change_type", F.lit("insert")).withColumn("_commit_timestamp", F.current_timestamp())
     try:
-        return {"bootstrap": sink(changes, 0)}
+        return sink(changes, 0)
     finally:
         sink.release()  # a one-off sink: its kept identity map is not needed after
 
 
-def change_stream(spark: SparkSession, settings: Settings, start_version: int) -> DataFrame:
-    return (spark.readStream.format("delta").option("readChangeFeed", "true")
-            .option("startingVersion", start_version)
-            # A backlog (a restart, a burst) is read in bounded steps, not in one batch that the
-            # customer views' joins cannot hold in memory (found by bench/freshness at 5,000/s).
-            .option("maxBytesPerTrigger", str(settings.stream.speed_max_bytes_per_trigger))
-            .load(table_path("silver.events", settings)))
+# What each value of `views` keeps (speed.freshness is every query's log).
+VIEW_TABLES = {"campaigns": ("speed.campaign_minute", "speed.campaign_daily"),
+               "customers": ("speed.campaign_conversions", "speed.customer_activity", "speed.segment_membership")}
+VIEW_TABLES["all"] = VIEW_TABLES["campaigns"] + VIEW_TABLES["customers"]
+RESYNC_START = "touchpoint_resync.json"  # in a resynced query's checkpoint folder
+
+
+def resync_reason(settings: Settings, checkpoint: str, sink: SpeedSink, start_version: int) -> str | None:
+    """Why the query cannot go on from its checkpoint (or start from the feed's first version), or
+    None when it can. Checked on local lakes only (core.spark.delta_source_position)."""
+    silver = table_path("silver.events", settings)
+    if has_checkpoint(checkpoint):
+        position = delta_source_position(checkpoint)
+        gone = None if position is None else unreadable_change_version(silver, position)
+        return None if gone is None else (
+            f"silver version {gone}, which its checkpoint reads next, can no longer be read "
+            "(VACUUM or an erasure's purge removed its files)")
+    if sink.writes.committed("speed.freshness") is not None:
+        # A new checkpoint numbers batches from 0, and the sink skips the ids the tables hold.
+        return f"its checkpoint {checkpoint} is gone, and the speed tables hold batches it wrote"
+    gone = unreadable_change_version(silver, start_version)
+    return None if gone is None else (
+        f"silver's change feed from version {start_version} can no longer be read (version {gone})")
+
+
+def resync(spark: SparkSession, settings: Settings, checkpoint: str, sink: SpeedSink, reason: str) -> int:
+    """Start the query over from silver's current snapshot: forget its checkpoint, empty its views
+    (their commits restart its batch marks), feed the snapshot at its version V through a one-off
+    sink, and return V: the change stream reads the changes after it (`resynced_after`). The speed
+    views are derived from silver alone, so this loses nothing; a crash part way leaves no checkpoint
+    and restarted marks, and the next start resyncs again."""
+    log.warning("speed %s: %s; starting over from silver's current snapshot", sink.query_name, reason)
+    remove_tree(spark, checkpoint)
+    start = Path(checkpoint.removeprefix("file://")) / RESYNC_START
+    for name in (*VIEW_TABLES[sink.views], "speed.freshness"):
+        path, mark = table_path(name, settings), batch_mark(f"{sink.query_name}:{name}", -1)
+        emptied = spark.createDataFrame([], SCHEMAS[name])
+        mode = "append" if name == "speed.freshness" else "overwrite"  # the log keeps its rows
+        retry_on_conflict(lambda: emptied.write.format("delta").mode(mode).option("userMetadata", mark).save(path),
+                          f"resync {name}")
+    sink.writes.forget()
+    silver = table_path("silver.events", settings)
+    version = latest_version(spark, silver)
+    # Delta starts a stream at an existing version only, so the stream starts at V and drops V's own
+    # changes: V's files must be there (they are, unless a VACUUM left no commit after them).
+    if unreadable_change_version(silver, version) is not None:
+        raise RuntimeError(f"speed {sink.query_name}: silver's latest version {version} cannot be read (its files "
+                           "were removed); start the speed layer again once ingestion has committed to silver")
+    seed = SpeedSink(settings, f"{sink.query_name}:resync-{uuid.uuid4().hex[:8]}", views=sink.views)
+    feed_snapshot(spark, settings, version, seed)
+    # Kept beside the checkpoint: a replay of the stream's first batch after a crash starts where the
+    # restart asks, and must drop V's changes again (the fed snapshot holds them).
+    start.parent.mkdir(parents=True, exist_ok=True)
+    start.write_text(json.dumps({"snapshot_version": version, "reason": reason}) + "\n")
+    return version
+
+
+def resynced_after(checkpoint: str) -> int | None:
+    """The silver version a resynced query's snapshot was taken at (see `resync`), None if it was not
+    resynced: its change stream starts at that version and keeps only the changes after it."""
+    if "://" in checkpoint and not checkpoint.startswith("file://"):
+        return None
+    start = Path(checkpoint.removeprefix("file://")) / RESYNC_START
+    return int(json.loads(start.read_text())["snapshot_version"]) if start.is_file() else None
+
+
+def change_stream(spark: SparkSession, settings: Settings, start_version: int, after: int | None = None) -> DataFrame:
+    """Silver's change feed from `start_version`; with `after`, only the changes of later versions."""
+    changes = (spark.readStream.format("delta").option("readChangeFeed", "true")
+               .option("startingVersion", start_version)
+               # A backlog (a restart, a burst) is read in bounded steps, not in one batch that the
+               # customer views' joins cannot hold in memory (found by bench/freshness at 5,000/s).
+               .option("maxBytesPerTrigger", str(settings.stream.speed_max_bytes_per_trigger))
+               .load(table_path("silver.events", settings)))
+    return changes if after is None else changes.where(F.col("_commit_version") > F.lit(after))
 
 
 def query_names(settings: Settings, query_name: str = "speed") -> list[str]:
@@ -597,15 +682,21 @@ def start_stream(spark: SparkSession, settings: Settings, query_name: str = "spe
     what is there and stops."""
     start_version = enable_change_feed(spark, settings)
     checkpoint = f"{settings.checkpoint_root}/{query_name}"
-    if start_version > 0 and not has_checkpoint(checkpoint):
-        bootstrap(spark, settings, start_version, query_name, views)
     if views in ("all", "customers"):
         realtime_definitions(settings)  # a bad real-time segment fails the start, not a micro-batch
     sink = sink or SpeedSink(settings, query_name, views=views)
     sink.ensure_tables(spark)
+    reason = resync_reason(settings, checkpoint, sink, start_version)
+    if reason is not None:
+        resync(spark, settings, checkpoint, sink, reason)
+    elif start_version > 0 and not has_checkpoint(checkpoint):
+        bootstrap(spark, settings, start_version, query_name, views)
+    after = resynced_after(checkpoint)
+    if after is not None:
+        start_version = after
     # No micro-batch without data: the sink has nothing to do without changes.
     spark.conf.set("spark.sql.streaming.noDataMicroBatches.enabled", "false")
-    writer = (change_stream(spark, settings, start_version).writeStream.queryName(query_name)
+    writer = (change_stream(spark, settings, start_version, after).writeStream.queryName(query_name)
               .foreachBatch(lambda frame, batch_id: sink(frame, batch_id))
               .option("checkpointLocation", checkpoint))
     if trigger_once:

@@ -170,6 +170,57 @@ def test_crash_replay_a_late_event_and_expiry_never_double_count(spark, settings
     assert spark.read.format("delta").load(lake.path("speed.campaign_daily")).count() == 0
 
 
+def test_a_query_whose_feed_was_purged_or_checkpoint_lost_starts_over_from_silver(spark, settings, lake):
+    """The speed views are derived from silver alone, so a query that cannot go on from its
+    checkpoint starts over from silver's snapshot (`streaming.speed.resync`) instead of failing at
+    every restart or skipping batches: (1) the change data it reads next was purged (an erasure's
+    DELETE, then VACUUM of 0 hours) while it was stopped; (2) its checkpoint was deleted, and the
+    speed tables hold the batch ids a new checkpoint would number from 0."""
+    import shutil
+
+    from touchpoint.core.delta import committed_batch
+
+    lake.identity({"u1": "cus_1"})
+    lake.arrive(event("e1", "ad_click", at(1, 10), "u1", "spring"),
+                event("e2", "order", at(1, 11), "u1", None, channel="direct", order_id="o1", revenue=100.0))
+    lake.speed()
+    assert daily(lake.serving()) == [
+        (D, None, 0, 0, 1, Decimal("100.000000000"), 0, Decimal("0E-9")),
+        (D, "spring", 0, 1, 0, Decimal("0E-9"), 1, Decimal("100.000000000")),
+    ]
+    # (1) Stopped: a click arrives, e1 is erased, and the purge removes the deleted rows' files.
+    lake.arrive(event("e3", "email_click", at(1, 10, 30), "u1", "summer", channel="email"))
+    silver = lake.path("silver.events")
+    spark.sql(f"DELETE FROM delta.`{silver}` WHERE event_id = 'e1'")
+    spark.conf.set("spark.databricks.delta.retentionDurationCheck.enabled", "false")
+    try:
+        spark.sql(f"VACUUM delta.`{silver}` RETAIN 0 HOURS").collect()
+    finally:
+        spark.conf.unset("spark.databricks.delta.retentionDurationCheck.enabled")
+    lake.speed()  # before session 49: FileNotFound at this and every later start
+    after_purge = [
+        (D, None, 0, 0, 1, Decimal("100.000000000"), 0, Decimal("0E-9")),
+        (D, "summer", 0, 1, 0, Decimal("0E-9"), 1, Decimal("100.000000000")),
+    ]
+    assert daily(lake.serving()) == after_purge
+    lake.speed()  # nothing new: the resynced query goes on from its own checkpoint
+    assert daily(lake.serving()) == after_purge
+
+    # (2) The checkpoint is lost; a later click takes the order's last touch.
+    shutil.rmtree(f"{settings.checkpoint_root}/speed")
+    lake.arrive(event("e4", "ad_click", at(1, 10, 45), "u1", "autumn"))
+    lake.speed()  # before session 49: batch 0 of the new checkpoint was skipped, e4 never served
+    assert daily(lake.serving()) == [
+        (D, None, 0, 0, 1, Decimal("100.000000000"), 0, Decimal("0E-9")),
+        (D, "autumn", 0, 1, 0, Decimal("0E-9"), 1, Decimal("100.000000000")),
+        (D, "summer", 0, 1, 0, Decimal("0E-9"), 0, Decimal("0E-9")),
+    ]
+    freshness = spark.read.format("delta").load(lake.path("speed.freshness"))
+    resyncs = sorted(r["query"].split("-")[0] for r in freshness.where(F.col("query").startswith("speed:")).collect())
+    assert resyncs == ["speed:resync", "speed:resync"]
+    assert committed_batch(lake.path("speed.campaign_daily"), "speed:speed.campaign_daily") == -1  # restarted
+
+
 def test_a_late_delete_of_a_counted_order_is_applied(spark, settings, lake):
     """An order counted by the speed layer, then displaced by an earlier copy of it that arrives
     hours later (its event_ts before H): the delete and the insert are both applied, so the order is

@@ -13,7 +13,7 @@ import shutil
 import time
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
-from typing import Callable, Iterator, Mapping, Sequence, TypeVar
+from typing import Callable, Iterable, Iterator, Mapping, Sequence, TypeVar
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql.types import StructType
@@ -235,6 +235,55 @@ def latest_version(spark: SparkSession | None, path: str) -> int:
 
 def read_version(spark: SparkSession, path: str, version: int) -> DataFrame:
     return spark.read.format("delta").option("versionAsOf", version).load(path)
+
+
+def unreadable_change_version(path: str, from_version: int) -> int | None:
+    """The first version from `from_version` on whose changes a change-feed reader can no longer
+    read, or None. On a local table a version is unreadable when its commit left the log (log
+    cleanup) or a file its changes are read from is gone (VACUUM, an erasure's purge): its change
+    data files when it wrote any, else the files it added or removed as a data change. A table on an
+    object store is taken as readable: a request per file is too dear, the read decides."""
+    if "://" in path and not path.startswith("file://"):
+        return None
+    root = Path(path.removeprefix("file://"))
+    for version in range(from_version, latest_version(None, path) + 1):
+        commit = root / "_delta_log" / f"{version:020d}.json"
+        if not commit.is_file():
+            return version
+        changes, data = [], []
+        for line in commit.read_text().splitlines():
+            action = json.loads(line) if line.strip() else {}
+            if "cdc" in action:
+                changes.append(action["cdc"]["path"])
+            for kind in ("add", "remove"):
+                if kind in action and action[kind].get("dataChange", True):
+                    data.append(action[kind]["path"])
+        if not files_present(path, changes or data):
+            return version
+    return None
+
+
+def files_present(path: str, names: Iterable[str]) -> bool:
+    """Whether these data files of a local table (paths as its log writes them) are on disk; the
+    log outlives them (VACUUM deletes the files of old versions the log still lists). On an object
+    store a listing per file costs a request each: there the read decides (True)."""
+    from urllib.parse import unquote
+
+    if "://" in path and not path.startswith("file://"):
+        return True
+    root = Path(path.removeprefix("file://"))
+    return all("://" in name or (root / unquote(name)).exists() for name in names)
+
+
+def snapshot_present(path: str, version: int) -> bool:
+    """Whether a version of a table can still be read: its log entry and, locally, its data files."""
+    import pyarrow as pa
+
+    try:
+        actions = pa.table(rs_table(path, version).get_add_actions(flatten=True))
+    except Exception:  # the version left the log, or the table was replaced
+        return False
+    return files_present(path, actions.column("path").to_pylist())
 
 
 def snapshot_fingerprint(path: str, version: int) -> str:

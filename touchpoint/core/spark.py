@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from contextlib import contextmanager
 from pathlib import Path
@@ -251,3 +252,19 @@ def has_checkpoint(checkpoint: str) -> bool:
     if "://" in checkpoint and not checkpoint.startswith("file://"):
         return True
     return (Path(checkpoint.removeprefix("file://")) / "offsets").exists()
+
+
+def delta_source_position(checkpoint: str) -> int | None:
+    """The Delta version a query with one Delta source reads from next: the `reservoirVersion` of
+    the end offset of its last committed micro-batch (that version may be partly read, so it counts).
+    None when unknown: a remote checkpoint, or no committed batch yet (then the query starts where
+    it was asked to)."""
+    if "://" in checkpoint and not checkpoint.startswith("file://"):
+        return None
+    root = Path(checkpoint.removeprefix("file://"))
+    committed = [int(p.name) for p in (root / "commits").glob("*") if p.name.isdigit()]
+    if not committed:
+        return None
+    # offsets/<n>: a version line, the batch's metadata, then one offset per source
+    offset = (root / "offsets" / str(max(committed))).read_text().splitlines()[-1]
+    return int(json.loads(offset)["reservoirVersion"])
