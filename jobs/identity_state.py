@@ -209,19 +209,20 @@ def identity_snapshot(spark: SparkSession, settings, logical_date: dt.date) -> I
 def recorded_snapshot(settings, recorded: dict) -> IdentitySnapshot | None:
     """The inputs a job run recorded in its commit (`silver_version`, `identity_map_version` and
     `identity_map_fingerprint`, as profiles do), if both still read as they did then: the map
-    version by the fingerprint of its files (publish may re-create the table), silver by its files
-    being there. None otherwise, or when something was not recorded."""
+    version by the fingerprint of its files (publish may re-create the table), both by their files
+    being there (VACUUM). None otherwise, or when something was not recorded."""
     from touchpoint.core.catalog import table_path
 
     silver_version, map_version = recorded.get("silver_version"), recorded.get("identity_map_version")
     if silver_version is None or map_version is None or recorded.get("identity_map_fingerprint") is None:
         return None
+    map_path = table_path("gold.identity_map", settings)
     try:
-        same_map = (snapshot_fingerprint(table_path("gold.identity_map", settings), map_version)
-                    == recorded["identity_map_fingerprint"])
+        same_map = snapshot_fingerprint(map_path, map_version) == recorded["identity_map_fingerprint"]
     except Exception:  # the version's log is gone, or the table was replaced
         return None
-    if not same_map or not snapshot_present(table_path("silver.events", settings), silver_version):
+    if not (same_map and snapshot_present(map_path, map_version)
+            and snapshot_present(table_path("silver.events", settings), silver_version)):
         return None
     return IdentitySnapshot(silver_version, map_version)
 

@@ -8,12 +8,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from touchpoint.core.catalog import table_path
 from touchpoint.core.config import Settings
 from touchpoint.core.delta import rs_table
+from touchpoint.core.spark import committed_source_offsets
 
 
 def last_speed_batch(settings: Settings) -> dict | None:
@@ -33,16 +33,7 @@ def last_speed_batch(settings: Settings) -> dict | None:
 
 def committed_offsets(checkpoint: Path) -> dict[str, dict[int, int]]:
     """topic -> partition -> next offset to read, as of the last committed micro-batch."""
-    commits = [int(p.name) for p in (checkpoint / "commits").glob("*") if p.name.isdigit()]
-    if not commits:
-        return {}
-    text = (checkpoint / "offsets" / str(max(commits))).read_text().splitlines()
-    # line 0: format version, line 1: batch metadata, then one line per source
-    for line in text[2:]:
-        try:
-            source = json.loads(line)
-        except json.JSONDecodeError:
-            continue
+    for source in committed_source_offsets(str(checkpoint)) or []:
         if isinstance(source, dict) and source and all(isinstance(v, dict) for v in source.values()):
             return {topic: {int(p): int(o) for p, o in parts.items()} for topic, parts in source.items()}
     return {}

@@ -28,6 +28,8 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import os
+import shutil
 import time
 import uuid
 from contextlib import ExitStack
@@ -46,7 +48,7 @@ from touchpoint.core.catalog import table_path
 from touchpoint.core.channels import load_rules
 from touchpoint.core.config import ConfigError, Settings
 from touchpoint.core.delta import (
-    BatchWrites, batch_mark, ensure_table, is_delta, latest_version, read_version, remove_tree, retry_on_conflict,
+    BatchWrites, batch_mark, ensure_table, is_delta, latest_version, read_version, retry_on_conflict,
     snapshot_fingerprint, snapshot_present, unreadable_change_version,
 )
 from touchpoint.core.identity_lookup import BROADCAST_MAP_MAX_IDENTIFIERS, attach_customer_id, carrier_flag
@@ -63,8 +65,6 @@ from touchpoint.schemas.lake import SILVER_SCHEMA
 
 log = logging.getLogger(__name__)
 CHANGE_SIGN = {"insert": 1, "update_postimage": 1, "delete": -1, "update_preimage": -1}
-SPEED_TABLES = ("speed.campaign_minute", "speed.campaign_daily", "speed.campaign_conversions",
-                "speed.customer_activity", "speed.segment_membership", "speed.freshness")
 IDENTIFIERS = ("anonymous_id", "user_id", "email", "phone")
 EVENT_COLUMNS = ("event_id", "event_type", "event_ts", "event_date", "channel", "campaign_name", "order_id",
                  "revenue_reporting", "price", "quantity", *IDENTIFIERS)
@@ -72,6 +72,10 @@ _MIN_TS = dt.datetime(1, 1, 1, tzinfo=dt.timezone.utc)
 # What a speed query keeps: "campaigns" (campaign_minute, campaign_daily), "customers"
 # (campaign_conversions, customer_activity, segment_membership) or "all" of them.
 VIEWS = ("all", "campaigns", "customers")
+VIEW_TABLES = {"campaigns": ("speed.campaign_minute", "speed.campaign_daily"),
+               "customers": ("speed.campaign_conversions", "speed.customer_activity", "speed.segment_membership")}
+VIEW_TABLES["all"] = VIEW_TABLES["campaigns"] + VIEW_TABLES["customers"]
+SPEED_TABLES = (*VIEW_TABLES["all"], "speed.freshness")  # speed.freshness: every query's log
 CUSTOMER_QUERY_SUFFIX = "_customers"
 
 
@@ -366,8 +370,7 @@ class SpeedSink:
             else:
                 uncovered = events.where(F.col("event_ts") >= F.lit(high_water_mark))
                 if version > covered_version:
-                    uncovered = uncovered.unionByName(self._silver_inserts(
-                        spark, covered_version, version, inserts_only=False).drop("_commit_version"))
+                    uncovered = uncovered.unionByName(self._rows_since(spark, covered_version, version, events))
         guardrails = self._published_table(spark, "gold.identity_guardrails", versions)
         held_back = guardrails.where(F.col("reason") == "shared_device") if guardrails is not None else None
         with ExitStack() as intermediate:
@@ -398,6 +401,17 @@ class SpeedSink:
         if inserts_only and not changes.where(F.col("_change_type") != "insert").isEmpty():
             return None
         return changes.where(F.col("_change_type") == "insert").select(*EVENT_COLUMNS, "source_ts", "_commit_version")
+
+    def _rows_since(self, spark: SparkSession, after: int, through: int, events: DataFrame) -> DataFrame:
+        """The rows of `events` (silver at `through`) inserted after version `after`: from the change
+        feed, else, when its files are gone (an erasure's purge), the rows not in silver at `after`,
+        else every row (a superset: extending the map with links it holds already changes nothing)."""
+        silver = self.paths["silver.events"]
+        if unreadable_change_version(silver, after + 1, through) is None:
+            return self._silver_inserts(spark, after, through, inserts_only=False).drop("_commit_version")
+        if snapshot_present(silver, after):
+            return events.join(read_version(spark, silver, after).select("event_id"), "event_id", "left_anti")
+        return events
 
     def release(self) -> None:
         """Free the identity map kept between micro-batches (a stopped query's sink)."""
@@ -535,50 +549,61 @@ def bootstrap(spark: SparkSession, settings: Settings, start_version: int, query
 
 
 def feed_snapshot(spark: SparkSession, settings: Settings, version: int, sink: SpeedSink) -> dict | str:
-    """Feed silver's snapshot at `version` through a one-off sink as batch 0, as inserts. Rows the
-    published batch already read keep that batch's silver version, so serving keeps them below H out
-    of the speed side; the others count as arrived at `version`. When the batch's snapshot can no
-    longer be read (vacuumed), every row below H counts as read by the batch: a late arrival since
-    the batch is then served by the next batch run instead (a gap, never a double count)."""
+    """Feed silver's snapshot at `version` through a one-off sink as batch 0, as the changes since
+    the published batch. Rows the batch already read keep its silver version, so serving keeps them
+    below H out of the speed side; the others count as inserted at `version`, and the rows the batch
+    read that silver no longer holds as deleted at `version`. When the batch's snapshot can no longer
+    be read (vacuumed), every row below H counts as read by the batch and none as deleted: until the
+    next batch run, a late arrival since the batch is missing below H and a row deleted since is
+    still counted there (never a double count)."""
     from touchpoint.core.serving import read_cut
 
     path = table_path("silver.events", settings)
     snapshot = read_version(spark, path, version)
-    if snapshot.isEmpty():
-        return "silver was empty"
     high_water_mark, batch_version = read_cut(settings, "gold.campaign_daily")
     tagged = snapshot.withColumn("_commit_version", F.lit(version).cast("long"))
+    deleted = None
     if batch_version is not None and 0 <= batch_version < version:
         if snapshot_present(path, batch_version):
-            read = read_version(spark, path, batch_version).select("event_id").withColumn("_seen", F.lit(True))
-            tagged = tagged.join(read, "event_id", "left")
+            batch_read = read_version(spark, path, batch_version)
+            tagged = tagged.join(batch_read.select("event_id").withColumn("_seen", F.lit(True)), "event_id", "left")
+            # only rows the batch views count (below H); the snapshot's inserts alone make up the rest
+            deleted = (batch_read.where(F.col("event_ts") < F.lit(high_water_mark))
+                       .join(snapshot.select("event_id"), "event_id", "left_anti")
+                       .withColumn("_commit_version", F.lit(version).cast("long"))
+                       .withColumn("_change_type", F.lit("delete")))
         else:
             log.warning("speed %s: silver version %s, which the published batch read, is gone: rows before %s "
                         "count as read by it", sink.query_name, batch_version, high_water_mark)
             tagged = tagged.withColumn("_seen", F.col("event_ts") < F.lit(high_water_mark))
         tagged = (tagged.withColumn("_commit_version", F.when(F.col("_seen"), F.lit(batch_version))
                                     .otherwise(F.col("_commit_version")).cast("long")).drop("_seen"))
-    changes = tagged.withColumn("_change_type", F.lit("insert")).withColumn("_commit_timestamp", F.current_timestamp())
+    changes = tagged.withColumn("_change_type", F.lit("insert"))
+    if deleted is not None:
+        changes = changes.unionByName(deleted)
+    if changes.isEmpty():
+        return "silver was empty"
+    changes = changes.withColumn("_commit_timestamp", F.current_timestamp())
     try:
         return sink(changes, 0)
     finally:
         sink.release()  # a one-off sink: its kept identity map is not needed after
 
 
-# What each value of `views` keeps (speed.freshness is every query's log).
-VIEW_TABLES = {"campaigns": ("speed.campaign_minute", "speed.campaign_daily"),
-               "customers": ("speed.campaign_conversions", "speed.customer_activity", "speed.segment_membership")}
-VIEW_TABLES["all"] = VIEW_TABLES["campaigns"] + VIEW_TABLES["customers"]
 RESYNC_START = "touchpoint_resync.json"  # in a resynced query's checkpoint folder
 
 
 def resync_reason(settings: Settings, checkpoint: str, sink: SpeedSink, start_version: int) -> str | None:
     """Why the query cannot go on from its checkpoint (or start from the feed's first version), or
-    None when it can. Checked on local lakes only (core.spark.delta_source_position)."""
+    None when it can. Checked for local checkpoints only (core.spark.has_checkpoint takes a remote
+    one as present, delta_source_position does not read it)."""
     silver = table_path("silver.events", settings)
     if has_checkpoint(checkpoint):
         position = delta_source_position(checkpoint)
-        gone = None if position is None else unreadable_change_version(silver, position)
+        if position is None:  # no batch committed yet: the first one starts where the query was started
+            after = resynced_after(checkpoint)
+            position = start_version if after is None else after
+        gone = unreadable_change_version(silver, position)
         return None if gone is None else (
             f"silver version {gone}, which its checkpoint reads next, can no longer be read "
             "(VACUUM or an erasure's purge removed its files)")
@@ -596,9 +621,17 @@ def resync(spark: SparkSession, settings: Settings, checkpoint: str, sink: Speed
     sink, and return V: the change stream reads the changes after it (`resynced_after`). The speed
     views are derived from silver alone, so this loses nothing; a crash part way leaves no checkpoint
     and restarted marks, and the next start resyncs again."""
+    if "://" in checkpoint and not checkpoint.startswith("file://"):
+        raise ValueError(f"resync needs a local checkpoint folder, not {checkpoint}")
     log.warning("speed %s: %s; starting over from silver's current snapshot", sink.query_name, reason)
-    remove_tree(spark, checkpoint)
-    start = Path(checkpoint.removeprefix("file://")) / RESYNC_START
+    folder = Path(checkpoint.removeprefix("file://"))
+    # Renamed away first: a checkpoint half deleted (offsets without their commits) would fail every start.
+    discarded = folder.with_name(folder.name + ".discarded")
+    shutil.rmtree(discarded, ignore_errors=True)
+    if folder.exists():
+        os.replace(folder, discarded)
+    shutil.rmtree(discarded, ignore_errors=True)
+    start = folder / RESYNC_START
     for name in (*VIEW_TABLES[sink.views], "speed.freshness"):
         path, mark = table_path(name, settings), batch_mark(f"{sink.query_name}:{name}", -1)
         emptied = spark.createDataFrame([], SCHEMAS[name])

@@ -174,8 +174,9 @@ def test_a_query_whose_feed_was_purged_or_checkpoint_lost_starts_over_from_silve
     """The speed views are derived from silver alone, so a query that cannot go on from its
     checkpoint starts over from silver's snapshot (`streaming.speed.resync`) instead of failing at
     every restart or skipping batches: (1) the change data it reads next was purged (an erasure's
-    DELETE, then VACUUM of 0 hours) while it was stopped; (2) its checkpoint was deleted, and the
-    speed tables hold the batch ids a new checkpoint would number from 0."""
+    DELETE, then VACUUM of 0 hours) while it was stopped, after a batch was published; (2) its
+    checkpoint was deleted, and the speed tables hold the batch ids a new checkpoint numbers from 0;
+    (3) the same with the published batch's snapshot readable: rows deleted since it are subtracted."""
     import shutil
 
     from touchpoint.core.delta import committed_batch
@@ -183,13 +184,15 @@ def test_a_query_whose_feed_was_purged_or_checkpoint_lost_starts_over_from_silve
     lake.identity({"u1": "cus_1"})
     lake.arrive(event("e1", "ad_click", at(1, 10), "u1", "spring"),
                 event("e2", "order", at(1, 11), "u1", None, channel="direct", order_id="o1", revenue=100.0))
+    lake.batch(D)
     lake.speed()
-    assert daily(lake.serving()) == [
-        (D, None, 0, 0, 1, Decimal("100.000000000"), 0, Decimal("0E-9")),
-        (D, "spring", 0, 1, 0, Decimal("0E-9"), 1, Decimal("100.000000000")),
-    ]
-    # (1) Stopped: a click arrives, e1 is erased, and the purge removes the deleted rows' files.
-    lake.arrive(event("e3", "email_click", at(1, 10, 30), "u1", "summer", channel="email"))
+    day_1 = [(D, None, 0, 0, 1, Decimal("100.000000000"), 0, Decimal("0E-9")),
+             (D, "spring", 0, 1, 0, Decimal("0E-9"), 1, Decimal("100.000000000"))]
+    assert daily(lake.serving()) == day_1
+    # (1) Stopped: a click and an order of the next day arrive, e1 is erased, and the purge removes
+    # the deleted rows' files and the DELETE's change data (the published batch's snapshot with them).
+    lake.arrive(event("e3", "email_click", at(2, 10), "u1", "summer", channel="email"),
+                event("e5", "order", at(2, 11), "u1", None, channel="direct", order_id="o2", revenue=50.0))
     silver = lake.path("silver.events")
     spark.sql(f"DELETE FROM delta.`{silver}` WHERE event_id = 'e1'")
     spark.conf.set("spark.databricks.delta.retentionDurationCheck.enabled", "false")
@@ -198,27 +201,37 @@ def test_a_query_whose_feed_was_purged_or_checkpoint_lost_starts_over_from_silve
     finally:
         spark.conf.unset("spark.databricks.delta.retentionDurationCheck.enabled")
     lake.speed()  # before session 49: FileNotFound at this and every later start
-    after_purge = [
-        (D, None, 0, 0, 1, Decimal("100.000000000"), 0, Decimal("0E-9")),
-        (D, "summer", 0, 1, 0, Decimal("0E-9"), 1, Decimal("100.000000000")),
-    ]
+    # Day 1's counts stay the batch's until it runs again (the purged batch snapshot cannot tell what
+    # was deleted since: e1's click still counts there); o1, recomputed from silver, has no touch left.
+    day_2 = D + dt.timedelta(days=1)
+    after_purge = [(D, None, 0, 0, 1, Decimal("100.000000000"), 1, Decimal("100.000000000")),
+                   (D, "spring", 0, 1, 0, Decimal("0E-9"), 0, Decimal("0E-9")),
+                   (day_2, None, 0, 0, 1, Decimal("50.000000000"), 0, Decimal("0E-9")),
+                   (day_2, "summer", 0, 1, 0, Decimal("0E-9"), 1, Decimal("50.000000000"))]
     assert daily(lake.serving()) == after_purge
     lake.speed()  # nothing new: the resynced query goes on from its own checkpoint
     assert daily(lake.serving()) == after_purge
 
-    # (2) The checkpoint is lost; a later click takes the order's last touch.
+    # (2) The checkpoint is lost; a later click takes o2's last touch.
     shutil.rmtree(f"{settings.checkpoint_root}/speed")
-    lake.arrive(event("e4", "ad_click", at(1, 10, 45), "u1", "autumn"))
+    lake.arrive(event("e4", "ad_click", at(2, 10, 30), "u1", "autumn"))
     lake.speed()  # before session 49: batch 0 of the new checkpoint was skipped, e4 never served
-    assert daily(lake.serving()) == [
-        (D, None, 0, 0, 1, Decimal("100.000000000"), 0, Decimal("0E-9")),
-        (D, "autumn", 0, 1, 0, Decimal("0E-9"), 1, Decimal("100.000000000")),
-        (D, "summer", 0, 1, 0, Decimal("0E-9"), 0, Decimal("0E-9")),
-    ]
+    day_2_rows = [(day_2, None, 0, 0, 1, Decimal("50.000000000"), 0, Decimal("0E-9")),
+                  (day_2, "autumn", 0, 1, 0, Decimal("0E-9"), 1, Decimal("50.000000000")),
+                  (day_2, "summer", 0, 1, 0, Decimal("0E-9"), 0, Decimal("0E-9"))]
+    assert daily(lake.serving()) == after_purge[:2] + day_2_rows
     freshness = spark.read.format("delta").load(lake.path("speed.freshness"))
     resyncs = sorted(r["query"].split("-")[0] for r in freshness.where(F.col("query").startswith("speed:")).collect())
     assert resyncs == ["speed:resync", "speed:resync"]
     assert committed_batch(lake.path("speed.campaign_daily"), "speed:speed.campaign_daily") == -1  # restarted
+
+    # (3) The batch runs again (its snapshot stays readable), then o1 is deleted and the checkpoint
+    # lost: starting over subtracts the deleted order from the batch's day 1.
+    lake.batch(D)
+    spark.sql(f"DELETE FROM delta.`{silver}` WHERE event_id = 'e2'")
+    shutil.rmtree(f"{settings.checkpoint_root}/speed")
+    lake.speed()
+    assert daily(lake.serving()) == day_2_rows  # as a recomputation over silver: no event of day 1 is left
 
 
 def test_a_late_delete_of_a_counted_order_is_applied(spark, settings, lake):

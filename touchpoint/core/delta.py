@@ -14,6 +14,7 @@ import time
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Mapping, Sequence, TypeVar
+from urllib.parse import unquote
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql.types import StructType
@@ -237,16 +238,16 @@ def read_version(spark: SparkSession, path: str, version: int) -> DataFrame:
     return spark.read.format("delta").option("versionAsOf", version).load(path)
 
 
-def unreadable_change_version(path: str, from_version: int) -> int | None:
-    """The first version from `from_version` on whose changes a change-feed reader can no longer
-    read, or None. On a local table a version is unreadable when its commit left the log (log
+def unreadable_change_version(path: str, from_version: int, through: int | None = None) -> int | None:
+    """The first version from `from_version` on (to `through`, else the latest) whose changes a
+    change-feed reader can no longer read, or None. On a local table a version is unreadable when its commit left the log (log
     cleanup) or a file its changes are read from is gone (VACUUM, an erasure's purge): its change
     data files when it wrote any, else the files it added or removed as a data change. A table on an
     object store is taken as readable: a request per file is too dear, the read decides."""
     if "://" in path and not path.startswith("file://"):
         return None
     root = Path(path.removeprefix("file://"))
-    for version in range(from_version, latest_version(None, path) + 1):
+    for version in range(from_version, (latest_version(None, path) if through is None else through) + 1):
         commit = root / "_delta_log" / f"{version:020d}.json"
         if not commit.is_file():
             return version
@@ -267,8 +268,6 @@ def files_present(path: str, names: Iterable[str]) -> bool:
     """Whether these data files of a local table (paths as its log writes them) are on disk; the
     log outlives them (VACUUM deletes the files of old versions the log still lists). On an object
     store a listing per file costs a request each: there the read decides (True)."""
-    from urllib.parse import unquote
-
     if "://" in path and not path.startswith("file://"):
         return True
     root = Path(path.removeprefix("file://"))

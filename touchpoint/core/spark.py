@@ -254,17 +254,31 @@ def has_checkpoint(checkpoint: str) -> bool:
     return (Path(checkpoint.removeprefix("file://")) / "offsets").exists()
 
 
-def delta_source_position(checkpoint: str) -> int | None:
-    """The Delta version a query with one Delta source reads from next: the `reservoirVersion` of
-    the end offset of its last committed micro-batch (that version may be partly read, so it counts).
-    None when unknown: a remote checkpoint, or no committed batch yet (then the query starts where
-    it was asked to)."""
+def committed_source_offsets(checkpoint: str) -> list | None:
+    """The offsets of each source (parsed JSON, one per source) at the end of the last micro-batch a
+    query's checkpoint committed; None for a remote checkpoint or before any committed batch."""
     if "://" in checkpoint and not checkpoint.startswith("file://"):
         return None
     root = Path(checkpoint.removeprefix("file://"))
     committed = [int(p.name) for p in (root / "commits").glob("*") if p.name.isdigit()]
     if not committed:
         return None
-    # offsets/<n>: a version line, the batch's metadata, then one offset per source
-    offset = (root / "offsets" / str(max(committed))).read_text().splitlines()[-1]
-    return int(json.loads(offset)["reservoirVersion"])
+    # offsets/<n>: a format version line, the batch's metadata, then one line per source
+    lines = (root / "offsets" / str(max(committed))).read_text().splitlines()[2:]
+    sources = []
+    for line in lines:
+        try:
+            sources.append(json.loads(line))
+        except json.JSONDecodeError:  # a source without offsets yet ("-")
+            sources.append(None)
+    return sources
+
+
+def delta_source_position(checkpoint: str) -> int | None:
+    """The version a query with one Delta source reads from next: the `reservoirVersion` of the end
+    offset of its last committed micro-batch (Delta writes "version N read" as (N + 1, index -1); a
+    partly read version counts). None when unknown: a remote checkpoint, or no committed batch."""
+    sources = committed_source_offsets(checkpoint)
+    if not sources or not isinstance(sources[-1], dict) or "reservoirVersion" not in sources[-1]:
+        return None
+    return int(sources[-1]["reservoirVersion"])
