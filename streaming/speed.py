@@ -202,6 +202,7 @@ class SpeedSink:
             "gold.segment_membership", "gold.campaign_daily", "gold.campaign_minute", "gold.campaign_conversions",
             "gold.customer_activity")}
         self.writes = BatchWrites(self.paths, self._app)
+        self.resynced: dict | None = None  # the resync this query's stream continues from (start_stream)
         self._ready = False
         self._identity_state: IdentityState | None = None
         self.identity_builds = {"rebuilt": 0, "extended": 0}
@@ -262,6 +263,13 @@ class SpeedSink:
         stats = {**row.asDict(), "max_ts": _instant(row["max_ts"]), "min_ts": _instant(row["min_ts"]),
                  "oldest_arrival": _instant(row["oldest_arrival"])}
         result = {"rows": stats["rows"]}
+        if self.resynced is not None:
+            batch_version = published_batch_version(self.settings)
+            reason = batch_between(self.resynced, batch_version)
+            if reason is not None:  # the restart resyncs (resync_reason)
+                raise RuntimeError(f"speed {self.query_name}: {reason}; restart the query")
+            if batch_version is not None and batch_version >= self.resynced["snapshot_version"]:
+                self.resynced = None  # a published batch covers every fed row: nothing left to check
         clock = self._clock(spark, stats["max_ts"])
         if stats["rows"] and self.views in ("all", "campaigns"):
             self._campaign_measures(spark, signed, batch_id)
@@ -407,8 +415,9 @@ class SpeedSink:
         feed, else, when its files are gone (an erasure's purge), the rows not in silver at `after`,
         else every row (a superset: extending the map with links it holds already changes nothing)."""
         silver = self.paths["silver.events"]
-        if unreadable_change_version(silver, after + 1, through) is None:
-            return self._silver_inserts(spark, after, through, inserts_only=False).drop("_commit_version")
+        if unreadable_change_version(silver, after + 1, through) is None:  # minus rows deleted since
+            return (self._silver_inserts(spark, after, through, inserts_only=False).drop("_commit_version")
+                    .join(events.select("event_id"), "event_id", "left_semi"))
         if snapshot_present(silver, after):
             return events.join(read_version(spark, silver, after).select("event_id"), "event_id", "left_anti")
         return events
@@ -579,10 +588,10 @@ def feed_snapshot(spark: SparkSession, settings: Settings, version: int, sink: S
         tagged = (tagged.withColumn("_commit_version", F.when(F.col("_seen"), F.lit(batch_version))
                                     .otherwise(F.col("_commit_version")).cast("long")).drop("_seen"))
     changes = tagged.withColumn("_change_type", F.lit("insert"))
+    if snapshot.isEmpty() and (deleted is None or deleted.isEmpty()):
+        return "silver was empty"
     if deleted is not None:
         changes = changes.unionByName(deleted)
-    if changes.isEmpty():
-        return "silver was empty"
     changes = changes.withColumn("_commit_timestamp", F.current_timestamp())
     try:
         return sink(changes, 0)
@@ -599,14 +608,15 @@ def resync_reason(settings: Settings, checkpoint: str, sink: SpeedSink, start_ve
     one as present, delta_source_position does not read it)."""
     silver = table_path("silver.events", settings)
     if has_checkpoint(checkpoint):
+        record = resynced(checkpoint)
         position = delta_source_position(checkpoint)
         if position is None:  # no batch committed yet: the first one starts where the query was started
-            after = resynced_after(checkpoint)
-            position = start_version if after is None else after
+            position = start_version if record is None else record["snapshot_version"]
         gone = unreadable_change_version(silver, position)
-        return None if gone is None else (
-            f"silver version {gone}, which its checkpoint reads next, can no longer be read "
-            "(VACUUM or an erasure's purge removed its files)")
+        if gone is not None:
+            return (f"silver version {gone}, which its checkpoint reads next, can no longer be read "
+                    "(VACUUM or an erasure's purge removed its files)")
+        return None if record is None else batch_between(record, published_batch_version(settings))
     if sink.writes.committed("speed.freshness") is not None:
         # A new checkpoint numbers batches from 0, and the sink skips the ids the tables hold.
         return f"its checkpoint {checkpoint} is gone, and the speed tables hold batches it wrote"
@@ -618,7 +628,7 @@ def resync_reason(settings: Settings, checkpoint: str, sink: SpeedSink, start_ve
 def resync(spark: SparkSession, settings: Settings, checkpoint: str, sink: SpeedSink, reason: str) -> int:
     """Start the query over from silver's current snapshot: forget its checkpoint, empty its views
     (their commits restart its batch marks), feed the snapshot at its version V through a one-off
-    sink, and return V: the change stream reads the changes after it (`resynced_after`). The speed
+    sink, and return V: the change stream reads the changes after it (`resynced`). The speed
     views are derived from silver alone, so this loses nothing; a crash part way leaves no checkpoint
     and restarted marks, and the next start resyncs again."""
     if "://" in checkpoint and not checkpoint.startswith("file://"):
@@ -651,17 +661,37 @@ def resync(spark: SparkSession, settings: Settings, checkpoint: str, sink: Speed
     # Kept beside the checkpoint: a replay of the stream's first batch after a crash starts where the
     # restart asks, and must drop V's changes again (the fed snapshot holds them).
     start.parent.mkdir(parents=True, exist_ok=True)
-    start.write_text(json.dumps({"snapshot_version": version, "reason": reason}) + "\n")
+    start.write_text(json.dumps({"snapshot_version": version, "batch_version": published_batch_version(settings),
+                                 "reason": reason}) + "\n")
     return version
 
 
-def resynced_after(checkpoint: str) -> int | None:
-    """The silver version a resynced query's snapshot was taken at (see `resync`), None if it was not
-    resynced: its change stream starts at that version and keeps only the changes after it."""
+def published_batch_version(settings: Settings) -> int | None:
+    """The silver version the published batch views read (gold.campaign_daily's cut)."""
+    from touchpoint.core.serving import read_cut
+
+    return read_cut(settings, "gold.campaign_daily")[1]
+
+
+def batch_between(resynced: dict, batch_version: int | None) -> str | None:
+    """Why a resynced query's rows are wrong now, or None: a batch published since the resync read a
+    silver version older than the resync's snapshot V. The fed rows carry V, not their own commit
+    versions, so the rows that batch read from after the previous one would be served twice (and
+    deletes subtracted twice); a resync against the new batch sets them right."""
+    fed = resynced["snapshot_version"]
+    if batch_version is None or batch_version == resynced.get("batch_version") or batch_version >= fed:
+        return None
+    return (f"a batch published since the resync read silver version {batch_version}, older than the resync's "
+            f"snapshot {fed}")
+
+
+def resynced(checkpoint: str) -> dict | None:
+    """What `resync` recorded for the query (`snapshot_version` V, the `batch_version` it set the
+    snapshot against), None if it was not resynced: its stream starts at V and keeps only later changes."""
     if "://" in checkpoint and not checkpoint.startswith("file://"):
         return None
     start = Path(checkpoint.removeprefix("file://")) / RESYNC_START
-    return int(json.loads(start.read_text())["snapshot_version"]) if start.is_file() else None
+    return json.loads(start.read_text()) if start.is_file() else None
 
 
 def change_stream(spark: SparkSession, settings: Settings, start_version: int, after: int | None = None) -> DataFrame:
@@ -724,7 +754,9 @@ def start_stream(spark: SparkSession, settings: Settings, query_name: str = "spe
         resync(spark, settings, checkpoint, sink, reason)
     elif start_version > 0 and not has_checkpoint(checkpoint):
         bootstrap(spark, settings, start_version, query_name, views)
-    after = resynced_after(checkpoint)
+    record = resynced(checkpoint)
+    sink.resynced = record
+    after = None if record is None else record["snapshot_version"]
     if after is not None:
         start_version = after
     # No micro-batch without data: the sink has nothing to do without changes.

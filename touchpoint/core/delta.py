@@ -240,10 +240,11 @@ def read_version(spark: SparkSession, path: str, version: int) -> DataFrame:
 
 def unreadable_change_version(path: str, from_version: int, through: int | None = None) -> int | None:
     """The first version from `from_version` on (to `through`, else the latest) whose changes a
-    change-feed reader can no longer read, or None. On a local table a version is unreadable when its commit left the log (log
-    cleanup) or a file its changes are read from is gone (VACUUM, an erasure's purge): its change
-    data files when it wrote any, else the files it added or removed as a data change. A table on an
-    object store is taken as readable: a request per file is too dear, the read decides."""
+    change-feed reader can no longer read, or None. On a local table a version is unreadable when
+    its commit left the log (log cleanup) or a file its changes are read from is gone (VACUUM, an
+    erasure's purge): its change data files when it wrote any, else the files it added or removed as
+    a data change. A table on an object store is taken as readable: a request per file is too dear,
+    the read decides."""
     if "://" in path and not path.startswith("file://"):
         return None
     root = Path(path.removeprefix("file://"))
@@ -271,6 +272,7 @@ def files_present(path: str, names: Iterable[str]) -> bool:
     if "://" in path and not path.startswith("file://"):
         return True
     root = Path(path.removeprefix("file://"))
+    # Path.exists raises on a denied permission (os.path.exists would say "gone" and start a resync)
     return all("://" in name or (root / unquote(name)).exists() for name in names)
 
 
