@@ -656,13 +656,14 @@ def resync(spark: SparkSession, settings: Settings, checkpoint: str, sink: Speed
     if unreadable_change_version(silver, version) is not None:
         raise RuntimeError(f"speed {sink.query_name}: silver's latest version {version} cannot be read (its files "
                            "were removed); start the speed layer again once ingestion has committed to silver")
+    # Read before feeding: if a publish lands meanwhile, the next check resyncs again (never misses it).
+    batch_version = published_batch_version(settings)
     seed = SpeedSink(settings, f"{sink.query_name}:resync-{uuid.uuid4().hex[:8]}", views=sink.views)
     feed_snapshot(spark, settings, version, seed)
     # Kept beside the checkpoint: a replay of the stream's first batch after a crash starts where the
     # restart asks, and must drop V's changes again (the fed snapshot holds them).
     start.parent.mkdir(parents=True, exist_ok=True)
-    start.write_text(json.dumps({"snapshot_version": version, "batch_version": published_batch_version(settings),
-                                 "reason": reason}) + "\n")
+    start.write_text(json.dumps({"snapshot_version": version, "batch_version": batch_version, "reason": reason}) + "\n")
     return version
 
 
