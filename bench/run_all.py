@@ -34,6 +34,8 @@ BENCHMARKS = {
                                 ["--events", "60000", "--days", "30", "--repeat", "1"]),
     "profiles_incremental": (["--events", "2000000", "--days", "90"],
                              ["--events", "60000", "--days", "30", "--repeat", "1"]),
+    "campaign_metrics": (["--events", "2000000", "--days", "90"],
+                         ["--events", "60000", "--days", "30", "--repeat", "1"]),
     "identity_scale": (["--repeat", "2"], ["--groups", "5000", "--repeat", "1"]),
     "speed_identity": ([], ["--events", "40000", "--customers", "2000", "--increments", "2"]),
     "speed_customers": ([], ["--events", "40000", "--customers", "2000", "--increments", "2"]),
@@ -161,6 +163,16 @@ def render_table() -> str:
                         f"| changed customers re-derived s vs every customer s; ratio | {_fmt(timing['changed'], 1)} "
                         f"vs {_fmt(timing['all'], 1)}; {_fmt(incremental['ratio_all_to_changed'], 2)} | | "
                         f"{_memory(incremental)} | {_when(incremental)} |")
+    metrics = _load("campaign_metrics")
+    if metrics:
+        machine = machine or metrics["machine"]
+        p, timing = metrics["parameters"], metrics["median_seconds"]
+        rows.append(f"| campaign_metrics of one day ({p['silver_events']:,} silver events, {metrics['conversions']:,} "
+                    f"conversions) | last touch from attribution's paths s vs derived from silver s vs every event "
+                    f"resolved (until session 49) s; ratio to paths | {_fmt(timing['paths'], 1)} vs "
+                    f"{_fmt(timing['derived'], 1)} vs {_fmt(timing['resolved_all'], 1)}; "
+                    f"{_fmt(metrics['ratio_derived_to_paths'], 2)} / {_fmt(metrics['ratio_resolved_all_to_paths'], 2)} "
+                    f"| | {_memory(metrics)} | {_when(metrics)} |")
     scale = _load("identity_scale")
     if scale:
         machine = machine or scale["machine"]

@@ -277,6 +277,29 @@ def _previous_run(spark: SparkSession, settings: Settings) -> tuple[dict | None,
     return record, None
 
 
+def conversions_of_date(spark: SparkSession, settings: Settings, logical_date: dt.date, silver_version: int,
+                        map_version: int) -> tuple[int | None, str]:
+    """(the version of gold.attribution_conversions that holds D's conversions with their paths, "")
+    when the last attribution run was for D, read silver at `silver_version` and the identity map at
+    `map_version` with today's settings, and its state tables are intact; else (None, why not)."""
+    record, reason = _previous_run(spark, settings)
+    if record is None or reason:
+        return None, reason or "no attribution run"
+    if record["logical_date"] != logical_date:
+        return None, f"the last attribution run was for {record['logical_date']}"
+    if (record["silver_version"], record["identity_map_version"]) != (silver_version, map_version):
+        return None, (f"the last attribution run read silver.events {record['silver_version']} and "
+                      f"gold.identity_map {record['identity_map_version']}, not {silver_version} and {map_version}")
+    map_path = table_path("gold.identity_map", settings)
+    try:
+        same_map = snapshot_fingerprint(map_path, map_version) == record["identity_map_fingerprint"]
+    except Exception as unreadable:  # the log of that version is gone
+        return None, f"gold.identity_map version {map_version} cannot be read ({type(unreadable).__name__})"
+    if not same_map:
+        return None, f"gold.identity_map version {map_version} is not the snapshot the last attribution run read"
+    return record["conversions_version"], ""
+
+
 def run(spark: SparkSession, settings: Settings, logical_date: dt.date, mode: str = "auto") -> dict:
     """Attribute every conversion before D+1 00:00Z. mode: 'auto' (incremental when the previous
     run's state is intact) or 'full'."""

@@ -151,6 +151,92 @@ def test_a_date_reads_the_silver_and_the_map_its_identity_run_read_and_wrote(spa
         "removed its files): run `touchpoint run identity --date 2026-03-01` again")
 
 
+CAMPAIGN_TABLES = ("gold.campaign_conversions", "gold.campaign_minute", "gold.campaign_daily",
+                   "gold.customer_activity")
+
+
+def delta_rows(settings, name):
+    table = DeltaTable(table_path(name, settings)).to_pyarrow_table()
+    return [(f.name, f.type) for f in table.schema], sorted((tuple(r.values()) for r in table.to_pylist()), key=repr)
+
+
+def test_campaign_metrics_takes_the_last_touch_from_the_paths_of_the_dates_attribution_run(spark, tmp_path):
+    """After D's attribution run, campaign_metrics reads each conversion's last touch as the last
+    element of its stored path, and writes exactly what deriving it from silver writes; when the
+    attribution run read another snapshot it derives it from silver."""
+    from decimal import Decimal
+
+    from touchpoint.jobs import campaign_metrics
+
+    lakes = Lakes(spark, tmp_path)
+    lakes.set_identity([("anonymous_id", "a1", "cust-1"), ("user_id", "u1", "cust-1"),
+                        ("anonymous_id", "a2", "cust-2"), ("anonymous_id", "a3", "cust-3"),
+                        ("anonymous_id", "a4", "cust-4")])
+    old = at(D1 - dt.timedelta(days=40), 9)  # beyond the 30-day lookback
+    lakes.add_events([
+        silver_row("e01", "ad_click", at(D1, 7), "paid_social", "spring", anon="a3"),
+        silver_row("e02", "ad_click", at(D1, 9), "paid_search", "brand", anon="a1"),
+        silver_row("e03", "page_view", at(D1, 9, 10), "paid_search", "brand", anon="a1"),  # landing of e02
+        silver_row("e04", "order", at(D1, 12), anon="a1", user="u1", order_id="o1", revenue=100.0),
+        silver_row("e05", "page_view", at(D1, 8), "organic_search", anon="a2"),
+        silver_row("e06", "email_click", at(D1, 10), "email", "news", anon="a2"),
+        silver_row("e07", "order", at(D1, 15), anon="zz", order_id="o2", revenue=20.0),  # nobody's order
+        silver_row("e08", "ad_click", at(D1, 11), "display", "x", anon="a2"),
+        silver_row("e09", "ad_click", at(D1, 11), "display", "y", anon="a2"),  # same instant: e09 is last
+        silver_row("e10", "ad_click", old, "paid_social", "old", anon="a3"),
+        silver_row("e11", "ad_click", old, "paid_social", "old", anon="a4"),
+        silver_row("e12", "ad_click", at(D2, 1), "display", "x", anon="a1"),  # after the as-of
+        silver_row("e14", "order", at(D1, 11, 30), anon="a2", order_id="o3", revenue=30.0),
+        silver_row("e15", "order", at(D1, 13), anon="a3", order_id="o4", revenue=40.0),
+        silver_row("e16", "order", at(D1, 14), anon="a4", order_id="o5", revenue=50.0),  # only e11, too old
+    ])
+    attribution.run(spark, lakes.incremental, D1)
+    from_paths = campaign_metrics.run(spark, lakes.incremental, D1)
+    derived = campaign_metrics.run(spark, lakes.full, D1, mode="full")
+    assert from_paths["last_touch"].startswith("attribution paths (gold.attribution_conversions version ")
+    assert derived["last_touch"] == "derived from silver: full recompute requested"
+    for name in CAMPAIGN_TABLES:
+        assert delta_rows(lakes.incremental, name) == delta_rows(lakes.full, name), name
+
+    conversions = sorted((r["conversion_id"], r["customer_id"], r["revenue"], r["last_touch_event_id"],
+                          r["last_touch_channel"], r["last_touch_campaign"])
+                         for r in lakes.read(lakes.incremental, "gold.campaign_conversions").collect())
+    assert conversions == [
+        ("o1", "cust-1", Decimal(100), "e02", "paid_search", "brand"),
+        ("o2", None, Decimal(20), None, "direct", None),
+        ("o3", "cust-2", Decimal(30), "e09", "display", "y"),
+        ("o4", "cust-3", Decimal(40), "e01", "paid_social", "spring"),
+        ("o5", "cust-4", Decimal(50), None, "direct", None),
+    ]
+    daily = sorted((tuple(r) for r in lakes.read(lakes.incremental, "gold.campaign_daily").select(
+        "date", "campaign", "impressions", "clicks", "orders", "revenue", "last_touch_orders",
+        "last_touch_revenue").collect()), key=repr)
+    assert daily == sorted([
+        (old.date(), "old", 0, 2, 0, Decimal(0), 0, Decimal(0)),
+        (D1, None, 0, 0, 5, Decimal(240), 2, Decimal(70)),
+        (D1, "brand", 0, 1, 0, Decimal(0), 1, Decimal(100)),
+        (D1, "news", 0, 1, 0, Decimal(0), 0, Decimal(0)),
+        (D1, "spring", 0, 1, 0, Decimal(0), 1, Decimal(40)),
+        (D1, "x", 0, 1, 0, Decimal(0), 0, Decimal(0)),
+        (D1, "y", 0, 1, 0, Decimal(0), 1, Decimal(30)),
+    ], key=repr)
+
+    # A late click lands after the attribution run: its paths are of an older silver, so the last
+    # touch is derived from silver again (o1's is now e13).
+    lakes.add_events([silver_row("e13", "ad_click", at(D1, 11), "display", "late", anon="a1")])
+    silver_version = latest_version(spark, table_path("silver.events", lakes.incremental))
+    map_version = latest_version(spark, table_path("gold.identity_map", lakes.incremental))
+    stale = campaign_metrics.run(spark, lakes.incremental, D1)
+    campaign_metrics.run(spark, lakes.full, D1, mode="full")
+    assert stale["last_touch"] == (
+        f"derived from silver: the last attribution run read silver.events {silver_version - 1} and "
+        f"gold.identity_map {map_version}, not {silver_version} and {map_version}")
+    for name in CAMPAIGN_TABLES:
+        assert delta_rows(lakes.incremental, name) == delta_rows(lakes.full, name), name
+    assert lakes.read(lakes.incremental, "gold.campaign_conversions").where("conversion_id = 'o1'").select(
+        "last_touch_event_id", "last_touch_campaign").collect() == [("e13", "late")]
+
+
 IDENTITY_DAY_1 = [
     ("anonymous_id", "a1", "cust-1"), ("user_id", "u1", "cust-1"),
     ("anonymous_id", "a2", "cust-2"), ("anonymous_id", "a3", "cust-3"),

@@ -183,6 +183,18 @@ def last_touch(touches: DataFrame, settings: AttributionSettings) -> Callable[[D
     return transform
 
 
+def last_touch_of_paths(convs_with_paths: DataFrame) -> DataFrame:
+    """Conversions with their ordered paths (gold.attribution_conversions: the customer's touchpoints
+    in the lookback window, ascending by (touch_ts, touch_event_id)) -> CONVERSION_COLUMNS. The
+    path's last element is the touchpoint `last_touch` picks: the same window, the same order."""
+    last = F.get(F.col("path"), F.size("path") - 1)  # null for an empty path
+    return convs_with_paths.select(
+        "conversion_id", "conversion_ts", "customer_id", money(F.col("revenue")).alias("revenue"),
+        last["touch_event_id"].alias("last_touch_event_id"), last["touch_ts"].alias("last_touch_ts"),
+        F.coalesce(last["channel"], F.lit(EMPTY_PATH_CHANNEL)).alias("last_touch_channel"),
+        last["campaign"].alias("last_touch_campaign"))
+
+
 def last_touch_totals(grain: str) -> Callable[[DataFrame], DataFrame]:
     """Per-conversion last-touch rows -> last_touch_orders / last_touch_revenue per (bucket, campaign)."""
 
