@@ -203,7 +203,8 @@ def ingested_history(spark, tmp_path_factory) -> Path:
 
 def _publish(spark, source: Path, root: Path, day: str) -> Path:
     """<root>/lake: a copy of <source>/lake with the daily pipeline run for `day`; <root>/runs.json: the
-    attribution mode of each date published into it so far ({date: "full" | "incremental"})."""
+    attribution mode of each date published into it so far ({date: "full" | "incremental"});
+    <root>/last_touch.json: campaign_metrics' `last_touch` of each of those dates."""
     import datetime as dt
     import json
     import shutil
@@ -216,6 +217,9 @@ def _publish(spark, source: Path, root: Path, day: str) -> Path:
                  dt.date.fromisoformat(day))
     runs = json.loads((source / "runs.json").read_text()) if (source / "runs.json").exists() else {}
     (root / "runs.json").write_text(json.dumps({**runs, day: result["attribution"]["mode"]}))
+    # where campaign_metrics took each conversion's last touch from, per date
+    sources = json.loads((source / "last_touch.json").read_text()) if (source / "last_touch.json").exists() else {}
+    (root / "last_touch.json").write_text(json.dumps({**sources, day: result["campaign_metrics"]["last_touch"]}))
     return root
 
 

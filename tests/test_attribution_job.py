@@ -181,7 +181,7 @@ def test_campaign_metrics_takes_the_last_touch_from_the_paths_of_the_dates_attri
         silver_row("e05", "page_view", at(D1, 8), "organic_search", anon="a2"),
         silver_row("e06", "email_click", at(D1, 10), "email", "news", anon="a2"),
         silver_row("e07", "order", at(D1, 15), anon="zz", order_id="o2", revenue=20.0),  # nobody's order
-        silver_row("e08", "ad_click", at(D1, 11), "display", "x", anon="a2"),
+        silver_row("e08", "ad_click", at(D1, 11), "display", "z", anon="a2"),
         silver_row("e09", "ad_click", at(D1, 11), "display", "y", anon="a2"),  # same instant: e09 is last
         silver_row("e10", "ad_click", old, "paid_social", "old", anon="a3"),
         silver_row("e11", "ad_click", old, "paid_social", "old", anon="a4"),
@@ -217,9 +217,14 @@ def test_campaign_metrics_takes_the_last_touch_from_the_paths_of_the_dates_attri
         (D1, "brand", 0, 1, 0, Decimal(0), 1, Decimal(100)),
         (D1, "news", 0, 1, 0, Decimal(0), 0, Decimal(0)),
         (D1, "spring", 0, 1, 0, Decimal(0), 1, Decimal(40)),
-        (D1, "x", 0, 1, 0, Decimal(0), 0, Decimal(0)),
         (D1, "y", 0, 1, 0, Decimal(0), 1, Decimal(30)),
+        (D1, "z", 0, 1, 0, Decimal(0), 0, Decimal(0)),
     ], key=repr)
+    # activity resolves only the 30-day horizon's events: e10 and e11 are older
+    assert sorted(tuple(r) for r in lakes.read(lakes.incremental, "gold.customer_activity").select(
+        "customer_id", "last_event_ts", "last_event_type", "events_last_30m").collect()) == [
+        (customer, at(D1, *hour_minute).replace(tzinfo=None), "order", 0)  # Spark gives naive UTC
+        for customer, hour_minute in (("cust-1", (12,)), ("cust-2", (11, 30)), ("cust-3", (13,)), ("cust-4", (14,)))]
 
     # A late click lands after the attribution run: its paths are of an older silver, so the last
     # touch is derived from silver again (o1's is now e13).
