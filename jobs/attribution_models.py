@@ -13,9 +13,9 @@ from typing import Callable, Iterable, Mapping
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
-# Touchpoints are one definition shared with the speed layer (BRIEF §4): the core module holds it.
+# Touchpoints and conversions are one definition shared with the speed layer (BRIEF §4): the core module holds it.
 from touchpoint.core.campaign_metrics import (  # noqa: F401  (re-exported for the attribution job)
-    CLICK_TYPES, EMPTY_PATH_CHANNEL, MICROS_PER_DAY, campaign_name, micros, touchpoint_types,
+    CLICK_TYPES, EMPTY_PATH_CHANNEL, MICROS_PER_DAY, campaign_name, earliest_orders, micros, touchpoint_types,
     touchpoints,
 )
 from touchpoint.core.config import AttributionSettings
@@ -44,25 +44,11 @@ def lookback_micros(settings: AttributionSettings) -> int:
 
 
 def conversions(events: DataFrame) -> DataFrame:
-    """Events with a resolved `customer_id` -> one conversion per order id (BRIEF §4).
-
-    Silver already deduplicates orders; the smallest (event_ts, event_id) still wins here so that
-    a conversion never depends on which copy a reader happens to see.
-    """
-    order_id = F.trim(F.col("order_id"))
-    earliest = F.min(F.struct(
-        F.col("event_ts").alias("conversion_ts"),
-        F.col("event_id").alias("conversion_event_id"),
-        F.col("customer_id"),
-        F.col("revenue_reporting").alias("revenue"),
-    ))
-    return (
-        events.where((F.col("event_type") == "order") & order_id.isNotNull() & (F.length(order_id) > 0))
-        .groupBy(order_id.alias("conversion_id"))
-        .agg(earliest.alias("order"))
-        .select("conversion_id", "order.*")
-        .select(*CONVERSION_COLUMNS)
-    )
+    """Events with a resolved `customer_id` -> one conversion per order id (BRIEF §4), the earliest
+    order event (core.campaign_metrics.earliest_orders: silver already deduplicates orders; the
+    smallest (event_ts, event_id) still wins, so a conversion never depends on which copy a reader
+    happens to see)."""
+    return earliest_orders(events).select(*CONVERSION_COLUMNS)
 
 
 def with_paths(touches: DataFrame, settings: AttributionSettings) -> Callable[[DataFrame], DataFrame]:

@@ -149,15 +149,24 @@ def touchpoints(settings: AttributionSettings) -> Callable[[DataFrame], DataFram
     return transform
 
 
-def conversions(events: DataFrame) -> DataFrame:
-    """Events with `customer_id` -> one conversion per trimmed order id, the order event with the
-    smallest (event_ts, event_id) (BRIEF §2, §4)."""
+def earliest_orders(events: DataFrame) -> DataFrame:
+    """Events with `customer_id` -> one row per trimmed, non-empty order id: the order event with the
+    smallest (event_ts, event_id) (BRIEF §2, §4). Columns: conversion_id, conversion_ts,
+    conversion_event_id, customer_id, revenue (`revenue_reporting` as stored). The one definition of a
+    conversion: the serving tables and attribution (jobs.attribution_models) select from it."""
     order_id = F.trim(F.col("order_id"))
-    earliest = F.min(F.struct(F.col("event_ts").alias("conversion_ts"), F.col("event_id").alias("event_id"),
-                              F.col("customer_id"), money(F.col("revenue_reporting")).alias("revenue")))
+    earliest = F.min(F.struct(F.col("event_ts").alias("conversion_ts"), F.col("event_id").alias("conversion_event_id"),
+                              F.col("customer_id"), F.col("revenue_reporting").alias("revenue")))
     return (events.where((F.col("event_type") == ORDER_TYPE) & (F.length(order_id) > 0))
             .groupBy(order_id.alias("conversion_id")).agg(earliest.alias("o"))
-            .select("conversion_id", "o.conversion_ts", "o.customer_id", "o.revenue"))
+            .select("conversion_id", "o.conversion_ts", "o.conversion_event_id", "o.customer_id", "o.revenue"))
+
+
+def conversions(events: DataFrame) -> DataFrame:
+    """Events with `customer_id` -> the conversions of the serving tables: earliest_orders with the
+    revenue as money."""
+    return earliest_orders(events).select("conversion_id", "conversion_ts", "customer_id",
+                                          money(F.col("revenue")).alias("revenue"))
 
 
 def last_touch(touches: DataFrame, settings: AttributionSettings) -> Callable[[DataFrame], DataFrame]:
