@@ -151,6 +151,20 @@ def test_a_date_reads_the_silver_and_the_map_its_identity_run_read_and_wrote(spa
         "removed its files): run `touchpoint run identity --date 2026-03-01` again")
 
 
+def day_one_events():
+    """D1 of the four-day test, also the start of the campaign_metrics test: a click and its landing
+    before an order (o1), a page view and an email click of another customer, nobody's order (o2)."""
+    return [
+        silver_row("e01", "ad_click", at(D1, 7), "paid_social", "spring", anon="a3"),
+        silver_row("e02", "ad_click", at(D1, 9), "paid_search", "brand", anon="a1"),
+        silver_row("e03", "page_view", at(D1, 9, 10), "paid_search", "brand", anon="a1"),  # landing of e02
+        silver_row("e04", "order", at(D1, 12), anon="a1", user="u1", order_id="o1", revenue=100.0),
+        silver_row("e05", "page_view", at(D1, 8), "organic_search", anon="a2"),
+        silver_row("e06", "email_click", at(D1, 10), "email", "news", anon="a2"),
+        silver_row("e07", "order", at(D1, 15), anon="zz", order_id="o2", revenue=20.0),  # nobody's order
+    ]
+
+
 CAMPAIGN_TABLES = ("gold.campaign_conversions", "gold.campaign_minute", "gold.campaign_daily",
                    "gold.customer_activity")
 
@@ -174,13 +188,7 @@ def test_campaign_metrics_takes_the_last_touch_from_the_paths_of_the_dates_attri
                         ("anonymous_id", "a4", "cust-4")])
     old = at(D1 - dt.timedelta(days=40), 9)  # beyond the 30-day lookback
     lakes.add_events([
-        silver_row("e01", "ad_click", at(D1, 7), "paid_social", "spring", anon="a3"),
-        silver_row("e02", "ad_click", at(D1, 9), "paid_search", "brand", anon="a1"),
-        silver_row("e03", "page_view", at(D1, 9, 10), "paid_search", "brand", anon="a1"),  # landing of e02
-        silver_row("e04", "order", at(D1, 12), anon="a1", user="u1", order_id="o1", revenue=100.0),
-        silver_row("e05", "page_view", at(D1, 8), "organic_search", anon="a2"),
-        silver_row("e06", "email_click", at(D1, 10), "email", "news", anon="a2"),
-        silver_row("e07", "order", at(D1, 15), anon="zz", order_id="o2", revenue=20.0),  # nobody's order
+        *day_one_events(),
         silver_row("e08", "ad_click", at(D1, 11), "display", "z", anon="a2"),
         silver_row("e09", "ad_click", at(D1, 11), "display", "y", anon="a2"),  # same instant: e09 is last
         silver_row("e10", "ad_click", old, "paid_social", "old", anon="a3"),
@@ -253,13 +261,7 @@ def test_daily_incremental_runs_equal_a_full_recompute(spark, tmp_path):
     lakes = Lakes(spark, tmp_path)
     lakes.set_identity(IDENTITY_DAY_1)
     lakes.add_events([
-        silver_row("e01", "ad_click", at(D1, 7), "paid_social", "spring", anon="a3"),
-        silver_row("e02", "ad_click", at(D1, 9), "paid_search", "brand", anon="a1"),
-        silver_row("e03", "page_view", at(D1, 9, 10), "paid_search", "brand", anon="a1"),  # landing of e02
-        silver_row("e04", "order", at(D1, 12), anon="a1", user="u1", order_id="o1", revenue=100.0),
-        silver_row("e05", "page_view", at(D1, 8), "organic_search", anon="a2"),
-        silver_row("e06", "email_click", at(D1, 10), "email", "news", anon="a2"),
-        silver_row("e07", "order", at(D1, 15), anon="zz", order_id="o2", revenue=20.0),  # nobody's order
+        *day_one_events(),
     ])
     first = attribution.run(spark, lakes.incremental, D1)
     assert (first["mode"], first["full_reason"], first["conversions_recomputed"]) == ("full", "first run", 2)
