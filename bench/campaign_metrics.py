@@ -28,7 +28,7 @@ import time
 from contextlib import ExitStack
 from pathlib import Path
 
-from bench.changed_vs_all import arguments, source_lake, table_digest
+from bench.changed_vs_all import arguments, source_lake, table_digest, timed
 from bench.common import alternate_ways, progress, write_result
 from bench.faults import RssSampler, lake_settings
 
@@ -92,9 +92,7 @@ def main(argv: list[str] | None = None) -> int:
             result["parameters"]["day"] = day.isoformat()
             progress(f"{result['parameters']['silver_events']:,} silver events; identity and attribution for {day}")
             for name, job in (("identity", identity), ("attribution", attribution)):
-                started = time.monotonic()
-                job.run(spark, settings, day)
-                result[f"{name}_seconds"] = round(time.monotonic() - started, 1)
+                timed(result, name, lambda: job.run(spark, settings, day))
             progress(f"identity {result['identity_seconds']} s, attribution {result['attribution_seconds']} s")
 
             def run(way: str) -> tuple[float, dict, dict]:

@@ -70,18 +70,26 @@ def source_lake(spark, args: argparse.Namespace, settings, workdir: Path, result
     return source
 
 
+def timed(result: dict, name: str, step):
+    """Runs a step, recording its seconds as `<name>_seconds`; returns what it returned."""
+    started = time.monotonic()
+    returned = step()
+    result[f"{name}_seconds"] = round(time.monotonic() - started, 1)
+    return returned
+
+
 def alternate(repeat: int, restore: Callable[[str], None], run: Callable[[str], dict],
               digest: Callable[[], dict]) -> dict:
     """`repeat` rounds of both ways, the order alternating; before each run `restore(way)` puts the
     stored state back. Returns the seconds, medians, ratio, the last summary of each way and the
     tables written, after checking that every run of both ways wrote the same tables."""
-    def timed(way: str) -> tuple[float, dict, dict]:
+    def timed_way(way: str) -> tuple[float, dict, dict]:
         restore(way)
         started = time.monotonic()
         summary = run(way)
         return round(time.monotonic() - started, 1), summary, digest()
 
-    outcome = alternate_ways(WAYS, repeat, timed, lambda summary: summary["derivation"])
+    outcome = alternate_ways(WAYS, repeat, timed_way, lambda summary: summary["derivation"])
     medians = outcome["median_seconds"]
     progress(f"changed customers {medians['changed']} s, every customer {medians['all']} s")
     return {"seconds": outcome["seconds"], "median_seconds": medians,

@@ -20,10 +20,9 @@ import datetime as dt
 import os
 import shutil
 import tempfile
-import time
 from pathlib import Path
 
-from bench.changed_vs_all import alternate, arguments, link_copy, source_lake, table_digest
+from bench.changed_vs_all import alternate, arguments, link_copy, source_lake, table_digest, timed
 from bench.common import progress, write_result
 from bench.faults import RssSampler, lake_settings
 
@@ -75,14 +74,6 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(workdir, ignore_errors=True)
     write_result("profiles_incremental", result)
     return 0
-
-
-def timed(result: dict, name: str, step):
-    """Runs a step, recording its seconds as `<name>_seconds`; returns what it returned."""
-    started = time.monotonic()
-    returned = step()
-    result[f"{name}_seconds"] = round(time.monotonic() - started, 1)
-    return returned
 
 
 if __name__ == "__main__":

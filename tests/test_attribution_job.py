@@ -185,14 +185,15 @@ def test_campaign_metrics_takes_the_last_touch_from_the_paths_of_the_dates_attri
     lakes = Lakes(spark, tmp_path)
     lakes.set_identity([("anonymous_id", "a1", "cust-1"), ("user_id", "u1", "cust-1"),
                         ("anonymous_id", "a2", "cust-2"), ("anonymous_id", "a3", "cust-3"),
-                        ("anonymous_id", "a4", "cust-4")])
-    old = at(D1 - dt.timedelta(days=40), 9)  # beyond the 30-day lookback
+                        ("anonymous_id", "a4", "cust-4"), ("anonymous_id", "a5", "cust-5")])
+    old = at(D1 - dt.timedelta(days=40), 9)  # beyond the 30-day lookback and activity horizon
     lakes.add_events([
         *day_one_events(),
         silver_row("e08", "ad_click", at(D1, 11), "display", "z", anon="a2"),
         silver_row("e09", "ad_click", at(D1, 11), "display", "y", anon="a2"),  # same instant: e09 is last
         silver_row("e10", "ad_click", old, "paid_social", "old", anon="a3"),
         silver_row("e11", "ad_click", old, "paid_social", "old", anon="a4"),
+        silver_row("e17", "add_to_cart", old, anon="a5"),  # cust-5's only event: no activity as of D2
         silver_row("e12", "ad_click", at(D2, 1), "display", "x", anon="a1"),  # after the as-of
         silver_row("e14", "order", at(D1, 11, 30), anon="a2", order_id="o3", revenue=30.0),
         silver_row("e15", "order", at(D1, 13), anon="a3", order_id="o4", revenue=40.0),
@@ -228,7 +229,7 @@ def test_campaign_metrics_takes_the_last_touch_from_the_paths_of_the_dates_attri
         (D1, "y", 0, 1, 0, Decimal(0), 1, Decimal(30)),
         (D1, "z", 0, 1, 0, Decimal(0), 0, Decimal(0)),
     ], key=repr)
-    # activity resolves only the 30-day horizon's events: e10 and e11 are older
+    # activity covers the 30-day horizon: cust-5, whose only event is older, has no row
     assert sorted(tuple(r) for r in lakes.read(lakes.incremental, "gold.customer_activity").select(
         "customer_id", "last_event_ts", "last_event_type", "events_last_30m").collect()) == [
         (customer, at(D1, *hour_minute).replace(tzinfo=None), "order", 0)  # Spark gives naive UTC
