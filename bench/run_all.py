@@ -36,6 +36,7 @@ BENCHMARKS = {
                              ["--events", "60000", "--days", "30", "--repeat", "1"]),
     "campaign_metrics": (["--events", "2000000", "--days", "90"],
                          ["--events", "60000", "--days", "30", "--repeat", "1"]),
+    "scope_kept": (["--events", "2000000", "--days", "90"], ["--events", "60000", "--days", "30", "--repeat", "1"]),
     "identity_scale": (["--repeat", "2"], ["--groups", "5000", "--repeat", "1"]),
     "speed_identity": ([], ["--events", "40000", "--customers", "2000", "--increments", "2"]),
     "speed_customers": ([], ["--events", "40000", "--customers", "2000", "--increments", "2"]),
@@ -173,6 +174,15 @@ def render_table() -> str:
                     f"{_fmt(timing['derived'], 1)} vs {_fmt(timing['resolved_all'], 1)}; "
                     f"{_fmt(metrics['ratio_derived_to_paths'], 2)} / {_fmt(metrics['ratio_resolved_all_to_paths'], 2)} "
                     f"| | {_memory(metrics)} | {_when(metrics)} |")
+    kept = _load("scope_kept")
+    if kept:
+        machine = machine or kept["machine"]
+        p, timing, jobs = kept["parameters"], kept["median_seconds"], kept["median_job_seconds"]
+        rows.append(f"| incremental profiles then attribution of one day ({p['silver_events']:,} silver events) "
+                    f"| each job derives its scope s vs attribution reads the scope profiles kept in staging s; "
+                    f"ratio (attribution s) | {_fmt(timing['derived'], 1)} vs {_fmt(timing['kept'], 1)}; "
+                    f"{_fmt(kept['ratio_derived_to_kept'], 2)} ({_fmt(jobs['derived']['attribution'], 1)} vs "
+                    f"{_fmt(jobs['kept']['attribution'], 1)}) | | {_memory(kept)} | {_when(kept)} |")
     scale = _load("identity_scale")
     if scale:
         machine = machine or scale["machine"]

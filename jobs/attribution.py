@@ -32,10 +32,8 @@ from touchpoint.core.dates import as_of_for, epoch_micros
 from touchpoint.core.identity_lookup import attach_customer_id
 from touchpoint.core.spark import local_checkpoint
 from touchpoint.jobs.attribution_checks import assert_attribution_invariants
-from touchpoint.jobs.attribution_scope import (
-    changed_customers, conversions_in_scope, events_in_scope, scope_candidates, scope_conversion_ids,
-    scope_identifiers, scope_seeds,
-)
+from touchpoint.jobs.attribution_scope import conversions_in_scope, events_in_scope, scope_conversion_ids
+from touchpoint.jobs.changed_scope import before_as_of, changed_scope, scope_source
 from touchpoint.jobs.attribution_models import (
     CLICK_TYPES, CONVERSION_COLUMNS, CREDIT_COLUMNS, HEURISTIC_MODELS, MODELS, TOUCHPOINT_COLUMNS, conversions,
     credits, daily, lookback_micros, micros, touchpoint_types, touchpoints, training_paths, with_paths,
@@ -44,7 +42,6 @@ from touchpoint.core.delta import (
     commit_metadata, is_delta, latest_version, newest_mark, read_version, rs_table, snapshot_fingerprint,
 )
 from touchpoint.jobs.identity_state import inputs_of_date, lookup_by_broadcast, snapshot_rows
-from touchpoint.jobs.input_changes import changes_since
 from touchpoint.jobs.markov import fit_chain
 from touchpoint.jobs.steps import step_timer
 
@@ -125,19 +122,16 @@ def settings_fingerprint(settings: AttributionSettings) -> str:
 # ---------------------------------------------------------------- pure transforms
 
 
+def relevant_types(settings: AttributionSettings) -> list[str]:
+    """The event types attribution looks at: touchpoints, clicks and orders."""
+    return sorted(set(touchpoint_types(settings)) | set(CLICK_TYPES) | {"order"})
+
+
 def relevant_events(settings: AttributionSettings, as_of: dt.datetime) -> Callable[[DataFrame], DataFrame]:
     """silver.events -> the events attribution looks at, before the as-of."""
-    kinds = sorted(set(touchpoint_types(settings)) | set(CLICK_TYPES) | {"order"})
-    as_of_us = epoch_micros(as_of)
-    last_date = (as_of - dt.timedelta(microseconds=1)).date()
-
     def transform(silver: DataFrame) -> DataFrame:
-        return (
-            silver.where(F.col("event_date") <= F.lit(last_date))  # lets Delta prune partitions
-            .where(micros("event_ts") < as_of_us)
-            .where(F.col("event_type").isin(*kinds))
-            .select(*EVENT_COLUMNS)
-        )
+        return (silver.transform(before_as_of(as_of)).where(F.col("event_type").isin(*relevant_types(settings)))
+                .select(*EVENT_COLUMNS))
 
     return transform
 
@@ -340,17 +334,8 @@ def run(spark: SparkSession, settings: Settings, logical_date: dt.date, mode: st
         resolve = attach_customer_id(current_map, broadcast=lookup_by_broadcast(
             input_paths["gold.identity_map"], input_versions["gold.identity_map"]))
         relevant = inputs["silver.events"].transform(relevant_events(cfg, as_of))
-        scope, all_reason = (None, full_reason) if full_reason else changes_since(
-            spark, "attribution", previous, inputs, input_versions, input_paths, as_of)
-        if scope is not None:
-            changed_events, changes = keep(scope[0]), keep(scope[1])
-            try:  # files a VACUUM removed (an old map version, change feed files) show on reading
-                changed_events.count(), changes.count()
-            except Exception as unreadable:
-                log.warning("attribution %s: the changes since the last run cannot be read: %s", logical_date,
-                            unreadable)
-                scope = None
-                all_reason = f"the changes since the last run cannot be read ({type(unreadable).__name__})"
+        scope, all_reason = (None, full_reason) if full_reason else changed_scope(
+            spark, settings, "attribution", previous, inputs, input_versions, input_paths, as_of, resolve, keep)
         if scope is None:
             # every customer: the touchpoints and conversions of all of silver
             events = keep(relevant.transform(resolve))
@@ -358,14 +343,10 @@ def run(spark: SparkSession, settings: Settings, logical_date: dt.date, mode: st
             convs = keep(events.transform(conversions))
             derivation = f"all customers: {all_reason}"
         else:
-            customers = keep(changed_customers(
-                changes, changed_events.transform(resolve).select("customer_id")))
-            # kept: each identifier type's broadcast probe reads it (else each would read the map again)
-            identifiers = keep(scope_identifiers(current_map, customers, changes))
-            # one scan of silver: the events in scope are among these
-            candidates = keep(relevant.transform(scope_candidates(identifiers, changed_events)))
-            seeds = keep(candidates.transform(scope_seeds(changed_events)))
-            events = keep(candidates.transform(events_in_scope(seeds)).transform(resolve))
+            customers, seeds = scope.customers, scope.seeds
+            # the scope's candidates are resolved already, and of every event type
+            events = keep(scope.candidates.where(F.col("event_type").isin(*relevant_types(cfg)))
+                          .transform(events_in_scope(seeds)))
             # The changed customers' touchpoints; an order event in scope only for its order id
             # may belong to a customer whose touchpoints did not change.
             touches = keep(events.join(customers, "customer_id", "left_semi").transform(touchpoints(cfg)))
@@ -475,6 +456,7 @@ def run(spark: SparkSession, settings: Settings, logical_date: dt.date, mode: st
             "mode": run_mode,
             "full_reason": full_reason,
             "derivation": derivation,
+            "scope": scope_source(scope),
             "conversions_recomputed": recomputed,
             "conversions_removed": removed_count,
             "markov_order": cfg.markov_order,

@@ -705,6 +705,11 @@ def _erase(spark: SparkSession, settings: Settings, identifier_type: str, identi
             removed[name] = removed.get(name, 0) + count
     if any(name.startswith("gold.identity_") for name in removed):
         reconcile_identity_runs(spark, settings)
+    # A pipeline run's kept scope holds resolved events (jobs.changed_scope): dropped, not filtered;
+    # the run's next job derives its scope again.
+    from touchpoint.jobs.changed_scope import discard_kept_scopes
+
+    discard_kept_scopes(spark, settings)
 
     exports_rewritten, manifests = rewrite_export_files(settings, subject, request_id)
     _log_rewritten_manifests(spark, settings, manifests)

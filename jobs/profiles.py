@@ -8,7 +8,9 @@ channels) are re-derived only for the customers whose events or identifiers chan
 previous run (jobs.input_changes, jobs.attribution_scope), and the previous profiles' summaries are
 kept for every other customer. The rest is recomputed for everyone on every run, because it moves
 for everyone: the identifier summary (from the map), the orders (an order id is deduplicated across
-customers, and order events are few) and RFM (recency and the quintiles move daily). The previous
+customers, and order events are few) and RFM (recency and the quintiles move daily). The changed
+customers' events and every order event come from one scan (jobs.changed_scope), shared with
+attribution within a pipeline run. The previous
 run's inputs are recorded in the profiles commit itself (Delta userMetadata); a table without them,
 or `mode="full"`, gets a full recompute. docs/IDENTITY.md has the measurements.
 
@@ -32,12 +34,12 @@ from touchpoint.core.config import Settings
 from touchpoint.core.dates import as_of_for
 from touchpoint.core.delta import read_version, rs_table, snapshot_fingerprint
 from touchpoint.core.hashing import hashed_email, hashed_phone_e164
-from touchpoint.core.identity_lookup import attach_customer_id, events_carrying
+from touchpoint.core.identity_lookup import attach_customer_id
 from touchpoint.core.rfm import rfm_scores, rfm_segment
-from touchpoint.jobs.attribution_scope import changed_customers, scope_identifiers
+from touchpoint.jobs.attribution_scope import SEED_FLAG
+from touchpoint.jobs.changed_scope import Scope, changed_scope, scope_source
 from touchpoint.core.identity_graph import LakeCheckpointer, local_checkpoints
 from touchpoint.jobs.identity_state import identity_snapshot, lookup_by_broadcast, snapshot_rows, write_snapshot
-from touchpoint.jobs.input_changes import changes_since
 
 CONSENT_FLAGS = ("email_marketing", "ads_personalization", "analytics")
 MICROS_PER_DAY = 86_400 * 1_000_000
@@ -191,21 +193,18 @@ def build_profiles(events: DataFrame, identity_map: DataFrame, as_of: dt.datetim
     return assemble_profiles(identity_map, summaries, resolved, as_of, checkpoint, partitions)
 
 
-def update_profiles(events: DataFrame, identity_map: DataFrame, previous_profiles: DataFrame,
-                    customers: DataFrame, carrying: DataFrame, as_of: dt.datetime, checkpoint,
-                    partitions: int, broadcast: bool = False) -> DataFrame:
-    """Like build_profiles, but the event summaries of customers outside `customers` (the changed
-    customers, jobs.attribution_scope) are those of `previous_profiles`: they have the same events
-    as then. `carrying` (events_carrying) holds every event of a changed customer, so only those
-    events are resolved and summarised."""
-    scoped = (carrying.transform(resolved_events(identity_map, broadcast))
-              .join(customers, "customer_id", "left_semi"))
-    summaries = (previous_profiles.join(customers, "customer_id", "left_anti")
+def update_profiles(identity_map: DataFrame, previous_profiles: DataFrame, scope: Scope, as_of: dt.datetime,
+                    checkpoint, partitions: int) -> DataFrame:
+    """Like build_profiles, but the event summaries of customers outside the scope's changed customers
+    are those of `previous_profiles`: they have the same events as then. The scope's candidates
+    (jobs.changed_scope) are resolved already: every event of a changed customer is a seed, and every
+    order event is among them, so no other event is read."""
+    scoped = scope.candidates.where(F.col(SEED_FLAG)).join(scope.customers, "customer_id", "left_semi")
+    summaries = (previous_profiles.join(scope.customers, "customer_id", "left_anti")
                  .select("customer_id", *EVENT_SUMMARY_COLUMNS)
                  .unionByName(event_summary(scoped)))
     is_order = (F.col("event_type") == "order") & F.col("order_id").isNotNull()
-    resolved_orders = checkpoint(events.where(is_order).transform(resolved_events(identity_map, broadcast)))
-    return assemble_profiles(identity_map, summaries, resolved_orders, as_of, checkpoint, partitions)
+    return assemble_profiles(identity_map, summaries, scope.candidates.where(is_order), as_of, checkpoint, partitions)
 
 
 def last_run_state(path: str) -> tuple[dict | None, str | None]:
@@ -256,28 +255,18 @@ def run(spark: SparkSession, settings: Settings, logical_date: dt.date, mode: st
     with LakeCheckpointer(spark, scratch, local=local_checkpoints(spark, settings.identity.checkpoint)) as checkpoint:
         scope = None
         if previous is not None:
-            scope, full_reason = changes_since(
-                spark, "profiles", previous, {"silver.events": silver, "gold.identity_map": identity_map},
+            scope, full_reason = changed_scope(
+                spark, settings, "profiles", previous, {"silver.events": silver, "gold.identity_map": identity_map},
                 {"silver.events": silver_version, "gold.identity_map": map_version},
-                {"silver.events": silver_path, "gold.identity_map": map_path}, as_of)
-        if scope is not None:
-            changed_events, changes = scope
-            try:  # files a VACUUM removed (an old map version, change feed files) show on reading
-                customers = checkpoint(changed_customers(changes, changed_events.transform(
-                    attach_customer_id(identity_map, broadcast=broadcast_map)).select("customer_id")))
-            except Exception as unreadable:
-                scope, full_reason = None, f"the changes since the last run cannot be read ({type(unreadable).__name__})"
+                {"silver.events": silver_path, "gold.identity_map": map_path}, as_of,
+                attach_customer_id(identity_map, broadcast=broadcast_map), checkpoint)
         if scope is None:
             profiles = build_profiles(events, identity_map, as_of, checkpoint, partitions, broadcast_map)
             derivation = f"all customers: {full_reason}"
         else:
-            # every event of the changed customers, their changed events included, in one scan
-            identifiers = checkpoint(scope_identifiers(identity_map, customers, changes))  # read by 4 probes
-            carrying = checkpoint(events.transform(events_carrying(identifiers)))
             previous_profiles = read_version(spark, path, previous["customer_profiles_version"])
-            profiles = update_profiles(events, identity_map, previous_profiles, customers, carrying, as_of,
-                                       checkpoint, partitions, broadcast_map)
-            derivation = f"changed customers: {customers.count()}"
+            profiles = update_profiles(identity_map, previous_profiles, scope, as_of, checkpoint, partitions)
+            derivation = f"changed customers: {scope.customers.count()}"
         state = {"state": PROFILE_STATE, "logical_date": logical_date.isoformat(), "silver_version": silver_version,
                  "identity_map_version": map_version,
                  "identity_map_fingerprint": snapshot_fingerprint(map_path, map_version)}
@@ -285,4 +274,5 @@ def run(spark: SparkSession, settings: Settings, logical_date: dt.date, mode: st
                                  user_metadata=json.dumps(state, sort_keys=True))
     return {"as_of": as_of.isoformat(), "customers": written.rows, "customer_profiles_version": written.version,
             "identity_map_version": map_version, "silver_version": silver_version,
-            "mode": "full" if scope is None else "incremental", "derivation": derivation}
+            "mode": "full" if scope is None else "incremental", "derivation": derivation,
+            "scope": scope_source(scope)}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import shutil
 
 import pandas as pd
 import pytest
@@ -279,6 +280,79 @@ def test_incremental_profiles_equal_a_full_recompute(spark, settings):
     assert (rerun["mode"], rerun["derivation"]) == (
         "full", "all customers: the last commit of gold.customer_profiles is not a profiles run")
     _assert_same_profiles(_written(spark, settings, rerun), day_3)
+
+
+@pytest.mark.slow
+def test_in_a_pipeline_run_attribution_reads_the_scope_profiles_kept(spark, settings):
+    """In a pipeline run's staging namespace profiles keeps its changed-customer scope, and
+    attribution reads it instead of diffing the maps and scanning silver again; both write what
+    standalone runs (each deriving its own scope) write. A kept scope whose write did not finish is
+    derived again, and an erasure's discard removes kept scopes."""
+    from pathlib import Path
+
+    from touchpoint.core.catalog import table_path
+    from touchpoint.core.config import load_settings
+    from touchpoint.jobs import attribution, identity, profiles
+    from touchpoint.jobs.changed_scope import SCOPE_FOLDER, discard_kept_scopes
+    from touchpoint.jobs.pipeline import prepare_staging, staging_settings
+
+    settings = load_settings(lake_root=settings.lake_root, spark_shuffle_partitions=2, jars_dir=str(settings.jars_dir),
+                             profiles={"incremental_min_events": 0})
+    cid = expected_customer_id
+    a, c, d = cid("anonymous_id", "a-a"), cid("user_id", "c-u"), cid("anonymous_id", "d-a")
+    append_silver(spark, settings, [
+        dict(event_id="e1", event_ts=ts(1, 9), event_type="ad_click", anonymous_id="a-a", channel="paid_search",
+             campaign_name="spring"),
+        dict(event_id="e2", event_ts=ts(1, 10), event_type="order", anonymous_id="a-a", order_id="o-1",
+             revenue_reporting=30.0),
+        dict(event_id="e3", event_ts=ts(1, 11), event_type="ad_click", user_id="c-u", channel="paid_social"),
+        dict(event_id="e4", event_ts=ts(1, 12), event_type="order", user_id="c-u", order_id="o-2",
+             revenue_reporting=50.0),
+        dict(event_id="e5", event_ts=ts(1, 13), event_type="ad_click", anonymous_id="d-a", channel="display"),
+    ])
+    identity.run(spark, settings, date(1))
+    profiles.run(spark, settings, date(1))
+    attribution.run(spark, settings, date(1))
+    append_silver(spark, settings, [
+        dict(event_id="e6", event_ts=ts(2, 8), event_type="email_click", anonymous_id="a-a", channel="email"),
+        dict(event_id="e7", event_ts=ts(2, 9), event_type="order", anonymous_id="a-a", order_id="o-3",
+             revenue_reporting=20.0),
+        dict(event_id="e8", event_ts=ts(1, 10, 30), event_type="order", anonymous_id="d-a", order_id="o-2",
+             revenue_reporting=45.0),  # earlier than C's event of o-2: the order is D's now
+    ])
+    identity.run(spark, settings, date(2))
+    prepare_staging(spark, settings, date(2))
+    staged = staging_settings(settings, date(2))
+
+    staged_profiles = profiles.run(spark, staged, date(2))
+    staged_attribution = attribution.run(spark, staged, date(2))
+    # A (new events), D (an order event): C lost o-2 through an order event that is not its own
+    assert (staged_profiles["derivation"], staged_profiles["scope"]) == ("changed customers: 2", "derived")
+    assert (staged_attribution["derivation"], staged_attribution["scope"]) == ("changed customers: 2", "kept by profiles")
+    assert (staged_attribution["conversions_recomputed"], staged_attribution["conversions_removed"]) == (2, 0)
+
+    standalone_profiles = profiles.run(spark, settings, date(2))
+    standalone_attribution = attribution.run(spark, settings, date(2))
+    assert (standalone_profiles["scope"], standalone_attribution["scope"]) == ("derived", "derived")
+    for name in ("gold.customer_profiles", "gold.attribution_conversions", "gold.attribution_touchpoints",
+                 "gold.attribution_credits"):
+        assert_df_equality(read_table(spark, staged, name), read_table(spark, settings, name),
+                           ignore_row_order=True, ignore_nullable=True)
+    assert rows_of(read_table(spark, staged, "gold.customer_profiles"), "customer_id", "lifetime_orders",
+                   "lifetime_revenue") == sorted([(a, 2, 50.0), (c, 0, 0.0), (d, 1, 45.0)])
+    conversions = read_table(spark, staged, "gold.attribution_conversions")
+    assert rows_of(conversions.select("conversion_id", "customer_id", F.col("path.channel"))) == [
+        ("o-1", a, ["paid_search"]), ("o-2", d, []), ("o-3", a, ["paid_search", "email"])]
+
+    # A kept scope without its completion mark (a crashed write) is derived again.
+    kept = Path(table_path("gold.customer_profiles", staged)).parent / SCOPE_FOLDER
+    (scope_folder,) = kept.iterdir()
+    shutil.rmtree(scope_folder / "_COMPLETE")
+    assert attribution.run(spark, staged, date(2))["scope"] == "derived"
+    assert profiles.run(spark, staged, date(2))["scope"] == "kept by attribution"
+
+    assert discard_kept_scopes(spark, settings) == [str(kept)]
+    assert not kept.exists()
 
 
 def test_hashing_helpers_match_hashlib(spark):
