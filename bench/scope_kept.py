@@ -75,6 +75,9 @@ def main(argv: list[str] | None = None) -> int:
                 between = time.monotonic()
                 attributed = attribution.run(spark, use, day)
                 ended = time.monotonic()
+                expected = ["derived", "derived" if way == "derived" else "kept by profiles"]
+                if [profiled["scope"], attributed["scope"]] != expected:
+                    raise AssertionError(f"{way}: scopes {profiled['scope']}, {attributed['scope']}; expected {expected}")
                 summary = {"profiles_seconds": round(between - started, 1),
                            "attribution_seconds": round(ended - between, 1),
                            "scopes": [profiled["scope"], attributed["scope"]],

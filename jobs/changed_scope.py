@@ -6,7 +6,9 @@ the same identity snapshot, and both runs of D read D's identity snapshot: they 
 customers and need the same events of silver. So the first of them keeps its scope in the run's
 staging namespace (`<lake>/staging/dYYYYMMDD/_scope/<key>`, parquet) and the second reads it instead
 of diffing the maps and scanning silver again. Staging, and the kept scope with it, is dropped when
-the run publishes or starts over; standalone runs keep nothing.
+the run publishes, when the date is run again (prepare_staging) or by lake maintenance's staging
+clean-up; an erasure removes every kept scope. Standalone runs keep nothing. Keeping is optional: a
+scope that cannot be kept or read back is derived.
 
 The key is a digest of everything the scope is a function of: the previous run's logical date and
 input versions (with the map snapshot's fingerprint), this run's silver and map versions (and the
@@ -46,6 +48,7 @@ SCOPE_EVENT_COLUMNS = ("event_id", "event_type", "event_ts", "event_date", "chan
                        "consent_analytics")
 _PARTS = ("customers", "seeds", "candidates")
 _COMPLETE = "_COMPLETE"  # written last: a folder without it is a crashed write, derived again
+SCOPE_FORMAT = 1  # in the key: bump it when what is kept changes, so an older kept scope is not read
 
 
 @dataclass(frozen=True)
@@ -71,6 +74,7 @@ def scope_source(scope: Scope | None) -> str | None:
 
 def scope_key(previous: dict, versions: dict[str, int], map_fingerprint: str, as_of: dt.datetime) -> str:
     inputs = {
+        "format": SCOPE_FORMAT,
         "previous": {name: str(previous.get(name)) for name in (
             "logical_date", "silver_version", "identity_map_version", "identity_map_fingerprint")},
         "silver_version": versions["silver.events"], "identity_map_version": versions["gold.identity_map"],
@@ -110,10 +114,9 @@ def changed_scope(spark: SparkSession, settings: Settings, job: str, previous: d
             folder = f"{root}/{SCOPE_FOLDER}/{scope_key(previous, versions, fingerprint, as_of)}"
         except Exception as unreadable:  # changes_since says why, below
             log.info("%s: no kept scope (%s)", job, unreadable)
-        kept_by = _kept_by(spark, folder) if folder is not None else None
-        if kept_by is not None:
-            parts = {part: spark.read.parquet(f"{folder}/{part}") for part in _PARTS}
-            return Scope(**parts, kept_by=kept_by), ""
+        kept = _read_kept(spark, folder) if folder is not None else None
+        if kept is not None:
+            return kept, ""
 
     changes_found, reason = changes_since(spark, job, previous, inputs, versions, paths, as_of)
     if changes_found is None:
@@ -136,19 +139,24 @@ def changed_scope(spark: SparkSession, settings: Settings, job: str, previous: d
     seeds = keep(candidates.transform(scope_seeds(changed_events)))
     scope = Scope(customers, seeds, candidates)
     if folder is not None:
-        _keep_in_staging(spark, folder, scope, job)
+        try:
+            _keep_in_staging(spark, folder, scope, job)
+        except Exception as failed:  # the other job derives its own
+            log.warning("%s: the scope could not be kept in %s: %s", job, folder, failed)
     return scope, ""
 
 
-def _kept_by(spark: SparkSession, folder: str) -> str | None:
-    """The job that kept the scope in `folder`, None when there is none or its write did not finish."""
-    if not folder_exists(spark, f"{folder}/{_COMPLETE}"):
-        return None
+def _read_kept(spark: SparkSession, folder: str) -> Scope | None:
+    """The scope kept in `folder`, None when there is none or its write did not finish."""
     try:
+        if not folder_exists(spark, f"{folder}/{_COMPLETE}"):
+            return None
         marks = spark.read.parquet(f"{folder}/{_COMPLETE}").collect()
-    except Exception:  # the marker's own write crashed half way
+        parts = {part: spark.read.parquet(f"{folder}/{part}") for part in _PARTS}
+    except Exception as unreadable:  # e.g. the marker's own write crashed half way
+        log.warning("the scope kept in %s cannot be read, deriving it: %s", folder, unreadable)
         return None
-    return marks[0]["job"] if marks else None
+    return Scope(**parts, kept_by=marks[0]["job"]) if marks else None
 
 
 def _keep_in_staging(spark: SparkSession, folder: str, scope: Scope, job: str) -> None:
