@@ -1,12 +1,12 @@
 """attach_customer_id on hand-built frames: the first identifier in precedence order (user_id,
 email, phone, anonymous_id) that is present and in the map gives the customer, through the shuffle
-path and through the broadcast lookups alike. carrier_flag and events_carrying: which events carry
-an identifier of a given set."""
+path and through the broadcast lookups alike. carrier_flag: which events carry an
+identifier of a given set."""
 
 import pytest
 from chispa import assert_df_equality
 
-from touchpoint.core.identity_lookup import attach_customer_id, carrier_flag, events_carrying
+from touchpoint.core.identity_lookup import attach_customer_id, carrier_flag
 
 EVENTS = "event_id string, user_id string, email string, phone string, anonymous_id string, channel string"
 MAP = [("user_id", "u1", "c-user"), ("email", "e@x.io", "c-email"), ("phone", "+447900000001", "c-phone"),
@@ -69,6 +69,3 @@ def test_carrier_flag_marks_events_carrying_an_identifier_of_the_set_once_each(s
         ("ev6", "u1", "other@x.io", None, "a2", "direct", False),
     ], f"{EVENTS}, carries boolean")
     assert_df_equality(flagged.orderBy("event_id"), expected, ignore_nullable=True)
-    # events_carrying keeps the flagged ones, each once, with the events' own columns
-    assert_df_equality(events.transform(events_carrying(identifiers)).orderBy("event_id"),
-                       expected.where("carries").drop("carries"), ignore_nullable=True)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import os
 import re
 import subprocess
 from pathlib import Path
@@ -313,10 +314,14 @@ def test_an_erasure_finds_a_person_that_only_a_staged_run_knows(spark, settings)
     spark.createDataFrame([("cus_bo", sha("bo@x.io"), None), ("cus_ann", sha("ann@x.io"), None),
                            ("cus_zed", sha("zed@x.io"), sha("+447700900123"))], profiles) \
         .write.format("delta").save(table_path("gold.customer_profiles", staged))
+    # the run's kept changed-customer scope (jobs.changed_scope) holds her resolved events
+    kept_scope = f"{settings.lake_uri}/staging/d20260301/_scope"
+    spark.createDataFrame([("cus_ann",)], "customer_id string").write.parquet(f"{kept_scope}/k/customers")
 
     result = erase(spark, settings, "email", sha("ann@x.io"))
 
     assert result["customer_ids"] == ["cus_ann"]
+    assert not os.path.exists(kept_scope)
     left = spark.read.format("delta").load(table_path("gold.customer_profiles", staged))
     assert sorted(r["customer_id"] for r in left.collect()) == ["cus_bo", "cus_zed"]
     # a profile is also found by its identifiers' hashes, whatever its id

@@ -98,17 +98,6 @@ def carrier_flag(identifiers: DataFrame, flag: str) -> Callable[[DataFrame], Dat
     return transform
 
 
-def events_carrying(identifiers: DataFrame) -> Callable[[DataFrame], DataFrame]:
-    """Events -> those carrying one of `identifiers` (carrier_flag's probes). An event resolves to the
-    customer of an identifier it carries, so given all of some customers' identifiers this keeps
-    every event of those customers (and maybe some of others')."""
-
-    def transform(events: DataFrame) -> DataFrame:
-        return events.transform(carrier_flag(identifiers, "_carries")).where("_carries").drop("_carries")
-
-    return transform
-
-
 def _probe_each_type(lookup: DataFrame, value: str = "customer_id") -> Callable[[DataFrame], DataFrame]:
     """Events -> events with the lookup's `value` column (customer_id by default): the value of the
     first identifier, in precedence order, that is present and in the lookup; each type looked up
