@@ -285,15 +285,15 @@ def test_incremental_profiles_equal_a_full_recompute(spark, settings):
 @pytest.mark.slow
 def test_in_a_pipeline_run_attribution_reads_the_scope_profiles_kept(spark, settings):
     """In a pipeline run's staging namespace profiles keeps its changed-customer scope, and
-    attribution reads it instead of diffing the maps and scanning silver again; both write what
-    standalone runs (each deriving its own scope) write. A kept scope whose write did not finish is
-    derived again, and an erasure's discard removes kept scopes."""
+    attribution reads it instead of diffing the maps and scanning silver again; both write what full
+    recomputes write. A kept scope whose write did not finish is not read, and an erasure's discard
+    removes kept scopes."""
     from pathlib import Path
 
     from touchpoint.core.catalog import table_path
     from touchpoint.core.config import load_settings
     from touchpoint.jobs import attribution, identity, profiles
-    from touchpoint.jobs.changed_scope import SCOPE_FOLDER, discard_kept_scopes
+    from touchpoint.jobs.changed_scope import SCOPE_FOLDER, _read_kept, discard_kept_scopes
     from touchpoint.jobs.pipeline import prepare_staging, staging_settings
 
     settings = load_settings(lake_root=settings.lake_root, spark_shuffle_partitions=2, jars_dir=str(settings.jars_dir),
@@ -324,14 +324,6 @@ def test_in_a_pipeline_run_attribution_reads_the_scope_profiles_kept(spark, sett
     staged = staging_settings(settings, date(2))
     kept = Path(table_path("gold.customer_profiles", staged)).parent / SCOPE_FOLDER
 
-    # A kept scope without its completion mark (a crashed write) is not read: derived again.
-    prepare_staging(spark, settings, date(2))
-    assert profiles.run(spark, staged, date(2))["scope"] == "derived"
-    (scope_folder,) = kept.iterdir()
-    shutil.rmtree(scope_folder / "_COMPLETE")
-    assert attribution.run(spark, staged, date(2))["scope"] == "derived"
-
-    # The date run again from the start: attribution reads the scope profiles kept.
     prepare_staging(spark, settings, date(2))
     staged_profiles = profiles.run(spark, staged, date(2))
     staged_attribution = attribution.run(spark, staged, date(2))
@@ -352,6 +344,12 @@ def test_in_a_pipeline_run_attribution_reads_the_scope_profiles_kept(spark, sett
     conversions = read_table(spark, staged, "gold.attribution_conversions")
     assert rows_of(conversions.select("conversion_id", "customer_id", F.col("path.channel"))) == [
         ("o-1", a, ["paid_search"]), ("o-2", d, []), ("o-3", a, ["paid_search", "email"])]
+
+    # Without its completion mark (a crashed write) a kept scope is not read, so it is derived again.
+    (scope_folder,) = kept.iterdir()
+    assert _read_kept(spark, str(scope_folder)).kept_by == "profiles"
+    shutil.rmtree(scope_folder / "_COMPLETE")
+    assert _read_kept(spark, str(scope_folder)) is None
 
     assert discard_kept_scopes(spark, settings) == [str(kept)]
     assert not kept.exists()
