@@ -12,10 +12,11 @@ scope that cannot be kept or read back is derived.
 
 The key is a digest of everything the scope is a function of: the previous run's logical date and
 input versions (with the map snapshot's fingerprint), this run's silver and map versions (and the
-map's fingerprint) and its as-of. A job whose previous run read other inputs derives its own.
+map's fingerprint), its as-of, and the format of what is kept. A job whose previous run read other
+inputs derives its own.
 
-What is kept holds no raw identifier: events are kept resolved (customer_id), so an erasure finds
-the person in it by customer id like any gold table (jobs.privacy discards the kept scopes anyway).
+What is kept holds no raw identifier (events are kept resolved to customer_id); an erasure removes
+every kept scope whole (jobs.privacy).
 """
 
 from __future__ import annotations
