@@ -1,8 +1,9 @@
 """`touchpoint run attribution`: Delta in, Delta out; a daily incremental run equals a full recompute.
 
-Two lakes get the same silver events and identity map day by day. The first is attributed
-incrementally every day, the second from scratch; their tables must be identical, through late
-events, an identity merge, a late click that turns a page view into a landing, and an erased order.
+Two lakes hold the same silver events and identity map day by day (the second gets copies of the
+first's before each of its runs). The first is attributed incrementally every day, the second from
+scratch; their tables must be identical, through late events, an identity merge, a late click that
+turns a page view into a landing, and an erased order.
 """
 
 import datetime as dt
@@ -47,45 +48,53 @@ def identity_rows(*links):
 
 class Lakes:
     """The same inputs in two lakes: `incremental` runs daily, `full` recomputes from scratch.
-    Silver is created as ingestion creates it (change data feed on), unless `change_feed=False`.
-    With `compared=False` only the incremental lake is written (`full` is never run)."""
+    Inputs are written to the incremental lake only; `full_inputs()` makes the full lake's
+    silver.events and gold.identity_map copies of the incremental lake's before each recompute there
+    (the same tables, without writing every change twice). Silver starts as a copy of `empty_silver`
+    (the fixture: created as ingestion creates it, change data feed on); without it silver is created
+    by the first append, without a change feed (or `root` holds a copied lake already).
+    With `compared=False` the full lake is never used."""
 
-    def __init__(self, spark, root, change_feed=True, compared=True):
+    def __init__(self, spark, root, empty_silver=None, compared=True):
         self.spark = spark
         self.incremental = load_settings(lake_root=str(root / "incremental"), spark_shuffle_partitions=2)
         self.full = load_settings(lake_root=str(root / "full"), spark_shuffle_partitions=2)
-        self.written = (self.incremental, self.full) if compared else (self.incremental,)
-        if change_feed:
-            for settings in self.written:
-                ensure_table(spark, table_path("silver.events", settings), SILVER_SCHEMA, ["event_date"],
-                             "silver.events")
+        self.compared = compared
+        if empty_silver is not None:
+            shutil.copytree(empty_silver, table_path("silver.events", self.incremental))
 
     def add_events(self, rows):
-        frame = self.spark.createDataFrame(rows, SILVER_SCHEMA)
-        for settings in self.written:
-            frame.write.format("delta").mode("append").partitionBy("event_date").save(
-                table_path("silver.events", settings))
+        self.spark.createDataFrame(rows, SILVER_SCHEMA).write.format("delta").mode("append").partitionBy(
+            "event_date").save(table_path("silver.events", self.incremental))
 
     def delete_events(self, condition):
         from delta.tables import DeltaTable
 
-        for settings in self.written:
-            DeltaTable.forPath(self.spark, table_path("silver.events", settings)).delete(condition)
+        DeltaTable.forPath(self.spark, table_path("silver.events", self.incremental)).delete(condition)
 
     def set_identity(self, links):
-        frame = self.spark.createDataFrame(
+        self.spark.createDataFrame(
             identity_rows(*links),
             "identifier_type string, identifier_value string, customer_id string, first_seen timestamp, "
-            "last_seen timestamp")
-        for settings in self.written:
-            frame.write.format("delta").mode("overwrite").save(table_path("gold.identity_map", settings))
+            "last_seen timestamp").write.format("delta").mode("overwrite").save(
+            table_path("gold.identity_map", self.incremental))
+
+    def full_inputs(self):
+        """The full lake's settings, its silver.events and gold.identity_map now copies of the
+        incremental lake's (their logs only ever grow there, so each copy extends the last one)."""
+        assert self.compared, "Lakes(compared=False) has no full lake"
+        for name in ("silver.events", "gold.identity_map"):
+            target = table_path(name, self.full)
+            shutil.rmtree(target, ignore_errors=True)
+            shutil.copytree(table_path(name, self.incremental), target)
+        return self.full
 
     def read(self, settings, name):
         return self.spark.read.format("delta").load(table_path(name, settings))
 
     def assert_same_tables(self, day):
         """Whole tables equal, read with delta-rs: columns, types and every row (no Spark job)."""
-        assert self.full in self.written, "Lakes(compared=False) has no full lake to compare with"
+        assert self.compared, "Lakes(compared=False) has no full lake to compare with"
         as_of = attribution.as_of_for(day)
         for name in (*COMPARED_TABLES, "gold.markov_removal_effects"):
             tables = [DeltaTable(table_path(name, s)).to_pyarrow_table() for s in (self.incremental, self.full)]
@@ -98,17 +107,27 @@ class Lakes:
             assert rows[0] or name != "gold.markov_removal_effects", f"no removal effects as of {as_of}"
 
 
+@pytest.fixture(scope="module")
+def empty_silver(spark, tmp_path_factory):
+    """silver.events as ingestion creates it (change data feed on), empty: created once, each lake
+    copies it (version 0, the creation, as ensure_table writes it)."""
+    path = tmp_path_factory.mktemp("empty_silver") / "events"
+    ensure_table(spark, str(path), SILVER_SCHEMA, ["event_date"], "silver.events")
+    return path
+
+
 def table_rows(path):
     return DeltaTable(path).to_pyarrow_table().num_rows
 
 
 def credits_of(lakes, conversion_id, model):
-    rows = lakes.read(lakes.incremental, "gold.attribution_credits").where(
-        (F.col("conversion_id") == conversion_id) & (F.col("model") == model)).collect()
-    return {r["touch_event_id"]: r["credit"] for r in rows}
+    """{touch_event_id: credit} of one conversion under one model, read with delta-rs (no Spark job)."""
+    rows = DeltaTable(table_path("gold.attribution_credits", lakes.incremental)).to_pyarrow_table().to_pylist()
+    return {r["touch_event_id"]: r["credit"] for r in rows
+            if r["conversion_id"] == conversion_id and r["model"] == model}
 
 
-def test_a_date_reads_the_silver_and_the_map_its_identity_run_read_and_wrote(spark, tmp_path):
+def test_a_date_reads_the_silver_and_the_map_its_identity_run_read_and_wrote(spark, tmp_path, empty_silver):
     """BRIEF §4: a customer is resolved "from the identity graph as of the run". D's attribution (and
     campaign_metrics) read the silver snapshot D's identity run read and the map it wrote: not the
     events the stream appended after it (the map has not seen their identifiers: o9 became a
@@ -116,7 +135,7 @@ def test_a_date_reads_the_silver_and_the_map_its_identity_run_read_and_wrote(spa
     do) nor, run again after D+1, the map of D+1 (it links a1 to u1 after o1)."""
     from touchpoint.jobs import campaign_metrics, identity
 
-    lakes = Lakes(spark, tmp_path, compared=False)
+    lakes = Lakes(spark, tmp_path, empty_silver, compared=False)
     lakes.add_events([silver_row("e1", "ad_click", at(D1, 9), "paid_search", "brand", anon="a1"),
                       silver_row("e2", "order", at(D1, 10), user="u1", order_id="o1", revenue=40.0)])
     identity.run(spark, lakes.incremental, D1)
@@ -174,7 +193,8 @@ def delta_rows(settings, name):
     return [(f.name, f.type) for f in table.schema], sorted((tuple(r.values()) for r in table.to_pylist()), key=repr)
 
 
-def test_campaign_metrics_takes_the_last_touch_from_the_paths_of_the_dates_attribution_run(spark, tmp_path):
+def test_campaign_metrics_takes_the_last_touch_from_the_paths_of_the_dates_attribution_run(spark, tmp_path,
+                                                                                             empty_silver):
     """After D's attribution run, campaign_metrics reads each conversion's last touch as the last
     element of its stored path, and writes exactly what deriving it from silver writes; when the
     attribution run read another snapshot it derives it from silver."""
@@ -182,7 +202,7 @@ def test_campaign_metrics_takes_the_last_touch_from_the_paths_of_the_dates_attri
 
     from touchpoint.jobs import campaign_metrics
 
-    lakes = Lakes(spark, tmp_path)
+    lakes = Lakes(spark, tmp_path, empty_silver)
     lakes.set_identity([("anonymous_id", "a1", "cust-1"), ("user_id", "u1", "cust-1"),
                         ("anonymous_id", "a2", "cust-2"), ("anonymous_id", "a3", "cust-3"),
                         ("anonymous_id", "a4", "cust-4"), ("anonymous_id", "a5", "cust-5")])
@@ -201,7 +221,7 @@ def test_campaign_metrics_takes_the_last_touch_from_the_paths_of_the_dates_attri
     ])
     attribution.run(spark, lakes.incremental, D1)
     from_paths = campaign_metrics.run(spark, lakes.incremental, D1)
-    derived = campaign_metrics.run(spark, lakes.full, D1, mode="full")
+    derived = campaign_metrics.run(spark, lakes.full_inputs(), D1, mode="full")
     assert from_paths["last_touch"].startswith("attribution paths (gold.attribution_conversions version ")
     assert derived["last_touch"] == "derived from silver: full recompute requested"
     for name in CAMPAIGN_TABLES:
@@ -241,7 +261,7 @@ def test_campaign_metrics_takes_the_last_touch_from_the_paths_of_the_dates_attri
     silver_version = latest_version(spark, table_path("silver.events", lakes.incremental))
     map_version = latest_version(spark, table_path("gold.identity_map", lakes.incremental))
     stale = campaign_metrics.run(spark, lakes.incremental, D1)
-    campaign_metrics.run(spark, lakes.full, D1, mode="full")
+    campaign_metrics.run(spark, lakes.full_inputs(), D1, mode="full")
     assert stale["last_touch"] == (
         f"derived from silver: the last attribution run read silver.events {silver_version - 1} and "
         f"gold.identity_map {map_version}, not {silver_version} and {map_version}")
@@ -258,8 +278,8 @@ IDENTITY_DAY_1 = [
 
 
 @pytest.mark.slow
-def test_daily_incremental_runs_equal_a_full_recompute(spark, tmp_path):
-    lakes = Lakes(spark, tmp_path)
+def test_daily_incremental_runs_equal_a_full_recompute(spark, tmp_path, empty_silver):
+    lakes = Lakes(spark, tmp_path, empty_silver)
     lakes.set_identity(IDENTITY_DAY_1)
     lakes.add_events([
         *day_one_events(),
@@ -310,7 +330,7 @@ def test_daily_incremental_runs_equal_a_full_recompute(spark, tmp_path):
     assert credits_of(lakes, "o1", "first_touch") == {"e01": 1.0}
     assert sorted(credits_of(lakes, "o3", "linear")) == ["e05", "e06", "e14"]
     assert credits_of(lakes, "o2", "linear") == {}
-    attribution.run(spark, lakes.full, D3, mode="full")
+    attribution.run(spark, lakes.full_inputs(), D3, mode="full")
     lakes.assert_same_tables(D3)
 
     # The Markov credits of an old conversion follow the latest removal effects.
@@ -339,7 +359,7 @@ def test_daily_incremental_runs_equal_a_full_recompute(spark, tmp_path):
     back = attribution.run(spark, lakes.incremental, D2)
     assert (back["mode"], back["derivation"], back["conversions_removed"]) == (
         "incremental", "changed customers: 3", 2)
-    attribution.run(spark, lakes.full, D2, mode="full")
+    attribution.run(spark, lakes.full_inputs(), D2, mode="full")
     lakes.assert_same_tables(D2)
     runs = lakes.read(lakes.incremental, "gold.attribution_runs").orderBy("run_id").collect()
     assert [r["derivation"] for r in runs] == [
@@ -347,10 +367,9 @@ def test_daily_incremental_runs_equal_a_full_recompute(spark, tmp_path):
         "changed customers: 3"]
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("case", ["no change feed", "map vacuumed", "map re-created"])
-def test_when_the_changes_cannot_be_read_every_customer_is_re_derived(spark, tmp_path, case):
-    lakes = Lakes(spark, tmp_path, change_feed=case != "no change feed", compared=case == "no change feed")
+def attribute_day_one_then_add_events(spark, lakes):
+    """The start of every case of the unreadable-changes test: D1 attributed, then an email click of
+    another device (a2) and its order (o3) arrive."""
     lakes.set_identity(IDENTITY_DAY_1)
     lakes.add_events([
         silver_row("e01", "ad_click", at(D1, 9), "paid_search", "brand", anon="a1"),
@@ -362,6 +381,27 @@ def test_when_the_changes_cannot_be_read_every_customer_is_re_derived(spark, tmp
         silver_row("e04", "email_click", at(D1, 11), "email", "promo", anon="a2"),
         silver_row("e05", "order", at(D2, 10), anon="a2", order_id="o3", revenue=50.0),
     ])
+
+
+@pytest.fixture(scope="module")
+def day_one_attributed(spark, tmp_path_factory, empty_silver):
+    """attribute_day_one_then_add_events over a lake whose silver has its change feed, not compared:
+    the start of the "map vacuumed" and "map re-created" cases, built once. Read-only: the cases copy
+    it (shutil.copytree)."""
+    root = tmp_path_factory.mktemp("day_one_attributed")
+    attribute_day_one_then_add_events(spark, Lakes(spark, root, empty_silver, compared=False))
+    return root
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", ["no change feed", "map vacuumed", "map re-created"])
+def test_when_the_changes_cannot_be_read_every_customer_is_re_derived(spark, tmp_path, case, request):
+    if case == "no change feed":  # silver created by its first append, without a change feed
+        lakes = Lakes(spark, tmp_path)
+        attribute_day_one_then_add_events(spark, lakes)
+    else:  # the same start in both cases: a copy of it
+        shutil.copytree(request.getfixturevalue("day_one_attributed") / "incremental", tmp_path / "incremental")
+        lakes = Lakes(spark, tmp_path, compared=False)
     if case == "map vacuumed":
         # A VACUUM with retention 0 (as an erasure's) removes the files of the map's old version.
         from delta.tables import DeltaTable
@@ -386,7 +426,7 @@ def test_when_the_changes_cannot_be_read_every_customer_is_re_derived(spark, tmp
         "map re-created": "all customers: gold.identity_map version 0 is not the snapshot the last run read",
     }[case]
     if case == "no change feed":  # the other cases take the same path from here
-        attribution.run(spark, lakes.full, D2, mode="full")
+        attribution.run(spark, lakes.full_inputs(), D2, mode="full")
         lakes.assert_same_tables(D2)
     else:  # a2 joined customer 1: o1's path gains e04, o3 is new; o2 was deleted, or lost its customer
         assert (second["conversions_recomputed"], second["conversions_removed"]) == {
@@ -394,11 +434,12 @@ def test_when_the_changes_cannot_be_read_every_customer_is_re_derived(spark, tmp
 
 
 @pytest.mark.slow
-def test_a_run_that_died_between_its_state_writes_is_followed_by_a_full_recompute(spark, tmp_path, monkeypatch):
+def test_a_run_that_died_between_its_state_writes_is_followed_by_a_full_recompute(spark, tmp_path, monkeypatch,
+                                                                                   empty_silver):
     """A run dies after its conversions and touchpoints MERGEs, before the credits. Both tables keep
     their row counts (a touchpoint in, another erased; paths rebuilt in place), so only the dead
     run's commit marks tell the next run that the stored credits still follow the older paths."""
-    lakes = Lakes(spark, tmp_path)
+    lakes = Lakes(spark, tmp_path, empty_silver)
     lakes.set_identity(IDENTITY_DAY_1)
     lakes.add_events([
         silver_row("e02", "ad_click", at(D1, 9), "paid_search", "brand", anon="a1"),
@@ -439,7 +480,7 @@ def test_a_run_that_died_between_its_state_writes_is_followed_by_a_full_recomput
     assert (rerun["mode"], rerun["full_reason"], rerun["derivation"]) == ("full", reason, f"all customers: {reason}")
     assert credits_of(lakes, "o1", "linear") == {"e02": 0.5, "e08": 0.5}
     assert credits_of(lakes, "o3", "linear") == {"e06": 1.0}
-    attribution.run(spark, lakes.full, D1, mode="full")
+    attribution.run(spark, lakes.full_inputs(), D1, mode="full")
     lakes.assert_same_tables(D1)
 
     # A publish that crashed half way leaves tables of different runs: here the credits of run 2
@@ -470,7 +511,8 @@ def test_a_run_that_died_between_its_state_writes_is_followed_by_a_full_recomput
 
 
 @pytest.mark.slow
-def test_run_on_its_own_a_job_waits_for_the_gold_write_lock_as_a_pipeline_step_it_does_not(spark, tmp_path):
+def test_run_on_its_own_a_job_waits_for_the_gold_write_lock_as_a_pipeline_step_it_does_not(spark, tmp_path,
+                                                                                           empty_silver):
     import threading
 
     from lock_waiters import run_after_the_lock
@@ -478,7 +520,7 @@ def test_run_on_its_own_a_job_waits_for_the_gold_write_lock_as_a_pipeline_step_i
     from touchpoint.jobs.pipeline import staging_settings
     from touchpoint.jobs.runner import run_job
 
-    lakes = Lakes(spark, tmp_path, compared=False)
+    lakes = Lakes(spark, tmp_path, empty_silver, compared=False)
     lakes.set_identity(IDENTITY_DAY_1)
     lakes.add_events([
         silver_row("e01", "ad_click", at(D1, 9), "paid_search", "brand", anon="a1"),
@@ -501,7 +543,8 @@ def test_run_on_its_own_a_job_waits_for_the_gold_write_lock_as_a_pipeline_step_i
 
     # As a pipeline step it writes staging, which publish never exchanges mid-write: no lock.
     staged = staging_settings(published, D1)
-    lakes.read(published, "gold.identity_map").write.format("delta").save(table_path("gold.identity_map", staged))
+    # seeded as prepare_staging seeds it: a copy of the published table
+    shutil.copytree(table_path("gold.identity_map", published), table_path("gold.identity_map", staged))
     outcome = {}
     with gold_write_lock(published.lake_uri):
         step = threading.Thread(target=lambda: outcome.update(run_job("attribution", D1, settings=staged, spark=spark)))

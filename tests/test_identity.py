@@ -246,7 +246,25 @@ def test_incremental_days_equal_full_rebuild_with_merges_splits_and_late_data(sp
     assert len(incremental_profiles) == len(set(customer_of(day4).values()))
 
 
-def test_a_rebuild_without_the_previous_state_keeps_the_ids_of_the_map(spark, settings):
+@pytest.fixture(scope="module")
+def x_after_day_1(spark, _small_delta_state, tmp_path_factory):
+    """A lake where x1 (x-a with x-u, day 1) arrived and identity ran for day 1: the shared start of
+    the two rerun tests below, built once; each copies it (shutil.copytree) to its own lake."""
+    from pathlib import Path
+
+    from touchpoint.core.config import load_settings
+    from touchpoint.jobs import identity
+
+    lake_dir = tmp_path_factory.mktemp("x_after_day_1") / "lake"
+    # as the `settings` fixture (tests/conftest.py) makes them, on a lake of its own
+    jars = Path(__file__).resolve().parents[1] / ".state" / "jars"
+    settings = load_settings(lake_root=str(lake_dir), spark_shuffle_partitions=2, jars_dir=str(jars))
+    append_silver(spark, settings, [_ev("x1", ts(1, 9), anonymous_id="x-a", user_id="x-u")])
+    identity.run(spark, settings, date(1))
+    return lake_dir
+
+
+def test_a_rebuild_without_the_previous_state_keeps_the_ids_of_the_map(spark, settings, x_after_day_1):
     """Late data made an id's origin other than its anchor; a rerun without the previous run's state
     (its log or tables gone: vacuumed, re-staged) rebuilds from silver and still keeps the map's ids."""
     from delta.tables import DeltaTable
@@ -255,8 +273,7 @@ def test_a_rebuild_without_the_previous_state_keeps_the_ids_of_the_map(spark, se
     from touchpoint.jobs import identity
 
     cid = expected_customer_id
-    append_silver(spark, settings, [_ev("x1", ts(1, 9), anonymous_id="x-a", user_id="x-u")])
-    identity.run(spark, settings, date(1))
+    shutil.copytree(x_after_day_1, settings.lake_uri)  # x1 arrived, identity ran for day 1
     append_silver(spark, settings, [_ev("late", ts(1, 8, 30), anonymous_id="early-a", user_id="x-u"),
                                     _ev("y1", ts(2, 9), anonymous_id="y-a")])
     assert identity.run(spark, settings, date(2))["mode"] == "incremental"
@@ -269,15 +286,14 @@ def test_a_rebuild_without_the_previous_state_keeps_the_ids_of_the_map(spark, se
     assert identity_rows(spark, settings) == kept
 
 
-def test_a_rerun_after_vacuum_removed_the_previous_state_rebuilds_instead_of_failing(spark, settings):
+def test_a_rerun_after_vacuum_removed_the_previous_state_rebuilds_instead_of_failing(spark, settings, x_after_day_1):
     """Day 1's state is still in the log but VACUUM deleted its files (a rerun of a date older than
     the VACUUM retention): the rerun of day 2 takes it as gone, rebuilds and keeps the map's ids."""
     from touchpoint.core.catalog import table_path
     from touchpoint.jobs import identity
     from touchpoint.jobs.privacy import purge_files
 
-    append_silver(spark, settings, [_ev("x1", ts(1, 9), anonymous_id="x-a", user_id="x-u")])
-    identity.run(spark, settings, date(1))
+    shutil.copytree(x_after_day_1, settings.lake_uri)  # x1 arrived, identity ran for day 1
     append_silver(spark, settings, [_ev("x2", ts(2, 9), anonymous_id="x-a", email="x@x.io"),
                                     _ev("y1", ts(2, 9), anonymous_id="y-a")])
     assert identity.run(spark, settings, date(2))["mode"] == "incremental"

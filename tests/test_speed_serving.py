@@ -83,11 +83,14 @@ class Lake:
 pytestmark = [pytest.mark.timeout(2400), pytest.mark.slow]
 
 
+def quiet(settings):
+    """Real-time segments are exercised by their own tests; elsewhere they only cost time."""
+    return settings.model_copy(update={"stream": settings.stream.model_copy(update={"realtime_segments": ()})})
+
+
 @pytest.fixture
 def lake(spark, settings):
-    # Real-time segments are exercised by their own tests; elsewhere they only cost time.
-    quiet = settings.model_copy(update={"stream": settings.stream.model_copy(update={"realtime_segments": ()})})
-    return Lake(spark, quiet)
+    return Lake(spark, quiet(settings))
 
 
 def daily(frame):
@@ -321,24 +324,48 @@ def test_a_displaced_or_removed_order_is_never_served_from_an_older_recomputatio
     assert daily_rows(query(lake.settings, "select * from serving.campaign_daily").to_pylist()) == expected
 
 
-@pytest.mark.parametrize("grace_days", [7, 0])
-def test_a_backfill_of_an_older_date_within_the_grace_serves_no_gap(spark, lake, grace_days):
-    """The batch for D+1 publishes and expires, then a backfill of D moves the cut back a day. With
-    the default grace (7 days) D+1's speed rows, which that batch held, are still there, so serving
-    still equals everything ingested; one of them (b4) reached the speed layer only after the batch
-    had read it. Without a grace (the expiry before session 47) D+1 is gone until D+1 runs again."""
-    from touchpoint.core.serving import expire_speed_rows
+@pytest.fixture(scope="module")
+def backfill_start(spark, tmp_path_factory):
+    """The start of the backfill test, which no grace setting changes, built once and copied by each
+    case (the lake folder holds the speed query's checkpoint, <lake>/_checkpoints/speed): the speed
+    layer reads b1-b3 with the default settings, b4 arrives, and the batch for D+1 reads b4 before
+    the speed layer does. campaign_metrics reads no stream.backfill_grace_days (only the speed layer,
+    expiry and publish do), so that batch is the same whichever grace the case then uses."""
+    from pathlib import Path
 
-    settings = lake.settings if grace_days == 7 else without_grace(lake.settings)
-    assert settings.stream.backfill_grace_days == grace_days
+    from touchpoint.core.config import load_settings
+
+    lake_dir = tmp_path_factory.mktemp("backfill_start") / "lake"
+    # as the `settings` fixture (tests/conftest.py) makes them, on a lake of its own
+    jars = Path(__file__).resolve().parents[1] / ".state" / "jars"
+    lake = Lake(spark, quiet(load_settings(lake_root=str(lake_dir), spark_shuffle_partitions=2, jars_dir=str(jars))))
+    assert lake.settings.stream.backfill_grace_days == 7  # the default, which lake.batch and lake.speed use
     lake.identity({"u1": "cus_1"})
     lake.arrive(event("b1", "ad_click", at(1, 10), "u1", "spring"),
                 event("b2", "ad_click", at(2, 9), "u1", "summer"),
                 event("b3", "order", at(2, 9, 30), "u1", None, channel="direct", order_id="o1", revenue=30.0))
     lake.speed()
     lake.arrive(event("b4", "ad_impression", at(2, 11), "u1", "summer", channel="display"))
+    lake.batch(D + dt.timedelta(days=1))  # reads b4 before the speed layer does
+    return lake_dir
+
+
+@pytest.mark.parametrize("grace_days", [7, 0])
+def test_a_backfill_of_an_older_date_within_the_grace_serves_no_gap(spark, settings, backfill_start, grace_days):
+    """The batch for D+1 publishes and expires, then a backfill of D moves the cut back a day. With
+    the default grace (7 days) D+1's speed rows, which that batch held, are still there, so serving
+    still equals everything ingested; one of them (b4) reached the speed layer only after the batch
+    had read it. Without a grace (the expiry before session 47) D+1 is gone until D+1 runs again."""
+    import shutil
+
+    from touchpoint.core.serving import expire_speed_rows
+
+    # identity u1 -> cus_1; b1-b3 read by the speed layer; b4 arrived; the batch for D+1 (backfill_start)
+    shutil.copytree(backfill_start, settings.lake_uri)
+    lake = Lake(spark, quiet(settings))  # silver's change feed is on already: no commit
+    settings = lake.settings if grace_days == 7 else without_grace(lake.settings)
+    assert settings.stream.backfill_grace_days == grace_days
     next_day = D + dt.timedelta(days=1)
-    lake.batch(next_day, settings)  # reads b4 before the speed layer does
     lake.speed(settings=settings)
     expire_speed_rows(spark, settings)
     zero, thirty = Decimal("0E-9"), Decimal("30.000000000")
