@@ -1,8 +1,8 @@
 """`touchpoint run attribution`: Delta in, Delta out; a daily incremental run equals a full recompute.
 
-Two lakes hold the same silver events and identity map day by day (the second gets copies of the
-first's before each of its runs). The first is attributed incrementally every day, the second from
-scratch; their tables must be identical, through late events, an identity merge, a late click that
+Two lakes hold the same silver events and identity map at each full recompute (the second gets
+copies of the first's before each of its runs). The first is attributed incrementally every day,
+the second from scratch; their tables must be identical, through late events, an identity merge, a late click that
 turns a page view into a landing, and an erased order.
 """
 

@@ -7,9 +7,11 @@ import csv
 import datetime as dt
 import hashlib
 import json
+import shutil
 from pathlib import Path
 
 import pytest
+from deltalake import DeltaTable
 
 from touchpoint.core.catalog import table_path
 from touchpoint.core.config import ExportTarget
@@ -116,10 +118,14 @@ class Lake:
                    "definition_sha256 string")
 
     def log(self):
+        """gold.export_log's rows, read with delta-rs (no Spark job)."""
         return sorted((r["destination"], r["run_id"], r["seq"], r["mode"], r["base_run_id"], r["audience_rows"],
                        r["adds"], r["removes"], r["full_rows"])
-                      for r in self.spark.read.format("delta").load(table_path("gold.export_log", self.settings))
-                      .collect())
+                      for r in DeltaTable(table_path("gold.export_log", self.settings)).to_pyarrow_table().to_pylist())
+
+    def copy_identity_map(self, written):
+        """gold.identity_map: a copy of `written` (the module's IDENTITY_MAP table)."""
+        shutil.copytree(written, table_path("gold.identity_map", self.settings))
 
 
 DAY = dt.datetime(2024, 4, 1, tzinfo=UTC)
@@ -130,10 +136,18 @@ IDENTITY_MAP = [
 ]
 
 
+@pytest.fixture(scope="module")
+def identity_map_table(spark, tmp_path_factory):
+    """IDENTITY_MAP written once as a Delta table; each lake gets a copy (shutil.copytree). Read-only."""
+    path = tmp_path_factory.mktemp("identity_map") / "identity_map"
+    spark.createDataFrame(IDENTITY_MAP, MAP_COLUMNS).write.format("delta").mode("overwrite").save(str(path))
+    return path
+
+
 @pytest.fixture
-def lake(spark, settings, tmp_path):
+def lake(spark, settings, tmp_path, identity_map_table):
     lake = Lake(spark, settings.model_copy(update={"exports_dir": tmp_path / "exports"}))
-    lake.write("gold.identity_map", IDENTITY_MAP, MAP_COLUMNS)
+    lake.copy_identity_map(identity_map_table)
     return lake
 
 
@@ -306,11 +320,11 @@ def test_daily_job_sends_the_configured_pairs(spark, lake):
         ("ann@example.com", "c1"), ("dee@example.de", "c4")}
 
 
-def test_staged_exports_stay_hidden_until_published(spark, lake):
+def test_staged_exports_stay_hidden_until_published(spark, lake, identity_map_table):
     """Under write-audit-publish the exports job runs in a staging namespace: its runs are committed
     to a hidden folder and released into the published tree by publish_staged_exports."""
     staged = Lake(spark, lake.settings.model_copy(update={"gold_namespace": "staging/d20240501"}))
-    staged.write("gold.identity_map", IDENTITY_MAP, MAP_COLUMNS)
+    staged.copy_identity_map(identity_map_table)
     staged.segment([("c1", T1, None)], (D1,))
     staged.profiles({"c1": (True, True)})
     published = lake.settings.exports_dir / "vip" / "esp"

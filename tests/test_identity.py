@@ -13,7 +13,7 @@ from touchpoint.core.catalog import table_path
 
 from test_identity_support import (
     append_silver, customer_of, date, expected_customer_id, identity_rows, partition_of, read_table,
-    restore_delta_state, rows_of, small_delta_state, ts, union_find_partition,
+    restore_delta_state, rows_of, small_delta_state, table_rows, ts, union_find_partition,
 )
 
 BLOCKLIST = {"null", "undefined", "none", "nil", "nan", "n/a", "unknown", "test@example.com"}
@@ -103,7 +103,7 @@ def test_hand_built_graphs_resolve_exactly(spark, settings):
     summary = identity.run(spark, settings, date(1))
     assert (summary["mode"], summary["shared_devices"], summary["blocklisted"]) == ("full", 1, 12)
 
-    rows = identity_rows(spark, settings)
+    rows = identity_rows(settings)
     assert partition_of(rows) == HAND_BUILT_PARTITION
     assert partition_of(rows) == union_find_partition(HAND_BUILT, BLOCKLIST, 3)  # the independent reference
     ids = customer_of(rows)
@@ -115,8 +115,8 @@ def test_hand_built_graphs_resolve_exactly(spark, settings):
     assert seen[E("hub@x.io")] == (ts(1, 2, 1), ts(1, 2, 4))
     assert seen[A("dev-4")] == (ts(1, 5, 1), ts(1, 5, 6))
 
-    guardrails = rows_of(read_table(spark, settings, "gold.identity_guardrails"), "identifier_type",
-                         "identifier_value", "reason", "distinct_user_ids", "first_seen", "last_seen")
+    guardrails = table_rows(settings, "gold.identity_guardrails", "identifier_type",
+                            "identifier_value", "reason", "distinct_user_ids", "first_seen", "last_seen")
     assert guardrails == sorted([
         ("user_id", "NULL", "blocklist", None, ts(1, 3, 0), ts(1, 3, 0)),
         ("user_id", "null", "blocklist", None, ts(1, 3, 1), ts(1, 3, 1)),
@@ -175,9 +175,9 @@ def _full_rebuild_map(spark, settings, day, previous_rows):
                        "identifier_type", "identifier_value", "customer_id", "first_seen", "last_seen")
 
 
-def _merges(spark, settings):
-    return rows_of(read_table(spark, settings, "gold.identity_merges"),
-                   "old_customer_id", "new_customer_id", "merged_at", "linking_event_id", "kind", "as_of")
+def _merges(settings):
+    return table_rows(settings, "gold.identity_merges",
+                      "old_customer_id", "new_customer_id", "merged_at", "linking_event_id", "kind", "as_of")
 
 
 def test_incremental_days_equal_full_rebuild_with_merges_splits_and_late_data(spark, settings):
@@ -186,7 +186,7 @@ def test_incremental_days_equal_full_rebuild_with_merges_splits_and_late_data(sp
     cid = expected_customer_id
     append_silver(spark, settings, DAY_1)
     first = identity.run(spark, settings, date(1))
-    day1 = identity_rows(spark, settings)
+    day1 = identity_rows(settings)
     assert first["mode"] == "full"
     assert partition_of(day1) == {
         frozenset({A("x-a"), U("x-u")}), frozenset({A("y-a"), E("y@x.io")}),
@@ -195,20 +195,20 @@ def test_incremental_days_equal_full_rebuild_with_merges_splits_and_late_data(sp
 
     append_silver(spark, settings, DAY_2)
     second = identity.run(spark, settings, date(2))
-    day2 = identity_rows(spark, settings)
+    day2 = identity_rows(settings)
     assert (second["mode"], second["partitions_read"]) == ("incremental", ["2026-03-01", "2026-03-02"])
     assert day2 == _full_rebuild_map(spark, settings, 2, day1)
     ids = customer_of(day2)
     assert ids[E("y@x.io")] == ids[A("x-a")] == cid("anonymous_id", "x-a")  # the older id survives
     assert ids[U("z-u")] == ids[A("z-a")] == cid("anonymous_id", "z-a")  # grew: kept its id
     assert ids[A("fut-a")] == cid("anonymous_id", "fut-a")
-    assert _merges(spark, settings) == [
+    assert _merges(settings) == [
         (cid("anonymous_id", "y-a"), cid("anonymous_id", "x-a"), ts(2, 10), "m1", "merge", ts(3)),
     ]
 
     append_silver(spark, settings, DAY_3)
     third = identity.run(spark, settings, date(3))
-    day3 = identity_rows(spark, settings)
+    day3 = identity_rows(settings)
     assert (third["partitions_read"], third["shared_devices"], third["splits"]) == (["2026-03-03"], 1, 3)
     assert day3 == _full_rebuild_map(spark, settings, 3, day2)
     ids = customer_of(day3)
@@ -216,13 +216,13 @@ def test_incremental_days_equal_full_rebuild_with_merges_splits_and_late_data(sp
     assert ids[U("d-u1")] == cid("user_id", "d-u1")
     assert {ids[A("dev")], ids[U("d-u2")], ids[U("d-u3")], ids[U("d-u4")]} == {
         cid("anonymous_id", "dev"), cid("user_id", "d-u2"), cid("user_id", "d-u3"), cid("user_id", "d-u4")}
-    splits = rows_of(read_table(spark, settings, "gold.identity_splits"), "old_customer_id", "new_customer_id", "as_of")
+    splits = table_rows(settings, "gold.identity_splits", "old_customer_id", "new_customer_id", "as_of")
     assert splits == sorted((cid("user_id", "d-u1"), new, ts(4)) for new in (
         cid("anonymous_id", "dev"), cid("user_id", "d-u2"), cid("user_id", "d-u3")))
 
     append_silver(spark, settings, DAY_4)
     fourth = identity.run(spark, settings, date(4))
-    day4 = identity_rows(spark, settings)
+    day4 = identity_rows(settings)
     assert fourth["partitions_read"] == ["2026-03-01", "2026-03-04"]
     assert day4 == _full_rebuild_map(spark, settings, 4, day3)
     # early-a, seen before x-a (the anchor that minted X's id), joined X late: X only grew and keeps its id
@@ -230,7 +230,7 @@ def test_incremental_days_equal_full_rebuild_with_merges_splits_and_late_data(sp
     assert customer_of(day4)[A("w-a")] == cid("anonymous_id", "w-a")
     # ... whereas with no previous map the anchor, early-a, mints the id
     assert customer_of(_full_rebuild_map(spark, settings, 4, []))[A("x-a")] == cid("anonymous_id", "early-a")
-    merges = _merges(spark, settings)
+    merges = _merges(settings)
     assert merges == [(cid("anonymous_id", "y-a"), cid("anonymous_id", "x-a"), ts(2, 10), "m1", "merge", ts(3))]
 
     # Profiles from the incremental state equal profiles from a forced full rebuild of the same date,
@@ -239,8 +239,8 @@ def test_incremental_days_equal_full_rebuild_with_merges_splits_and_late_data(sp
     incremental_profiles = rows_of(read_table(spark, settings, "gold.customer_profiles"))
     rebuilt = identity.run(spark, settings, date(4), full_rebuild=True)
     assert rebuilt["mode"] == "full"
-    assert identity_rows(spark, settings) == day4
-    assert _merges(spark, settings) == merges
+    assert identity_rows(settings) == day4
+    assert _merges(settings) == merges
     profiles.run(spark, settings, date(4))
     assert rows_of(read_table(spark, settings, "gold.customer_profiles")) == incremental_profiles
     assert len(incremental_profiles) == len(set(customer_of(day4).values()))
@@ -277,13 +277,13 @@ def test_a_rebuild_without_the_previous_state_keeps_the_ids_of_the_map(spark, se
     append_silver(spark, settings, [_ev("late", ts(1, 8, 30), anonymous_id="early-a", user_id="x-u"),
                                     _ev("y1", ts(2, 9), anonymous_id="y-a")])
     assert identity.run(spark, settings, date(2))["mode"] == "incremental"
-    kept = identity_rows(spark, settings)
+    kept = identity_rows(settings)
     assert set(customer_of(kept).values()) == {cid("anonymous_id", "x-a"), cid("anonymous_id", "y-a")}
     # the run log of day 1 is gone: day 2's rerun has no previous run to start from
     DeltaTable.forPath(spark, table_path("gold.identity_runs", settings)).delete("logical_date < DATE'2026-03-02'")
     rerun = identity.run(spark, settings, date(2))
     assert (rerun["mode"], rerun["reason"], rerun["merges"], rerun["splits"]) == ("full", "no previous run", 0, 0)
-    assert identity_rows(spark, settings) == kept
+    assert identity_rows(settings) == kept
 
 
 def test_a_rerun_after_vacuum_removed_the_previous_state_rebuilds_instead_of_failing(spark, settings, x_after_day_1):
@@ -297,12 +297,12 @@ def test_a_rerun_after_vacuum_removed_the_previous_state_rebuilds_instead_of_fai
     append_silver(spark, settings, [_ev("x2", ts(2, 9), anonymous_id="x-a", email="x@x.io"),
                                     _ev("y1", ts(2, 9), anonymous_id="y-a")])
     assert identity.run(spark, settings, date(2))["mode"] == "incremental"
-    kept = identity_rows(spark, settings)
+    kept = identity_rows(settings)
     for name in ("gold.identity_map", "gold.identity_edges", "gold.identity_guardrails"):
         purge_files(spark, table_path(name, settings), 0)
     rerun = identity.run(spark, settings, date(2))
     assert (rerun["mode"], rerun["merges"], rerun["splits"]) == ("full", 0, 0)
-    assert identity_rows(spark, settings) == kept
+    assert identity_rows(settings) == kept
 
 
 def test_a_rerun_without_the_previous_state_keeps_the_merges_its_date_logged(spark, settings):
@@ -320,9 +320,9 @@ def test_a_rerun_without_the_previous_state_keeps_the_merges_its_date_logged(spa
     identity.run(spark, settings, date(1))
     append_silver(spark, settings, [_ev("r3", ts(2, 9), anonymous_id="r-a2", user_id="r-u1")])
     assert identity.run(spark, settings, date(2))["merges"] == 1
-    kept = identity_rows(spark, settings)
+    kept = identity_rows(settings)
     merge = (cid("anonymous_id", "r-a2"), cid("anonymous_id", "r-a1"), ts(2, 9), "r3", "merge", ts(3))
-    assert _merges(spark, settings) == [merge]
+    assert _merges(settings) == [merge]
     for name in ("gold.identity_map", "gold.identity_edges", "gold.identity_guardrails"):
         purge_files(spark, table_path(name, settings), 0)
 
@@ -330,15 +330,15 @@ def test_a_rerun_without_the_previous_state_keeps_the_merges_its_date_logged(spa
 
     assert (rerun["mode"], rerun["reason"], rerun["merges"], rerun["splits"]) == (
         "full", "previous state not found", 1, 0)
-    assert _merges(spark, settings) == [merge]
-    assert identity_rows(spark, settings) == kept
+    assert _merges(settings) == [merge]
+    assert identity_rows(settings) == kept
 
     # A late event of day 2 merges r-a4 too: against the map as it stands (day 2's own output, the
     # latest date run) the rerun logs that merge beside the one kept.
     append_silver(spark, settings, [_ev("r5", ts(2, 12), anonymous_id="r-a4", user_id="r-u1")])
     again = identity.run(spark, settings, date(2))
     assert (again["mode"], again["merges"]) == ("full", 2)
-    assert _merges(spark, settings) == sorted(
+    assert _merges(settings) == sorted(
         [merge, (cid("anonymous_id", "r-a4"), cid("anonymous_id", "r-a1"), ts(2, 12), "r5", "merge", ts(3))])
 
 
@@ -356,7 +356,7 @@ def test_an_id_whose_origin_is_blocklisted_is_logged_against_the_customers_of_th
         _ev("k1", ts(1, 4), anonymous_id="k-a", user_id="k-u"),
     ])
     identity.run(spark, settings, date(1))
-    assert set(customer_of(identity_rows(spark, settings)).values()) == {
+    assert set(customer_of(identity_rows(settings)).values()) == {
         cid("email", "hub@x.io"), cid("anonymous_id", "k-a")}
     blocked = settings.model_copy(update={"identity": settings.identity.model_copy(
         update={"blocklist": (*settings.identity.blocklist, "hub@x.io")})})
@@ -365,11 +365,11 @@ def test_an_id_whose_origin_is_blocklisted_is_logged_against_the_customers_of_th
     second = identity.run(spark, blocked, date(2))
 
     assert (second["mode"], second["merges"], second["splits"]) == ("full", 2, 0)
-    assert customer_of(identity_rows(spark, blocked)) == {
+    assert customer_of(identity_rows(blocked)) == {
         A("h-a1"): cid("anonymous_id", "h-a1"), A("h-a2"): cid("anonymous_id", "h-a2"),
         A("k-a"): cid("anonymous_id", "k-a"), U("k-u"): cid("anonymous_id", "k-a")}
     # without a linking event, the first event of the new customer's anchor
-    assert _merges(spark, blocked) == [
+    assert _merges(blocked) == [
         (cid("email", "hub@x.io"), cid("anonymous_id", "h-a1"), ts(1, 2), "h1", "origin_removed", ts(3)),
         (cid("email", "hub@x.io"), cid("anonymous_id", "h-a2"), ts(1, 3), "h2", "origin_removed", ts(3)),
     ]
@@ -409,7 +409,7 @@ def test_random_graph_matches_independent_union_find(spark, settings):
     late = [e for i, e in enumerate(events) if not (e["event_ts"] < ts(2) and i % 3)]
     append_silver(spark, settings, early)
     identity.run(spark, settings, date(1))
-    assert partition_of(identity_rows(spark, settings)) == union_find_partition(early, BLOCKLIST, 3)
+    assert partition_of(identity_rows(settings)) == union_find_partition(early, BLOCKLIST, 3)
 
     # Replace the state tables by copies with other Delta versions, as the write-audit-publish
     # pipeline does on an object store (a Spark copy into staging, an overwrite on publish): the
@@ -431,7 +431,7 @@ def test_random_graph_matches_independent_union_find(spark, settings):
     shared = {device for device, users in users_per_device.items() if len(users) > 3}
     assert {"dev-x", "dev-y"} <= shared
     assert summary["shared_devices"] == len(shared)
-    assert partition_of(identity_rows(spark, settings)) == union_find_partition(events, BLOCKLIST, 3)
+    assert partition_of(identity_rows(settings)) == union_find_partition(events, BLOCKLIST, 3)
     runs = read_table(spark, settings, "gold.identity_runs").orderBy("logical_date").collect()
     assert all(run["cc_rounds"] > 0 for run in runs) and len(runs) == 2  # the executors' rounds ran
 

@@ -60,17 +60,31 @@ def _aware(value):
     return value.astimezone(UTC) if isinstance(value, dt.datetime) else value
 
 
+def _row_order(row: tuple) -> tuple:
+    return tuple((v is None, v if not isinstance(v, list) else tuple(v)) for v in row)
+
+
 def rows_of(frame: DataFrame, *columns: str) -> list[tuple]:
     """Collected rows as tuples (datetimes aware UTC), sorted."""
     selected = frame.select(*columns) if columns else frame
-    return sorted((tuple(_aware(v) for v in row) for row in selected.collect()),
-                  key=lambda row: tuple((v is None, v if not isinstance(v, list) else tuple(v)) for v in row))
+    return sorted((tuple(_aware(v) for v in row) for row in selected.collect()), key=_row_order)
 
 
-def identity_rows(spark: SparkSession, settings) -> list[tuple]:
+def table_rows(settings, name: str, *columns: str) -> list[tuple]:
+    """A table's columns as rows_of gives them (datetimes aware UTC, same order), read with
+    delta-rs: no Spark job, for checks that only need the rows."""
+    from deltalake import DeltaTable
+
+    from touchpoint.core.catalog import table_path
+
+    rows = DeltaTable(table_path(name, settings)).to_pyarrow_table(columns=list(columns)).to_pylist()
+    return sorted((tuple(_aware(row[c]) for c in columns) for row in rows), key=_row_order)
+
+
+def identity_rows(settings) -> list[tuple]:
     """identity_map as sorted (type, value, customer_id, first_seen, last_seen) tuples."""
-    return rows_of(read_table(spark, settings, "gold.identity_map"),
-                   "identifier_type", "identifier_value", "customer_id", "first_seen", "last_seen")
+    return table_rows(settings, "gold.identity_map",
+                      "identifier_type", "identifier_value", "customer_id", "first_seen", "last_seen")
 
 
 def partition_of(rows: list[tuple]) -> set[frozenset]:

@@ -30,8 +30,8 @@ import phonenumbers
 import pytest
 from pyspark.sql import functions as F
 
-from test_identity_support import (append_silver, expected_customer_id, read_table, restore_delta_state, rows_of,
-                                   small_delta_state)
+from test_identity_support import (append_silver, expected_customer_id, read_table, restore_delta_state,
+                                   small_delta_state, table_rows)
 
 UTC = dt.timezone.utc
 TYPES = ("anonymous_id", "user_id", "email", "phone")
@@ -428,20 +428,20 @@ def direct_rows(raw_events: list[dict]) -> list[dict]:
              **{k: r[k] for k in TYPES if k in r}} for r in raw_events]
 
 
-def _map(spark, settings):
-    return rows_of(read_table(spark, settings, "gold.identity_map"),
-                   "identifier_type", "identifier_value", "customer_id", "first_seen", "last_seen")
+def _map(settings):
+    return table_rows(settings, "gold.identity_map",
+                      "identifier_type", "identifier_value", "customer_id", "first_seen", "last_seen")
 
 
-def _merges(spark, settings):
+def _merges(settings):
     import os
 
     from touchpoint.core.catalog import table_path
 
     if not os.path.exists(table_path("gold.identity_merges", settings)):
         return []  # not written yet (the first run merges nothing)
-    return rows_of(read_table(spark, settings, "gold.identity_merges"),
-                   "old_customer_id", "new_customer_id", "merged_at", "linking_event_id", "kind", "as_of")
+    return table_rows(settings, "gold.identity_merges",
+                      "old_customer_id", "new_customer_id", "merged_at", "linking_event_id", "kind", "as_of")
 
 
 def _arrivals(raw_events, rows, days, seed):
@@ -517,18 +517,18 @@ def test_identity_job_matches_oracle_over_four_days(spark, settings):
         append_silver(spark, settings, batch + (direct if index == 0 else []))
         summary = identity.run(spark, settings, day)
         expected_map = oracle.run(day)
-        got_map = _map(spark, settings)
+        got_map = _map(settings)
         if got_map != expected_map:
             missing = sorted(set(expected_map) - set(got_map))
             extra = sorted(set(got_map) - set(expected_map))
             mismatches.append((str(day), "map", missing[:10], extra[:10]))
-        got_merges = _merges(spark, settings)
+        got_merges = _merges(settings)
         if got_merges != sorted(oracle.merges):
             mismatches.append((str(day), "merges", sorted(set(oracle.merges) - set(got_merges)),
                                sorted(set(got_merges) - set(oracle.merges))))
         res = oracle.resolution
-        got_guardrails = rows_of(read_table(spark, settings, "gold.identity_guardrails"), "identifier_type",
-                                 "identifier_value", "reason", "distinct_user_ids", "first_seen", "last_seen")
+        got_guardrails = table_rows(settings, "gold.identity_guardrails", "identifier_type",
+                                    "identifier_value", "reason", "distinct_user_ids", "first_seen", "last_seen")
         if got_guardrails != res.guardrails():
             mismatches.append((str(day), "guardrails", sorted(set(res.guardrails()) - set(got_guardrails)),
                                sorted(set(got_guardrails) - set(res.guardrails()))))
@@ -558,15 +558,15 @@ def test_late_arrival_that_only_grows_a_component_keeps_its_id(spark, settings):
             ev("h0", t(1, 9), user_id="h-u")]
     append_silver(spark, settings, silver_rows(day1))
     identity.run(spark, settings, DAYS[0])
-    assert {r[2] for r in _map(spark, settings)} == {customer_id_of(("anonymous_id", "g-a")),
+    assert {r[2] for r in _map(settings)} == {customer_id_of(("anonymous_id", "g-a")),
                                                      customer_id_of(("anonymous_id", "h-a"))}
     append_silver(spark, settings, silver_rows(late))
     identity.run(spark, settings, DAYS[1])
-    got = _map(spark, settings)
+    got = _map(settings)
     oracle = Oracle([oracle_event(r) for r in day1])
     oracle.run(DAYS[0])
     oracle.events = [oracle_event(r) for r in day1 + late]
     expected = oracle.run(DAYS[1])
-    got_merges = _merges(spark, settings)
+    got_merges = _merges(settings)
     assert (got, got_merges) == (expected, []), "\n".join(
         ["project map:", *map(str, got), "oracle map:", *map(str, expected), "project merges:", *map(str, got_merges)])

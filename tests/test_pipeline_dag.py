@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import pytest
+from deltalake import DeltaTable
 
 from touchpoint.core.catalog import table_path
 from touchpoint.core.config import get_settings, load_settings
@@ -45,11 +46,13 @@ def published_lake(published_history, tmp_path, monkeypatch):
     get_settings.cache_clear()
 
 
-def snapshot(spark, settings, names=COMPARED):
+def snapshot(settings, names=COMPARED):
+    """Each table's rows, every column as text, sorted: read with delta-rs (no Spark job). Every
+    comparison below is between two snapshots taken this way."""
     state = {}
     for name in names:
-        frame = spark.read.format("delta").load(table_path(name, settings))
-        state[name] = sorted(tuple(str(v) for v in row) for row in frame.collect())
+        rows = DeltaTable(table_path(name, settings)).to_pyarrow_table().to_pylist()
+        state[name] = sorted(tuple(str(v) for v in row.values()) for row in rows)
     return state
 
 
@@ -60,7 +63,7 @@ def test_dag_test_over_a_published_date_succeeds_and_changes_nothing(spark, publ
 
     from touchpoint.jobs.pipeline import current_high_water_mark
 
-    published = snapshot(spark, load_settings(lake_root=str(published_history / "lake")))
+    published = snapshot(load_settings(lake_root=str(published_history / "lake")))
     assert all(published[name] for name in COMPARED)
     dag = DagBag(dag_folder="dags").get_dag("marketing_daily")
     logical = dt.datetime.fromisoformat(HISTORY_DAY).replace(tzinfo=dt.timezone.utc)
@@ -69,7 +72,7 @@ def test_dag_test_over_a_published_date_succeeds_and_changes_nothing(spark, publ
     assert {ti.task_id: ti.state for ti in run.get_task_instances()} == {
         step: "success" for step in ("optimize_silver", "prepare_staging", "identity", "profiles", "attribution",
                                      "segments", "campaign_metrics", "exports", "audit", "publish")}
-    assert snapshot(spark, published_lake) == published
+    assert snapshot(published_lake) == published
     assert current_high_water_mark(spark, published_lake) == dt.datetime(2026, 3, 5, tzinfo=dt.timezone.utc)
 
 
@@ -84,11 +87,11 @@ def test_the_published_serving_tables_equal_a_derivation_from_silver(spark, publ
     assert all(source.startswith("attribution paths (gold.attribution_conversions version ")
                for source in sources.values()), sources
     tables = ("gold.campaign_conversions", "gold.campaign_minute", "gold.campaign_daily", "gold.customer_activity")
-    published = snapshot(spark, published_lake, tables)
+    published = snapshot(published_lake, tables)
     assert all(published.values())
     derived = campaign_metrics.run(spark, published_lake, dt.date.fromisoformat(HISTORY_DAY), mode="full")
     assert derived["last_touch"] == "derived from silver: full recompute requested"
-    assert snapshot(spark, published_lake, tables) == published
+    assert snapshot(published_lake, tables) == published
 
 
 def test_injected_defect_fails_the_audit_and_publishes_nothing(spark, published_lake):
@@ -97,16 +100,19 @@ def test_injected_defect_fails_the_audit_and_publishes_nothing(spark, published_
     from touchpoint.expectations.audit import AuditFailed
     from touchpoint.jobs.pipeline import current_high_water_mark, run_step, staging_settings
 
-    before = snapshot(spark, published_lake)
+    before = snapshot(published_lake)
     day = dt.date.fromisoformat(HISTORY_DAY) + dt.timedelta(days=1)
     run_step("prepare_staging", day, published_lake, spark)
     credits = table_path("gold.attribution_credits", staging_settings(published_lake, day))
-    victim = spark.sql(f"SELECT min(conversion_id) FROM delta.`{credits}` WHERE model = 'last_touch'").first()[0]
+    # min(conversion_id) of the last-touch credits, read with delta-rs (no Spark job)
+    staged_credits = DeltaTable(credits).to_pyarrow_table(columns=["conversion_id", "model"]).to_pylist()
+    victim = min(row["conversion_id"] for row in staged_credits
+                 if row["model"] == "last_touch" and row["conversion_id"] is not None)
     spark.sql(f"UPDATE delta.`{credits}` SET credit = credit + 0.5 "
               f"WHERE model = 'last_touch' AND conversion_id = '{victim}'")
     with pytest.raises(AuditFailed, match="credit_sums_per_conversion"):
         run_step("audit", day, published_lake, spark)
-    assert snapshot(spark, published_lake) == before  # nothing published
+    assert snapshot(published_lake) == before  # nothing published
     assert current_high_water_mark(spark, published_lake) == dt.datetime(2026, 3, 5, tzinfo=dt.timezone.utc)
 
 
@@ -122,7 +128,7 @@ def test_backfill_equals_daily_runs_as_data_arrives(spark, tmp_path, ingested_hi
     # attribution finds its published state again through staging copies and publishing
     assert json.loads((published_history / "runs.json").read_text()) == {
         FIRST_DAY: "full", HISTORY_DAY: "incremental"}
-    backfilled = snapshot(spark, load_settings(lake_root=str(published_history / "lake")))
+    backfilled = snapshot(load_settings(lake_root=str(published_history / "lake")))
 
     # the same dates, each run right after its own day's lines arrived
     daily = load_settings(lake_root=str(tmp_path / "daily_lake"), spark_shuffle_partitions=2)
@@ -136,7 +142,7 @@ def test_backfill_equals_daily_runs_as_data_arrives(spark, tmp_path, ingested_hi
                                    or (day == days[-1] and _arrival_day(line) > day)))
         ingest_files(spark, daily, chunk)
         run_pipeline(spark, daily, day)
-    assert snapshot(spark, daily) == backfilled
+    assert snapshot(daily) == backfilled
     # each run reported its steps in order, each one done (`touchpoint run pipeline` shows them as a bar)
     pipeline_tasks = {event[1]: event[2] for event in reported_progress
                       if event[0] == "begin" and event[2].startswith("pipeline ")}
