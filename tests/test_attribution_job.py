@@ -50,7 +50,8 @@ class Lakes:
     """The same inputs in two lakes: `incremental` runs daily, `full` recomputes from scratch.
     Inputs are written to the incremental lake only; `full_inputs()` makes the full lake's
     silver.events and gold.identity_map copies of the incremental lake's before each recompute there
-    (the same tables, without writing every change twice). Silver starts as a copy of `empty_silver`
+    (the same tables, without writing every change twice; the same files too, so a result that
+    depends on the order files are listed in is not caught by comparing the two). Silver starts as a copy of `empty_silver`
     (the fixture: created as ingestion creates it, change data feed on); without it silver is created
     by the first append, without a change feed (or `root` holds a copied lake already).
     With `compared=False` the full lake is never used."""

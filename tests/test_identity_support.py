@@ -77,6 +77,7 @@ def table_rows(settings, name: str, *columns: str) -> list[tuple]:
 
     from touchpoint.core.catalog import table_path
 
+    assert columns, "name the columns: with none, every row would be empty and any two tables alike"
     rows = DeltaTable(table_path(name, settings)).to_pyarrow_table(columns=list(columns)).to_pylist()
     return sorted((tuple(_aware(row[c]) for c in columns) for row in rows), key=_row_order)
 
