@@ -117,7 +117,7 @@ def empty_silver(spark, tmp_path_factory):
     return path
 
 
-def table_rows(path):
+def row_count(path):
     return DeltaTable(path).to_pyarrow_table().num_rows
 
 
@@ -451,7 +451,7 @@ def test_a_run_that_died_between_its_state_writes_is_followed_by_a_full_recomput
     ])
     assert attribution.run(spark, lakes.incremental, D1)["mode"] == "full"
     recorded = {name: (latest_version(spark, table_path(name, lakes.incremental)),
-                       table_rows(table_path(name, lakes.incremental))) for name in STATE_TABLES}
+                       row_count(table_path(name, lakes.incremental))) for name in STATE_TABLES}
     # A late click for o1, and customer 2's page view erased: one touchpoint in, one out.
     lakes.add_events([silver_row("e08", "email_click", at(D1, 11), "email", "promo", anon="a1")])
     lakes.delete_events("event_id = 'e05'")
@@ -464,7 +464,7 @@ def test_a_run_that_died_between_its_state_writes_is_followed_by_a_full_recomput
         with pytest.raises(RuntimeError, match="killed before the credits"):
             attribution.run(spark, lakes.incremental, D1)
     left = {name: (latest_version(spark, table_path(name, lakes.incremental)),
-                   table_rows(table_path(name, lakes.incremental)),
+                   row_count(table_path(name, lakes.incremental)),
                    DeltaTable(table_path(name, lakes.incremental)).history(1)[0].get("userMetadata"))
             for name in STATE_TABLES}
     assert left == {
@@ -502,7 +502,7 @@ def test_a_run_that_died_between_its_state_writes_is_followed_by_a_full_recomput
     runs = lakes.read(lakes.incremental, "gold.attribution_runs")
     runs.where("run_id = 3").withColumn("run_id", F.lit(4).cast("long")).withColumn(
         "credits_version", F.lit(before).cast("long")).withColumn(
-        "credits_rows", F.lit(table_rows(credits_path)).cast("long")).write.format("delta").mode("append").save(
+        "credits_rows", F.lit(row_count(credits_path)).cast("long")).write.format("delta").mode("append").save(
         table_path("gold.attribution_runs", lakes.incremental))
     assert attribution._previous_run(spark, lakes.incremental)[1] == (
         "gold.attribution_credits holds the writes of attribution run 2, not of run 4, the last one recorded")
