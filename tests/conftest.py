@@ -122,13 +122,23 @@ def production_codegen(spark):
         spark.conf.set(key, value)
 
 
+def _lake_settings(lake_dir: Path):
+    from touchpoint.core.config import load_settings
+
+    return load_settings(lake_root=str(lake_dir), spark_shuffle_partitions=2, jars_dir=str(REPO / ".state" / "jars"))
+
+
 @pytest.fixture
 def settings(tmp_path):
     """Settings with a private lake root and state folder per test (jars stay shared)."""
-    from touchpoint.core.config import load_settings
+    return _lake_settings(tmp_path / "lake")
 
-    return load_settings(lake_root=str(tmp_path / "lake"), spark_shuffle_partitions=2,
-                         jars_dir=str(REPO / ".state" / "jars"))
+
+@pytest.fixture(scope="session")
+def lake_settings():
+    """`settings` for a lake folder the caller names: for module fixtures that build a lake once
+    for tests to copy, so that it is made as the tests' own lakes are."""
+    return _lake_settings
 
 
 @pytest.fixture

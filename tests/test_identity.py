@@ -247,18 +247,13 @@ def test_incremental_days_equal_full_rebuild_with_merges_splits_and_late_data(sp
 
 
 @pytest.fixture(scope="module")
-def x_after_day_1(spark, _small_delta_state, tmp_path_factory):
+def x_after_day_1(spark, _small_delta_state, tmp_path_factory, lake_settings):
     """A lake where x1 (x-a with x-u, day 1) arrived and identity ran for day 1: the shared start of
     the two rerun tests below, built once; each copies it (shutil.copytree) to its own lake."""
-    from pathlib import Path
-
-    from touchpoint.core.config import load_settings
     from touchpoint.jobs import identity
 
     lake_dir = tmp_path_factory.mktemp("x_after_day_1") / "lake"
-    # as the `settings` fixture (tests/conftest.py) makes them, on a lake of its own
-    jars = Path(__file__).resolve().parents[1] / ".state" / "jars"
-    settings = load_settings(lake_root=str(lake_dir), spark_shuffle_partitions=2, jars_dir=str(jars))
+    settings = lake_settings(lake_dir)
     append_silver(spark, settings, [_ev("x1", ts(1, 9), anonymous_id="x-a", user_id="x-u")])
     identity.run(spark, settings, date(1))
     return lake_dir

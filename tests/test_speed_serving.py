@@ -325,20 +325,14 @@ def test_a_displaced_or_removed_order_is_never_served_from_an_older_recomputatio
 
 
 @pytest.fixture(scope="module")
-def backfill_start(spark, tmp_path_factory):
+def backfill_start(spark, tmp_path_factory, lake_settings):
     """The start of the backfill test, which no grace setting changes, built once and copied by each
     case (the lake folder holds the speed query's checkpoint, <lake>/_checkpoints/speed): the speed
     layer reads b1-b3 with the default settings, b4 arrives, and the batch for D+1 reads b4 before
     the speed layer does. campaign_metrics reads no stream.backfill_grace_days (only the speed layer,
     expiry and publish do), so that batch is the same whichever grace the case then uses."""
-    from pathlib import Path
-
-    from touchpoint.core.config import load_settings
-
     lake_dir = tmp_path_factory.mktemp("backfill_start") / "lake"
-    # as the `settings` fixture (tests/conftest.py) makes them, on a lake of its own
-    jars = Path(__file__).resolve().parents[1] / ".state" / "jars"
-    lake = Lake(spark, quiet(load_settings(lake_root=str(lake_dir), spark_shuffle_partitions=2, jars_dir=str(jars))))
+    lake = Lake(spark, quiet(lake_settings(lake_dir)))
     assert lake.settings.stream.backfill_grace_days == 7  # the default, which lake.batch and lake.speed use
     lake.identity({"u1": "cus_1"})
     lake.arrive(event("b1", "ad_click", at(1, 10), "u1", "spring"),
