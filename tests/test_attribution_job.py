@@ -2,8 +2,8 @@
 
 Two lakes hold the same silver events and identity map at each full recompute (the second gets
 copies of the first's before each of its runs). The first is attributed incrementally every day,
-the second from scratch; their tables must be identical, through late events, an identity merge, a late click that
-turns a page view into a landing, and an erased order.
+the second from scratch; their tables must be identical, through late events, an identity merge,
+a late click that turns a page view into a landing, and an erased order.
 """
 
 import datetime as dt
@@ -51,9 +51,10 @@ class Lakes:
     Inputs are written to the incremental lake only; `full_inputs()` makes the full lake's
     silver.events and gold.identity_map copies of the incremental lake's before each recompute there
     (the same tables, without writing every change twice; the same files too, so a result that
-    depends on the order files are listed in is not caught by comparing the two). Silver starts as a copy of `empty_silver`
-    (the fixture: created as ingestion creates it, change data feed on); without it silver is created
-    by the first append, without a change feed (or `root` holds a copied lake already).
+    depends on the order files are listed in is not caught by comparing the two). Silver starts as
+    a copy of `empty_silver` (the fixture: created as ingestion creates it, change data feed on);
+    without it silver is created by the first append, without a change feed (or `root` holds a
+    copied lake already).
     With `compared=False` the full lake is never used."""
 
     def __init__(self, spark, root, empty_silver=None, compared=True):

@@ -559,7 +559,7 @@ def test_late_arrival_that_only_grows_a_component_keeps_its_id(spark, settings):
     append_silver(spark, settings, silver_rows(day1))
     identity.run(spark, settings, DAYS[0])
     assert {r[2] for r in _map(settings)} == {customer_id_of(("anonymous_id", "g-a")),
-                                                     customer_id_of(("anonymous_id", "h-a"))}
+                                              customer_id_of(("anonymous_id", "h-a"))}
     append_silver(spark, settings, silver_rows(late))
     identity.run(spark, settings, DAYS[1])
     got = _map(settings)
